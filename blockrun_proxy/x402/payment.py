@@ -1,0 +1,115 @@
+"""Build the ``PAYMENT-SIGNATURE`` header for one exact-scheme requirement.
+
+The policy decides WHETHER to pay (policy.py); this module only turns an accepted
+requirement into a signed EIP-3009 authorization. It still re-checks the few
+facts that decide what the signature means (scheme, network, asset), because
+getting one wrong signs something other than "pay exactly `amount` USDC".
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PaymentRefused
+from .networks import Network, canonical_network
+from .signer import Authorization, Signer
+from .wire import Requirement, encode_header
+
+X402_VERSION = 2
+# validAfter is backdated so a gateway whose clock runs behind still accepts it.
+CLOCK_SKEW_SECONDS = 600
+BUILDER_SERVICE_CODE = "blockrun"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPayment:
+    """A signed payment ready to send, with what it authorizes."""
+
+    header: str  # PAYMENT-SIGNATURE value: base64 JSON
+    authorization: Authorization
+    requirement: Requirement
+    amount: int  # atomic units authorized (== requirement.amount)
+
+
+def sign_payment(
+    signer: Signer,
+    requirement: Requirement,
+    network: Network,
+    resource: Mapping[str, Any],
+    *,
+    now: int,
+    nonce: bytes | None = None,
+    extensions: Mapping[str, Any] | None = None,
+) -> SignedPayment:
+    """Sign ``requirement`` as an exact EIP-3009 transfer under OUR ``network`` domain.
+
+    ``now`` is injected (unix seconds) so the validity window is testable;
+    ``extensions`` are the 402's, echoed with BlockRun's builder code merged in.
+    """
+    _check_meaning(requirement, network)
+    if nonce is None:
+        nonce = secrets.token_bytes(32)
+    elif len(nonce) != 32:
+        raise ValueError("nonce must be 32 bytes")
+    auth = Authorization(
+        from_=signer.address,
+        to=requirement.pay_to,
+        value=requirement.amount,
+        valid_after=max(0, now - CLOCK_SKEW_SECONDS),
+        valid_before=now + requirement.max_timeout_seconds,
+        nonce=nonce,
+    )
+    payload: dict[str, Any] = {"x402Version": X402_VERSION}
+    if resource:  # optional in v2; omitted rather than sent empty
+        payload["resource"] = resource
+    payload["accepted"] = requirement.raw
+    payload["payload"] = {
+        "signature": signer.sign_transfer(network, auth),
+        "authorization": auth.to_json(),
+    }
+    payload["extensions"] = with_builder_code(extensions)
+    return SignedPayment(
+        header=encode_header(payload),
+        authorization=auth,
+        requirement=requirement,
+        amount=requirement.amount,
+    )
+
+
+def _check_meaning(requirement: Requirement, network: Network) -> None:
+    """Refuse to sign anything that would not mean "pay exactly amount USDC here"."""
+    if requirement.scheme != "exact":
+        # An upto ceiling signed as EIP-3009 would pay the whole ceiling.
+        raise PaymentRefused(
+            f"x402 scheme {requirement.scheme!r} cannot be signed as an exact transfer",
+            code="scheme_not_supported",
+        )
+    if canonical_network(requirement.network) != network.caip2:
+        raise ValueError(
+            f"requirement is for {requirement.network}, signing domain is {network.caip2}"
+        )
+    if requirement.asset.lower() != network.usdc.lower():
+        raise PaymentRefused(
+            f"asset {requirement.asset} is not USDC on {network.name} ({network.usdc})",
+            code="asset_mismatch",
+        )
+
+
+def with_builder_code(extensions: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The 402's extensions with ``builder-code.info.s = ["blockrun"]`` merged in.
+
+    Keeps whatever else the server put there (e.g. an app code ``a``), as the
+    blockrun-llm SDK does; copies so the parsed 402 is never mutated.
+    """
+    merged = dict(extensions or {})
+    builder = merged.get("builder-code")
+    builder = dict(builder) if isinstance(builder, Mapping) else {}
+    info = builder.get("info")
+    info = dict(info) if isinstance(info, Mapping) else {}
+    info["s"] = [BUILDER_SERVICE_CODE]
+    builder["info"] = info
+    merged["builder-code"] = builder
+    return merged

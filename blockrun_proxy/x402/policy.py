@@ -1,0 +1,155 @@
+"""The payer policy: what the proxy is willing to sign, checked before every signature.
+
+PROTOCOL.md section 5 rule 4: network and asset known, payTo allowed, amount within
+the per-call cap, timeout within a cap, resource on the gateway's own host. The
+cumulative budget is not here (it needs state); the caller checks it around
+``select``. Every refusal is a ``PaymentRefused`` whose ``code`` names the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from ..errors import PaymentRefused
+from ._abi import is_address
+from .networks import Network, canonical_network, network_for
+from .wire import PaymentRequired, Requirement
+
+USDC_DECIMALS = 6
+_USDC_UNIT = 10**USDC_DECIMALS
+
+
+def usd(amount: int) -> str:
+    """Atomic USDC units as dollars with all 6 decimals, e.g. 1234 -> "0.001234"."""
+    whole, frac = divmod(abs(amount), _USDC_UNIT)
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{whole}.{frac:0{USDC_DECIMALS}d}"
+
+
+@dataclass(frozen=True, slots=True)
+class PayerPolicy:
+    """Limits on what may be signed. Build once from Settings; immutable."""
+
+    networks: frozenset[str]
+    max_amount: int  # atomic units per call
+    gateway_host: str
+    max_timeout_seconds: int = 600
+    pay_to: frozenset[str] = frozenset()  # lowercased; empty = any
+
+    def __post_init__(self) -> None:
+        # Normalize once so checks are plain comparisons; callers may pass any case.
+        object.__setattr__(self, "networks", frozenset(map(canonical_network, self.networks)))
+        object.__setattr__(self, "pay_to", frozenset(a.lower() for a in self.pay_to))
+        object.__setattr__(self, "gateway_host", _host(self.gateway_host) or "")
+
+    def check(self, requirement: Requirement, resource: Mapping[str, Any] | None) -> Network:
+        """The network to sign under, or PaymentRefused naming the first rule broken."""
+        req = requirement
+        if req.scheme != "exact":
+            _refuse(
+                "scheme_not_supported",
+                f"x402 scheme {_shown(req.scheme)} is not supported (only 'exact')",
+            )
+        if canonical_network(req.network) not in self.networks:
+            _refuse(
+                "network_not_allowed",
+                f"network {_shown(req.network)} is not allowed "
+                f"(allowed: {', '.join(sorted(self.networks)) or 'none'})",
+            )
+        network = network_for(req.network)
+        if network is None:
+            _refuse("unknown_network", f"network {_shown(req.network)} is allowed but unknown here")
+        if req.asset.lower() != network.usdc.lower():
+            _refuse(
+                "asset_mismatch",
+                f"asset {_shown(req.asset)} is not USDC on {network.name} ({network.usdc})",
+            )
+        if req.amount <= 0:
+            _refuse("amount_invalid", f"amount {req.amount} is not a positive number of units")
+        if req.amount > self.max_amount:
+            _refuse(
+                "amount_over_cap",
+                f"the gateway asks ${usd(req.amount)}, over the per-call cap of "
+                f"${usd(self.max_amount)}",
+            )
+        if not is_address(req.pay_to):
+            _refuse("pay_to_not_allowed", f"payTo {_shown(req.pay_to)} is not an EVM address")
+        if self.pay_to and req.pay_to.lower() not in self.pay_to:
+            _refuse("pay_to_not_allowed", f"payTo {req.pay_to} is not in the allowed list")
+        if not 0 < req.max_timeout_seconds <= self.max_timeout_seconds:
+            _refuse(
+                "timeout_too_long",
+                f"maxTimeoutSeconds {req.max_timeout_seconds} is outside "
+                f"1..{self.max_timeout_seconds}",
+            )
+        # v2 names the resource at the top of the 402; v1 inside each requirement.
+        for url in (_url(resource), _url(_requirement_resource(req))):
+            if url is not None and _host(url, is_url=True) != self.gateway_host:
+                _refuse(
+                    "resource_host_mismatch",
+                    f"resource {_shown(url)} is not on the gateway host {self.gateway_host}",
+                )
+        return network
+
+    def select(self, offer: PaymentRequired) -> tuple[Requirement, Network]:
+        """The first exact requirement the policy accepts, with its network.
+
+        If none passes, raise the refusal of the first exact one (the gateway's
+        preferred option, so the message is about what it actually wanted).
+        """
+        first_refusal: PaymentRefused | None = None
+        for req in offer.accepts:
+            if req.scheme != "exact":
+                continue
+            try:
+                return req, self.check(req, offer.resource)
+            except PaymentRefused as refusal:
+                first_refusal = first_refusal or refusal
+        if first_refusal is not None:
+            raise first_refusal
+        schemes = ", ".join(sorted({_shown(r.scheme) for r in offer.accepts}))
+        _refuse(
+            "scheme_not_supported",
+            f"the gateway offers only x402 scheme(s) {schemes}; this proxy pays 'exact' only",
+        )
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """Gateway-supplied text for a message: quoted, clipped, so logs stay readable."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse(code: str, message: str) -> NoReturn:
+    raise PaymentRefused(message, code=code)
+
+
+def _url(resource: Mapping[str, Any] | None) -> str | None:
+    """The resource URL if one is given; a missing URL is allowed by the policy."""
+    if not resource:
+        return None
+    url = resource.get("url")
+    if url is None or url == "":
+        return None
+    # A non-string url is present but unusable: compare it as text so it mismatches.
+    return url if isinstance(url, str) else repr(url)
+
+
+def _requirement_resource(req: Requirement) -> Mapping[str, Any] | None:
+    """A v1 requirement's own ``resource`` (a URL string), as a resource mapping."""
+    value = req.raw.get("resource")
+    if isinstance(value, str):
+        return {"url": value}
+    return value if isinstance(value, Mapping) else None
+
+
+def _host(value: str, *, is_url: bool = False) -> str | None:
+    """Lowercased hostname (no port, no trailing dot) of a URL or a host[:port]."""
+    try:
+        host = urlsplit(value if is_url else "//" + value).hostname
+    except ValueError:  # e.g. an invalid IPv6 literal
+        return None
+    return host.rstrip(".") if host else None
