@@ -1,0 +1,43 @@
+"""A fake BlockRun x402 gateway for tests, demos and benchmarks.
+
+It answers on loopback the way the real gateway does (quotes, 402 challenges,
+EIP-3009 verification, settlement, SSE streams) and can be told to misbehave.
+It is an independent implementation of the gateway side, so it also checks the
+proxy's signer. Importing it is cheap: eth_account is loaded on first use.
+"""
+
+from blockrun_proxy.testing._gateway import (
+    API_PREFIX,
+    DEFAULT_NETWORK,
+    DEFAULT_PAY_TO,
+    FakeGateway,
+)
+from blockrun_proxy.testing._misbehavior import Misbehavior
+from blockrun_proxy.testing._models import DEFAULT_MODELS, ModelSpec, PricingFn, default_price
+from blockrun_proxy.testing._networks import NETWORKS, Network
+from blockrun_proxy.testing._records import (
+    AcceptedPayment,
+    PaymentRecord,
+    RecordedRequest,
+    SettledPayment,
+)
+from blockrun_proxy.testing._verify import VerifyMode
+
+__all__ = [
+    "API_PREFIX",
+    "DEFAULT_MODELS",
+    "DEFAULT_NETWORK",
+    "DEFAULT_PAY_TO",
+    "NETWORKS",
+    "AcceptedPayment",
+    "FakeGateway",
+    "Misbehavior",
+    "ModelSpec",
+    "Network",
+    "PaymentRecord",
+    "PricingFn",
+    "RecordedRequest",
+    "SettledPayment",
+    "VerifyMode",
+    "default_price",
+]

@@ -1,0 +1,79 @@
+"""``python -m blockrun_proxy.testing``: run the fake gateway as its own process.
+
+Benchmarks start it this way so its CPU is not the proxy's. It prints one line,
+``listening on <base url>``, once the socket is bound, then serves until
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from blockrun_proxy.testing._gateway import DEFAULT_NETWORK, DEFAULT_PAY_TO, FakeGateway
+from blockrun_proxy.testing._networks import NETWORKS
+from blockrun_proxy.testing._verify import VERIFY_MODES
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m blockrun_proxy.testing", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8402, help="0 picks a free port")
+    p.add_argument("--network", default=DEFAULT_NETWORK, choices=sorted(NETWORKS))
+    p.add_argument("--pay-to", default=DEFAULT_PAY_TO)
+    p.add_argument("--verify", default="eth_account", choices=VERIFY_MODES)
+    p.add_argument("--stream-events", type=int, default=20)
+    p.add_argument("--event-interval", type=float, default=0.0, help="seconds between SSE events")
+    p.add_argument("--event-size", type=int, default=None, help="pad each SSE piece to ~N bytes")
+    p.add_argument(
+        "--no-settle-amount",
+        action="store_true",
+        help="omit amount from PAYMENT-RESPONSE, as the real gateway sometimes does",
+    )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="keep every request and payment in memory (off: nobody can read them here)",
+    )
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    gateway = FakeGateway(
+        network=args.network,
+        pay_to=args.pay_to,
+        verify=args.verify,
+        stream_events=args.stream_events,
+        event_interval=args.event_interval,
+        event_size=args.event_size,
+        settle_amount_in_response=not args.no_settle_amount,
+        record=args.record,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = await gateway.start(args.host, args.port)
+    print(f"listening on {url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await gateway.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        FakeGateway(network=args.network, pay_to=args.pay_to)  # fail fast on bad options
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

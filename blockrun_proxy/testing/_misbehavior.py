@@ -1,0 +1,37 @@
+"""Switches that make the fake gateway misbehave, for testing the proxy's safety rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Misbehavior:
+    """Mutable knobs, all off by default; tests flip them between calls.
+
+    They apply to ``POST /v1/chat/completions`` only (``/v1/models`` stays
+    well-behaved so a proxy's model-cache fetch never eats a counter). The
+    integer counters say how many of the next matching requests are affected and
+    are decremented as they are used.
+    """
+
+    # Quote shaping: what the 402 asks for.
+    price_multiplier: float = 1.0
+    network: str | None = None
+    asset: str | None = None
+    pay_to: str | None = None
+    max_timeout_seconds: int | None = None
+    resource_url: str | None = None
+    scheme: str | None = None
+
+    # Failures.
+    fail_unpaid: int = 0  # next N requests without a payment get fail_status
+    fail_paid: int = 0  # next N paid requests get fail_status before settling (not consumed)
+    fail_status: int = 503
+    fail_after_settle: int = 0  # next N accepted payments are settled, then answered 500
+    reset_after_events: int | None = None  # drop the connection after K SSE frames
+    delay_seconds: float = 0.0  # sleep before answering
+    replay_on_paid: bool = False  # every paid request is told PAYMENT_REPLAY
+    rate_limit: int = 0  # next N requests get 429
+    retry_after: str | None = None  # Retry-After value on 429s and injected failures
+    fresh_challenge_on_invalid: bool = False  # invalid payment -> a usable 402, not PAYMENT_INVALID

@@ -1,0 +1,143 @@
+"""Model catalogue and the default per-request price formula."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import orjson
+
+DEFAULT_MAX_TOKENS = 4096
+# A rough bytes-per-token ratio; the real gateway tokenizes, the fake only needs
+# a price that grows with the prompt and is the same for the same body.
+BYTES_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model the fake gateway serves.
+
+    Prices are USD per 1M tokens, which is the same number as micro-USDC (atomic
+    units) per token, so the arithmetic stays exact with ``Fraction``. Floats and
+    decimal strings are converted through ``str`` so ``0.15`` means 3/20 exactly.
+    """
+
+    id: str
+    input_price: Fraction | int
+    output_price: Fraction | int
+    flat_fee: int = 1000
+    max_output: int = 128_000
+    free: bool = False
+    context_window: int = 200_000
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_price", _exact(self.input_price))
+        object.__setattr__(self, "output_price", _exact(self.output_price))
+
+    @property
+    def provider(self) -> str:
+        return self.id.split("/", 1)[0]
+
+    def listing(self) -> dict[str, Any]:
+        """The model's entry in ``GET /v1/models``."""
+        return {
+            "id": self.id,
+            "object": "model",
+            "name": self.name or self.id.split("/", 1)[-1],
+            "provider": self.provider,
+            "pricing": {
+                "input": float(self.input_price),
+                "output": float(self.output_price),
+                "flat": self.flat_fee / 1_000_000,
+            },
+            "context_window": self.context_window,
+            "max_output": self.max_output,
+            "billing_mode": "free" if self.free else "paid",
+            "available": True,
+        }
+
+
+def _exact(value: object) -> Fraction:
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, int):
+        return Fraction(value)
+    return Fraction(str(value))
+
+
+DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec("openai/gpt-5.5", 5, 40, context_window=400_000, name="GPT-5.5"),
+    ModelSpec("anthropic/claude-sonnet-4.6", 3, 15, max_output=64_000, name="Claude Sonnet 4.6"),
+    ModelSpec(
+        "openai/gpt-4o-mini",
+        Fraction("0.15"),
+        Fraction("0.6"),
+        max_output=16_384,
+        context_window=128_000,
+        name="GPT-4o mini",
+    ),
+    ModelSpec(
+        "nvidia/deepseek-v4-flash",
+        0,
+        0,
+        flat_fee=0,
+        max_output=8192,
+        free=True,
+        context_window=128_000,
+        name="DeepSeek V4 Flash",
+    ),
+)
+
+PricingFn = Callable[[ModelSpec, Mapping[str, Any]], int]
+
+
+def message_text_bytes(content: object) -> int:
+    """UTF-8 size of one message's content, whatever shape OpenAI allows for it."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode())
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            text = part.get("text") if isinstance(part, dict) else None
+            total += len(text.encode()) if isinstance(text, str) else len(orjson.dumps(part))
+        return total
+    return len(orjson.dumps(content))
+
+
+def estimate_input_tokens(body: Mapping[str, Any]) -> int:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    size = sum(message_text_bytes(m.get("content")) for m in messages if isinstance(m, dict))
+    return math.ceil(size / BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
+
+
+def requested_max_tokens(body: Mapping[str, Any]) -> int:
+    # LiteLLM renames max_tokens to max_completion_tokens for gpt-5/o-series
+    # models, so both must move the price.
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return DEFAULT_MAX_TOKENS
+
+
+def default_price(model: ModelSpec, body: Mapping[str, Any]) -> int:
+    """Atomic USDC for one call: input estimate plus the clamped output reservation."""
+    if model.free:
+        return 0
+    output = min(requested_max_tokens(body), model.max_output)
+    variable = model.input_price * estimate_input_tokens(body) + model.output_price * output
+    return math.ceil(variable) + model.flat_fee
+
+
+def usd_string(amount: int) -> str:
+    """Atomic USDC (6 decimals) as a dollar string, e.g. 1234 -> "0.001234"."""
+    return f"{amount // 1_000_000}.{amount % 1_000_000:06d}"
