@@ -1,0 +1,3 @@
+from blockrun_proxy.cli import main
+
+main()

@@ -1,0 +1,194 @@
+"""The ``blockrun-proxy`` command. Every ``serve`` flag also reads an environment variable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from decimal import Decimal
+
+import click
+
+from blockrun_proxy import config
+from blockrun_proxy.config import Settings
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _env(name: str) -> str:
+    return config.ENV_PREFIX + name
+
+
+@click.group(invoke_without_command=True)
+@click.version_option(package_name="blockrun-proxy")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """An OpenAI-compatible sidecar that pays BlockRun's x402 gateway per call."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@main.command()
+@click.option(
+    "--host",
+    default=config.DEFAULT_HOST,
+    show_default=True,
+    envvar=_env("HOST"),
+    help="Interface to bind. Non-loopback needs BLOCKRUN_PROXY_TOKEN or --allow-public.",
+)
+@click.option(
+    "--port", default=config.DEFAULT_PORT, show_default=True, type=int, envvar=_env("PORT")
+)
+@click.option(
+    "--api-url",
+    default=config.DEFAULT_API_URL,
+    show_default=True,
+    envvar="BLOCKRUN_API_URL",
+    help="The BlockRun gateway base URL.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar=_env("LOG_LEVEL"),
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    envvar=_env("LOG_FORMAT"),
+    type=click.Choice(("text", "json")),
+)
+@click.option(
+    "--networks",
+    default=",".join(config.DEFAULT_NETWORKS),
+    show_default=True,
+    envvar=_env("NETWORKS"),
+    help="Comma-separated CAIP-2 networks the payer may sign on.",
+)
+@click.option(
+    "--max-price-usd",
+    default=str(config.DEFAULT_MAX_PRICE_USD),
+    show_default=True,
+    envvar=_env("MAX_PRICE_USD"),
+    type=Decimal,
+    help="Never sign more than this for one call.",
+)
+@click.option(
+    "--default-max-tokens",
+    default=config.DEFAULT_MAX_TOKENS,
+    show_default=True,
+    type=int,
+    envvar=_env("DEFAULT_MAX_TOKENS"),
+    help="max_tokens added to requests that set neither max_tokens nor max_completion_tokens.",
+)
+@click.option(
+    "--pay-to",
+    multiple=True,
+    envvar=_env("PAY_TO"),
+    help="Only pay these addresses (repeatable). Default: any address the gateway names.",
+)
+@click.option(
+    "--max-concurrent",
+    default=config.DEFAULT_MAX_CONCURRENT,
+    show_default=True,
+    type=int,
+    envvar=_env("MAX_CONCURRENT"),
+    help="In-flight upstream calls at most.",
+)
+@click.option(
+    "--grace-seconds",
+    default=config.DEFAULT_GRACE_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("GRACE_SECONDS"),
+    help="On SIGTERM, how long in-flight requests may finish.",
+)
+@click.option(
+    "--allow-public",
+    is_flag=True,
+    envvar=_env("ALLOW_PUBLIC"),
+    help="Allow a non-loopback --host without BLOCKRUN_PROXY_TOKEN.",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Start a built-in fake x402 gateway and a throwaway wallet (no network needed).",
+)
+def serve(
+    host: str,
+    port: int,
+    api_url: str,
+    log_level: str,
+    log_format: str,
+    networks: str,
+    max_price_usd: Decimal,
+    default_max_tokens: int,
+    pay_to: tuple[str, ...],
+    max_concurrent: int,
+    grace_seconds: float,
+    allow_public: bool,
+    demo: bool,
+) -> None:
+    """Run the proxy (the default command)."""
+    wallet_key, wallet_source = config.read_wallet_key()
+    settings = Settings(
+        host=host,
+        port=port,
+        api_url=api_url,
+        log_level=log_level.lower(),
+        log_format=log_format,
+        networks=tuple(n.strip() for n in networks.split(",") if n.strip()),
+        max_price_usd=max_price_usd,
+        default_max_tokens=default_max_tokens,
+        pay_to=pay_to,
+        max_concurrent=max_concurrent,
+        grace_seconds=grace_seconds,
+        allow_public=allow_public,
+        demo=demo,
+        token=config.read_token(),
+        wallet_key=None if demo else wallet_key,
+    )
+    try:
+        settings.check()
+        _check_wallet(settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log = logging.getLogger("blockrun_proxy")
+    if demo:
+        log.info("demo mode: fake gateway and throwaway wallet")
+    elif settings.wallet_key:
+        log.info("wallet loaded from %s", wallet_source)
+    else:
+        log.warning(
+            "no wallet: serving free models only (set %s to pay for others)", config.WALLET_ENV
+        )
+    from blockrun_proxy.server import serve as run
+
+    asyncio.run(run(settings))
+
+
+def _check_wallet(settings: Settings) -> None:
+    if settings.wallet_key:
+        from blockrun_proxy.x402 import Signer
+
+        Signer(settings.wallet_key)  # raises ValueError without echoing the key
+
+
+@main.command()
+def address() -> None:
+    """Print the wallet address the proxy would pay from (never the key)."""
+    from blockrun_proxy.x402 import Signer
+
+    key, source = config.read_wallet_key()
+    if not key:
+        raise click.ClickException(
+            f"no wallet: set {config.WALLET_ENV} or create {config.WALLET_FILE}"
+        )
+    try:
+        click.echo(f"{Signer(key).address}  (from {source})")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None

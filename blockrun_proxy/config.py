@@ -1,0 +1,145 @@
+"""Settings: one frozen value filled from CLI flags and the environment.
+
+This is the only module that reads ``os.environ``; every other module takes a
+``Settings``. Defaults are module constants so tests and docs can name them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4001
+DEFAULT_API_URL = "https://blockrun.ai/api"
+DEFAULT_NETWORKS = ("eip155:8453",)
+# A per-call ceiling on what the proxy will ever sign. $0.50 covers a long prompt to
+# a premium model with the default 1024-token reservation, and stops a broken or
+# hostile gateway from quoting dollars per call.
+DEFAULT_MAX_PRICE_USD = Decimal("0.50")
+DEFAULT_MAX_TOKENS = 1024
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MODELS_TTL_SECONDS = 300.0
+# Streams have no total timeout (reasoning models think for minutes before the first
+# byte); this idle limit between two reads is what ends a dead upstream.
+DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+# x402 asks for validBefore = now + maxTimeoutSeconds; a gateway asking for an
+# authorization valid for hours gets refused.
+DEFAULT_MAX_AUTH_SECONDS = 900
+DEFAULT_MAX_CONCURRENT = 256
+DEFAULT_GRACE_SECONDS = 30.0
+
+ENV_PREFIX = "BLOCKRUN_PROXY_"
+WALLET_ENV = "BLOCKRUN_WALLET_KEY"
+TOKEN_ENV = "BLOCKRUN_PROXY_TOKEN"
+# The wallet file blockrun-llm creates and manages (setup_agent_wallet()).
+WALLET_FILE = Path.home() / ".blockrun" / ".session"
+LEGACY_WALLET_FILE = Path.home() / ".blockrun" / "wallet.key"
+
+USDC_DECIMALS = 6
+
+
+def usd_to_atomic(usd: Decimal) -> int:
+    """USD as a Decimal to USDC atomic units (6 decimals), rounding down."""
+    return int(usd.scaleb(USDC_DECIMALS).to_integral_value(rounding="ROUND_FLOOR"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    api_url: str = DEFAULT_API_URL
+    log_level: str = "info"
+    log_format: str = "text"
+    networks: tuple[str, ...] = DEFAULT_NETWORKS
+    max_price_usd: Decimal = DEFAULT_MAX_PRICE_USD
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    models_ttl_seconds: float = DEFAULT_MODELS_TTL_SECONDS
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
+    max_auth_seconds: int = DEFAULT_MAX_AUTH_SECONDS
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # Replays of the SAME signed payment after a 5xx, before any byte reached the client.
+    paid_replays: int = 2
+    # Retries of the unpaid probe after a 5xx (nothing is signed yet, so these are free).
+    probe_retries: int = 2
+    pay_to: tuple[str, ...] = ()
+    allow_public: bool = False
+    demo: bool = False
+    # Secrets are kept out of repr() so a logged Settings never shows them.
+    token: str | None = field(default=None, repr=False)
+    wallet_key: str | None = field(default=None, repr=False)
+
+    @property
+    def max_amount(self) -> int:
+        """The per-call cap in USDC atomic units."""
+        return usd_to_atomic(self.max_price_usd)
+
+    @property
+    def gateway_host(self) -> str:
+        return (urlsplit(self.api_url).hostname or "").lower()
+
+    def check(self) -> None:
+        """Raise ValueError for settings that must not start a server."""
+        if urlsplit(self.api_url).scheme not in ("http", "https") or not self.gateway_host:
+            raise ValueError(f"--api-url must be an http(s) URL, got {self.api_url!r}")
+        if self.max_price_usd < 0:
+            raise ValueError("--max-price-usd must not be negative")
+        if not self.networks:
+            raise ValueError("--networks must name at least one CAIP-2 network")
+        if self.max_concurrent < 1:
+            raise ValueError("--max-concurrent must be at least 1")
+        if not is_loopback(self.host) and not self.token and not self.allow_public:
+            raise ValueError(
+                f"refusing to listen on {self.host} without a token: anyone who can reach it "
+                f"could spend the wallet. Set {TOKEN_ENV}, or pass --allow-public if a network "
+                "policy already guards this port."
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def env_default(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """``BLOCKRUN_PROXY_<NAME>`` from the environment, for click's defaults."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + name.upper().replace("-", "_"))
+
+
+def read_token(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get(TOKEN_ENV) or None
+
+
+def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """The wallet key and where it came from: env first, then blockrun-llm's wallet files.
+
+    Read directly instead of through blockrun_llm.wallet, whose import pulls in
+    eth_account (about a second of startup) for what is a one-line file read.
+    """
+    env = os.environ if environ is None else environ
+    for name in (WALLET_ENV, "BASE_CHAIN_WALLET_KEY"):
+        if env.get(name):
+            return env[name].strip(), f"${name}"
+    for path in (WALLET_FILE, LEGACY_WALLET_FILE):
+        try:
+            key = path.read_text().strip()
+        except OSError:
+            continue
+        if key:
+            return key, str(path)
+    return None, "none"

@@ -1,0 +1,259 @@
+"""Talking to the gateway: send, pay, resend, and the rules that keep a payer safe.
+
+``Gateway.send`` returns an open upstream response ready to be piped, having
+done the x402 exchange when the gateway asked for payment. The rules it follows
+(PROTOCOL.md section 5):
+
+- an unpaid probe that fails with a 5xx or a dropped connection is retried
+  unpaid, a bounded number of times (nothing is signed yet, so this is free);
+- one signature per call: after it has been sent, a 5xx or a dropped connection
+  replays the SAME signed header a bounded number of times, never a new one;
+- a timeout after the paid send is surfaced (the gateway may be serving it);
+- ``PAYMENT_REPLAY`` (the authorization was used and charged) is surfaced, never
+  answered with a new signature;
+- a refusal that says the payment was not used is surfaced without re-signing.
+
+Every error after a paid send carries ``x-should-retry: false``, so client
+libraries that retry on their own do not turn one failure into several charges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession
+from multidict import CIMultiDict
+
+from blockrun_proxy.errors import (
+    GatewayAnswer,
+    PaidCallFailed,
+    PaymentRefused,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from blockrun_proxy.payer import Payer
+from blockrun_proxy.x402 import (
+    PaymentRequired,
+    PaymentResponse,
+    SignedPayment,
+    parse_payment_required,
+    parse_payment_response,
+)
+
+log = logging.getLogger(__name__)
+
+PAYMENT_SIGNATURE = "PAYMENT-SIGNATURE"
+PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
+PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
+# Gateway answers that are read whole to classify them (402s, refusals) are small;
+# anything longer is cut here rather than buffered.
+MAX_CLASSIFIED_BODY = 64 * 1024
+RETRY_DELAYS = (0.05, 0.25, 1.0)
+# The client's headers that mean something to the gateway. Authorization never
+# goes upstream: it is the proxy's token, not the gateway's.
+FORWARDED_REQUEST_HEADERS = ("accept", "accept-encoding")
+USED_CODES = frozenset({"PAYMENT_REPLAY"})
+NOT_USED_CODES = frozenset({"PAYMENT_INVALID", "PAYMENT_UNFUNDED"})
+
+
+@dataclass(slots=True)
+class Answer:
+    """An open gateway response and what was paid for it. Release ``response`` when done."""
+
+    response: ClientResponse
+    payment: SignedPayment | None = None
+    settlement: PaymentResponse | None = None
+
+    @property
+    def paid_atomic(self) -> int | None:
+        """What this call cost: the settled amount, else the signed one, else None."""
+        if self.payment is None:
+            return None
+        if self.settlement is not None and self.settlement.amount is not None:
+            return self.settlement.amount
+        return self.payment.amount
+
+
+class Gateway:
+    def __init__(
+        self,
+        session: ClientSession,
+        api_url: str,
+        payer: Payer,
+        *,
+        paid_replays: int = 2,
+        probe_retries: int = 2,
+    ) -> None:
+        self._session = session
+        self._chat_url = api_url.rstrip("/") + "/v1/chat/completions"
+        self._models_url = api_url.rstrip("/") + "/v1/models"
+        self._payer = payer
+        self._paid_replays = paid_replays
+        self._probe_retries = probe_retries
+
+    async def get_models(self) -> tuple[int, bytes]:
+        try:
+            async with self._session.get(self._models_url) as resp:
+                return resp.status, await resp.read()
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout("the gateway did not answer /v1/models in time") from exc
+        except ClientError as exc:
+            raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
+
+    async def send_chat(
+        self, body: bytes, client_headers: Mapping[str, str], request_id: str
+    ) -> Answer:
+        headers = forwarded_headers(client_headers)
+        headers["x-request-id"] = request_id
+        response = await self._send_unpaid(body, headers)
+        if response.status != 402:
+            return Answer(response)
+        offer = await read_offer(response)
+        if offer is None:
+            raise UpstreamError(
+                "the gateway asked for payment (402) without a usable payment requirement",
+                code="bad_payment_requirement",
+            )
+        payment = self._payer.pay(offer)
+        return await self._send_paid(body, headers, payment)
+
+    async def _send_unpaid(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
+        for attempt in range(self._probe_retries + 1):
+            last = attempt == self._probe_retries
+            try:
+                response = await self._post(body, headers)
+            except asyncio.TimeoutError as exc:
+                raise UpstreamTimeout("the gateway did not answer in time") from exc
+            except ClientError as exc:
+                if last:
+                    raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
+                await asyncio.sleep(RETRY_DELAYS[attempt])
+                continue
+            if response.status < 500 or last:
+                return response
+            response.release()
+            await asyncio.sleep(RETRY_DELAYS[attempt])
+        raise AssertionError("unreachable")
+
+    async def _send_paid(
+        self, body: bytes, headers: CIMultiDict[str], payment: SignedPayment
+    ) -> Answer:
+        headers[PAYMENT_SIGNATURE] = payment.header
+        for attempt in range(self._paid_replays + 1):
+            last = attempt == self._paid_replays
+            try:
+                response = await self._post(body, headers)
+            except asyncio.TimeoutError as exc:
+                raise PaidCallFailed(
+                    "the gateway timed out after the payment was sent; it may have been "
+                    "charged. Not retried automatically.",
+                    code="paid_call_timeout",
+                    status=504,
+                ) from exc
+            except ClientConnectorError as exc:
+                # Never connected, so the signature cannot have been used: replay it.
+                if last:
+                    raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
+                await asyncio.sleep(RETRY_DELAYS[attempt])
+                continue
+            except ClientError as exc:
+                # Sent, then dropped: replaying the SAME authorization is safe (one nonce).
+                if last:
+                    raise PaidCallFailed(
+                        "the gateway dropped the connection after the payment was sent; "
+                        "it may have been charged.",
+                        code="paid_call_dropped",
+                    ) from exc
+                await asyncio.sleep(RETRY_DELAYS[attempt])
+                continue
+            if response.status >= 500 and not last:
+                response.release()
+                await asyncio.sleep(RETRY_DELAYS[attempt])
+                continue
+            if response.status < 400:
+                settlement = parse_payment_response(response.headers.get(PAYMENT_RESPONSE))
+                return Answer(response, payment, settlement)
+            raise await classify_paid_error(response)
+        raise AssertionError("unreachable")
+
+    async def _post(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
+        return await self._session.post(self._chat_url, data=body, headers=headers)
+
+
+def forwarded_headers(client_headers: Mapping[str, str]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    for name in FORWARDED_REQUEST_HEADERS:
+        value = client_headers.get(name)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+async def read_small_body(response: ClientResponse) -> bytes:
+    """Read at most MAX_CLASSIFIED_BODY bytes, decoded if the gateway compressed them."""
+    async with response:
+        data = await response.content.read(MAX_CLASSIFIED_BODY)
+    encoding = response.headers.get("Content-Encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        try:
+            data = zlib.decompressobj(wbits=47).decompress(data, MAX_CLASSIFIED_BODY)
+        except zlib.error:
+            return b""
+    return data
+
+
+async def read_offer(response: ClientResponse) -> PaymentRequired | None:
+    header = response.headers.get(PAYMENT_REQUIRED)
+    body = await read_small_body(response)
+    return parse_payment_required(header, body)
+
+
+def error_code(body: bytes) -> str | None:
+    """The ``code`` of an error body, or a marker for BlockRun's 'already served' shape."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if any(k in data for k in ("recoverable", "poll_url", "job_id")):
+        return "PAYMENT_REPLAY"
+    error = data.get("error")
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        return str(error["code"])
+    if isinstance(data.get("code"), str):
+        return str(data["code"])
+    if isinstance(error, str) and "payment verification failed" in error.lower():
+        return "PAYMENT_INVALID"
+    return None
+
+
+async def classify_paid_error(response: ClientResponse) -> Exception:
+    """Turn an error answer to a paid send into what the client gets; never signs."""
+    status = response.status
+    content_type = response.headers.get("Content-Type", "application/json")
+    retry_after = response.headers.get("Retry-After")
+    challenge = response.headers.get(PAYMENT_REQUIRED)
+    body = await read_small_body(response)
+    code = error_code(body)
+    if code in NOT_USED_CODES or (status == 402 and parse_payment_required(challenge, body)):
+        return PaymentRefused(
+            f"the gateway refused the signed payment ({code or 'fresh 402'}); nothing was "
+            "charged. The proxy signs once per call and did not sign again.",
+            code="payment_not_accepted",
+        )
+    headers = {"x-should-retry": "false"}
+    if retry_after:
+        headers["Retry-After"] = retry_after
+    return GatewayAnswer(
+        status,
+        body,
+        content_type=content_type,
+        code="payment_replay" if code in USED_CODES else "paid_call_failed",
+        headers=headers,
+    )

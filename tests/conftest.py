@@ -1,0 +1,73 @@
+"""Shared fixtures: a fake gateway and a real proxy server in front of it, on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from blockrun_proxy.config import Settings
+from blockrun_proxy.server import running
+from blockrun_proxy.testing import FakeGateway
+
+TEST_NETWORK = "eip155:84532"  # Base Sepolia
+
+
+@dataclass
+class Proxy:
+    url: str  # e.g. http://127.0.0.1:PORT (the OpenAI base_url is url + "/v1")
+    app: web.Application
+    settings: Settings
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+
+@pytest.fixture
+def wallet_key() -> str:
+    # Generated per test: no key is ever committed in clear.
+    return "0x" + secrets.token_hex(32)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    gw = FakeGateway(network=TEST_NETWORK)
+    await gw.start()
+    yield gw
+    await gw.close()
+
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def start_proxy(gateway: FakeGateway, wallet_key: str) -> AsyncIterator[StartProxy]:
+    """Start a proxy in front of ``gateway``; keyword arguments override Settings fields."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Proxy:
+            fields: dict[str, Any] = {
+                "host": "127.0.0.1",
+                "port": 0,
+                "api_url": gateway.base_url,
+                "networks": (TEST_NETWORK,),
+                "wallet_key": wallet_key,
+                "grace_seconds": 1.0,
+            }
+            fields.update(overrides)
+            settings = Settings(**fields)
+            runner, port = await stack.enter_async_context(running(settings))
+            return Proxy(f"http://127.0.0.1:{port}", runner.app, settings)
+
+        yield start
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> Proxy:
+    return await start_proxy()

@@ -1,0 +1,190 @@
+"""The proxy over real HTTP, in front of the fake gateway: routes, guard, payment, relay."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+
+from blockrun_proxy.x402 import usd
+
+PAID = "openai/gpt-4o-mini"
+FREE = "nvidia/deepseek-v4-flash"
+
+
+def chat(model: str = PAID, **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
+
+
+async def post(proxy, body, headers=None) -> tuple[aiohttp.ClientResponse, bytes]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            proxy.base_url + "/chat/completions", data=data, headers=headers or {}
+        ) as resp,
+    ):
+        return resp, await resp.read()
+
+
+def error_of(raw: bytes) -> dict:
+    error = orjson.loads(raw)["error"]
+    assert set(error) >= {"message", "type", "code"}
+    return error
+
+
+async def test_healthz(proxy, gateway):
+    async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as resp:
+        assert resp.status == 200
+    assert gateway.requests == []
+
+
+async def test_free_model_needs_no_payment(proxy, gateway):
+    resp, raw = await post(proxy, chat(FREE))
+    assert resp.status == 200
+    assert orjson.loads(raw)["object"] == "chat.completion"
+    assert gateway.payments == []
+    assert "x-blockrun-cost-usd" not in resp.headers
+
+
+async def test_paid_call_signs_once_and_reports_the_settled_cost(proxy, gateway):
+    resp, raw = await post(proxy, chat(max_tokens=50))
+    assert resp.status == 200, raw
+    assert raw == gateway.sent_bodies[-1]
+    assert len(gateway.payments) == 1 and gateway.payments[0].accepted
+    (settled,) = gateway.settled
+    assert settled.amount == gateway.price_for(chat(max_tokens=50))
+    assert resp.headers["x-blockrun-cost-usd"] == usd(settled.amount)
+    assert float(resp.headers["x-litellm-response-cost"]) == settled.amount / 1e6
+    assert resp.headers["x-blockrun-settlement"] == settled.transaction
+
+
+async def test_paid_stream_relays_the_gateways_bytes_unchanged(proxy, gateway):
+    resp, raw = await post(proxy, chat(stream=True, max_tokens=64))
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert raw == gateway.sent_bodies[-1]
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert len(gateway.payments) == 1
+    assert resp.headers["x-blockrun-cost-usd"] == usd(gateway.settled[0].amount)
+
+
+async def test_default_max_tokens_is_added_and_nothing_else_changes(proxy, gateway):
+    raw = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "top_p": 0.50}' % (
+        FREE.encode()
+    )
+    resp, _ = await post(proxy, raw)
+    assert resp.status == 200
+    assert gateway.requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
+
+
+async def test_client_authorization_never_goes_upstream_and_request_id_does(start_proxy, gateway):
+    proxy = await start_proxy(token="s3cret")
+    headers = {"Authorization": "Bearer s3cret", "x-request-id": "req-42"}
+    resp, _ = await post(proxy, chat(FREE), headers)
+    assert resp.status == 200
+    assert resp.headers["x-request-id"] == "req-42"
+    sent = gateway.requests[-1].headers
+    assert "Authorization" not in sent
+    assert sent["x-request-id"] == "req-42"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "missing_model"),
+        (b'{"model": "m"}', 400, "missing_messages"),
+        (b"x" * (2 * 1024 * 1024), 413, "request_too_large"),
+    ],
+)
+async def test_bad_input_is_answered_without_an_upstream_call(
+    start_proxy, gateway, body, status, code
+):
+    proxy = await start_proxy(max_body_bytes=1024 * 1024)
+    resp, raw = await post(proxy, body)
+    assert resp.status == status
+    assert error_of(raw)["code"] == code
+    assert gateway.requests == []
+
+
+async def test_token_guard(start_proxy, gateway):
+    proxy = await start_proxy(token="right")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "right"}):
+        resp, raw = await post(proxy, chat(FREE), headers)
+        assert resp.status == 401
+        assert error_of(raw)["type"] == "authentication_error"
+    async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as resp:
+        assert resp.status == 200
+    assert gateway.requests == []
+
+
+async def test_unknown_route_is_an_openai_shaped_404(proxy):
+    async with aiohttp.ClientSession() as s, s.get(proxy.base_url + "/nope") as resp:
+        assert resp.status == 404
+        assert error_of(await resp.read())["code"] == "not_found"
+
+
+async def test_without_a_wallet_free_works_and_paid_explains(start_proxy, gateway):
+    proxy = await start_proxy(wallet_key=None)
+    resp, _ = await post(proxy, chat(FREE))
+    assert resp.status == 200
+    resp, raw = await post(proxy, chat(PAID))
+    assert resp.status == 402
+    error = error_of(raw)
+    assert error["code"] == "wallet_not_configured"
+    assert "BLOCKRUN_WALLET_KEY" in error["message"]
+    assert gateway.payments == []
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "code"),
+    [
+        ("price_multiplier", 10_000.0, "amount_over_cap"),
+        ("network", "eip155:8453", "network_not_allowed"),
+        ("asset", "0x" + "ab" * 20, "asset_mismatch"),
+        ("max_timeout_seconds", 10**9, "timeout_too_long"),
+        ("resource_url", "https://evil.example/api/v1/chat/completions", "resource_host_mismatch"),
+        ("scheme", "upto", "scheme_not_supported"),
+    ],
+)
+async def test_hostile_quote_gets_no_signature(proxy, gateway, knob, value, code):
+    setattr(gateway.misbehave, knob, value)
+    resp, raw = await post(proxy, chat(stream=True))
+    assert resp.status == 402
+    error = error_of(raw)
+    assert error["code"] == code
+    assert error["type"] == "payment_error"
+    assert gateway.payments == []
+
+
+async def test_gateway_unreachable_is_502(start_proxy):
+    proxy = await start_proxy(api_url="http://127.0.0.1:9/api", probe_retries=0)
+    resp, raw = await post(proxy, chat(FREE))
+    assert resp.status == 502
+    assert error_of(raw)["code"] == "gateway_unreachable"
+
+
+async def test_gateway_error_before_first_byte_keeps_status_body_and_retry_after(proxy, gateway):
+    gateway.misbehave.rate_limit = 1
+    gateway.misbehave.retry_after = "7"
+    resp, raw = await post(proxy, chat(FREE, stream=True))
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "7"
+    assert "error" in orjson.loads(raw)
+
+
+async def test_unpaid_probe_5xx_is_retried_without_signing(proxy, gateway):
+    gateway.misbehave.fail_unpaid = 2
+    resp, _ = await post(proxy, chat())
+    assert resp.status == 200
+    assert len(gateway.payments) == 1
+
+
+async def test_models_are_cached(proxy, gateway):
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            async with s.get(proxy.base_url + "/models") as resp:
+                assert resp.status == 200
+                assert orjson.loads(await resp.read())["data"]
+    assert gateway.models_calls == 1

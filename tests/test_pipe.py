@@ -1,0 +1,93 @@
+"""The pump: bytes unchanged whatever the chunking, and a slow client slows the upstream."""
+
+import asyncio
+import os
+import random
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from blockrun_proxy.pipe import PipeStats, UpstreamBroke, pump
+
+
+def upstream_app(
+    payload: bytes, progress: dict, *, break_after: int | None = None
+) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        rng = random.Random(7)
+        pos = 0
+        while pos < len(payload):
+            if break_after is not None and pos >= break_after:
+                request.transport.abort()
+                return resp
+            size = rng.choice((1, 7, 100, 4096, 65536))
+            await resp.write(payload[pos : pos + size])
+            pos += size
+            progress["written"] = pos
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    return app
+
+
+def pumping_app(upstream_url: str, outcome: dict) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with aiohttp.ClientSession() as session, session.get(upstream_url) as upstream:
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            try:
+                await pump(upstream, resp, outcome.setdefault("stats", PipeStats()))
+            except UpstreamBroke:
+                outcome["broke"] = True
+                request.transport.abort()
+            return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    return app
+
+
+async def test_bytes_arrive_unchanged(aiohttp_server, aiohttp_client):
+    payload = os.urandom(300_000) + b"data: [DONE]\n\n"
+    progress: dict = {}
+    outcome: dict = {}
+    upstream = await aiohttp_server(upstream_app(payload, progress))
+    client = await aiohttp_client(pumping_app(str(upstream.make_url("/")), outcome))
+    resp = await client.get("/")
+    assert await resp.read() == payload
+    assert outcome["stats"].bytes_sent == len(payload)
+
+
+async def test_upstream_break_is_reported_not_ended_cleanly(aiohttp_server, aiohttp_client):
+    payload = os.urandom(500_000)
+    outcome: dict = {}
+    upstream = await aiohttp_server(upstream_app(payload, {}, break_after=100_000))
+    client = await aiohttp_client(pumping_app(str(upstream.make_url("/")), outcome))
+    resp = await client.get("/")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    assert outcome.get("broke") is True
+
+
+async def test_slow_client_holds_back_the_upstream(aiohttp_server):
+    """A client that stops reading stops the upstream writer: nothing buffers without bound."""
+    payload = b"x" * (64 * 1024 * 1024)
+    progress: dict = {"written": 0}
+    upstream = await aiohttp_server(upstream_app(payload, progress))
+    proxy = await aiohttp_server(pumping_app(str(upstream.make_url("/")), {}))
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(f"GET / HTTP/1.1\r\nHost: {proxy.host}\r\n\r\n".encode())
+    await writer.drain()
+    await reader.read(1024)  # the headers; then this client stops reading
+    await asyncio.sleep(1.0)
+    stalled_at = progress["written"]
+    await asyncio.sleep(0.5)
+    # Only socket buffers (kernel, both hops) and aiohttp's bounded ones hold data.
+    assert progress["written"] == stalled_at
+    assert stalled_at < 24 * 1024 * 1024, stalled_at
+    writer.close()
