@@ -1,0 +1,89 @@
+"""The command line as a user runs it: the README's demo command, and refusals at startup."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import openai
+from click.testing import CliRunner
+
+from blockrun_proxy.cli import main
+from blockrun_proxy.x402 import Signer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the proxy exited early"
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("the proxy never became healthy")
+
+
+def test_demo_serves_a_paid_stream_and_exits_cleanly_on_sigterm() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKRUN_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blockrun_proxy", "serve", "--demo", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="openai/gpt-5.5",
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+        )
+        cost = raw.headers["x-blockrun-cost-usd"]
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        assert float(cost) > 0
+        assert text.strip()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output.decode()
+    assert b"Traceback" not in output
+
+
+def test_refuses_a_public_host_without_a_token() -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "--host", "0.0.0.0"], env={"BLOCKRUN_PROXY_TOKEN": ""}
+    )
+    assert result.exit_code == 2
+    assert "without a token" in result.output
+
+
+def test_invalid_wallet_key_is_refused_without_echoing_it() -> None:
+    bad = "0x" + "zz" * 32
+    result = CliRunner().invoke(main, ["serve"], env={"BLOCKRUN_WALLET_KEY": bad})
+    assert result.exit_code != 0
+    assert bad not in result.output and "zz" * 8 not in result.output
+
+
+def test_address_prints_the_address_never_the_key() -> None:
+    key = secrets.token_hex(32)
+    result = CliRunner().invoke(main, ["address"], env={"BLOCKRUN_WALLET_KEY": key})
+    assert result.exit_code == 0
+    assert Signer(key).address in result.output
+    assert key not in result.output
