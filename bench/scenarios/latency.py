@@ -1,0 +1,118 @@
+"""Latency the proxy adds: first byte on an idle path, and thousands of slow streams."""
+
+from __future__ import annotations
+
+from bench.budget import Budget
+from bench.load import RssSampler, percentile, run_streams, ttfb_samples
+from bench.report import Check, added_at_most, at_most, info, ratio_at_most
+from bench.stack import FREE_MODEL, Stack, chat_body, chat_url
+
+TTFB_BATCH = 50
+TTFB_WARMUP = 50
+
+
+async def ttfb_added(budget: Budget) -> list[Check]:
+    """p50 time to first byte through the proxy minus direct to the gateway (<= 1 ms, free)."""
+    name = "ttfb"
+    body = chat_body(FREE_MODEL, stream=True)
+    direct: list[float] = []
+    proxied: list[float] = []
+    async with Stack() as stack:
+        gateway = await stack.gateway(events=budget.relay_events, interval=0.0, verify="fast")
+        proxy = await stack.proxy(gateway)
+        direct_url, proxy_url = chat_url(gateway, direct=True), chat_url(proxy)
+        await ttfb_samples(direct_url, body, count=TTFB_WARMUP)
+        await ttfb_samples(proxy_url, body, count=TTFB_WARMUP)
+        # Alternate small batches so drift (CPU frequency, other load) hits both alike.
+        while len(proxied) < budget.ttfb_samples:
+            direct += await ttfb_samples(direct_url, body, count=TTFB_BATCH)
+            proxied += await ttfb_samples(proxy_url, body, count=TTFB_BATCH)
+    ours_ms = percentile(proxied, 50) * 1000
+    direct_ms = percentile(direct, 50) * 1000
+    return [
+        added_at_most(
+            name,
+            "p50 TTFB added",
+            ours_ms,
+            "ms",
+            baseline_label="direct",
+            baseline=direct_ms,
+            max_added=1.0,
+            note=f"p99 ours {percentile(proxied, 99) * 1000:.2f} ms, "
+            f"direct {percentile(direct, 99) * 1000:.2f} ms; n={len(proxied)}",
+        )
+    ]
+
+
+async def slow_streams(budget: Budget) -> list[Check]:
+    """N concurrent streams of 20 events 500 ms apart: p50 within 10% of direct, RSS per stream."""
+    name = "slow_streams"
+    n = budget.slow_streams
+    body = chat_body(FREE_MODEL, stream=True)
+    stream_s = budget.slow_stream_events * budget.slow_stream_interval_s
+    run_timeout = stream_s + budget.slow_stream_ramp_s + 60.0
+    async with Stack() as stack:
+        gateway = await stack.gateway(
+            events=budget.slow_stream_events,
+            interval=budget.slow_stream_interval_s,
+            verify="fast",
+        )
+        proxy = await stack.proxy(gateway, extra=["--max-concurrent", str(n + 100)])
+        direct = await run_streams(
+            chat_url(gateway, direct=True),
+            body,
+            concurrency=n,
+            total=n,
+            ramp_s=budget.slow_stream_ramp_s,
+            timeout_s=run_timeout,
+        )
+        baseline_kb = proxy.rss_kb()
+        cpu_before = proxy.cpu_s()
+        async with RssSampler(proxy.pid, interval_s=0.25) as rss:
+            ours = await run_streams(
+                chat_url(proxy),
+                body,
+                concurrency=n,
+                total=n,
+                ramp_s=budget.slow_stream_ramp_s,
+                timeout_s=run_timeout,
+            )
+        proxy_cpu = proxy.cpu_s() - cpu_before
+    per_stream_kb = (rss.peak_kb - baseline_kb) / n
+    return [
+        ratio_at_most(
+            name,
+            f"p50 latency, {n} streams",
+            ours.latency_p50_ms,
+            "ms",
+            baseline_label="direct",
+            baseline=direct.latency_p50_ms,
+            max_ratio=1.10,
+            note=f"p99 ours {ours.latency_p99_ms:.0f} ms, direct {direct.latency_p99_ms:.0f} ms; "
+            f"client CPU {ours.client_busy:.0%} (direct {direct.client_busy:.0%}), "
+            f"proxy CPU {proxy_cpu / ours.elapsed_s:.0%}",
+        ),
+        at_most(
+            name,
+            "RSS growth per stream",
+            per_stream_kb,
+            "KiB",
+            limit=30.0,
+            note=f"baseline {baseline_kb / 1024:.1f} MiB, peak {rss.peak_kb / 1024:.1f} MiB",
+        ),
+        at_most(
+            name,
+            "proxy errors",
+            float(ours.errors),
+            "",
+            limit=0,
+            note="; ".join(ours.error_samples),
+        ),
+        info(
+            name,
+            "direct errors",
+            float(direct.errors),
+            "",
+            note="; ".join(direct.error_samples),
+        ),
+    ]
