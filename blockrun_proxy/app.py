@@ -23,7 +23,7 @@ from blockrun_proxy.errors import (
 )
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer
-from blockrun_proxy.pipe import PipeStats, UpstreamBroke, pump
+from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
 from blockrun_proxy.x402 import PayerPolicy, Signer, usd
 
@@ -193,6 +193,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         response.headers["x-request-id"] = request_id
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
+        coalesce_headers(upstream, response)
         await response.prepare(request)
         try:
             await pump(upstream, response, stats)

@@ -27,6 +27,19 @@ class UpstreamBroke(Exception):
     """The upstream body ended early (reset, bad chunking, idle timeout) midway."""
 
 
+def coalesce_headers(upstream: ClientResponse, downstream: web.StreamResponse) -> None:
+    """Send the response headers with the first body bytes when those are already here.
+
+    aiohttp's StreamResponse writes headers at ``prepare`` (one syscall and packet)
+    and the body after. When the upstream's first bytes have arrived with its headers
+    (the common case), holding ours back saves that write. When nothing has arrived
+    (a model still thinking), the headers go out at once as before, so the client
+    sees the status and cost headers without waiting for the first token.
+    """
+    if upstream.content.total_bytes:
+        downstream._send_headers_immediately = False  # aiohttp's own knob (Response sets it)
+
+
 async def pump(upstream: ClientResponse, downstream: web.StreamResponse, stats: PipeStats) -> None:
     """Copy the upstream body to an already prepared ``downstream`` and finish it.
 
@@ -35,17 +48,21 @@ async def pump(upstream: ClientResponse, downstream: web.StreamResponse, stats: 
     truncated response instead of a short one that looks complete. Write failures
     (the client went away) propagate unchanged.
     """
-    read = upstream.content.readany
+    content = upstream.content
     write = downstream.write
     while True:
         try:
-            chunk = await read()
+            chunk = await content.readany()
         except (ClientError, asyncio.TimeoutError, OSError) as exc:
             raise UpstreamBroke(type(exc).__name__) from exc
         if not chunk:
             break
         if stats.first_byte_at is None:
             stats.first_byte_at = time.monotonic()
-        await write(chunk)
         stats.bytes_sent += len(chunk)
+        if content.at_eof():
+            # The whole rest has arrived: send it with the end of the body in one write.
+            await downstream.write_eof(chunk)
+            return
+        await write(chunk)
     await downstream.write_eof()
