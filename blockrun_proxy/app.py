@@ -266,8 +266,11 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
     if exchange is not None:
         response.headers["x-request-id"] = exchange.request_id
     if request.app[ADMISSION_KEY].draining:
-        # Tell keep-alive clients to reconnect (to a process that is not leaving).
+        # Tell keep-alive clients to reconnect (to a process that is not leaving). The
+        # header is set by hand: aiohttp computed the Connection header before this hook,
+        # and a close the client was not told about makes it reuse a dying connection.
         response.force_close()
+        response.headers["Connection"] = "close"
 
 
 # --- handlers ---------------------------------------------------------------------------------
