@@ -316,14 +316,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
     exchange = request[EXCHANGE_KEY]
     metrics = app[METRICS_KEY]
-    chat = parse_chat_request(
-        await request.read(), default_max_tokens=app[SETTINGS_KEY].default_max_tokens
-    )
-    exchange.model = chat.model
-    # Bad input is answered above without taking a slot. From here a call holds its slot
-    # until the last byte is relayed: the limit counts open streams, not just sends, so
-    # it bounds sockets and memory too.
+    # A call holds its slot from before its body is read until its last byte is relayed:
+    # the limit then bounds open streams, sockets and buffered bodies (at most
+    # max_concurrent bodies of up to max_body_bytes in memory), not just sends. Waiting and
+    # refused calls hold only what aiohttp buffers of an unread body (flow-controlled).
     async with app[ADMISSION_KEY].slot():
+        chat = parse_chat_request(
+            await request.read(), default_max_tokens=app[SETTINGS_KEY].default_max_tokens
+        )
+        exchange.model = chat.model
         answer = await app[GATEWAY_KEY].send_chat(chat.body, request.headers, exchange.request_id)
         paid = answer.paid_atomic
         if paid is not None:

@@ -117,11 +117,19 @@ def setup(level: str, log_format: str, *, stream: TextIO | None = None) -> Calla
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(DroppingQueueHandler(lines))
+    queued = DroppingQueueHandler(lines)
+    root.addHandler(queued)
     root.setLevel(level.upper())
     listener = QueueListener(lines, handler)
     listener.start()
-    return listener.stop
+
+    def stop() -> None:
+        listener.stop()  # writes what is queued
+        # The loop is gone by now: later lines (interpreter exit) may be written directly.
+        root.removeHandler(queued)
+        root.addHandler(handler)
+
+    return stop
 
 
 def dropped_lines() -> int | None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 
 import aiohttp
 import orjson
+import pytest
 from ops_support import free_port, proxy_environ, until
 from proc_support import ProxyProcess
 from prometheus_client.parser import text_string_to_metric_families
 
+from blockrun_proxy.config import Settings
 from blockrun_proxy.testing import FakeGateway
+from blockrun_proxy.workers import PACKAGE_ROOT, worker_command, worker_environ
 
 TEST_NETWORK = "eip155:84532"
 PAID = "openai/gpt-4o-mini"
@@ -82,3 +87,57 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
     finally:
         await proxy.kill()
         await gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"workers": 2, "port": 0}, "fixed --port"),
+        ({"workers": 0}, "--workers"),
+        ({"max_queue": -1}, "--max-queue"),
+        ({"queue_timeout_seconds": 0}, "--queue-timeout"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_start(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings(**fields).check()
+
+
+def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_line():
+    from click.testing import CliRunner
+
+    from blockrun_proxy import cli
+
+    seen: dict[str, object] = {}
+
+    def fake_supervise(options, workers):
+        seen.update(options=options, workers=workers)
+        return 0
+
+    env = {"BLOCKRUN_WALLET_KEY": "0x" + "11" * 32, "BLOCKRUN_PROXY_TOKEN": "tok",
+           "BLOCKRUN_PROXY_MAX_QUEUE": "7"}  # fmt: skip
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # serve sets up the process's logging
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("blockrun_proxy.workers.supervise", fake_supervise)
+        mp.setattr(root, "handlers", handlers)
+        mp.setattr(root, "level", level)
+        result = CliRunner().invoke(
+            cli.main,
+            ["serve", "--workers", "3", "--port", "4100", "--pay-to", "0xA", "--pay-to", "0xB",
+             "--log-level", "warning"],
+            env=env,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    options = seen["options"]
+    assert seen["workers"] == 3
+    assert options[options.index("--port") + 1] == "4100"
+    assert options[options.index("--max-queue") + 1] == "7"
+    assert [options[i + 1] for i, o in enumerate(options) if o == "--pay-to"] == ["0xA", "0xB"]
+    assert "--workers" not in options and "--demo" not in options
+    assert not any("11" * 32 in o or o == "tok" for o in options)
+    command = worker_command(options)
+    assert command[-3:] == ["--workers", "1", "--reuse-port"]
+    env_for_child = worker_environ({"PYTHONPATH": "/x"}, "/tmp/m")
+    assert env_for_child["PYTHONPATH"].split(os.pathsep) == [PACKAGE_ROOT, "/x"]
+    assert env_for_child["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/m"
