@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from blockrun_proxy import logs
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
 from blockrun_proxy.errors import (
     BodyTooLarge,
+    GatewayAnswer,
     InvalidRequest,
     NotFound,
     ProxyError,
+    ShuttingDown,
     Unauthorized,
+    UpstreamError,
     error_body,
 )
+from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, request_id_from
+from blockrun_proxy.limits import Admission, Limits
+from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
@@ -29,13 +37,22 @@ from blockrun_proxy.x402 import PayerPolicy, Signer, usd
 
 log = logging.getLogger("blockrun_proxy")
 
+ADMISSION_KEY = web.AppKey("admission", Admission)
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
+LIMITS_KEY = web.AppKey("limits", Limits)
+METRICS_KEY = web.AppKey("metrics", Metrics)
 MODELS_KEY = web.AppKey("models", ModelsCache)
 PAYER_KEY = web.AppKey("payer", Payer)
+SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 SETTINGS_KEY = web.AppKey("settings", Settings)
+EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 # Probes answer without the token: the kubelet has none, and they reveal nothing.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Still answered while draining: probes say what is going on, and a last scrape is useful.
+OPS_PATHS = PUBLIC_PATHS | {"/metrics"}
+# The route label of requests that matched no route (bounded metric cardinality).
+UNMATCHED_ROUTE = "other"
 # Upstream response headers that mean the same thing to the client; hop-by-hop
 # headers (Connection, Transfer-Encoding, ...) and Content-Length are aiohttp's job.
 PASSED_RESPONSE_HEADERS = (
@@ -52,9 +69,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, token_middleware(settings.token)],
+        # Outermost first: observe sees the final answer, errors included.
+        middlewares=[
+            observe_middleware,
+            error_middleware,
+            token_middleware(settings.token),
+            drain_middleware,
+        ],
     )
     app[SETTINGS_KEY] = settings
+    limits = Limits.from_settings(settings)
+    metrics = Metrics(multiprocess_dir=settings.metrics_dir)
+    metrics.max_concurrent.set(limits.max_concurrent)
+    metrics.watch(metrics.log_lines_dropped, logs.dropped_lines)
+    app[LIMITS_KEY] = limits
+    app[METRICS_KEY] = metrics
+    app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
     signer = Signer(settings.wallet_key) if settings.wallet_key else None
     policy = PayerPolicy(
         networks=frozenset(settings.networks),
@@ -64,17 +94,21 @@ def create_app(settings: Settings) -> web.Application:
         pay_to=frozenset(p.lower() for p in settings.pay_to),
     )
     app[PAYER_KEY] = Payer(signer, policy)
+    metrics.watch_payer(app[PAYER_KEY])
     app.cleanup_ctx.append(_client_session)
+    app.on_response_prepare.append(_stamp_response)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     return app
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     connector = aiohttp.TCPConnector(
-        limit=settings.max_concurrent,
+        limit=app[LIMITS_KEY].pool_size,
         limit_per_host=0,
         ttl_dns_cache=300,
         keepalive_timeout=30,
@@ -91,6 +125,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("Accept-Encoding",),  # forward the client's own, or none
         headers={"User-Agent": "blockrun-proxy"},
     ) as session:
+        app[SESSION_KEY] = session
         gateway = Gateway(
             session,
             settings.api_url,
@@ -107,20 +142,58 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, then one access line and the request metrics once the answer is done.
+
+    aiohttp's own access log stays off: this line knows the model, the cost and the
+    time to first byte, which aiohttp cannot.
+    """
+    resource = request.match_info.route.resource
+    exchange = Exchange(
+        request_id_from(request.headers.get("x-request-id")),
+        request.method,
+        resource.canonical if resource is not None else UNMATCHED_ROUTE,
+    )
+    request[EXCHANGE_KEY] = exchange
+    try:
+        response = await handler(request)
+        exchange.status = response.status
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            exchange.bytes_out = len(response.body)
+        return response
+    except asyncio.CancelledError:
+        exchange.status = CLIENT_CLOSED
+        raise
+    except BaseException:  # error_middleware answers everything else; this is a bug
+        exchange.status = 500
+        raise
+    finally:
+        _report(request, exchange)
+
+
+def _report(request: web.Request, exchange: Exchange) -> None:
+    now = time.monotonic()
+    logs.log_access(exchange, now=now)
+    request.app[METRICS_KEY].observe(exchange, now=now)
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place exceptions become OpenAI-shaped answers; never a traceback to the client."""
     try:
         return await handler(request)
     except ProxyError as exc:
-        return _error_response(exc)
+        return _error_response(request, exc)
     except web.HTTPRequestEntityTooLarge:
         return _error_response(
-            BodyTooLarge(f"request body exceeds {request.app[SETTINGS_KEY].max_body_bytes} bytes")
+            request,
+            BodyTooLarge(f"request body exceeds {request.app[SETTINGS_KEY].max_body_bytes} bytes"),
         )
     except web.HTTPNotFound:
-        return _error_response(NotFound(f"no route {request.method} {request.path}"))
+        return _error_response(request, NotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed:
         return _error_response(
+            request,
             InvalidRequest(
                 f"method {request.method} is not allowed on {request.path}",
                 code="method_not_allowed",
@@ -134,7 +207,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             body=error_body(exc.reason, "invalid_request_error", str(exc.status)),
         )
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception(
+            "unexpected error on %s %s (request %s)",
+            request.method,
+            request.path,
+            request[EXCHANGE_KEY].request_id,
+        )
         return web.Response(
             status=500,
             content_type="application/json",
@@ -142,7 +220,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def _error_response(exc: ProxyError, status: int | None = None) -> web.Response:
+def _error_response(
+    request: web.Request, exc: ProxyError, status: int | None = None
+) -> web.Response:
+    # The gateway's failures and the proxy's own refusals are counted apart: the first
+    # page someone about the gateway, the second about the proxy's settings or clients.
+    exchange = request[EXCHANGE_KEY]
+    if isinstance(exc, (UpstreamError, GatewayAnswer)):
+        exchange.upstream_error = exc.code
+    else:
+        exchange.refusal = exc.code
     return web.Response(
         status=status or exc.status,
         body=exc.to_json(),
@@ -151,9 +238,7 @@ def _error_response(exc: ProxyError, status: int | None = None) -> web.Response:
     )
 
 
-def token_middleware(
-    token: str | None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def token_middleware(token: str | None) -> Middleware:
     expected = f"Bearer {token}".encode() if token else None
 
     @web.middleware
@@ -167,11 +252,57 @@ def token_middleware(
     return check_token
 
 
+@web.middleware
+async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """While draining, refuse new work (503) but keep probes and /metrics answering."""
+    if request.app[ADMISSION_KEY].draining and request.path not in OPS_PATHS:
+        raise ShuttingDown("the proxy is shutting down; send this request elsewhere")
+    return await handler(request)
+
+
+async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Runs just before any response's headers go out: one place for what all share."""
+    exchange = request.get(EXCHANGE_KEY)
+    if exchange is not None:
+        response.headers["x-request-id"] = exchange.request_id
+    if request.app[ADMISSION_KEY].draining:
+        # Tell keep-alive clients to reconnect (to a process that is not leaving). The
+        # header is set by hand: aiohttp computed the Connection header before this hook,
+        # and a close the client was not told about makes it reuse a dying connection.
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
 # --- handlers ---------------------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the loop answers. No upstream call, no state: cheap enough for any period."""
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the upstream session is up and the proxy is not draining.
+
+    No wallet is not "unready": free models still work; the answer says so.
+    """
+    app = request.app
+    session = app.get(SESSION_KEY)
+    session_up = session is not None and not session.closed
+    draining = app[ADMISSION_KEY].draining
+    ready = session_up and not draining
+    body = {
+        "ready": ready,
+        "draining": draining,
+        "upstream_session": session_up,
+        "wallet": "loaded" if app[PAYER_KEY].address else "none: free models only",
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body, content_type = await request.app[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -182,35 +313,52 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS_KEY]
-    started = time.monotonic()
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    chat = parse_chat_request(await request.read(), default_max_tokens=settings.default_max_tokens)
-    answer = await request.app[GATEWAY_KEY].send_chat(chat.body, request.headers, request_id)
-    stats = PipeStats()
-    async with answer.response as upstream:
-        response = web.StreamResponse(status=upstream.status, headers=_response_headers(answer))
-        response.headers["x-request-id"] = request_id
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        coalesce_headers(upstream, response)
-        await response.prepare(request)
-        try:
-            await pump(upstream, response, stats)
-        except UpstreamBroke as exc:
-            # Headers (and maybe bytes) are out: the only honest signal left is to cut the
-            # connection, so the client sees a truncated body, not a clean short one.
-            log.warning("upstream broke mid-response after %d bytes: %s", stats.bytes_sent, exc)
-            if request.transport is not None:
-                request.transport.abort()
-    log.debug(
-        "chat %s model=%s status=%d bytes=%d %.1fms",
-        request_id,
-        chat.model,
-        upstream.status,
-        stats.bytes_sent,
-        (time.monotonic() - started) * 1000,
-    )
+    app = request.app
+    exchange = request[EXCHANGE_KEY]
+    metrics = app[METRICS_KEY]
+    # A call holds its slot from before its body is read until its last byte is relayed:
+    # the limit then bounds open streams, sockets and buffered bodies (at most
+    # max_concurrent bodies of up to max_body_bytes in memory), not just sends. Waiting and
+    # refused calls hold only what aiohttp buffers of an unread body (flow-controlled).
+    async with app[ADMISSION_KEY].slot():
+        chat = parse_chat_request(
+            await request.read(), default_max_tokens=app[SETTINGS_KEY].default_max_tokens
+        )
+        exchange.model = chat.model
+        answer = await app[GATEWAY_KEY].send_chat(chat.body, request.headers, exchange.request_id)
+        paid = answer.paid_atomic
+        if paid is not None:
+            exchange.cost_atomic = paid
+            metrics.settled(paid)
+        stats = PipeStats()
+        async with answer.response as upstream:
+            if upstream.status >= 400:
+                exchange.upstream_error = f"http_{upstream.status}"
+            response = web.StreamResponse(status=upstream.status, headers=_response_headers(answer))
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            coalesce_headers(upstream, response)
+            await response.prepare(request)
+            metrics.open_streams.inc()
+            try:
+                await pump(upstream, response, stats)
+            except UpstreamBroke as exc:
+                # Headers (and maybe bytes) are out: the only honest signal left is to cut
+                # the connection, so the client sees a truncated body, not a clean short one.
+                exchange.upstream_error = "stream_broken"
+                log.warning(
+                    "upstream broke mid-response after %d bytes: %s (request %s)",
+                    stats.bytes_sent,
+                    exc,
+                    exchange.request_id,
+                )
+                if request.transport is not None:
+                    request.transport.abort()
+            finally:
+                metrics.open_streams.dec()
+                metrics.relayed_bytes.inc(stats.bytes_sent)
+                exchange.bytes_out = stats.bytes_sent
+                exchange.first_byte_at = stats.first_byte_at
     return response
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import click
 
-from blockrun_proxy import config
+from blockrun_proxy import config, logs
 from blockrun_proxy.config import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -94,7 +94,36 @@ def main(ctx: click.Context) -> None:
     show_default=True,
     type=int,
     envvar=_env("MAX_CONCURRENT"),
-    help="In-flight upstream calls at most.",
+    help="In-flight upstream calls at most (streams included); sizes the connection pool.",
+)
+@click.option(
+    "--max-queue",
+    default=None,
+    type=click.IntRange(min=0),
+    envvar=_env("MAX_QUEUE"),
+    help="Calls that may wait for a free slot; past it, 429 at once. [default: --max-concurrent]",
+)
+@click.option(
+    "--queue-timeout",
+    default=config.DEFAULT_QUEUE_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("QUEUE_TIMEOUT"),
+    help="Seconds a call may wait for a free slot before it gets a 429.",
+)
+@click.option(
+    "--workers",
+    default=config.DEFAULT_WORKERS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar=_env("WORKERS"),
+    help="Processes serving the port together (SO_REUSEPORT); each gets the limits above.",
+)
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    envvar=_env("REUSE_PORT"),
+    help="Bind with SO_REUSEPORT, for running several processes on one port yourself.",
 )
 @click.option(
     "--grace-seconds",
@@ -126,6 +155,10 @@ def serve(
     default_max_tokens: int,
     pay_to: tuple[str, ...],
     max_concurrent: int,
+    max_queue: int | None,
+    queue_timeout: float,
+    workers: int,
+    reuse_port: bool,
     grace_seconds: float,
     allow_public: bool,
     demo: bool,
@@ -143,6 +176,11 @@ def serve(
         default_max_tokens=default_max_tokens,
         pay_to=pay_to,
         max_concurrent=max_concurrent,
+        max_queue=max_queue,
+        queue_timeout_seconds=queue_timeout,
+        workers=workers,
+        reuse_port=reuse_port,
+        metrics_dir=config.read_metrics_dir(),
         grace_seconds=grace_seconds,
         allow_public=allow_public,
         demo=demo,
@@ -154,11 +192,22 @@ def serve(
         _check_wallet(settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    stop_logging = logs.setup(settings.log_level, settings.log_format)
+    try:
+        code = _run(settings, wallet_source)
+    finally:
+        stop_logging()
+    if code:
+        raise SystemExit(code)
+
+
+def _run(settings: Settings, wallet_source: str) -> int:
     log = logging.getLogger("blockrun_proxy")
-    if demo:
+    if settings.workers > 1:
+        from blockrun_proxy.workers import supervise
+
+        return supervise(_worker_options(click.get_current_context()), settings.workers)
+    if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
     elif settings.wallet_key:
         log.info("wallet loaded from %s", wallet_source)
@@ -169,6 +218,34 @@ def serve(
     from blockrun_proxy.server import serve as run
 
     asyncio.run(run(settings))
+    return 0
+
+
+def _worker_options(ctx: click.Context) -> list[str]:
+    """The parsed ``serve`` options as command-line flags again, for --workers children.
+
+    Values that came from the environment become explicit flags (same values). Secrets
+    are not options: each child reads them from its environment or the wallet file.
+    """
+    args: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or not param.expose_value:
+            continue
+        if param.name in ("workers", "reuse_port"):
+            continue  # the supervisor sets these for its children
+        value = ctx.params.get(param.name or "")
+        flag = max(param.opts, key=len)
+        if value is None:
+            continue
+        if param.is_flag:
+            if value:
+                args.append(flag)
+        elif param.multiple:
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def _check_wallet(settings: Settings) -> None:

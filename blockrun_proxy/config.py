@@ -33,11 +33,18 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
 # authorization valid for hours gets refused.
 DEFAULT_MAX_AUTH_SECONDS = 900
 DEFAULT_MAX_CONCURRENT = 256
+# How long a call waits for a free slot before it gets a 429. Short on purpose: the
+# queue smooths bursts, it is not a place to park a backlog (clients retry on 429).
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 2.0
 DEFAULT_GRACE_SECONDS = 30.0
+DEFAULT_WORKERS = 1
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
 TOKEN_ENV = "BLOCKRUN_PROXY_TOKEN"
+# Set by the --workers supervisor for its children: prometheus-client's shared-memory
+# directory, which makes /metrics on any worker report the sum over all of them.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The wallet file blockrun-llm creates and manages (setup_agent_wallet()).
 WALLET_FILE = Path.home() / ".blockrun" / ".session"
 LEGACY_WALLET_FILE = Path.home() / ".blockrun" / "wallet.key"
@@ -66,7 +73,16 @@ class Settings:
     connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
     max_auth_seconds: int = DEFAULT_MAX_AUTH_SECONDS
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    # Calls allowed to wait for a slot; None means "as many as max_concurrent".
+    max_queue: int | None = None
+    queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # Processes sharing the port (SO_REUSEPORT); 1 serves in this process.
+    workers: int = DEFAULT_WORKERS
+    # Bind with SO_REUSEPORT, so several processes can listen on the same port.
+    reuse_port: bool = False
+    # prometheus-client multiprocess directory (set for --workers children only).
+    metrics_dir: str | None = None
     # Replays of the SAME signed payment after a 5xx, before any byte reached the client.
     paid_replays: int = 2
     # Retries of the unpaid probe after a 5xx (nothing is signed yet, so these are free).
@@ -97,6 +113,16 @@ class Settings:
             raise ValueError("--networks must name at least one CAIP-2 network")
         if self.max_concurrent < 1:
             raise ValueError("--max-concurrent must be at least 1")
+        if self.max_queue is not None and self.max_queue < 0:
+            raise ValueError("--max-queue must not be negative")
+        if self.queue_timeout_seconds <= 0:
+            raise ValueError("--queue-timeout must be positive")
+        if self.grace_seconds < 0:
+            raise ValueError("--grace-seconds must not be negative")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("--workers needs a fixed --port: each worker binds the same one")
         if not is_loopback(self.host) and not self.token and not self.allow_public:
             raise ValueError(
                 f"refusing to listen on {self.host} without a token: anyone who can reach it "
@@ -123,6 +149,11 @@ def env_default(name: str, environ: Mapping[str, str] | None = None) -> str | No
 def read_token(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(TOKEN_ENV) or None
+
+
+def read_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get(METRICS_DIR_ENV) or None
 
 
 def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:

@@ -1,4 +1,14 @@
-"""Running the app: bind, serve until SIGTERM/SIGINT, then stop accepting and drain."""
+"""Running the app: bind, serve until SIGTERM/SIGINT, then stop accepting and drain.
+
+The drain, in order (``drain``):
+
+1. admission starts draining: ``/readyz`` answers 503, new requests get a 503
+   ``proxy_draining`` with ``Connection: close``;
+2. aiohttp's ``runner.cleanup`` closes the listening socket (new connections are
+   refused), closes idle keep-alive connections, waits up to ``grace_seconds`` for
+   in-flight handlers, streams included, then cancels what is left;
+3. the upstream ClientSession closes (app cleanup) and ``serve`` returns: exit 0.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +16,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from aiohttp import web
 
-from blockrun_proxy.app import create_app
+from blockrun_proxy.app import ADMISSION_KEY, LIMITS_KEY, create_app
 from blockrun_proxy.config import Settings
+from blockrun_proxy.limits import Limits, raise_fd_limit
 
 log = logging.getLogger("blockrun_proxy")
+# Sockets the process needs besides relayed streams: logs, the listener, DNS, models.
+FD_MARGIN = 64
 
 
 @contextlib.asynccontextmanager
@@ -30,25 +44,51 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
         shutdown_timeout=settings.grace_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        backlog=app[LIMITS_KEY].backlog,
+        reuse_port=settings.reuse_port or None,
+    )
     await site.start()
     port = runner.addresses[0][1]
     try:
         yield runner, port
     finally:
-        await runner.cleanup()
+        await drain(runner, settings.grace_seconds)
+
+
+async def drain(runner: web.AppRunner, grace_seconds: float) -> None:
+    """Refuse new work, let in-flight requests finish for up to ``grace_seconds``, stop."""
+    admission = runner.app[ADMISSION_KEY]
+    admission.start_draining()
+    started = time.monotonic()
+    if admission.active or admission.queued:
+        log.info(
+            "draining: %d calls in flight, %d queued, up to %gs",
+            admission.active,
+            admission.queued,
+            grace_seconds,
+        )
+    await runner.cleanup()
+    log.info("stopped after draining for %.1fs", time.monotonic() - started)
 
 
 async def serve(settings: Settings) -> None:
+    _check_fd_limit(settings)
     async with contextlib.AsyncExitStack() as stack:
         if settings.demo:
             settings = await stack.enter_async_context(demo_gateway(settings))
         _, port = await stack.enter_async_context(running(settings))
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        url = f"http://{host}:{port}/v1"
+        # Tests and supervisors read the bound port from this line (--port 0).
         log.info(
-            "blockrun-proxy listening on http://%s:%d/v1 (gateway %s)",
-            settings.host,
-            port,
+            "blockrun-proxy listening on %s (gateway %s)",
+            url,
             settings.api_url,
+            extra={"fields": {"url": url}, "in_message": ("url",)},
         )
         if settings.demo:
             print_demo_help(settings.host, port)
@@ -58,7 +98,22 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info(
-            "shutting down: no new connections, draining for up to %.0fs", settings.grace_seconds
+            "shutting down: no new connections, draining for up to %gs", settings.grace_seconds
+        )
+
+
+def _check_fd_limit(settings: Settings) -> None:
+    soft, _ = raise_fd_limit()
+    limits = Limits.from_settings(settings)
+    # A relayed stream holds two sockets (client, gateway); a queued call holds one.
+    needed = 2 * limits.max_concurrent + limits.max_queue + FD_MARGIN
+    if 0 <= soft < needed:
+        log.warning(
+            "open-files limit %d is below the %d that --max-concurrent %d needs; raise "
+            "`ulimit -n` or lower --max-concurrent",
+            soft,
+            needed,
+            settings.max_concurrent,
         )
 
 

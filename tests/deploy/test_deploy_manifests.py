@@ -51,6 +51,10 @@ PROXY_SETTINGS_ENV = {
     "BLOCKRUN_PROXY_NETWORKS",
     "BLOCKRUN_PROXY_MAX_PRICE_USD",
     "BLOCKRUN_PROXY_MAX_CONCURRENT",
+    "BLOCKRUN_PROXY_MAX_QUEUE",
+    "BLOCKRUN_PROXY_QUEUE_TIMEOUT",
+    "BLOCKRUN_PROXY_WORKERS",
+    "BLOCKRUN_PROXY_REUSE_PORT",
     "BLOCKRUN_PROXY_GRACE_SECONDS",
     "BLOCKRUN_PROXY_LOG_FORMAT",
     "BLOCKRUN_PROXY_ALLOW_PUBLIC",
@@ -458,6 +462,23 @@ def test_resources_requested_and_limited(name: str) -> None:
         request = _quantity(resources["requests"][kind])
         limit = _quantity(resources["limits"][kind])
         assert 0 < request <= limit, (name, kind)
+
+
+def test_probe_and_scrape_paths_are_served_with_the_right_guard() -> None:
+    """The kubelet sends no token, Prometheus does: probes must be public routes of the
+    real app, /metrics a route behind the token."""
+    app_module = pytest.importorskip("blockrun_proxy.app")
+    config = pytest.importorskip("blockrun_proxy.config")
+    app = app_module.create_app(config.Settings(token="t"))
+    served = {route.resource.canonical for route in app.router.routes() if route.method == "GET"}
+    proxy = _proxy()
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe in proxy:
+            path = proxy[probe]["httpGet"]["path"]
+            assert path in served and path in app_module.PUBLIC_PATHS, (probe, path)
+    assert proxy["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the one that drains
+    scrape = _deployment()["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
+    assert scrape in served and scrape not in app_module.PUBLIC_PATHS
 
 
 def test_prometheus_annotations_point_at_metrics() -> None:

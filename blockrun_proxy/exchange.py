@@ -1,0 +1,50 @@
+"""What one request did: the record the access log and the metrics are both written from.
+
+The outermost middleware creates an ``Exchange`` per request; handlers and the error
+middleware fill in what only they know (model, cost, bytes, first byte, error code);
+the middleware reports it once the response is done. Nothing here holds key material.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+# A client's x-request-id is kept only if it looks like an id: it ends up in log lines
+# and in the gateway request, so no spaces, quotes or control characters, bounded size.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+# A handler cancelled before it answered: the client hung up (or the drain ran out).
+# 499 is nginx's "client closed request"; no response with it is ever sent.
+CLIENT_CLOSED = 499
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's request id if it is a sane one, else a fresh one."""
+    if header and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    method: str
+    route: str
+    started: float = field(default_factory=time.monotonic)
+    status: int = 0
+    model: str | None = None
+    # Response body bytes sent to the client.
+    bytes_out: int = 0
+    first_byte_at: float | None = None
+    # USDC atomic units paid for this call (settled, else signed), None when free.
+    cost_atomic: int | None = None
+    # The ``code`` of an error the proxy answered itself (policy, overload, bad input).
+    refusal: str | None = None
+    # What went wrong on the gateway's side, e.g. ``gateway_timeout``, ``http_503``.
+    upstream_error: str | None = None
+
+    def ttfb(self) -> float | None:
+        """Seconds from the request's arrival to the first relayed body byte."""
+        return None if self.first_byte_at is None else self.first_byte_at - self.started

@@ -1,0 +1,196 @@
+"""Admission control: who may start an upstream call, and how every limit derives from one knob.
+
+``Admission`` lets at most ``max_concurrent`` chat calls talk to the gateway at once.
+Callers beyond that wait in a bounded FIFO for at most ``queue_timeout`` seconds; when
+the queue is full, or the wait runs out, they get ``Overloaded`` (429 with
+``Retry-After``) rather than an ever-growing pile of parked requests. Draining
+(SIGTERM) refuses everyone new with ``ShuttingDown`` while the admitted finish.
+
+Why not ``asyncio.Semaphore``: it has no queue bound, no queue-wait timeout and no
+way to count waiters, and those three are what keep a burst of 10x the limit from
+wedging the process. A slot freed by ``release`` is handed straight to the oldest
+waiter, so a newcomer can never overtake the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from blockrun_proxy.config import Settings
+from blockrun_proxy.errors import Overloaded, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+# The models catalogue fetch is the only other user of the upstream pool (one at a
+# time, single-flight), so an admitted chat call never waits for a pooled connection.
+POOL_HEADROOM = 2
+# How long an overloaded client should wait before trying again.
+RETRY_AFTER_SECONDS = 1
+MIN_BACKLOG = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Every size that must agree with ``--max-concurrent``, computed in one place."""
+
+    max_concurrent: int
+    max_queue: int
+    queue_timeout: float
+    # TCPConnector(limit=...): >= max_concurrent, so admission is the only place anyone waits.
+    pool_size: int
+    # listen() backlog: room for a whole burst of connections to be accepted and answered
+    # (served, queued or refused) instead of being dropped by the kernel.
+    backlog: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        queue = settings.max_concurrent if settings.max_queue is None else settings.max_queue
+        return cls(
+            max_concurrent=settings.max_concurrent,
+            max_queue=queue,
+            queue_timeout=settings.queue_timeout_seconds,
+            pool_size=settings.max_concurrent + POOL_HEADROOM,
+            backlog=max(MIN_BACKLOG, 2 * (settings.max_concurrent + queue)),
+        )
+
+
+class _QueueTimeout(Exception):
+    """Set on a waiter's future when its queue wait runs out."""
+
+
+OnChange = Callable[[int, int], None]
+
+
+class Admission:
+    """Concurrency gate with a bounded FIFO wait queue and a draining switch.
+
+    Use ``async with admission.slot(): ...`` around the upstream call and the pipe.
+    Cancellation-safe: a caller cancelled while queued leaves the queue; one cancelled
+    at the instant it was handed a slot passes the slot on.
+    """
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        max_queue: int,
+        queue_timeout: float,
+        *,
+        on_change: OnChange | None = None,
+    ) -> None:
+        if max_concurrent < 1 or max_queue < 0 or queue_timeout <= 0:
+            raise ValueError("need max_concurrent >= 1, max_queue >= 0, queue_timeout > 0")
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.active = 0
+        self.draining = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._on_change = on_change
+
+    @classmethod
+    def from_limits(cls, limits: Limits, *, on_change: OnChange | None = None) -> Admission:
+        return cls(
+            limits.max_concurrent, limits.max_queue, limits.queue_timeout, on_change=on_change
+        )
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def start_draining(self) -> None:
+        """Refuse every new caller from now on; the admitted and the queued go on."""
+        self.draining = True
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def acquire(self) -> None:
+        if self.draining:
+            raise ShuttingDown("the proxy is shutting down; send this request elsewhere")
+        if self.active < self.max_concurrent and not self._waiters:
+            self.active += 1
+            self._changed()
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise self._overloaded(
+                "proxy_overloaded",
+                f"the proxy is at its limit of {self.max_concurrent} concurrent calls and "
+                f"{self.max_queue} waiting; nothing was sent or paid",
+            )
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        self._changed()
+        timer = loop.call_later(self.queue_timeout, _expire, waiter)
+        try:
+            await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed a slot in the same loop turn as we were cancelled: pass it on.
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)  # O(queue), and the queue is bounded
+                self._changed()
+            if isinstance(exc, _QueueTimeout):
+                raise self._overloaded(
+                    "proxy_queue_timeout",
+                    f"no free slot within {self.queue_timeout:g}s (limit "
+                    f"{self.max_concurrent} concurrent calls); nothing was sent or paid",
+                ) from None
+            raise
+        finally:
+            timer.cancel()
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the waiter: ``active`` unchanged
+                self._changed()
+                return
+        self.active -= 1
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.active, len(self._waiters))
+
+    def _overloaded(self, code: str, message: str) -> Overloaded:
+        return Overloaded(message, code=code, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_QueueTimeout())
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft open-files limit to the hard one; returns (soft, hard) afterwards.
+
+    Each relayed stream holds two sockets (client and gateway); container runtimes often
+    start processes with a soft limit of 1024, which a few hundred streams exhaust.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.debug("could not raise RLIMIT_NOFILE from %d", soft)
+    return soft, hard

@@ -1,0 +1,221 @@
+"""Prometheus metrics: one ``Metrics`` per app, exposed on ``GET /metrics``.
+
+Each app owns its ``CollectorRegistry`` (never prometheus-client's global one), so
+several apps in one process, as in the tests, never share or collide.
+
+The protocol code does not import prometheus: the payer (and the quote model) keep
+plain ``int`` counters, and ``watch_*`` registers them here. ``sync()`` turns their
+growth into counter increments; it runs after every request and before every scrape,
+which also makes them correct in multiprocess mode (``--workers``), where only real
+metric objects are shared between processes.
+
+With ``--workers N`` the supervisor gives every worker the same
+``PROMETHEUS_MULTIPROC_DIR``: values then live in small shared-memory files and any
+worker's ``/metrics`` reports the sum over all of them, so a scrape that lands on a
+random worker still sees monotonic counters.
+
+No label ever carries request content, a header or key material: labels are route
+templates, status codes and the proxy's own error codes, all bounded sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from blockrun_proxy.exchange import Exchange
+
+PREFIX = "blockrun_proxy"
+# Proxy overhead is milliseconds; LLM calls take seconds to minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class QuoteStats(Protocol):
+    """What the quote model counts (plain ints), exported as ``*_quote_*_total``."""
+
+    hits: int
+    misses: int
+    overpaid_atomic: int
+
+
+@dataclass(slots=True)
+class _Synced:
+    """A counter that follows a plain int owned by someone else."""
+
+    counter: Counter
+    read: Callable[[], int | None]
+    last: int = 0
+
+    def sync(self) -> None:
+        value = self.read()
+        if value is None:
+            return
+        if value > self.last:
+            self.counter.inc(value - self.last)
+        # A smaller value means the source was replaced; follow it from here.
+        self.last = value
+
+
+class Metrics:
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+        self._multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry()
+        self._synced: list[_Synced] = []
+        self.requests = self._counter(
+            "requests",
+            "Requests answered, by route and HTTP status (499: the client hung up first).",
+            ("route", "status"),
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Time from request arrival to the end of the response, by route.",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            f"{PREFIX}_time_to_first_byte_seconds",
+            "Time from request arrival to the first relayed body byte, by route.",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.open_streams = self._gauge("open_streams", "Responses being relayed right now.")
+        self.upstream_inflight = self._gauge(
+            "upstream_inflight", "Chat calls holding an admission slot."
+        )
+        self.admission_queue = self._gauge(
+            "admission_queue", "Chat calls waiting for an admission slot."
+        )
+        self.max_concurrent = self._gauge(
+            "max_concurrent", "The admission limit (summed over --workers)."
+        )
+        self.relayed_bytes = self._counter(
+            "relayed_bytes", "Upstream response body bytes relayed to clients."
+        )
+        self.payments_signed = self._counter("payments_signed", "Payment authorizations signed.")
+        self.signed_micro_usdc = self._counter(
+            "signed_micro_usdc", "USDC signed for, in atomic units (1e-6 USDC)."
+        )
+        self.payments_settled = self._counter(
+            "payments_settled", "Paid calls the gateway accepted and answered."
+        )
+        self.settled_micro_usdc = self._counter(
+            "settled_micro_usdc", "USDC the gateway settled, in atomic units (1e-6 USDC)."
+        )
+        self.refusals = self._counter(
+            "refusals",
+            "Requests the proxy answered with its own error (policy, overload, draining, "
+            "bad input), by reason.",
+            ("reason",),
+        )
+        self.upstream_errors = self._counter(
+            "upstream_errors",
+            "Gateway failures seen by clients (unreachable, timeout, error status, broken "
+            "stream), by kind.",
+            ("kind",),
+        )
+        self.log_lines_dropped = self._counter(
+            "log_lines_dropped", "Log lines dropped because the log writer fell behind."
+        )
+
+    # ----------------------------------------------------------------- sources
+
+    def watch_payer(self, payer: Any) -> None:
+        """Follow ``payer.signatures`` and ``payer.signed_atomic`` (plain ints)."""
+        self.watch(self.payments_signed, lambda: getattr(payer, "signatures", None))
+        self.watch(self.signed_micro_usdc, lambda: getattr(payer, "signed_atomic", None))
+
+    def watch_quotes(self, stats: Callable[[], QuoteStats | None]) -> None:
+        """Export the quote model's hit/miss counters.
+
+        The hook for the quote model: ``metrics.watch_quotes(lambda: quotes.stats)`` in
+        ``create_app``. The series exist only once a quote model is watched.
+        """
+        hits = self._counter("quote_hits", "Paid calls signed up front from a cached quote.")
+        misses = self._counter("quote_misses", "Paid calls that needed a 402 round trip.")
+        overpaid = self._counter(
+            "quote_overpaid_micro_usdc",
+            "USDC signed above the gateway's price by quoted calls, in atomic units.",
+        )
+        self.watch(hits, lambda: _field(stats(), "hits"))
+        self.watch(misses, lambda: _field(stats(), "misses"))
+        self.watch(overpaid, lambda: _field(stats(), "overpaid_atomic"))
+
+    def watch(self, counter: Counter, read: Callable[[], int | None]) -> None:
+        """Make ``counter`` follow an int someone else increments."""
+        synced = _Synced(counter, read)
+        synced.sync()
+        self._synced.append(synced)
+
+    def sync(self) -> None:
+        for synced in self._synced:
+            synced.sync()
+
+    # ----------------------------------------------------------------- events
+
+    def admission_changed(self, active: int, queued: int) -> None:
+        self.upstream_inflight.set(active)
+        self.admission_queue.set(queued)
+
+    def settled(self, amount_atomic: int) -> None:
+        self.payments_settled.inc()
+        self.settled_micro_usdc.inc(amount_atomic)
+
+    def observe(self, exchange: Exchange, *, now: float | None = None) -> None:
+        """Count a finished request."""
+        end = time.monotonic() if now is None else now
+        self.requests.labels(exchange.route, str(exchange.status)).inc()
+        self.latency.labels(exchange.route).observe(end - exchange.started)
+        ttfb = exchange.ttfb()
+        if ttfb is not None:
+            self.ttfb.labels(exchange.route).observe(ttfb)
+        if exchange.refusal is not None:
+            self.refusals.labels(exchange.refusal).inc()
+        if exchange.upstream_error is not None:
+            self.upstream_errors.labels(exchange.upstream_error).inc()
+        self.sync()
+
+    # ----------------------------------------------------------------- exposition
+
+    async def render(self) -> tuple[bytes, str]:
+        """The text exposition and its content type."""
+        self.sync()
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        # Reading every worker's files is blocking I/O: keep it off the event loop.
+        body = await asyncio.get_running_loop().run_in_executor(None, self._render_all_workers)
+        return body, CONTENT_TYPE_LATEST
+
+    def _render_all_workers(self) -> bytes:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(f"{PREFIX}_{name}", doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str) -> Gauge:
+        # livesum: with --workers, the sum over the workers still running.
+        return Gauge(f"{PREFIX}_{name}", doc, registry=self.registry, multiprocess_mode="livesum")
+
+
+def _field(stats: object | None, name: str) -> int | None:
+    value = getattr(stats, name, None)
+    return value if isinstance(value, int) else None

@@ -1,0 +1,112 @@
+"""``serve --workers N``: N proxy processes on one port, for users who outgrow one core.
+
+The parent binds nothing and runs no app. It starts N children, each a plain
+``python -m blockrun_proxy serve <same options> --workers 1 --reuse-port``, so each
+binds the port with SO_REUSEPORT and the kernel spreads new connections over them.
+It forwards SIGTERM/SIGINT to every child and exits once all have exited: 0 when
+each drained cleanly. A child that dies on its own makes the parent stop the others
+and exit 1: restarting is the container runtime's job (one restart policy, not two).
+
+Secrets are never handed over: each child reads the token and the wallet key from
+the environment or the wallet file exactly as the parent did, so the key appears on
+no command line. The children share a fresh ``PROMETHEUS_MULTIPROC_DIR``, so
+``/metrics`` on any of them reports the sum over all of them (see metrics.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+from blockrun_proxy.config import METRICS_DIR_ENV
+
+log = logging.getLogger(__name__)
+
+# The directory that holds the blockrun_proxy package the parent runs, put first on
+# the children's PYTHONPATH so they run the same code, whatever their working directory.
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def worker_command(options: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "blockrun_proxy",
+        "serve",
+        *options,
+        "--workers",
+        "1",
+        "--reuse-port",
+    ]
+
+
+def worker_environ(environ: Mapping[str, str], metrics_dir: str) -> dict[str, str]:
+    env = dict(environ)
+    env[METRICS_DIR_ENV] = metrics_dir
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + path if path else "")
+    return env
+
+
+def supervise(options: Sequence[str], workers: int) -> int:
+    """Run ``workers`` children with ``options`` until they all exit; the exit code."""
+    metrics_dir = tempfile.mkdtemp(prefix="blockrun-proxy-metrics-")
+    command = worker_command(options)
+    env = worker_environ(os.environ, metrics_dir)
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(signum: int | None = None, frame: FrameType | None = None) -> None:
+        nonlocal stopping
+        stopping = True
+        # os.kill, not Popen.poll/terminate: those may reap a child behind os.wait's back.
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    # Handlers first, children second: a SIGTERM arriving mid-start still reaches them all.
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    failed = False
+    try:
+        for _ in range(workers):
+            if stopping:
+                break
+            child = subprocess.Popen(command, env=env)
+            children[child.pid] = child
+        log.info("started %d workers: %s", len(children), " ".join(map(str, children)))
+        while children:
+            pid, status = os.wait()
+            reaped = children.pop(pid, None)
+            if reaped is None:
+                continue
+            reaped.returncode = code = os.waitstatus_to_exitcode(status)
+            _forget_worker_metrics(pid, metrics_dir)
+            if not stopping:
+                log.error("worker %d exited with %d on its own; stopping the others", pid, code)
+                failed = True
+                stop()
+            elif code != 0:
+                log.error("worker %d exited with %d", pid, code)
+                failed = True
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def _forget_worker_metrics(pid: int, metrics_dir: str) -> None:
+    """Drop a dead worker's live gauges (open streams, in-flight) from the shared sums."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]

@@ -1,0 +1,132 @@
+"""Graceful shutdown: readiness, refusing new work, and a real SIGTERM to a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import pytest
+from ops_support import FIRST_FRAME, LAST_FRAME, HoldingUpstream, proxy_environ
+from proc_support import ProxyProcess
+
+from blockrun_proxy.app import ADMISSION_KEY
+
+FREE = "nvidia/deepseek-v4-flash"
+CHAT = orjson.dumps({"model": FREE, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+
+
+@pytest.fixture
+async def holding() -> AsyncIterator[HoldingUpstream]:
+    upstream = HoldingUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.close()
+
+
+async def open_stream(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+    """POST a streamed chat and read its first frame: the stream is then surely in flight."""
+    response = await session.post(url, data=CHAT)
+    assert response.status == 200
+    assert await response.content.readuntil(b"\n\n") == FIRST_FRAME
+    return response
+
+
+async def refuses_connections(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+# --------------------------------------------------------------------------- in process
+
+
+async def test_draining_turns_readiness_off_and_refuses_new_work(start_proxy, holding):
+    proxy = await start_proxy(api_url=holding.url)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/readyz") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["ready"] is True
+        proxy.app[ADMISSION_KEY].start_draining()
+        async with session.get(proxy.url + "/readyz") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["draining"] is True
+        async with session.post(proxy.base_url + "/chat/completions", data=CHAT) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["error"]["code"] == "proxy_draining"
+            assert resp.headers["Connection"] == "close"  # go find a process that stays
+        async with session.get(proxy.url + "/healthz") as resp:
+            assert resp.status == 200  # liveness: draining is not dead
+        async with session.get(proxy.url + "/metrics") as resp:
+            assert resp.status == 200
+    assert holding.started == 0
+
+
+async def test_readyz_states_free_only_mode_without_a_wallet(start_proxy):
+    proxy = await start_proxy(wallet_key=None)
+    async with aiohttp.ClientSession() as session, session.get(proxy.url + "/readyz") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["ready"] is True
+    assert body["wallet"] == "none: free models only"
+
+
+# --------------------------------------------------------------------------- real SIGTERM
+
+
+async def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(holding, tmp_path):
+    proxy = await ProxyProcess.start(
+        "--port", "0", "--api-url", holding.url, "--grace-seconds", "30",
+        env=proxy_environ(tmp_path),
+    )  # fmt: skip
+    url = proxy.base_url + "/chat/completions"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            streams = [await open_stream(session, url) for _ in range(3)]
+            proxy.signal()
+            # New connections are refused while the three streams are still open.
+            deadline = time.monotonic() + 10
+            while not await refuses_connections(url):
+                assert time.monotonic() < deadline, "still accepting after SIGTERM"
+                await asyncio.sleep(0.02)
+            assert proxy.proc.returncode is None  # still draining, not dead
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with aiohttp.ClientSession() as fresh:
+                    await fresh.post(url, data=CHAT)
+            holding.release.set()
+            for response in streams:
+                assert (await response.read()).endswith(LAST_FRAME)
+                response.release()
+        assert await proxy.wait(timeout=20) == 0
+    finally:
+        await proxy.kill()
+    assert [line["status"] for line in proxy.access("/v1/chat/completions")] == [200, 200, 200]
+    assert holding.finished == 3
+
+
+async def test_streams_still_open_when_the_grace_ends_are_cut_and_exit_is_0(holding, tmp_path):
+    proxy = await ProxyProcess.start(
+        "--port", "0", "--api-url", holding.url, "--grace-seconds", "1",
+        env=proxy_environ(tmp_path),
+    )  # fmt: skip
+    url = proxy.base_url + "/chat/completions"
+    try:
+        async with aiohttp.ClientSession() as session:
+            response = await open_stream(session, url)
+            started = time.monotonic()
+            proxy.signal()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()  # cut short: never a clean end to a half answer
+            assert await proxy.wait(timeout=20) == 0
+            elapsed = time.monotonic() - started
+    finally:
+        await proxy.kill()
+    assert 0.9 <= elapsed < 10
+    assert [line["status"] for line in proxy.access("/v1/chat/completions")] == [499]

@@ -1,0 +1,143 @@
+"""``serve --workers 2``: two processes on one port, metrics summed over both, clean exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+
+import aiohttp
+import orjson
+import pytest
+from ops_support import free_port, proxy_environ, until
+from proc_support import ProxyProcess
+from prometheus_client.parser import text_string_to_metric_families
+
+from blockrun_proxy.config import Settings
+from blockrun_proxy.testing import FakeGateway
+from blockrun_proxy.workers import PACKAGE_ROOT, worker_command, worker_environ
+
+TEST_NETWORK = "eip155:84532"
+PAID = "openai/gpt-4o-mini"
+CALLS = 24
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path, wallet_key):
+    gateway = FakeGateway(network=TEST_NETWORK)
+    await gateway.start()
+    port = free_port()
+    proxy = await ProxyProcess.start(
+        "--workers", "2", "--port", str(port), "--api-url", str(gateway.base_url),
+        "--networks", TEST_NETWORK,
+        env=proxy_environ(tmp_path, BLOCKRUN_WALLET_KEY=wallet_key),
+        listeners=2,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    body = orjson.dumps(
+        {"model": PAID, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    )
+    try:
+        # A fresh connection per call, so the kernel picks a worker for each.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(CALLS):
+                async with session.post(base + "/v1/chat/completions", data=body) as resp:
+                    assert resp.status == 200
+            key = ("blockrun_proxy_requests_total",
+                   (("route", "/v1/chat/completions"), ("status", "200")))  # fmt: skip
+
+            async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+                async with session.get(base + "/metrics") as resp:
+                    assert resp.status == 200
+                    return samples(await resp.text())
+
+            # A worker counts a call just after its last byte went out: wait for that.
+            for _ in range(200):
+                if (await scrape()).get(key) == CALLS:
+                    break
+                await asyncio.sleep(0.05)
+            # Every scrape, whichever worker answers it, reports the sum over both.
+            for _ in range(6):
+                values = await scrape()
+                assert values[key] == CALLS
+                assert values[("blockrun_proxy_payments_signed_total", ())] == CALLS
+                settled = sum(s.amount for s in gateway.settled)
+                assert values[("blockrun_proxy_settled_micro_usdc_total", ())] == settled
+                assert values[("blockrun_proxy_max_concurrent", ())] == 2 * 256
+        await until(lambda: len(proxy.access("/v1/chat/completions")) >= CALLS)
+        pids = {line["pid"] for line in proxy.access("/v1/chat/completions")}
+        assert len(pids) == 2, "both workers should have served"
+        proxy.signal()
+        assert await proxy.wait(timeout=30) == 0
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            raise AssertionError(f"worker {pid} outlived the supervisor")
+    finally:
+        await proxy.kill()
+        await gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"workers": 2, "port": 0}, "fixed --port"),
+        ({"workers": 0}, "--workers"),
+        ({"max_queue": -1}, "--max-queue"),
+        ({"queue_timeout_seconds": 0}, "--queue-timeout"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_start(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings(**fields).check()
+
+
+def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_line():
+    from click.testing import CliRunner
+
+    from blockrun_proxy import cli
+
+    seen: dict[str, object] = {}
+
+    def fake_supervise(options, workers):
+        seen.update(options=options, workers=workers)
+        return 0
+
+    env = {"BLOCKRUN_WALLET_KEY": "0x" + "11" * 32, "BLOCKRUN_PROXY_TOKEN": "tok",
+           "BLOCKRUN_PROXY_MAX_QUEUE": "7"}  # fmt: skip
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # serve sets up the process's logging
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("blockrun_proxy.workers.supervise", fake_supervise)
+        mp.setattr(root, "handlers", handlers)
+        mp.setattr(root, "level", level)
+        result = CliRunner().invoke(
+            cli.main,
+            ["serve", "--workers", "3", "--port", "4100", "--pay-to", "0xA", "--pay-to", "0xB",
+             "--log-level", "warning"],
+            env=env,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    options = seen["options"]
+    assert seen["workers"] == 3
+    assert options[options.index("--port") + 1] == "4100"
+    assert options[options.index("--max-queue") + 1] == "7"
+    assert [options[i + 1] for i, o in enumerate(options) if o == "--pay-to"] == ["0xA", "0xB"]
+    assert "--workers" not in options and "--demo" not in options
+    assert not any("11" * 32 in o or o == "tok" for o in options)
+    command = worker_command(options)
+    assert command[-3:] == ["--workers", "1", "--reuse-port"]
+    env_for_child = worker_environ({"PYTHONPATH": "/x"}, "/tmp/m")
+    assert env_for_child["PYTHONPATH"].split(os.pathsep) == [PACKAGE_ROOT, "/x"]
+    assert env_for_child["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/m"
