@@ -13,6 +13,7 @@ from aiohttp import web
 
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
+from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import (
     BodyTooLarge,
     InvalidRequest,
@@ -22,10 +23,9 @@ from blockrun_proxy.errors import (
     error_body,
 )
 from blockrun_proxy.models import ModelsCache
-from blockrun_proxy.payer import Payer
+from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, pump
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
-from blockrun_proxy.x402 import PayerPolicy, Signer, usd
 
 log = logging.getLogger("blockrun_proxy")
 
@@ -55,15 +55,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[error_middleware, token_middleware(settings.token)],
     )
     app[SETTINGS_KEY] = settings
-    signer = Signer(settings.wallet_key) if settings.wallet_key else None
-    policy = PayerPolicy(
-        networks=frozenset(settings.networks),
-        max_amount=settings.max_amount,
-        gateway_host=settings.gateway_host,
-        max_timeout_seconds=settings.max_auth_seconds,
-        pay_to=frozenset(p.lower() for p in settings.pay_to),
-    )
-    app[PAYER_KEY] = Payer(signer, policy)
+    app[PAYER_KEY] = payer_for(settings)
     app.cleanup_ctx.append(_client_session)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -216,11 +208,5 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 def _response_headers(answer: Answer) -> dict[str, str]:
     upstream = answer.response.headers
     headers = {name: upstream[name] for name in PASSED_RESPONSE_HEADERS if name in upstream}
-    paid = answer.paid_atomic
-    if paid is not None:
-        cost = usd(paid)
-        headers["x-blockrun-cost-usd"] = cost
-        headers["x-litellm-response-cost"] = cost
-        if answer.settlement is not None and answer.settlement.transaction:
-            headers["x-blockrun-settlement"] = answer.settlement.transaction
+    headers.update(cost_headers(answer))
     return headers
