@@ -1,0 +1,74 @@
+"""Shared by the real-client tests: README snippets, a LiteLLM cost recorder, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# The address the README's examples use; tests swap in their own proxy's.
+README_BASE_URL = "http://127.0.0.1:4001/v1"
+PAID = "openai/gpt-5.5"
+FREE = "nvidia/deepseek-v4-flash"
+
+
+def snippet(name: str) -> str:
+    """The code block right after ``<!-- snippet: name -->`` in README.md."""
+    text = README.read_text()
+    found = re.search(
+        rf"<!-- snippet: {re.escape(name)} -->\s*```[a-z]*\n(.*?)```", text, flags=re.DOTALL
+    )
+    if found is None:
+        raise LookupError(f"README.md has no snippet {name!r}")
+    return found.group(1)
+
+
+def run_snippet(name: str, base_url: str, **namespace: Any) -> list[str]:
+    """Execute a README Python snippet against ``base_url``; returns what it printed.
+
+    Blocking: call it through ``asyncio.to_thread`` when the servers share the loop.
+    """
+    code = snippet(name).replace(README_BASE_URL, base_url)
+    printed: list[str] = []
+
+    def fake_print(*args: object, **kwargs: Any) -> None:
+        printed.append(" ".join(str(a) for a in args))
+
+    exec(compile(code, f"README.md:{name}", "exec"), {"print": fake_print, **namespace})
+    return printed
+
+
+class CostLog:
+    """A LiteLLM callback that keeps the ``response_cost`` LiteLLM recorded per call."""
+
+    def __init__(self) -> None:
+        from litellm.integrations.custom_logger import CustomLogger
+
+        costs: list[float | None] = []
+        self.costs = costs
+
+        class Recorder(CustomLogger):  # type: ignore[misc]
+            def log_success_event(self, kwargs: dict[str, Any], *_: Any) -> None:
+                costs.append(kwargs.get("response_cost"))
+
+            async def async_log_success_event(self, kwargs: dict[str, Any], *_: Any) -> None:
+                costs.append(kwargs.get("response_cost"))
+
+        self.callback = Recorder()
+
+
+def usd(atomic: int) -> float:
+    return atomic / 1_000_000
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for LiteLLM's logging callbacks, which run after the call has returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
