@@ -42,22 +42,35 @@ def run_snippet(name: str, base_url: str, **namespace: Any) -> list[str]:
 
 
 class CostLog:
-    """A LiteLLM callback that keeps the ``response_cost`` LiteLLM recorded per call."""
+    """A LiteLLM callback that keeps the ``response_cost`` LiteLLM recorded per call.
+
+    It records only while ``armed`` (during a test that asked for it), so a late
+    callback from another test cannot leak into the list.
+    """
 
     def __init__(self) -> None:
         from litellm.integrations.custom_logger import CustomLogger
 
-        costs: list[float | None] = []
-        self.costs = costs
+        self.costs: list[float | None] = []
+        self.armed = False
+        log = self
 
         class Recorder(CustomLogger):  # type: ignore[misc]
-            def log_success_event(self, kwargs: dict[str, Any], *_: Any) -> None:
-                costs.append(kwargs.get("response_cost"))
+            def log_success_event(
+                self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+            ) -> None:
+                log.record(kwargs.get("response_cost"))
 
-            async def async_log_success_event(self, kwargs: dict[str, Any], *_: Any) -> None:
-                costs.append(kwargs.get("response_cost"))
+            async def async_log_success_event(
+                self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+            ) -> None:
+                log.record(kwargs.get("response_cost"))
 
         self.callback = Recorder()
+
+    def record(self, cost: float | None) -> None:
+        if self.armed:
+            self.costs.append(cost)
 
 
 def usd(atomic: int) -> float:

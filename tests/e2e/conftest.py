@@ -17,12 +17,23 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 
 
-@pytest.fixture
-def cost_log() -> Iterator[CostLog]:
+@pytest.fixture(scope="session")
+def _session_cost_log() -> CostLog:
+    # Installed once: LiteLLM copies litellm.callbacks into its own lists on first use,
+    # so swapping the list per test would leave stale recorders behind.
     import litellm
 
     log = CostLog()
-    saved = list(litellm.callbacks)
-    litellm.callbacks = [*saved, log.callback]
+    litellm.callbacks = [*litellm.callbacks, log.callback]
+    return log
+
+
+@pytest.fixture
+def cost_log(_session_cost_log: CostLog) -> Iterator[CostLog]:
+    """The costs LiteLLM records for the calls of this test."""
+    log = _session_cost_log
+    log.costs.clear()
+    log.armed = True
     yield log
-    litellm.callbacks = saved
+    log.armed = False
+    log.costs.clear()
