@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blockrun_proxy.config import Settings
+from blockrun_proxy.server import running
+from blockrun_proxy.testing import FakeGateway, Misbehavior
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 # The address the README's examples use; tests swap in their own proxy's.
 README_BASE_URL = "http://127.0.0.1:4001/v1"
+TEST_NETWORK = "eip155:84532"  # Base Sepolia, as in tests/conftest.py
 PAID = "openai/gpt-5.5"
 FREE = "nvidia/deepseek-v4-flash"
 
@@ -85,3 +92,53 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+class BackgroundStack:
+    """A fake gateway and a proxy in front of it, served from their own loop thread.
+
+    For fixtures that outlive one test's event loop (the LiteLLM Proxy subprocess is
+    started once per module). Read ``gateway``'s records from the test after a call
+    has returned; ``reset`` between tests.
+    """
+
+    def __init__(self, wallet_key: str, **overrides: Any) -> None:
+        self.gateway = FakeGateway(network=TEST_NETWORK)
+        self._wallet_key = wallet_key
+        self._overrides = overrides
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stack = contextlib.AsyncExitStack()
+        self.base_url = ""
+
+    def start(self) -> BackgroundStack:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    async def _start(self) -> None:
+        api_url = await self.gateway.start()
+        self._stack.push_async_callback(self.gateway.close)
+        settings = Settings(
+            host="127.0.0.1",
+            port=0,
+            api_url=api_url,
+            networks=(TEST_NETWORK,),
+            wallet_key=self._wallet_key,
+            grace_seconds=1.0,
+            **self._overrides,
+        )
+        _, port = await self._stack.enter_async_context(running(settings))
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def reset(self) -> None:
+        gw = self.gateway
+        gw.misbehave = Misbehavior()
+        for records in (gw.requests, gw.sent_bodies, gw.payments, gw.settled):
+            records.clear()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
