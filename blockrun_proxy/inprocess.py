@@ -44,10 +44,7 @@ T = TypeVar("T")
 
 # Wallets seen through per-call keys; each keeps a Payer (and so its key) in memory.
 MAX_CACHED_GATEWAYS = 32
-PAID_NOTE = (
-    " A payment was made for this call: retrying it is a new paid call, so it is "
-    "marked not to be retried automatically."
-)
+PAID_NOTE = " A payment was made for this call: retrying it is a new paid call."
 
 
 class CallError(Exception):
@@ -58,7 +55,7 @@ class CallError(Exception):
     """
 
     def __init__(self, status: int, message: str, *, code: str | None, paid: bool) -> None:
-        super().__init__(message + (PAID_NOTE if paid else ""))
+        super().__init__(message.rstrip(". ") + "." + PAID_NOTE if paid else message)
         self.status = status
         self.code = code
         self.paid = paid
