@@ -17,10 +17,15 @@ SETTLEMENT_HEADER = "x-blockrun-settlement"
 
 
 def cost_headers(answer: Answer) -> dict[str, str]:
-    """The cost headers for ``answer``; empty when nothing was paid."""
+    """The cost headers for ``answer``.
+
+    An unpaid answer (a free model) still says ``x-litellm-response-cost: 0``: without
+    it LiteLLM prices the call from its own catalogue by model name, which for a
+    BlockRun id it either does not know (no cost recorded) or prices as someone else's.
+    """
     paid = answer.paid_atomic
     if paid is None:
-        return {}
+        return {LITELLM_COST_HEADER: usd(0)}
     cost = usd(paid)
     headers = {COST_HEADER: cost, LITELLM_COST_HEADER: cost}
     if answer.settlement is not None and answer.settlement.transaction:

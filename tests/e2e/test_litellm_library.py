@@ -6,7 +6,7 @@ import asyncio
 
 import litellm
 import pytest
-from clients_support import PAID, eventually, run_snippet, usd
+from clients_support import FREE, PAID, eventually, run_snippet, usd
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +35,15 @@ async def test_completion_records_the_settled_cost(proxy, gateway, cost_log):
     (settled,) = gateway.settled
     assert reply._hidden_params["response_cost"] == usd(settled.amount)
     await eventually(lambda: cost_log.costs == [usd(settled.amount)])
+
+
+async def test_a_free_model_records_zero_not_a_catalogue_price(proxy, gateway, cost_log):
+    reply = await litellm.acompletion(
+        messages=MESSAGES, max_tokens=16, **kwargs(proxy, model="openai/" + FREE)
+    )
+    assert reply.choices[0].message.content
+    assert gateway.payments == []
+    await eventually(lambda: cost_log.costs == [0.0])
 
 
 async def test_stream_records_the_settled_cost(proxy, gateway, cost_log):
