@@ -15,6 +15,7 @@ from aiohttp.typedefs import Middleware
 from blockrun_proxy import logs
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
+from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import (
     BodyTooLarge,
     GatewayAnswer,
@@ -30,10 +31,9 @@ from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, request_id_from
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
-from blockrun_proxy.payer import Payer
+from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
-from blockrun_proxy.x402 import PayerPolicy, Signer, usd
 
 log = logging.getLogger("blockrun_proxy")
 
@@ -85,15 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
     app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
-    signer = Signer(settings.wallet_key) if settings.wallet_key else None
-    policy = PayerPolicy(
-        networks=frozenset(settings.networks),
-        max_amount=settings.max_amount,
-        gateway_host=settings.gateway_host,
-        max_timeout_seconds=settings.max_auth_seconds,
-        pay_to=frozenset(p.lower() for p in settings.pay_to),
-    )
-    app[PAYER_KEY] = Payer(signer, policy)
+    app[PAYER_KEY] = payer_for(settings)
     metrics.watch_payer(app[PAYER_KEY])
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(_stamp_response)
@@ -365,11 +357,5 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 def _response_headers(answer: Answer) -> dict[str, str]:
     upstream = answer.response.headers
     headers = {name: upstream[name] for name in PASSED_RESPONSE_HEADERS if name in upstream}
-    paid = answer.paid_atomic
-    if paid is not None:
-        cost = usd(paid)
-        headers["x-blockrun-cost-usd"] = cost
-        headers["x-litellm-response-cost"] = cost
-        if answer.settlement is not None and answer.settlement.transaction:
-            headers["x-blockrun-settlement"] = answer.settlement.transaction
+    headers.update(cost_headers(answer))
     return headers

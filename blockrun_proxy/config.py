@@ -9,9 +9,10 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
@@ -174,3 +175,46 @@ def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | Non
         if key:
             return key, str(path)
     return None, "none"
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for an in-process payer, from the same variables ``blockrun-proxy serve`` reads.
+
+    Used where there is no command line (the LiteLLM in-process provider): the gateway
+    URL, the networks, the per-call cap, the default ``max_tokens``, pinned ``payTo``
+    addresses and the wallet key. Server-only settings (host, port, token) keep their
+    defaults. Raises ValueError for a value that does not parse.
+    """
+    env = os.environ if environ is None else environ
+    fields: dict[str, Any] = {}
+    if env.get("BLOCKRUN_API_URL"):
+        fields["api_url"] = env["BLOCKRUN_API_URL"].strip()
+    networks = env_default("networks", env)
+    if networks:
+        fields["networks"] = _split(networks)
+    max_price = env_default("max_price_usd", env)
+    if max_price:
+        try:
+            fields["max_price_usd"] = Decimal(max_price.strip())
+        except ArithmeticError:
+            raise ValueError(f"{ENV_PREFIX}MAX_PRICE_USD is not a number: {max_price!r}") from None
+    max_tokens = env_default("default_max_tokens", env)
+    if max_tokens:
+        try:
+            fields["default_max_tokens"] = int(max_tokens)
+        except ValueError:
+            raise ValueError(
+                f"{ENV_PREFIX}DEFAULT_MAX_TOKENS is not an integer: {max_tokens!r}"
+            ) from None
+    pay_to = env_default("pay_to", env)
+    if pay_to:
+        fields["pay_to"] = _split(pay_to)
+    wallet_key, _ = read_wallet_key(env)
+    settings = replace(Settings(wallet_key=wallet_key), **fields)
+    settings.check()
+    return settings
+
+
+def _split(value: str) -> tuple[str, ...]:
+    """A list given as one variable: comma- or whitespace-separated, as click splits it."""
+    return tuple(part for part in value.replace(",", " ").split() if part)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from blockrun_proxy.config import WALLET_ENV, WALLET_FILE
+from blockrun_proxy.config import WALLET_ENV, WALLET_FILE, Settings
 from blockrun_proxy.errors import WalletNotConfigured
 from blockrun_proxy.x402 import (
     Network,
@@ -79,3 +79,21 @@ class Payer:
         """Check the offer against the policy and sign the chosen requirement."""
         requirement, network = self.choose(offer)
         return self.sign(requirement, network, offer.resource, offer.extensions)
+
+
+def payer_for(settings: Settings) -> Payer:
+    """The payer ``settings`` describe: its wallet (if any) under its policy.
+
+    One constructor for the proxy and the in-process LiteLLM provider, so both sign
+    under exactly the same rules. Raises ValueError (never echoing the key) for a
+    wallet key that is not a valid secp256k1 secret.
+    """
+    signer = Signer(settings.wallet_key) if settings.wallet_key else None
+    policy = PayerPolicy(
+        networks=frozenset(settings.networks),
+        max_timeout_seconds=settings.max_auth_seconds,
+        max_amount=settings.max_amount,
+        gateway_host=settings.gateway_host,
+        pay_to=frozenset(p.lower() for p in settings.pay_to),
+    )
+    return Payer(signer, policy)

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import openai
 import pytest
+from clients_support import FREE, PAID, run_snippet
 
-PAID = "openai/gpt-5.5"
-FREE = "nvidia/deepseek-v4-flash"
 MESSAGES = [{"role": "user", "content": "Say something nice"}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 pytestmark = pytest.mark.e2e
 
 
-def client(proxy) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0)
+def client(proxy, **kwargs) -> openai.AsyncOpenAI:
+    kwargs.setdefault("max_retries", 0)
+    return openai.AsyncOpenAI(base_url=proxy.base_url, api_key="unused", **kwargs)
 
 
 @pytest.mark.parametrize("model", [PAID, FREE])
@@ -52,8 +65,41 @@ async def test_stream_content_reassembles(proxy, gateway):
         text = "".join(
             [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
         )
-    assert text.strip()
+    assert text.strip() == "echo: Say something nice"
     assert len(gateway.settled) == 1
+
+
+async def test_streamed_tool_call_arrives_intact(proxy, gateway):
+    async with client(proxy) as c:
+        stream = await c.chat.completions.create(
+            model=PAID, messages=MESSAGES, tools=[WEATHER_TOOL], stream=True, max_tokens=64
+        )
+        chunks = [chunk async for chunk in stream]
+    pieces = [t for ch in chunks if ch.choices for t in ch.choices[0].delta.tool_calls or ()]
+    assert len(pieces) > 1  # the fake splits the call over many chunks
+    assert pieces[0].id and pieces[0].function.name == "get_weather"
+    arguments = "".join(p.function.arguments or "" for p in pieces)
+    assert json.loads(arguments) == {"echo": "Say something nice"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_stream_options_include_usage_is_honoured(proxy, gateway, include_usage):
+    async with client(proxy) as c:
+        stream = await c.chat.completions.create(
+            model=PAID,
+            messages=MESSAGES,
+            stream=True,
+            max_tokens=16,
+            stream_options={"include_usage": include_usage},
+        )
+        chunks = [chunk async for chunk in stream]
+    usage = [ch for ch in chunks if ch.usage is not None]
+    if include_usage:
+        assert len(usage) == 1 and usage[0] is chunks[-1] and usage[0].choices == []
+        assert usage[0].usage.total_tokens > 0
+    else:
+        assert usage == []
 
 
 async def test_sync_client_in_a_thread(proxy, gateway):
@@ -66,6 +112,27 @@ async def test_sync_client_in_a_thread(proxy, gateway):
     assert len(gateway.settled) == 1
 
 
+async def test_sync_stream_in_a_thread(proxy, gateway):
+    def call() -> str:
+        with openai.OpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0) as c:
+            stream = c.chat.completions.create(
+                model=PAID, messages=MESSAGES, max_tokens=8, stream=True
+            )
+            return "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+
+    assert (await asyncio.to_thread(call)).strip() == "echo: Say something nice"
+    assert len(gateway.settled) == 1
+
+
+async def test_readme_example(proxy, gateway):
+    printed = await asyncio.to_thread(run_snippet, "openai", proxy.base_url)
+    assert printed[0] == "echo: Hi"
+    assert printed[1].strip() == "echo: Hi"
+    assert printed[2].startswith("tokens: ")
+    assert printed[3] == f"cost USD: {gateway.settled[-1].amount / 1e6:.6f}"
+    assert len(gateway.settled) == 3
+
+
 async def test_refused_quote_surfaces_as_a_402_error(proxy, gateway):
     gateway.misbehave.price_multiplier = 10_000.0
     async with client(proxy) as c:
@@ -74,3 +141,32 @@ async def test_refused_quote_surfaces_as_a_402_error(proxy, gateway):
     assert info.value.status_code == 402
     assert info.value.code == "amount_over_cap"
     assert gateway.payments == []
+
+
+# --- retries: the SDK's own (max_retries=2 by default) must never pay twice -----------------
+
+
+@pytest.mark.parametrize(("paid_replays", "status"), [(0, 500), (2, 409)])
+async def test_default_retries_never_pay_twice_for_a_failure_after_payment(
+    start_proxy, gateway, paid_replays, status
+):
+    # The gateway settles, then fails. With replays the proxy resends the same signature
+    # and learns it was used (409); without, it passes the 500 on. Both are marked.
+    proxy = await start_proxy(paid_replays=paid_replays)
+    gateway.misbehave.fail_after_settle = 10
+    async with client(proxy, max_retries=2) as c:
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=8)
+    assert info.value.status_code == status
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(gateway.settled) == 1
+    assert len([r for r in gateway.requests if r.payment is None]) == 1  # one client call
+
+
+async def test_default_retries_still_retry_what_was_not_paid(proxy, gateway):
+    gateway.misbehave.rate_limit = 1  # the unpaid probe gets a 429, which the proxy passes on
+    gateway.misbehave.retry_after = "0"
+    async with client(proxy, max_retries=2) as c:
+        reply = await c.chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=8)
+    assert reply.choices[0].message.content
+    assert len(gateway.settled) == 1

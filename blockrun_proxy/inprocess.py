@@ -1,0 +1,364 @@
+"""The proxy's payment core, driven from inside another program (no HTTP hop).
+
+The LiteLLM provider (``blockrun_proxy.litellm``) sits on this; nothing here
+imports litellm. It reuses exactly what the proxy runs: ``Settings``, the
+``Payer`` (``payer_for``), the request guard (``parse_chat_request``), and
+``Gateway.send_chat`` with its one-signature-per-call rules.
+
+All network I/O runs on one private event loop in a daemon thread, started on
+first use. Sync callers block on a future; async callers await it from their own
+loop without blocking it. One loop means one aiohttp session and one connection
+pool for the whole process, whatever loops or threads the callers use, and no
+session is ever left bound to a caller's loop that has since closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import hashlib
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+
+from blockrun_proxy.chatbody import parse_chat_request
+from blockrun_proxy.config import Settings
+from blockrun_proxy.costs import cost_headers
+from blockrun_proxy.errors import GatewayAnswer, ProxyError
+from blockrun_proxy.payer import payer_for
+from blockrun_proxy.sse import DONE, SSEDecoder
+from blockrun_proxy.upstream import Answer, Gateway, read_small_body
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Wallets seen through per-call keys; each keeps a Payer (and so its key) in memory.
+MAX_CACHED_GATEWAYS = 32
+PAID_NOTE = " A payment was made for this call: retrying it is a new paid call."
+
+
+class CallError(Exception):
+    """A failed call, with the HTTP status the proxy would have answered.
+
+    ``paid`` is true when a payment was sent for the call (the proxy marks such
+    answers ``x-should-retry: false``). Messages never contain key material.
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None, paid: bool) -> None:
+        super().__init__(message.rstrip(". ") + "." + PAID_NOTE if paid else message)
+        self.status = status
+        self.code = code
+        self.paid = paid
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete (non-streamed) answer: the parsed body and the cost headers."""
+
+    data: dict[str, Any]
+    headers: dict[str, str]
+    cost_usd: float
+
+
+@dataclass(slots=True)
+class Stream:
+    """An open streamed answer. Read events with ``next_event`` on the core's loop."""
+
+    answer: Answer
+    headers: dict[str, str]
+    cost_usd: float
+    _decoder: SSEDecoder = field(default_factory=SSEDecoder)
+    _pending: list[str] = field(default_factory=list)
+    _done: bool = False
+
+    async def next_event(self) -> dict[str, Any] | None:
+        """The next ``chat.completion.chunk`` as a dict, or None at the end."""
+        while True:
+            data = await self._next_data()
+            if data is None or data == DONE:
+                self._pending.clear()
+                self._done = True
+                self.close()
+                return None
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                log.warning("skipping a stream event that is not JSON (%d bytes)", len(data))
+                continue
+            if isinstance(event, dict):
+                return event
+
+    async def _next_data(self) -> str | None:
+        while not self._pending:
+            if self._done:
+                return None
+            try:
+                chunk = await self.answer.response.content.readany()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                self.close()
+                raise CallError(
+                    502,
+                    f"the gateway's stream broke midway ({type(exc).__name__})",
+                    code="stream_broken",
+                    paid=self.answer.payment is not None,
+                ) from None
+            if chunk:
+                self._pending.extend(self._decoder.feed(chunk))
+            else:
+                self._pending.extend(self._decoder.close())
+                self._done = True
+        return self._pending.pop(0)
+
+    def close(self) -> None:
+        self.answer.response.release()
+
+
+class Core:
+    """One process-wide payment core: settings, the loop thread, and gateways per wallet."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._session: aiohttp.ClientSession | None = None
+        # Keyed by (gateway URL, SHA-256 of the wallet key): the key itself is never a key here.
+        self._gateways: OrderedDict[tuple[str, str], Gateway] = OrderedDict()
+
+    # --- the private loop ----------------------------------------------------------------------
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="blockrun-proxy-inprocess", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+                atexit.register(self.close)
+            return self._loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._running_loop())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the core's loop and wait for it (for sync callers)."""
+        if self._thread is not None and threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("Core.run called from the core's own loop thread")
+        return self.submit(coro).result()
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` running on the core's loop from any other loop.
+
+        Cancelling the caller cancels the work on the core's loop too (the
+        future's cancellation is forwarded), which closes the upstream request.
+        """
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def close(self) -> None:
+        """Close the session and stop the loop thread; the next call starts them again."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._close_session(), loop).result(timeout=5)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+        if not loop.is_running():
+            loop.close()
+        atexit.unregister(self.close)
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        self._gateways.clear()
+        if session is not None:
+            await session.close()
+
+    # --- gateways per wallet -------------------------------------------------------------------
+
+    def _session_here(self) -> aiohttp.ClientSession:
+        """The shared session, created on (and bound to) the core's loop."""
+        if self._session is None:
+            s = self.settings
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=s.max_concurrent, ttl_dns_cache=300, keepalive_timeout=30
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=s.connect_timeout_seconds, sock_read=s.idle_timeout_seconds
+                ),
+                # As in the proxy: no Accept-Encoding, so bodies come uncompressed and the
+                # gateway's error bodies can be read as they are.
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+                headers={"User-Agent": "blockrun-proxy-inprocess"},
+            )
+        return self._session
+
+    def _gateway(self, api_url: str | None, wallet_key: str | None) -> Gateway:
+        settings = self.settings
+        if api_url:
+            settings = replace(settings, api_url=_gateway_root(api_url))
+        if wallet_key:
+            settings = replace(settings, wallet_key=wallet_key)
+        key_id = hashlib.sha256((settings.wallet_key or "").encode()).hexdigest()
+        cache_key = (settings.api_url, key_id)
+        gateway = self._gateways.get(cache_key)
+        if gateway is None:
+            try:
+                settings.check()
+                payer = payer_for(settings)
+            except ValueError as exc:
+                # Both messages are written by us and never echo the key.
+                status = 401 if wallet_key else 400
+                raise CallError(status, str(exc), code=None, paid=False) from None
+            gateway = Gateway(
+                self._session_here(),
+                settings.api_url,
+                payer,
+                paid_replays=settings.paid_replays,
+                probe_retries=settings.probe_retries,
+            )
+            self._gateways[cache_key] = gateway
+            while len(self._gateways) > MAX_CACHED_GATEWAYS:
+                self._gateways.popitem(last=False)
+        else:
+            self._gateways.move_to_end(cache_key)
+        return gateway
+
+    # --- calls (coroutines for the core's loop) -----------------------------------------------
+
+    async def complete(
+        self,
+        request: Mapping[str, Any],
+        *,
+        api_url: str | None = None,
+        wallet_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        answer = await self._send(request, api_url, wallet_key, headers)
+        async with answer.response as response:
+            await _raise_for_status(answer)
+            body = await response.read()
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise CallError(
+                502,
+                "the gateway's answer is not JSON",
+                code="bad_gateway_answer",
+                paid=answer.payment is not None,
+            ) from None
+        return Reply(data, _headers(answer), _cost(answer))
+
+    async def open_stream(
+        self,
+        request: Mapping[str, Any],
+        *,
+        api_url: str | None = None,
+        wallet_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Stream:
+        answer = await self._send(request, api_url, wallet_key, headers)
+        try:
+            await _raise_for_status(answer)
+        except BaseException:
+            answer.response.release()
+            raise
+        return Stream(answer, _headers(answer), _cost(answer))
+
+    async def _send(
+        self,
+        request: Mapping[str, Any],
+        api_url: str | None,
+        wallet_key: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> Answer:
+        gateway = self._gateway(api_url, wallet_key)
+        raw = orjson.dumps(request, default=_jsonable)
+        try:
+            chat = parse_chat_request(raw, default_max_tokens=self.settings.default_max_tokens)
+            client_headers = dict(headers or {})
+            request_id = client_headers.get("x-request-id") or uuid.uuid4().hex
+            return await gateway.send_chat(chat.body, client_headers, request_id)
+        except ProxyError as exc:
+            raise _call_error(exc) from None
+
+
+def _gateway_root(api_url: str) -> str:
+    """The gateway base URL from a LiteLLM-style ``api_base`` (which may end in ``/v1``)."""
+    root = api_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def _jsonable(value: object) -> object:
+    """orjson's fallback: pydantic objects LiteLLM may leave in messages become dicts."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(exclude_none=True)
+    raise TypeError(f"cannot send a {type(value).__name__} to the gateway")
+
+
+def _cost(answer: Answer) -> float:
+    paid = answer.paid_atomic
+    return 0.0 if paid is None else paid / 1_000_000
+
+
+def _headers(answer: Answer) -> dict[str, str]:
+    headers = cost_headers(answer)
+    request_id = answer.response.request_info.headers.get("x-request-id")
+    if request_id:
+        headers["x-request-id"] = request_id
+    return headers
+
+
+async def _raise_for_status(answer: Answer) -> None:
+    """An error answer the gateway sent before any payment (the proxy pipes these)."""
+    if answer.response.status < 400:
+        return
+    body = await read_small_body(answer.response)
+    message, code = _error_of(body)
+    raise CallError(
+        answer.response.status,
+        message or f"the gateway answered {answer.response.status}",
+        code=code,
+        paid=answer.payment is not None,
+    )
+
+
+def _call_error(exc: ProxyError) -> CallError:
+    paid = exc.headers.get("x-should-retry") == "false"
+    message = exc.message
+    if isinstance(exc, GatewayAnswer):
+        message = _error_of(exc.body)[0] or message
+    return CallError(exc.status, message, code=exc.code, paid=paid)
+
+
+def _error_of(body: bytes) -> tuple[str | None, str | None]:
+    """``(message, code)`` of an OpenAI-shaped error body, as far as it has them."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        message, code = error.get("message"), error.get("code")
+        return (
+            message if isinstance(message, str) else None,
+            code if isinstance(code, str) else None,
+        )
+    return (error if isinstance(error, str) else None), None

@@ -1,0 +1,144 @@
+"""Shared by the real-client tests: README snippets, a LiteLLM cost recorder, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from blockrun_proxy.config import Settings
+from blockrun_proxy.server import running
+from blockrun_proxy.testing import FakeGateway, Misbehavior
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# The address the README's examples use; tests swap in their own proxy's.
+README_BASE_URL = "http://127.0.0.1:4001/v1"
+TEST_NETWORK = "eip155:84532"  # Base Sepolia, as in tests/conftest.py
+PAID = "openai/gpt-5.5"
+FREE = "nvidia/deepseek-v4-flash"
+
+
+def snippet(name: str) -> str:
+    """The code block right after ``<!-- snippet: name -->`` in README.md."""
+    text = README.read_text()
+    found = re.search(
+        rf"<!-- snippet: {re.escape(name)} -->\s*```[a-z]*\n(.*?)```", text, flags=re.DOTALL
+    )
+    if found is None:
+        raise LookupError(f"README.md has no snippet {name!r}")
+    return found.group(1)
+
+
+def run_snippet(name: str, base_url: str, **namespace: Any) -> list[str]:
+    """Execute a README Python snippet against ``base_url``; returns what it printed.
+
+    Blocking: call it through ``asyncio.to_thread`` when the servers share the loop.
+    """
+    code = snippet(name).replace(README_BASE_URL, base_url)
+    printed: list[str] = []
+
+    def fake_print(*args: object, **kwargs: Any) -> None:
+        printed.append(" ".join(str(a) for a in args))
+
+    exec(compile(code, f"README.md:{name}", "exec"), {"print": fake_print, **namespace})
+    return printed
+
+
+class CostLog:
+    """A LiteLLM callback that keeps the ``response_cost`` LiteLLM recorded per call.
+
+    It records only while ``armed`` (during a test that asked for it), so a late
+    callback from another test cannot leak into the list.
+    """
+
+    def __init__(self) -> None:
+        from litellm.integrations.custom_logger import CustomLogger
+
+        self.costs: list[float | None] = []
+        self.armed = False
+        log = self
+
+        class Recorder(CustomLogger):  # type: ignore[misc]
+            def log_success_event(
+                self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+            ) -> None:
+                log.record(kwargs.get("response_cost"))
+
+            async def async_log_success_event(
+                self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+            ) -> None:
+                log.record(kwargs.get("response_cost"))
+
+        self.callback = Recorder()
+
+    def record(self, cost: float | None) -> None:
+        if self.armed:
+            self.costs.append(cost)
+
+
+def usd(atomic: int) -> float:
+    return atomic / 1_000_000
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for LiteLLM's logging callbacks, which run after the call has returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+class BackgroundStack:
+    """A fake gateway and a proxy in front of it, served from their own loop thread.
+
+    For fixtures that outlive one test's event loop (the LiteLLM Proxy subprocess is
+    started once per module). Read ``gateway``'s records from the test after a call
+    has returned; ``reset`` between tests.
+    """
+
+    def __init__(self, wallet_key: str, **overrides: Any) -> None:
+        self.gateway = FakeGateway(network=TEST_NETWORK)
+        self._wallet_key = wallet_key
+        self._overrides = overrides
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stack = contextlib.AsyncExitStack()
+        self.base_url = ""
+
+    def start(self) -> BackgroundStack:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    async def _start(self) -> None:
+        api_url = await self.gateway.start()
+        self._stack.push_async_callback(self.gateway.close)
+        settings = Settings(
+            host="127.0.0.1",
+            port=0,
+            api_url=api_url,
+            networks=(TEST_NETWORK,),
+            wallet_key=self._wallet_key,
+            grace_seconds=1.0,
+            **self._overrides,
+        )
+        _, port = await self._stack.enter_async_context(running(settings))
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def reset(self) -> None:
+        gw = self.gateway
+        gw.misbehave = Misbehavior()
+        for records in (gw.requests, gw.sent_bodies, gw.payments, gw.settled):
+            records.clear()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

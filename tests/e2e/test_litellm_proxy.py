@@ -1,0 +1,168 @@
+"""The LiteLLM Proxy Server, started from the README's config.yaml, in front of blockrun-proxy.
+
+The LiteLLM Proxy runs as a subprocess (once for this module; it takes seconds to
+start), with no database and no internet: LiteLLM reads its bundled price map
+(LITELLM_LOCAL_MODEL_COST_MAP) and sends no telemetry. The blockrun-proxy and the
+fake gateway run in a background thread so they outlive each test's event loop.
+The wallet key stays in this process: the LiteLLM Proxy's environment has none.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from clients_support import PAID, README_BASE_URL, BackgroundStack, snippet, usd
+
+pytestmark = pytest.mark.e2e
+
+START_TIMEOUT = 120.0  # seconds; about 15 on a 2-core machine, mostly imports
+MODEL_NAME = "gpt-5.5"  # the model_name in the README's config
+MESSAGES = [{"role": "user", "content": "Say something nice"}]
+# Variables the LiteLLM Proxy must not see: our wallet, and anything that would make it
+# look for a database.
+WITHHELD_ENV = ("BLOCKRUN_WALLET_KEY", "BASE_CHAIN_WALLET_KEY", "DATABASE_URL", "DIRECT_URL")
+
+
+@dataclass
+class LiteLLMProxy:
+    url: str
+    master_key: str
+    stack: BackgroundStack
+
+    def client(self, **kwargs) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.master_key, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"LiteLLM Proxy exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            if httpx.get(url + "/health/liveliness", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"LiteLLM Proxy not up after {START_TIMEOUT:.0f}s:\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def litellm_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteLLMProxy]:
+    stack = BackgroundStack("0x" + secrets.token_hex(32)).start()
+    workdir = tmp_path_factory.mktemp("litellm-proxy")  # also keeps it from reading a .env
+    config = workdir / "config.yaml"
+    config.write_text(snippet("litellm-proxy-config").replace(README_BASE_URL, stack.base_url))
+    master_key = "sk-" + secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}
+    env.update(
+        LITELLM_MASTER_KEY=master_key,
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        LITELLM_TELEMETRY="False",
+        LITELLM_LOG="WARNING",
+    )
+    port = free_port()
+    log = workdir / "litellm.log"
+    # The same entry point as the `litellm` command, without relying on PATH.
+    command = [sys.executable, "-c", "import litellm; litellm.run_server()"]
+    args = ["--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, *args],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(proc, url, log)
+        yield LiteLLMProxy(url, master_key, stack)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stack.stop()
+
+
+@pytest.fixture
+def proxy(litellm_proxy: LiteLLMProxy) -> LiteLLMProxy:
+    litellm_proxy.stack.reset()
+    return litellm_proxy
+
+
+def test_plain_call_reports_the_settled_cost(proxy):
+    gateway = proxy.stack.gateway
+    with proxy.client() as c:
+        raw = c.chat.completions.with_raw_response.create(
+            model=MODEL_NAME, messages=MESSAGES, max_tokens=16
+        )
+    assert raw.parse().choices[0].message.content == "echo: Say something nice"
+    (settled,) = gateway.settled
+    assert float(raw.headers["x-litellm-response-cost"]) == usd(settled.amount)
+    sent = gateway.requests[-1].body
+    assert f'"model":"{PAID}"'.encode() in sent  # the BlockRun id, after LiteLLM's prefix
+
+
+def test_streamed_call(proxy):
+    gateway = proxy.stack.gateway
+    with proxy.client() as c:
+        stream = c.chat.completions.create(
+            model=MODEL_NAME, messages=MESSAGES, max_tokens=16, stream=True
+        )
+        text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    assert text.strip() == "echo: Say something nice"
+    assert len(gateway.settled) == 1
+    # PROTOCOL.md section 6: the LiteLLM Proxy asks for usage on streams.
+    assert b'"stream_options":{"include_usage":true}' in gateway.requests[-1].body
+
+
+def test_readme_settings_pay_once_for_a_failure_after_payment(proxy):
+    # The README's config (num_retries: 0) and a client with max_retries=0: with LiteLLM's
+    # default num_retries (2), or the openai SDK's default max_retries (2) in front of the
+    # LiteLLM Proxy (which renames x-should-retry), this failure would be paid three times.
+    gateway = proxy.stack.gateway
+    gateway.misbehave.fail_after_settle = 10
+    with proxy.client(max_retries=0) as c, pytest.raises(openai.APIStatusError) as info:
+        c.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16)
+    assert info.value.response.headers["llm_provider-x-should-retry"] == "false"
+    assert len(gateway.settled) == 1
+    assert len([r for r in gateway.requests if r.payment is None]) == 1
+
+
+def test_a_429_that_cost_nothing_reaches_the_client(proxy):
+    # num_retries: 0 retries nothing, so the caller sees the 429 and may retry it: unpaid.
+    gateway = proxy.stack.gateway
+    gateway.misbehave.rate_limit = 1
+    with proxy.client(max_retries=0) as c, pytest.raises(openai.RateLimitError):
+        c.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16)
+    assert gateway.payments == []
+    with proxy.client(max_retries=0) as c:
+        reply = c.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16)
+    assert reply.choices[0].message.content
+    assert len(gateway.settled) == 1

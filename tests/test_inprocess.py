@@ -1,0 +1,69 @@
+"""The in-process payment core (what the LiteLLM provider drives), without litellm."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from blockrun_proxy.config import Settings
+from blockrun_proxy.inprocess import CallError, Core
+
+PAID = "openai/gpt-5.5"
+NETWORK = "eip155:84532"
+BODY = {"model": PAID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+@pytest.fixture
+def core(gateway, wallet_key):
+    core = Core(Settings(api_url=gateway.base_url, networks=(NETWORK,), wallet_key=wallet_key))
+    yield core
+    core.close()
+
+
+async def test_complete_from_another_loop_and_from_a_thread(core, gateway):
+    reply = await core.run_async(core.complete(BODY))
+    assert reply.data["choices"][0]["message"]["content"] == "echo: hi"
+    assert reply.cost_usd == gateway.settled[0].amount / 1e6
+    assert reply.headers["x-litellm-response-cost"] == f"{reply.cost_usd:.6f}"
+    reply = await asyncio.to_thread(core.run, core.complete(BODY))
+    assert reply.headers["x-request-id"]
+    assert len(gateway.settled) == 2
+
+
+async def test_stream_events_then_end(core, gateway):
+    stream = await core.run_async(core.open_stream({**BODY, "stream": True}))
+    events = []
+    while (event := await core.run_async(stream.next_event())) is not None:
+        events.append(event)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert text.strip() == "echo: hi"
+    assert await core.run_async(stream.next_event()) is None
+
+
+async def test_a_stream_that_breaks_after_payment_says_it_was_paid(core, gateway):
+    gateway.misbehave.reset_after_events = 3
+    stream = await core.run_async(core.open_stream({**BODY, "stream": True}))
+    with pytest.raises(CallError) as info:
+        while await core.run_async(stream.next_event()) is not None:
+            pass
+    assert info.value.paid and info.value.status == 502
+    assert "A payment was made" in str(info.value)
+
+
+async def test_gateway_errors_keep_their_status(core, gateway):
+    with pytest.raises(CallError) as info:
+        await core.run_async(core.complete({**BODY, "model": "no/such-model"}))
+    assert info.value.status == 404 and not info.value.paid
+
+
+async def test_close_then_use_again(core, gateway):
+    await core.run_async(core.complete(BODY))
+    core.close()
+    await core.run_async(core.complete(BODY))
+    assert len(gateway.settled) == 2
+
+
+async def test_per_call_gateway_url_may_end_in_v1(core, gateway):
+    reply = await core.run_async(core.complete(BODY, api_url=gateway.base_url + "/v1"))
+    assert reply.cost_usd > 0
