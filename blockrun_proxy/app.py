@@ -149,7 +149,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[EXCHANGE_KEY] = exchange
     try:
         response = await handler(request)
-        exchange.status = response.status
+        exchange.status = exchange.status or response.status
         if isinstance(response, web.Response) and isinstance(response.body, bytes):
             exchange.bytes_out = len(response.body)
         return response
@@ -346,6 +346,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 )
                 if request.transport is not None:
                     request.transport.abort()
+            except ConnectionResetError:
+                # The client hung up while we wrote (aiohttp's ClientConnectionResetError):
+                # nobody is left to answer, and leaving this block closes the upstream.
+                exchange.status = CLIENT_CLOSED
             finally:
                 metrics.open_streams.dec()
                 metrics.relayed_bytes.inc(stats.bytes_sent)

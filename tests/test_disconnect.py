@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import aiohttp
@@ -44,3 +45,32 @@ async def test_client_hangup_closes_the_upstream_quickly(aiohttp_server, start_p
     await asyncio.wait_for(upstream_done.wait(), timeout=5)
     # The upstream would have stayed open 30 s; it is closed within a fraction of a second.
     assert time.monotonic() - hung_up < 2.0
+
+
+async def test_a_write_to_a_client_that_left_is_not_a_server_error(
+    start_proxy, monkeypatch, caplog
+):
+    """wrk and impatient clients close mid-response; that is a 499, never a 500 traceback."""
+    from aiohttp.client_exceptions import ClientConnectionResetError
+
+    from blockrun_proxy import app as app_module
+
+    async def pump_to_a_closed_client(upstream, downstream, stats):
+        raise ClientConnectionResetError("Cannot write to closing transport")
+
+    monkeypatch.setattr(app_module, "pump", pump_to_a_closed_client)
+    caplog.set_level(logging.INFO)
+    proxy = await start_proxy()
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            proxy.base_url + "/chat/completions",
+            json={
+                "model": "nvidia/deepseek-v4-flash",
+                "messages": [{"role": "user", "content": "x"}],
+            },
+        )
+        resp.close()
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    access = [r.fields for r in caplog.records if r.name == "blockrun_proxy.access"]
+    assert [line["status"] for line in access] == [499]
