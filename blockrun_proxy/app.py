@@ -116,6 +116,9 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,  # a byte pipe: the client decodes what it asked for
         skip_auto_headers=("Accept-Encoding",),  # forward the client's own, or none
         headers={"User-Agent": "blockrun-proxy"},
+        # The gateway sets no cookies the proxy should keep, and one jar shared by every
+        # client of the proxy would leak one client's cookies to another's calls.
+        cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
         app[SESSION_KEY] = session
         gateway = Gateway(

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession
 from multidict import CIMultiDict
+from yarl import URL
 
 from blockrun_proxy.errors import (
     GatewayAnswer,
@@ -90,8 +91,9 @@ class Gateway:
         probe_retries: int = 2,
     ) -> None:
         self._session = session
-        self._chat_url = api_url.rstrip("/") + "/v1/chat/completions"
-        self._models_url = api_url.rstrip("/") + "/v1/models"
+        # Parsed once: aiohttp would otherwise parse the URL string on every call.
+        self._chat_url = URL(api_url.rstrip("/") + "/v1/chat/completions")
+        self._models_url = URL(api_url.rstrip("/") + "/v1/models")
         self._payer = payer
         self._paid_replays = paid_replays
         self._probe_retries = probe_retries
