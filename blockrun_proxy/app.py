@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from blockrun_proxy.budget import SpendBudget
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
 from blockrun_proxy.errors import (
@@ -24,6 +25,7 @@ from blockrun_proxy.errors import (
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, pump
+from blockrun_proxy.quotes import QuoteBook
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
 from blockrun_proxy.x402 import PayerPolicy, Signer, usd
 
@@ -32,6 +34,8 @@ log = logging.getLogger("blockrun_proxy")
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 MODELS_KEY = web.AppKey("models", ModelsCache)
 PAYER_KEY = web.AppKey("payer", Payer)
+# Signing up front: .stats has plain int counters (hits, misses, ...) for metrics.
+QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
 # Probes answer without the token: the kubelet has none, and they reveal nothing.
@@ -63,7 +67,18 @@ def create_app(settings: Settings) -> web.Application:
         max_timeout_seconds=settings.max_auth_seconds,
         pay_to=frozenset(p.lower() for p in settings.pay_to),
     )
-    app[PAYER_KEY] = Payer(signer, policy)
+    budget = (
+        SpendBudget(settings.budget_atomic, settings.budget_window_seconds)
+        if settings.budget_atomic is not None
+        else None
+    )
+    app[PAYER_KEY] = Payer(signer, policy, budget=budget)
+    app[QUOTES_KEY] = QuoteBook(
+        trust=settings.quote_trust,
+        tolerance_atomic=settings.presign_tolerance_atomic,
+        ttl_seconds=settings.quote_ttl_seconds,
+        enabled=settings.presign,
+    )
     app.cleanup_ctx.append(_client_session)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -97,6 +112,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
             app[PAYER_KEY],
             paid_replays=settings.paid_replays,
             probe_retries=settings.probe_retries,
+            quotes=app[QUOTES_KEY],
         )
         app[GATEWAY_KEY] = gateway
         app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
@@ -186,7 +202,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     chat = parse_chat_request(await request.read(), default_max_tokens=settings.default_max_tokens)
-    answer = await request.app[GATEWAY_KEY].send_chat(chat.body, request.headers, request_id)
+    answer = await request.app[GATEWAY_KEY].send_chat(
+        chat.body, request.headers, request_id, chat=chat
+    )
     stats = PipeStats()
     async with answer.response as upstream:
         response = web.StreamResponse(status=upstream.status, headers=_response_headers(answer))
