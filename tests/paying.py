@@ -60,15 +60,27 @@ async def post(proxy: Any, body: dict[str, Any] | bytes) -> Reply:
         return Reply(resp.status, resp.headers, raw)
 
 
-async def warm_up(proxy: Any, model: str = PAID, *, seed: int = 0, calls: int = 40) -> None:
-    """``calls`` paid calls with varied requests (streamed and plain, as clients mix
-    them), so the quote model has seen the range of traffic the test then sends:
-    amounts outside it are extrapolations it rightly will not pin."""
+WARM_UP_CALLS = 40
+
+
+def warm_bodies(model: str = PAID, *, seed: int = 0) -> list[dict[str, Any]]:
+    """The requests ``warm_up`` sends: varied, streamed and plain, as clients mix them."""
     rng = random.Random(seed)
-    for made in range(calls):
-        reply = await post(proxy, varied(rng, model, stream=made % 2 == 1))
+    return [varied(rng, model, stream=i % 2 == 1) for i in range(WARM_UP_CALLS)]
+
+
+async def warm_up(proxy: Any, model: str = PAID, *, seed: int = 0) -> None:
+    """Paid calls until the quote model has seen the range of traffic a test then sends
+    (amounts outside it are extrapolations it rightly will not pin) and trusts it."""
+    for body in warm_bodies(model, seed=seed):
+        reply = await post(proxy, body)
         assert reply.status == 200, reply.body
     assert proxy.app[QUOTES_KEY].trusted(model)
+
+
+def warm_body(model: str = PAID, **extra: Any) -> dict[str, Any]:
+    """A request the warm model surely pins: the same features as one it has seen."""
+    return {**warm_bodies(model)[-1], **extra}
 
 
 def chat_requests(gateway: FakeGateway, since: int = 0) -> list[Any]:

@@ -18,7 +18,6 @@ from paying import (
     FRACTIONAL,
     PAID,
     chat_requests,
-    nonces,
     post,
     priced,
     varied,
@@ -93,25 +92,6 @@ async def test_tolerance_buys_one_round_trip_with_counted_over_payment(start_pro
     over = [s.amount - priced(gateway, b) for s, b in zip(settled, bodies, strict=True)]
     assert all(0 <= o <= 2 for o in over)
     assert proxy.app[QUOTES_KEY].stats.overpaid_atomic >= sum(over)
-
-
-async def test_a_price_rise_costs_one_unused_signature_then_the_right_price(start_proxy, gateway):
-    proxy = await start_proxy()
-    await warm_up(proxy, PAID)
-    gateway.misbehave.price_multiplier = 1.5
-    before, pay_before = len(gateway.requests), len(gateway.payments)
-    body = varied(random.Random(3), PAID)
-    reply = await post(proxy, body)
-    assert reply.status == 200
-    # presigned (refused: too low) -> unpaid probe -> paid at the new price
-    sent = chat_requests(gateway, before)
-    assert [r.payment is not None for r in sent] == [True, False, True]
-    records = gateway.payments[pay_before:]
-    assert [r.accepted for r in records] == [False, True]
-    assert records[0].amount < records[1].amount == priced(gateway, body)
-    assert len(nonces(gateway, pay_before)) == 2
-    assert gateway.settled[-1].amount == priced(gateway, body)
-    assert proxy.app[QUOTES_KEY].stats.misses == 1
 
 
 async def test_presign_disabled_learns_but_always_probes(start_proxy, gateway):
