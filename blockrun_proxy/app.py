@@ -33,6 +33,7 @@ from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
+from blockrun_proxy.quotes import QuoteBook
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
 
 log = logging.getLogger("blockrun_proxy")
@@ -44,6 +45,8 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 MODELS_KEY = web.AppKey("models", ModelsCache)
 PAYER_KEY = web.AppKey("payer", Payer)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+# Signing up front: .stats has plain int counters (hits, misses, ...) for metrics.
+QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
@@ -87,6 +90,13 @@ def create_app(settings: Settings) -> web.Application:
     app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
     app[PAYER_KEY] = payer_for(settings)
     metrics.watch_payer(app[PAYER_KEY])
+    app[QUOTES_KEY] = QuoteBook(
+        trust=settings.quote_trust,
+        tolerance_atomic=settings.presign_tolerance_atomic,
+        ttl_seconds=settings.quote_ttl_seconds,
+        enabled=settings.presign,
+    )
+    metrics.watch_quotes(lambda: app[QUOTES_KEY].stats)
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(_stamp_response)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -127,6 +137,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
             app[PAYER_KEY],
             paid_replays=settings.paid_replays,
             probe_retries=settings.probe_retries,
+            quotes=app[QUOTES_KEY],
         )
         app[GATEWAY_KEY] = gateway
         app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
@@ -320,7 +331,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await request.read(), default_max_tokens=app[SETTINGS_KEY].default_max_tokens
         )
         exchange.model = chat.model
-        answer = await app[GATEWAY_KEY].send_chat(chat.body, request.headers, exchange.request_id)
+        answer = await app[GATEWAY_KEY].send_chat(
+            chat.body, request.headers, exchange.request_id, chat=chat
+        )
         paid = answer.paid_atomic
         if paid is not None:
             exchange.cost_atomic = paid

@@ -89,6 +89,30 @@ def main(ctx: click.Context) -> None:
     help="Only pay these addresses (repeatable). Default: any address the gateway names.",
 )
 @click.option(
+    "--budget-usd",
+    default=None,
+    envvar=_env("BUDGET_USD"),
+    type=Decimal,
+    help="Never sign more than this in total over --budget-window. Default: no budget.",
+)
+@click.option(
+    "--budget-window",
+    default="24h",
+    show_default=True,
+    envvar=_env("BUDGET_WINDOW"),
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="The rolling window of --budget-usd: e.g. 24h, 30m, 3600s.",
+)
+@click.option(
+    "--presign-tolerance-usd",
+    default="0",
+    show_default=True,
+    envvar=_env("PRESIGN_TOLERANCE_USD"),
+    type=Decimal,
+    help="When signing up front from a learned quote, over-pay at most this much per call "
+    "to save the extra round trip (0: only exact amounts; over-payment is counted).",
+)
+@click.option(
     "--max-concurrent",
     default=config.DEFAULT_MAX_CONCURRENT,
     show_default=True,
@@ -154,6 +178,9 @@ def serve(
     max_price_usd: Decimal,
     default_max_tokens: int,
     pay_to: tuple[str, ...],
+    budget_usd: Decimal | None,
+    budget_window: float,
+    presign_tolerance_usd: Decimal,
     max_concurrent: int,
     max_queue: int | None,
     queue_timeout: float,
@@ -175,6 +202,9 @@ def serve(
         max_price_usd=max_price_usd,
         default_max_tokens=default_max_tokens,
         pay_to=pay_to,
+        budget_usd=budget_usd,
+        budget_window_seconds=budget_window,
+        presign_tolerance_usd=presign_tolerance_usd,
         max_concurrent=max_concurrent,
         max_queue=max_queue,
         queue_timeout_seconds=queue_timeout,
@@ -246,6 +276,13 @@ def _worker_options(ctx: click.Context) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def _duration(value: str) -> float:
+    try:
+        return config.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _check_wallet(settings: Settings) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -39,6 +40,12 @@ DEFAULT_MAX_CONCURRENT = 256
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 2.0
 DEFAULT_GRACE_SECONDS = 30.0
 DEFAULT_WORKERS = 1
+DEFAULT_BUDGET_WINDOW_SECONDS = 86400.0
+# Signing up front: a model's quote is trusted after this many consecutive exact
+# predictions of the gateway's 402s, and re-checked with an unpaid probe once its
+# last 402 is older than the TTL (so a price cut is noticed within the TTL).
+DEFAULT_QUOTE_TRUST = 3
+DEFAULT_QUOTE_TTL_SECONDS = 300.0
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
@@ -89,6 +96,14 @@ class Settings:
     # Retries of the unpaid probe after a 5xx (nothing is signed yet, so these are free).
     probe_retries: int = 2
     pay_to: tuple[str, ...] = ()
+    # At most this much signed over any rolling budget_window_seconds; None = no budget.
+    budget_usd: Decimal | None = None
+    budget_window_seconds: float = DEFAULT_BUDGET_WINDOW_SECONDS
+    # Sign the first request when the quote model is trusted; 0 tolerance = exact amounts only.
+    presign: bool = True
+    presign_tolerance_usd: Decimal = Decimal(0)
+    quote_trust: int = DEFAULT_QUOTE_TRUST
+    quote_ttl_seconds: float = DEFAULT_QUOTE_TTL_SECONDS
     allow_public: bool = False
     demo: bool = False
     # Secrets are kept out of repr() so a logged Settings never shows them.
@@ -99,6 +114,14 @@ class Settings:
     def max_amount(self) -> int:
         """The per-call cap in USDC atomic units."""
         return usd_to_atomic(self.max_price_usd)
+
+    @property
+    def budget_atomic(self) -> int | None:
+        return None if self.budget_usd is None else usd_to_atomic(self.budget_usd)
+
+    @property
+    def presign_tolerance_atomic(self) -> int:
+        return usd_to_atomic(self.presign_tolerance_usd)
 
     @property
     def gateway_host(self) -> str:
@@ -112,6 +135,14 @@ class Settings:
             raise ValueError("--max-price-usd must not be negative")
         if not self.networks:
             raise ValueError("--networks must name at least one CAIP-2 network")
+        if self.budget_usd is not None and self.budget_usd < 0:
+            raise ValueError("--budget-usd must not be negative")
+        if not self.budget_window_seconds > 0:
+            raise ValueError("--budget-window must be positive")
+        if not 0 <= self.presign_tolerance_usd <= self.max_price_usd:
+            raise ValueError("--presign-tolerance-usd must be between 0 and --max-price-usd")
+        if self.quote_trust < 1:
+            raise ValueError("quote_trust must be at least 1")
         if self.max_concurrent < 1:
             raise ValueError("--max-concurrent must be at least 1")
         if self.max_queue is not None and self.max_queue < 0:
@@ -130,6 +161,21 @@ class Settings:
                 f"could spend the wallet. Set {TOKEN_ENV}, or pass --allow-public if a network "
                 "policy already guards this port."
             )
+
+
+_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"24h"``, ``"30m"``, ``"3600s"``, ``"1d"`` or a bare number of seconds."""
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 24h, 30m, 3600s)")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    if not seconds > 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
 
 
 def is_loopback(host: str) -> bool:

@@ -99,6 +99,14 @@ class WalletNotConfigured(PaymentRefused):
     code = "wallet_not_configured"
 
 
+class PaymentNotAccepted(PaymentRefused):
+    """The gateway refused a signed payment and said it was NOT used (PROTOCOL.md 3):
+    nothing was charged. The only refusal after which a fresh signature is allowed,
+    and only for a payment signed up front from a learned quote."""
+
+    code = "payment_not_accepted"
+
+
 # --- the gateway's side --------------------------------------------------------------------
 
 

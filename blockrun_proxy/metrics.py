@@ -146,12 +146,18 @@ class Metrics:
         """
         hits = self._counter("quote_hits", "Paid calls signed up front from a cached quote.")
         misses = self._counter("quote_misses", "Paid calls that needed a 402 round trip.")
+        refused = self._counter(
+            "quote_refused", "Payments signed up front that the gateway refused as not used."
+        )
         overpaid = self._counter(
             "quote_overpaid_micro_usdc",
             "USDC signed above the gateway's price by quoted calls, in atomic units.",
         )
         self.watch(hits, lambda: _field(stats(), "hits"))
-        self.watch(misses, lambda: _field(stats(), "misses"))
+        # The quote book's "misses" are refused up-front payments; every call that went
+        # probe-first (cold, stale, or after a refusal) is what "miss" means here.
+        self.watch(misses, lambda: _field(stats(), "probed"))
+        self.watch(refused, lambda: _field(stats(), "misses"))
         self.watch(overpaid, lambda: _field(stats(), "overpaid_atomic"))
 
     def watch(self, counter: Counter, read: Callable[[], int | None]) -> None:

@@ -1,8 +1,11 @@
 """The payer: the only object that holds the wallet and decides to sign.
 
-Every signature the proxy makes goes through ``Payer.pay``, which applies the
-payer policy (network, asset, payTo, cap, timeout, resource host) before the key
-is touched. A refused check raises ``PaymentRefused`` and nothing is signed.
+Every signature the proxy makes goes through ``Payer.sign``, after the payer
+policy (network, asset, payTo, cap, timeout, resource host) has accepted the
+requirement, and ``sign`` itself checks and records the spend budget right
+before the key is touched. A refused check raises ``PaymentRefused`` and nothing
+is signed. A signature made up front from a learned quote (quotes.py) takes
+exactly the same path as one answering a 402.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from blockrun_proxy.budget import SpendBudget
 from blockrun_proxy.config import WALLET_ENV, WALLET_FILE, Settings
 from blockrun_proxy.errors import WalletNotConfigured
 from blockrun_proxy.x402 import (
@@ -37,10 +41,12 @@ class Payer:
         signer: Signer | None,
         policy: PayerPolicy,
         *,
+        budget: SpendBudget | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._signer = signer
         self.policy = policy
+        self.budget = budget
         self._clock = clock
         self.signatures = 0
         self.signed_atomic = 0
@@ -48,6 +54,10 @@ class Payer:
     @property
     def address(self) -> str | None:
         return self._signer.address if self._signer else None
+
+    @property
+    def can_sign(self) -> bool:
+        return self._signer is not None
 
     def choose(self, offer: PaymentRequired) -> tuple[Requirement, Network]:
         """The requirement we would pay, after every policy check; raises PaymentRefused."""
@@ -60,17 +70,28 @@ class Payer:
         resource: Mapping[str, Any],
         extensions: Mapping[str, Any] | None = None,
     ) -> SignedPayment:
-        """Sign a requirement that already passed ``choose`` (or ``policy.check``)."""
+        """Sign a requirement that already passed ``choose`` (or ``policy.check``).
+
+        The budget is checked and the amount recorded in this same synchronous
+        call, so no other request can spend the same remainder in between.
+        """
         if self._signer is None:
             raise WalletNotConfigured(NO_WALLET_MESSAGE)
-        payment = sign_payment(
-            self._signer,
-            requirement,
-            network,
-            resource,
-            now=int(self._clock()),
-            extensions=extensions,
-        )
+        if self.budget is not None:
+            self.budget.reserve(requirement.amount)
+        try:
+            payment = sign_payment(
+                self._signer,
+                requirement,
+                network,
+                resource,
+                now=int(self._clock()),
+                extensions=extensions,
+            )
+        except BaseException:
+            if self.budget is not None:
+                self.budget.refund(requirement.amount)  # nothing was signed after all
+            raise
         self.signatures += 1
         self.signed_atomic += payment.amount
         return payment
@@ -80,6 +101,15 @@ class Payer:
         requirement, network = self.choose(offer)
         return self.sign(requirement, network, offer.resource, offer.extensions)
 
+    def pay_requirement(
+        self,
+        requirement: Requirement,
+        resource: Mapping[str, Any],
+        extensions: Mapping[str, Any] | None = None,
+    ) -> SignedPayment:
+        """Check one requirement (e.g. built from a learned quote) and sign it."""
+        network = self.policy.check(requirement, resource)
+        return self.sign(requirement, network, resource, extensions)
 
 def payer_for(settings: Settings) -> Payer:
     """The payer ``settings`` describe: its wallet (if any) under its policy.
@@ -96,4 +126,9 @@ def payer_for(settings: Settings) -> Payer:
         gateway_host=settings.gateway_host,
         pay_to=frozenset(p.lower() for p in settings.pay_to),
     )
-    return Payer(signer, policy)
+    budget = (
+        SpendBudget(settings.budget_atomic, settings.budget_window_seconds)
+        if settings.budget_atomic is not None
+        else None
+    )
+    return Payer(signer, policy, budget=budget)

@@ -1,8 +1,9 @@
 """Talking to the gateway: send, pay, resend, and the rules that keep a payer safe.
 
-``Gateway.send`` returns an open upstream response ready to be piped, having
-done the x402 exchange when the gateway asked for payment. The rules it follows
-(PROTOCOL.md section 5):
+``Gateway.send_chat`` returns an open upstream response ready to be piped,
+having done the x402 exchange when the gateway asked for payment. With a warm
+quote model (quotes/) the first request already carries ``PAYMENT-SIGNATURE``:
+one round trip per paid call instead of two. The rules (PROTOCOL.md section 5):
 
 - an unpaid probe that fails with a 5xx or a dropped connection is retried
   unpaid, a bounded number of times (nothing is signed yet, so this is free);
@@ -11,7 +12,10 @@ done the x402 exchange when the gateway asked for payment. The rules it follows
 - a timeout after the paid send is surfaced (the gateway may be serving it);
 - ``PAYMENT_REPLAY`` (the authorization was used and charged) is surfaced, never
   answered with a new signature;
-- a refusal that says the payment was not used is surfaced without re-signing.
+- the one exception: a payment signed *up front* that the gateway refuses as
+  not used (PAYMENT_INVALID / PAYMENT_UNFUNDED / a fresh 402) charged nothing,
+  so the call falls back to probe-then-pay: ask unpaid for a fresh challenge,
+  sign it once, send. A refusal of that second payment is surfaced.
 
 Every error after a paid send carries ``x-should-retry: false``, so client
 libraries that retry on their own do not turn one failure into several charges.
@@ -30,14 +34,17 @@ from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSes
 from multidict import CIMultiDict
 from yarl import URL
 
+from blockrun_proxy.chatbody import ChatRequest
 from blockrun_proxy.errors import (
     GatewayAnswer,
     PaidCallFailed,
+    PaymentNotAccepted,
     PaymentRefused,
     UpstreamError,
     UpstreamTimeout,
 )
 from blockrun_proxy.payer import Payer
+from blockrun_proxy.quotes import Features, Presign, QuoteBook, features_from_body, request_features
 from blockrun_proxy.x402 import (
     PaymentRequired,
     PaymentResponse,
@@ -69,6 +76,7 @@ class Answer:
     response: ClientResponse
     payment: SignedPayment | None = None
     settlement: PaymentResponse | None = None
+    presigned: bool = False  # paid on the first request, from a learned quote
 
     @property
     def paid_atomic(self) -> int | None:
@@ -89,6 +97,7 @@ class Gateway:
         *,
         paid_replays: int = 2,
         probe_retries: int = 2,
+        quotes: QuoteBook | None = None,
     ) -> None:
         self._session = session
         # Parsed once: aiohttp would otherwise parse the URL string on every call.
@@ -97,6 +106,7 @@ class Gateway:
         self._payer = payer
         self._paid_replays = paid_replays
         self._probe_retries = probe_retries
+        self.quotes = quotes
 
     async def get_models(self) -> tuple[int, bytes]:
         try:
@@ -108,10 +118,37 @@ class Gateway:
             raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
 
     async def send_chat(
-        self, body: bytes, client_headers: Mapping[str, str], request_id: str
+        self,
+        body: bytes,
+        client_headers: Mapping[str, str],
+        request_id: str,
+        *,
+        chat: ChatRequest | None = None,
     ) -> Answer:
+        """Send a chat request, paying if asked. ``chat`` (the parsed request) lets the
+        quote model price it without parsing the body again."""
         headers = forwarded_headers(client_headers)
         headers["x-request-id"] = request_id
+        features = self._features(body, chat)
+        presigned = self._presign(features)
+        if presigned is not None:
+            quote, payment = presigned
+            try:
+                answer = await self._send_paid(body, headers, payment)
+            except PaymentNotAccepted:
+                # Not used, nothing charged. The refusal is not a challenge to trust
+                # (PAYMENT_INVALID carries none), so ask afresh and pay that, once.
+                self._quotes_refused(quote)
+                del headers[PAYMENT_SIGNATURE]
+            else:
+                self._quotes_accepted(quote)
+                answer.presigned = True
+                return answer
+        return await self._probe_then_pay(body, headers, features)
+
+    async def _probe_then_pay(
+        self, body: bytes, headers: CIMultiDict[str], features: Features | None
+    ) -> Answer:
         response = await self._send_unpaid(body, headers)
         if response.status != 402:
             return Answer(response)
@@ -121,8 +158,52 @@ class Gateway:
                 "the gateway asked for payment (402) without a usable payment requirement",
                 code="bad_payment_requirement",
             )
-        payment = self._payer.pay(offer)
+        try:
+            requirement, network = self._payer.choose(offer)
+        except PaymentRefused:
+            if self.quotes is not None and features is not None:
+                self.quotes.forget(features.model)  # what it asked for last is not payable
+            raise
+        if self.quotes is not None and features is not None:
+            self.quotes.observe(features, requirement, offer.resource, offer.extensions)
+        payment = self._payer.sign(requirement, network, offer.resource, offer.extensions)
         return await self._send_paid(body, headers, payment)
+
+    def _features(self, body: bytes, chat: ChatRequest | None) -> Features | None:
+        if self.quotes is None:
+            return None
+        if chat is not None:
+            return request_features(chat.model, chat.max_tokens, chat.data)
+        return features_from_body(body)
+
+    def _presign(self, features: Features | None) -> tuple[Presign, SignedPayment] | None:
+        """A payment signed from a trusted quote, through the same policy and budget
+        checks as any other; None to probe first."""
+        if self.quotes is None or features is None or not self._payer.can_sign:
+            return None
+        quote = self.quotes.presign(features)
+        if quote is None:
+            return None
+        try:
+            payment = self._payer.pay_requirement(
+                quote.requirement, quote.resource, quote.extensions
+            )
+        except PaymentRefused as refusal:
+            # Probe instead: the gateway's own quote decides, and refusing *that* is final.
+            self.quotes.declined(quote)
+            log.info("not signing %s up front: %s", features.model, refusal.code)
+            return None
+        self.quotes.signed(quote)
+        return quote, payment
+
+    def _quotes_accepted(self, quote: Presign) -> None:
+        if self.quotes is not None:
+            self.quotes.accepted(quote)
+
+    def _quotes_refused(self, quote: Presign) -> None:
+        log.info("payment signed up front for %s was not accepted; re-asking", quote.model)
+        if self.quotes is not None:
+            self.quotes.refused(quote)
 
     async def _send_unpaid(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
         for attempt in range(self._probe_retries + 1):
@@ -244,10 +325,9 @@ async def classify_paid_error(response: ClientResponse) -> Exception:
     body = await read_small_body(response)
     code = error_code(body)
     if code in NOT_USED_CODES or (status == 402 and parse_payment_required(challenge, body)):
-        return PaymentRefused(
+        return PaymentNotAccepted(
             f"the gateway refused the signed payment ({code or 'fresh 402'}); nothing was "
-            "charged. The proxy signs once per call and did not sign again.",
-            code="payment_not_accepted",
+            "charged and the proxy did not sign again."
         )
     headers = {"x-should-retry": "false"}
     if retry_after:

@@ -137,27 +137,6 @@ async def test_without_a_wallet_free_works_and_paid_explains(start_proxy, gatewa
     assert gateway.payments == []
 
 
-@pytest.mark.parametrize(
-    ("knob", "value", "code"),
-    [
-        ("price_multiplier", 10_000.0, "amount_over_cap"),
-        ("network", "eip155:8453", "network_not_allowed"),
-        ("asset", "0x" + "ab" * 20, "asset_mismatch"),
-        ("max_timeout_seconds", 10**9, "timeout_too_long"),
-        ("resource_url", "https://evil.example/api/v1/chat/completions", "resource_host_mismatch"),
-        ("scheme", "upto", "scheme_not_supported"),
-    ],
-)
-async def test_hostile_quote_gets_no_signature(proxy, gateway, knob, value, code):
-    setattr(gateway.misbehave, knob, value)
-    resp, raw = await post(proxy, chat(stream=True))
-    assert resp.status == 402
-    error = error_of(raw)
-    assert error["code"] == code
-    assert error["type"] == "payment_error"
-    assert gateway.payments == []
-
-
 async def test_gateway_unreachable_is_502(start_proxy):
     proxy = await start_proxy(api_url="http://127.0.0.1:9/api", probe_retries=0)
     resp, raw = await post(proxy, chat(FREE))

@@ -144,13 +144,16 @@ async def test_unmatched_paths_share_one_route_label(proxy):
 
 
 async def test_quote_stats_are_exported_through_the_hook():
+    from blockrun_proxy.quotes.book import QuoteStats
+
     metrics = Metrics()
-    stats = SimpleNamespace(hits=0, misses=0, overpaid_atomic=0)
+    stats = QuoteStats()
     metrics.watch_quotes(lambda: stats)
-    stats.hits, stats.misses, stats.overpaid_atomic = 3, 1, 250
+    stats.hits, stats.probed, stats.misses, stats.overpaid_atomic = 3, 4, 1, 250
     m = parse((await metrics.render())[0].decode())
     assert get(m, "blockrun_proxy_quote_hits_total") == 3
-    assert get(m, "blockrun_proxy_quote_misses_total") == 1
+    assert get(m, "blockrun_proxy_quote_misses_total") == 4  # calls that needed a 402
+    assert get(m, "blockrun_proxy_quote_refused_total") == 1  # up-front payments refused
     assert get(m, "blockrun_proxy_quote_overpaid_micro_usdc_total") == 250
     stats.hits = 5
     m = parse((await metrics.render())[0].decode())

@@ -1,0 +1,256 @@
+"""The never-pay-twice fault matrix (PROTOCOL.md section 5), on both payment paths.
+
+"cold": no trusted quote, probe-then-pay (two round trips). "warm": the quote
+model is trusted and the first request carries a payment signed up front. Each
+test counts the distinct authorizations the gateway received (nonces) and what
+they were for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from paying import (
+    PAID,
+    chat,
+    chat_requests,
+    nonces,
+    post,
+    priced,
+    warm_body,
+    warm_up,
+)
+
+from blockrun_proxy.testing import FakeGateway
+
+TEST_NETWORK = "eip155:84532"
+PATHS = ["cold", "warm"]
+
+
+async def ready(start_proxy, path: str, **settings):
+    proxy = await start_proxy(**settings)
+    if path == "warm":
+        await warm_up(proxy)
+    return proxy
+
+
+def body_for(path: str, stream: bool = False):
+    """A plain (or streamed) request: one the warm model surely pins, or any."""
+    if path == "warm":
+        return warm_body(PAID, stream=stream)
+    return chat(PAID, max_tokens=64, stream=stream)
+
+
+def assert_first_request_paid(gateway, before: int, path: str) -> None:
+    first = chat_requests(gateway, before)[0]
+    assert (first.payment is not None) == (path == "warm"), "presign expectation"
+
+
+# --- before anything is signed ----------------------------------------------------------------
+
+
+async def test_5xx_on_the_unpaid_probe_is_retried_unpaid_then_paid_once(proxy, gateway):
+    gateway.misbehave.fail_unpaid = 2  # the proxy retries the probe twice by default
+    body = chat(PAID, max_tokens=64)
+    reply = await post(proxy, body)
+    assert reply.status == 200
+    assert [r.payment is None for r in chat_requests(gateway)] == [True, True, True, False]
+    assert len(nonces(gateway)) == 1
+    assert [s.amount for s in gateway.settled] == [priced(gateway, body)]
+
+
+async def test_5xx_on_every_probe_is_bounded_and_signs_nothing(proxy, gateway):
+    gateway.misbehave.fail_unpaid = 10
+    reply = await post(proxy, chat(PAID))
+    assert reply.status == 503
+    assert len(chat_requests(gateway)) == 3  # first try + 2 retries
+    assert gateway.payments == []
+
+
+# --- after the paid send -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_5xx_on_the_paid_send_replays_the_same_signature(start_proxy, gateway, path):
+    proxy = await ready(start_proxy, path)
+    before, pay_before, paid_before = (
+        len(gateway.requests),
+        len(gateway.payments),
+        len(gateway.settled),
+    )
+    gateway.misbehave.fail_paid = 2  # within the 2 replays allowed
+    body = body_for(path)
+    reply = await post(proxy, body)
+    assert reply.status == 200
+    assert_first_request_paid(gateway, before, path)
+    records = gateway.payments[pay_before:]
+    assert len(records) == 3  # one authorization, sent three times ...
+    assert len({(r.nonce, r.signature) for r in records}) == 1  # ... byte-identical
+    assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_5xx_after_all_replays_is_surfaced_never_re_signed(start_proxy, gateway, path):
+    proxy = await ready(start_proxy, path)
+    before, pay_before, paid_before = (
+        len(gateway.requests),
+        len(gateway.payments),
+        len(gateway.settled),
+    )
+    gateway.misbehave.fail_paid = 10
+    reply = await post(proxy, body_for(path))
+    assert reply.status == 503
+    assert reply.headers["x-should-retry"] == "false"
+    assert len(nonces(gateway, pay_before)) == 1
+    assert len(gateway.payments) - pay_before == 3
+    assert gateway.settled[paid_before:] == []
+    assert_first_request_paid(gateway, before, path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_connection_reset_mid_stream_is_never_re_signed(start_proxy, gateway, path):
+    proxy = await ready(start_proxy, path)
+    before, pay_before, paid_before = (
+        len(gateway.requests),
+        len(gateway.payments),
+        len(gateway.settled),
+    )
+    gateway.misbehave.reset_after_events = 3
+    body = body_for(path, stream=True)
+    reply = await post(proxy, body)
+    assert reply.status == 200 and reply.error is not None  # headers out, then cut
+    assert len(nonces(gateway, pay_before)) == 1
+    assert len(gateway.payments) - pay_before == 1  # bytes reached the client: no replay
+    assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)]
+    assert len(chat_requests(gateway, before)) == (1 if path == "warm" else 2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_payment_replay_is_surfaced_never_re_signed(start_proxy, gateway, path):
+    proxy = await ready(start_proxy, path)
+    before, pay_before = len(gateway.requests), len(gateway.payments)
+    gateway.misbehave.replay_on_paid = True
+    reply = await post(proxy, body_for(path))
+    assert reply.status == 409 and reply.code == "PAYMENT_REPLAY"
+    assert reply.headers["x-should-retry"] == "false"
+    assert len(nonces(gateway, pay_before)) == 1
+    assert len(chat_requests(gateway, before)) == (1 if path == "warm" else 2)
+
+
+@pytest.mark.parametrize("fresh_challenge", [False, True], ids=["PAYMENT_INVALID", "fresh-402"])
+async def test_refused_presign_is_followed_by_one_fresh_signature(
+    start_proxy, gateway, fresh_challenge
+):
+    proxy = await ready(start_proxy, "warm")
+    gateway.misbehave.price_multiplier = 1.5  # the learned price is now too low
+    gateway.misbehave.fresh_challenge_on_invalid = fresh_challenge
+    before, pay_before, paid_before = (
+        len(gateway.requests),
+        len(gateway.payments),
+        len(gateway.settled),
+    )
+    body = body_for("warm")
+    reply = await post(proxy, body)
+    assert reply.status == 200
+    # presigned (refused, not used) -> re-asked unpaid -> paid the fresh challenge
+    assert [r.payment is not None for r in chat_requests(gateway, before)] == [True, False, True]
+    records = gateway.payments[pay_before:]
+    assert len(nonces(gateway, pay_before)) == 2
+    assert [r.accepted for r in records] == [False, True]
+    assert records[0].amount < records[1].amount == priced(gateway, body)
+    assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)]
+
+
+class SkewedClock:
+    """The gateway's clock; jumping it ahead makes every authorization look expired."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.skew
+
+
+async def test_a_refused_fresh_payment_is_surfaced_without_a_third_signature(start_proxy):
+    clock = SkewedClock()
+    async with FakeGateway(network=TEST_NETWORK, clock=clock) as gateway:
+        proxy = await start_proxy(api_url=gateway.base_url)
+        await warm_up(proxy)
+        clock.skew = 10_000.0
+        before, pay_before = len(gateway.requests), len(gateway.payments)
+        reply = await post(proxy, body_for("warm"))
+        assert reply.status == 402 and reply.code == "payment_not_accepted"
+        assert [r.payment is not None for r in chat_requests(gateway, before)] == [
+            True,
+            False,
+            True,
+        ]
+        assert len(nonces(gateway, pay_before)) == 2
+        assert not any(r.accepted for r in gateway.payments[pay_before:])
+
+
+@contextlib.asynccontextmanager
+async def slow_when_paid(seconds: float) -> AsyncIterator[tuple[FakeGateway, dict[str, bool]]]:
+    """A gateway that, while ``switch["on"]``, settles a paid request and then sits on
+    the answer for ``seconds``: charged, but the client hears nothing in time."""
+    gateway = FakeGateway(network=TEST_NETWORK)
+    switch = {"on": False}
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        if switch["on"] and "PAYMENT-SIGNATURE" in request.headers:
+            await asyncio.sleep(seconds)
+        return response
+
+    gateway.app.middlewares.append(slow)
+    async with gateway:
+        yield gateway, switch
+
+
+def received_nonces(gateway: FakeGateway, since: int) -> list[str]:
+    """Authorizations the gateway received, settled or not (from the request log)."""
+    return [
+        r.payment["payload"]["authorization"]["nonce"]
+        for r in chat_requests(gateway, since)
+        if r.payment is not None
+    ]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_gateway_timeout_after_the_paid_send_is_surfaced_not_re_signed(start_proxy, path):
+    async with slow_when_paid(5.0) as (gateway, switch):
+        proxy = await start_proxy(api_url=gateway.base_url, idle_timeout_seconds=0.3)
+        if path == "warm":
+            await warm_up(proxy)
+        switch["on"] = True
+        before, paid_before = len(gateway.requests), len(gateway.settled)
+        body = body_for(path)
+        reply = await post(proxy, body)
+        assert reply.status == 504 and reply.code == "paid_call_timeout"
+        assert reply.headers["x-should-retry"] == "false"
+        assert "may have been charged" in reply.json["error"]["message"]
+        assert_first_request_paid(gateway, before, path)
+        # It was charged once; one authorization reached the gateway and the proxy,
+        # having answered the client, can sign nothing more for this call.
+        assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)]
+        assert len(received_nonces(gateway, before)) == 1
+        assert len(chat_requests(gateway, before)) == (1 if path == "warm" else 2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_concurrent_identical_requests_each_get_their_own_nonce(start_proxy, gateway, path):
+    proxy = await ready(start_proxy, path)
+    pay_before, paid_before = len(gateway.payments), len(gateway.settled)
+    body = body_for(path)
+    replies = await asyncio.gather(*(post(proxy, body) for _ in range(8)))
+    assert [r.status for r in replies] == [200] * 8
+    assert len(nonces(gateway, pay_before)) == 8
+    assert len(gateway.payments) - pay_before == 8
+    assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)] * 8
