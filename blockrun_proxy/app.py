@@ -18,7 +18,6 @@ from blockrun_proxy.config import Settings
 from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import (
     BodyTooLarge,
-    GatewayAnswer,
     InvalidRequest,
     NotFound,
     ProxyError,
@@ -231,8 +230,10 @@ def _error_response(
 ) -> web.Response:
     # The gateway's failures and the proxy's own refusals are counted apart: the first
     # page someone about the gateway, the second about the proxy's settings or clients.
+    # Failures after a payment (PaidCallFailed, GatewayAnswer) are UpstreamErrors too:
+    # their 424 status is for clients' retry loops, their code says what the gateway did.
     exchange = request[EXCHANGE_KEY]
-    if isinstance(exc, (UpstreamError, GatewayAnswer)):
+    if isinstance(exc, UpstreamError):
         exchange.upstream_error = exc.code
     else:
         exchange.refusal = exc.code

@@ -121,40 +121,90 @@ class UpstreamTimeout(UpstreamError):
     code = "gateway_timeout"
 
 
-class PaidCallFailed(UpstreamError):
-    """The gateway may have been paid, then failed. Retrying is a NEW paid call.
+# Every error answered after a payment was sent uses this status. Clients retry 408, 409,
+# 429 and 5xx on their own (the openai SDK and so langchain; LiteLLM's ``should_retry`` and so
+# its Router and the LiteLLM Proxy), and a retry there is a NEW paid call (PROTOCOL.md
+# section 5, rule 5). ``x-should-retry: false`` alone is not enough: the Router ignores it
+# and the LiteLLM Proxy renames it on the way to its own clients. A 4xx none of them retries
+# is: 424 Failed Dependency, "the gateway failed", which is what happened. (LiteLLM's
+# ``num_retries`` on a plain ``completion`` retries every error whatever its status; no
+# answer can stop that, so the README says to leave it unset.)
+PAID_FAILURE_STATUS = 424
+# What the gateway did (its status, or "timeout" / "dropped" / "unreachable"), for operators
+# and clients, since the status line no longer says it.
+UPSTREAM_STATUS_HEADER = "x-blockrun-upstream-status"
 
-    Answered with ``x-should-retry: false`` so the openai SDK and LiteLLM do not
-    retry it on their own (PROTOCOL.md section 5, rule 5).
+
+class PaidCallFailed(UpstreamError):
+    """The call failed after its payment was sent: it may have been charged, and
+    retrying it is a NEW paid call.
+
+    Answered ``424`` with ``x-should-retry: false`` so that no common client retries
+    it on its own, and ``x-blockrun-upstream-status`` saying what the gateway did.
+    An ``UpstreamError``: metrics and logs count it as the gateway's failure.
     """
 
+    status = PAID_FAILURE_STATUS
     code = "paid_call_failed"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int = 502) -> None:
-        super().__init__(message, code=code, headers={"x-should-retry": "false"})
-        self.status = status
+    def __init__(
+        self, message: str, *, upstream_status: int | str, code: str | None = None
+    ) -> None:
+        super().__init__(
+            message,
+            code=code,
+            headers={"x-should-retry": "false", UPSTREAM_STATUS_HEADER: str(upstream_status)},
+        )
+        self.upstream_status = str(upstream_status)
 
 
-class GatewayAnswer(ProxyError):
-    """An error status the gateway sent, passed to the client as it came (status, body).
+class GatewayAnswer(PaidCallFailed):
+    """The gateway's own error answer to a paid send (a 5xx after the replays, 409
+    ``PAYMENT_REPLAY``, ...), answered ``424`` like every failure after a payment.
 
-    Used where the proxy had to read the body to decide what it means (a refusal
-    after a paid send); unread error answers are piped instead.
+    The gateway's body goes to the client as it came when it is an OpenAI-shaped
+    error (the client sees the gateway's own message and code); anything else is
+    wrapped into one that says what happened. A JSON object the gateway sent is kept
+    under ``error.gateway``: BlockRun's "already served" answer names there where the
+    paid-for result can be fetched (``poll_url``, ``job_id``).
     """
 
-    def __init__(
-        self,
-        status: int,
-        body: bytes,
-        *,
-        content_type: str,
-        code: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(f"gateway answered {status}", code=code, headers=headers)
-        self.status = status
-        self.body = body
-        self.content_type = content_type
+    def __init__(self, upstream_status: int, body: bytes, *, code: str) -> None:
+        super().__init__(
+            f"the gateway failed after the payment was sent (status {upstream_status}); "
+            "it may have been charged. Not retried.",
+            code=code,
+            upstream_status=upstream_status,
+        )
+        self.body = body if is_openai_error(body) else self._wrapped(body)
+
+    def _wrapped(self, gateway_body: bytes) -> bytes:
+        error: dict[str, object] = {
+            "message": self.message,
+            "type": self.type,
+            "code": self.code,
+            "param": None,
+        }
+        decoded = _json_object(gateway_body)
+        if decoded is not None:
+            error["gateway"] = decoded
+        return orjson.dumps({"error": error})
 
     def to_json(self) -> bytes:
         return self.body
+
+
+def is_openai_error(body: bytes) -> bool:
+    """Whether ``body`` is an OpenAI-shaped error, ``{"error": {"message": str, ...}}``:
+    what OpenAI clients parse into their exception's message and code."""
+    data = _json_object(body)
+    error = data.get("error") if data is not None else None
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -33,7 +33,7 @@ import orjson
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
 from blockrun_proxy.costs import cost_headers
-from blockrun_proxy.errors import GatewayAnswer, ProxyError
+from blockrun_proxy.errors import PAID_FAILURE_STATUS, GatewayAnswer, PaidCallFailed, ProxyError
 from blockrun_proxy.payer import payer_for
 from blockrun_proxy.sse import DONE, SSEDecoder
 from blockrun_proxy.upstream import Answer, Gateway, read_small_body
@@ -50,8 +50,9 @@ PAID_NOTE = " A payment was made for this call: retrying it is a new paid call."
 class CallError(Exception):
     """A failed call, with the HTTP status the proxy would have answered.
 
-    ``paid`` is true when a payment was sent for the call (the proxy marks such
-    answers ``x-should-retry: false``). Messages never contain key material.
+    ``paid`` is true when a payment was sent for the call; the status is then
+    ``424``, as from the proxy, so that LiteLLM's Router does not retry it into a
+    second payment. Messages never contain key material.
     """
 
     def __init__(self, status: int, message: str, *, code: str | None, paid: bool) -> None:
@@ -107,7 +108,7 @@ class Stream:
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 self.close()
                 raise CallError(
-                    502,
+                    _failure_status(self.answer),
                     f"the gateway's stream broke midway ({type(exc).__name__})",
                     code="stream_broken",
                     paid=self.answer.payment is not None,
@@ -258,7 +259,7 @@ class Core:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise CallError(
-                502,
+                _failure_status(answer),
                 "the gateway's answer is not JSON",
                 code="bad_gateway_answer",
                 paid=answer.payment is not None,
@@ -340,8 +341,14 @@ async def _raise_for_status(answer: Answer) -> None:
     )
 
 
+def _failure_status(answer: Answer) -> int:
+    """The status of a failure of an answer already received: 424 once it was paid for,
+    as the proxy answers every failure after a payment (a 5xx would be retried)."""
+    return PAID_FAILURE_STATUS if answer.payment is not None else 502
+
+
 def _call_error(exc: ProxyError) -> CallError:
-    paid = exc.headers.get("x-should-retry") == "false"
+    paid = isinstance(exc, PaidCallFailed)
     message = exc.message
     if isinstance(exc, GatewayAnswer):
         message = _error_of(exc.body)[0] or message

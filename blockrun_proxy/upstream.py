@@ -17,8 +17,11 @@ one round trip per paid call instead of two. The rules (PROTOCOL.md section 5):
   so the call falls back to probe-then-pay: ask unpaid for a fresh challenge,
   sign it once, send. A refusal of that second payment is surfaced.
 
-Every error after a paid send carries ``x-should-retry: false``, so client
-libraries that retry on their own do not turn one failure into several charges.
+Every error after a paid send is a ``PaidCallFailed``: answered ``424`` with
+``x-should-retry: false``, a status that client libraries which retry on their
+own (408, 409, 429, 5xx) leave alone, so one failure does not become several
+charges. That includes a replay that cannot connect once an earlier send of the
+same signature reached the gateway: that send may have been charged.
 """
 
 from __future__ import annotations
@@ -227,6 +230,9 @@ class Gateway:
         self, body: bytes, headers: CIMultiDict[str], payment: SignedPayment
     ) -> Answer:
         headers[PAYMENT_SIGNATURE] = payment.header
+        # What the gateway did with the last send that reached it ("503", "dropped"). Once
+        # set, the signature may have been used, so no way this call ends may invite a retry.
+        delivered: str | None = None
         for attempt in range(self._paid_replays + 1):
             last = attempt == self._paid_replays
             try:
@@ -236,25 +242,35 @@ class Gateway:
                     "the gateway timed out after the payment was sent; it may have been "
                     "charged. Not retried automatically.",
                     code="paid_call_timeout",
-                    status=504,
+                    upstream_status="timeout",
                 ) from exc
             except ClientConnectorError as exc:
-                # Never connected, so the signature cannot have been used: replay it.
-                if last:
+                # Never connected, so this send cannot have used the signature: replay it.
+                if not last:
+                    await asyncio.sleep(RETRY_DELAYS[attempt])
+                    continue
+                if delivered is None:  # no send ever reached the gateway: nothing was charged
                     raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
-                await asyncio.sleep(RETRY_DELAYS[attempt])
-                continue
+                raise PaidCallFailed(
+                    f"the gateway failed after the payment was sent ({delivered}), then could "
+                    "not be reached to replay it; it may have been charged. Not retried.",
+                    code="paid_call_unreachable",
+                    upstream_status=delivered,
+                ) from exc
             except ClientError as exc:
                 # Sent, then dropped: replaying the SAME authorization is safe (one nonce).
                 if last:
                     raise PaidCallFailed(
                         "the gateway dropped the connection after the payment was sent; "
-                        "it may have been charged.",
+                        "it may have been charged. Not retried.",
                         code="paid_call_dropped",
+                        upstream_status="dropped",
                     ) from exc
+                delivered = "dropped"
                 await asyncio.sleep(RETRY_DELAYS[attempt])
                 continue
             if response.status >= 500 and not last:
+                delivered = str(response.status)
                 response.release()
                 await asyncio.sleep(RETRY_DELAYS[attempt])
                 continue
@@ -317,10 +333,12 @@ def error_code(body: bytes) -> str | None:
 
 
 async def classify_paid_error(response: ClientResponse) -> Exception:
-    """Turn an error answer to a paid send into what the client gets; never signs."""
+    """Turn an error answer to a paid send into what the client gets; never signs.
+
+    The gateway's ``Retry-After`` is not passed on: it would invite the retry that a
+    payment already sent makes costly.
+    """
     status = response.status
-    content_type = response.headers.get("Content-Type", "application/json")
-    retry_after = response.headers.get("Retry-After")
     challenge = response.headers.get(PAYMENT_REQUIRED)
     body = await read_small_body(response)
     code = error_code(body)
@@ -329,13 +347,6 @@ async def classify_paid_error(response: ClientResponse) -> Exception:
             f"the gateway refused the signed payment ({code or 'fresh 402'}); nothing was "
             "charged and the proxy did not sign again."
         )
-    headers = {"x-should-retry": "false"}
-    if retry_after:
-        headers["Retry-After"] = retry_after
     return GatewayAnswer(
-        status,
-        body,
-        content_type=content_type,
-        code="payment_replay" if code in USED_CODES else "paid_call_failed",
-        headers=headers,
+        status, body, code="payment_replay" if code in USED_CODES else "paid_call_failed"
     )

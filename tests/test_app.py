@@ -27,6 +27,14 @@ async def post(proxy, body, headers=None) -> tuple[aiohttp.ClientResponse, bytes
         return resp, await resp.read()
 
 
+def assert_free_to_retry(resp: aiohttp.ClientResponse) -> None:
+    """An error before any payment: its own status, none of the marks of an error after
+    a payment (424, x-should-retry: false), since retrying it costs nothing."""
+    assert resp.status != 424
+    assert "x-should-retry" not in resp.headers
+    assert "x-blockrun-upstream-status" not in resp.headers
+
+
 def error_of(raw: bytes) -> dict:
     error = orjson.loads(raw)["error"]
     assert set(error) >= {"message", "type", "code"}
@@ -134,6 +142,7 @@ async def test_without_a_wallet_free_works_and_paid_explains(start_proxy, gatewa
     error = error_of(raw)
     assert error["code"] == "wallet_not_configured"
     assert "BLOCKRUN_WALLET_KEY" in error["message"]
+    assert_free_to_retry(resp)
     assert gateway.payments == []
 
 
@@ -142,6 +151,7 @@ async def test_gateway_unreachable_is_502(start_proxy):
     resp, raw = await post(proxy, chat(FREE))
     assert resp.status == 502
     assert error_of(raw)["code"] == "gateway_unreachable"
+    assert_free_to_retry(resp)
 
 
 async def test_gateway_error_before_first_byte_keeps_status_body_and_retry_after(proxy, gateway):
@@ -151,6 +161,29 @@ async def test_gateway_error_before_first_byte_keeps_status_body_and_retry_after
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "7"
     assert "error" in orjson.loads(raw)
+    assert_free_to_retry(resp)
+
+
+async def test_a_refused_quote_is_a_402_free_to_retry(proxy, gateway):
+    gateway.misbehave.price_multiplier = 10_000.0  # over the per-call cap
+    resp, raw = await post(proxy, chat())
+    assert resp.status == 402
+    assert error_of(raw)["code"] == "amount_over_cap"
+    assert_free_to_retry(resp)
+    assert gateway.payments == []
+
+
+async def test_a_failure_after_payment_is_a_424_that_names_the_gateways_status(
+    start_proxy, gateway
+):
+    proxy = await start_proxy(paid_replays=0)
+    gateway.misbehave.fail_after_settle = 1
+    resp, raw = await post(proxy, chat())
+    assert resp.status == 424
+    assert resp.headers["x-should-retry"] == "false"
+    assert resp.headers["x-blockrun-upstream-status"] == "500"
+    assert error_of(raw)["message"] == "The model failed after the payment was settled"
+    assert len(gateway.settled) == 1
 
 
 async def test_unpaid_probe_5xx_is_retried_without_signing(proxy, gateway):

@@ -47,8 +47,17 @@ async def test_a_stream_that_breaks_after_payment_says_it_was_paid(core, gateway
     with pytest.raises(CallError) as info:
         while await core.run_async(stream.next_event()) is not None:
             pass
-    assert info.value.paid and info.value.status == 502
+    assert info.value.paid and info.value.status == 424  # as the proxy: not retried
     assert "A payment was made" in str(info.value)
+
+
+async def test_a_failure_after_payment_is_a_paid_424(core, gateway):
+    gateway.misbehave.fail_after_settle = 1
+    with pytest.raises(CallError) as info:
+        await core.run_async(core.complete(BODY))
+    assert info.value.paid and info.value.status == 424
+    assert "A payment was made" in str(info.value)
+    assert len(gateway.settled) == 1
 
 
 async def test_gateway_errors_keep_their_status(core, gateway):

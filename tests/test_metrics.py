@@ -111,6 +111,26 @@ async def test_gateway_failures_are_counted_by_kind(start_proxy, gateway):
     assert get(m, "blockrun_proxy_upstream_errors_total", kind="gateway_unreachable") == 1
 
 
+@pytest.mark.parametrize(
+    ("knob", "kind"),
+    [("fail_after_settle", "paid_call_failed"), ("replay_on_paid", "payment_replay")],
+)
+async def test_failures_after_payment_count_as_gateway_errors_not_refusals(
+    start_proxy, gateway, knob, kind
+):
+    # Answered 424 (so clients do not retry them into a second payment), but still the
+    # gateway's failure: what pages someone about the gateway, not about the proxy.
+    proxy = await start_proxy(paid_replays=0)
+    setattr(gateway.misbehave, knob, 1 if knob == "fail_after_settle" else True)
+    status, _ = await post(proxy, chat())
+    assert status == 424
+    await counted(proxy, 1, status="424")
+    m = await scrape(proxy)
+    assert get(m, "blockrun_proxy_upstream_errors_total", kind=kind) == 1
+    assert not any(name == "blockrun_proxy_refusals_total" for name, _ in m)
+    assert get(m, "blockrun_proxy_payments_signed_total") == 1
+
+
 async def test_metrics_need_the_token_when_one_is_set_and_never_show_secrets(
     start_proxy, gateway, wallet_key
 ):

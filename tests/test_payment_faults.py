@@ -3,7 +3,8 @@
 "cold": no trusted quote, probe-then-pay (two round trips). "warm": the quote
 model is trusted and the first request carries a payment signed up front. Each
 test counts the distinct authorizations the gateway received (nonces) and what
-they were for.
+they were for. Every failure after a payment was sent is answered 424 (see
+``assert_failed_after_payment``), so that no client's own retries pay again.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from paying import (
     PAID,
+    Reply,
     chat,
     chat_requests,
     nonces,
@@ -52,6 +54,28 @@ def assert_first_request_paid(gateway, before: int, path: str) -> None:
     assert (first.payment is not None) == (path == "warm"), "presign expectation"
 
 
+def assert_failed_after_payment(reply: Reply, upstream_status: str) -> dict[str, Any]:
+    """The answer to any failure after a payment was sent: a status that no common client
+    retries on its own (they retry 408, 409, 429, 5xx), marked not to be retried, saying
+    what the gateway did, with an OpenAI-shaped body. Returns the body's error."""
+    assert reply.status == 424
+    assert reply.headers["x-should-retry"] == "false"
+    assert reply.headers["x-blockrun-upstream-status"] == upstream_status
+    assert "Retry-After" not in reply.headers  # an invitation to the retry that pays again
+    assert reply.headers["Content-Type"].startswith("application/json")
+    error = reply.json["error"]
+    assert isinstance(error["message"], str) and error["type"] and error["code"]
+    return dict(error)
+
+
+def assert_not_marked_paid(reply: Reply) -> None:
+    """An error before any payment keeps its status and carries no after-payment marks:
+    retrying it costs nothing."""
+    assert reply.status != 424
+    assert "x-should-retry" not in reply.headers
+    assert "x-blockrun-upstream-status" not in reply.headers
+
+
 # --- before anything is signed ----------------------------------------------------------------
 
 
@@ -69,6 +93,7 @@ async def test_5xx_on_every_probe_is_bounded_and_signs_nothing(proxy, gateway):
     gateway.misbehave.fail_unpaid = 10
     reply = await post(proxy, chat(PAID))
     assert reply.status == 503
+    assert_not_marked_paid(reply)
     assert len(chat_requests(gateway)) == 3  # first try + 2 retries
     assert gateway.payments == []
 
@@ -104,9 +129,10 @@ async def test_5xx_after_all_replays_is_surfaced_never_re_signed(start_proxy, ga
         len(gateway.settled),
     )
     gateway.misbehave.fail_paid = 10
+    gateway.misbehave.retry_after = "7"
     reply = await post(proxy, body_for(path))
-    assert reply.status == 503
-    assert reply.headers["x-should-retry"] == "false"
+    error = assert_failed_after_payment(reply, "503")
+    assert error["code"] == "fake_gateway_failure"  # the gateway's OpenAI-shaped body, kept
     assert len(nonces(gateway, pay_before)) == 1
     assert len(gateway.payments) - pay_before == 3
     assert gateway.settled[paid_before:] == []
@@ -137,8 +163,7 @@ async def test_payment_replay_is_surfaced_never_re_signed(start_proxy, gateway, 
     before, pay_before = len(gateway.requests), len(gateway.payments)
     gateway.misbehave.replay_on_paid = True
     reply = await post(proxy, body_for(path))
-    assert reply.status == 409 and reply.code == "PAYMENT_REPLAY"
-    assert reply.headers["x-should-retry"] == "false"
+    assert assert_failed_after_payment(reply, "409")["code"] == "PAYMENT_REPLAY"
     assert len(nonces(gateway, pay_before)) == 1
     assert len(chat_requests(gateway, before)) == (1 if path == "warm" else 2)
 
@@ -186,6 +211,7 @@ async def test_a_refused_fresh_payment_is_surfaced_without_a_third_signature(sta
         before, pay_before = len(gateway.requests), len(gateway.payments)
         reply = await post(proxy, body_for("warm"))
         assert reply.status == 402 and reply.code == "payment_not_accepted"
+        assert_not_marked_paid(reply)  # both refused as not used: nothing was charged
         assert [r.payment is not None for r in chat_requests(gateway, before)] == [
             True,
             False,
@@ -195,23 +221,45 @@ async def test_a_refused_fresh_payment_is_surfaced_without_a_third_signature(sta
         assert not any(r.accepted for r in gateway.payments[pay_before:])
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a paid request meets after the fake has handled it (and, the first time, settled it).
+AfterPaid = Callable[[web.Request, web.StreamResponse], Awaitable[web.StreamResponse]]
+
+
 @contextlib.asynccontextmanager
-async def slow_when_paid(seconds: float) -> AsyncIterator[tuple[FakeGateway, dict[str, bool]]]:
-    """A gateway that, while ``switch["on"]``, settles a paid request and then sits on
-    the answer for ``seconds``: charged, but the client hears nothing in time."""
+async def when_paid(after: AfterPaid) -> AsyncIterator[tuple[FakeGateway, dict[str, bool]]]:
+    """A fake gateway whose answers to paid requests, while ``switch["on"]``, go through
+    ``after`` once the fake has handled them: charged, then whatever ``after`` does."""
     gateway = FakeGateway(network=TEST_NETWORK)
     switch = {"on": False}
 
     @web.middleware
-    async def slow(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def intercept(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         if switch["on"] and "PAYMENT-SIGNATURE" in request.headers:
-            await asyncio.sleep(seconds)
+            return await after(request, response)
         return response
 
-    gateway.app.middlewares.append(slow)
+    gateway.app.middlewares.append(intercept)
     async with gateway:
         yield gateway, switch
+
+
+def slow_when_paid(seconds: float) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Settles, then sits on the answer for ``seconds``: the client hears nothing in time."""
+
+    async def sit(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return response
+
+    return when_paid(sit)
+
+
+async def drop(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Settles (the first time), then cuts the connection before any answer."""
+    assert request.transport is not None
+    request.transport.abort()
+    return response
 
 
 def received_nonces(gateway: FakeGateway, since: int) -> list[str]:
@@ -233,15 +281,118 @@ async def test_gateway_timeout_after_the_paid_send_is_surfaced_not_re_signed(sta
         before, paid_before = len(gateway.requests), len(gateway.settled)
         body = body_for(path)
         reply = await post(proxy, body)
-        assert reply.status == 504 and reply.code == "paid_call_timeout"
-        assert reply.headers["x-should-retry"] == "false"
-        assert "may have been charged" in reply.json["error"]["message"]
+        error = assert_failed_after_payment(reply, "timeout")
+        assert error["code"] == "paid_call_timeout"
+        assert "may have been charged" in error["message"]
         assert_first_request_paid(gateway, before, path)
         # It was charged once; one authorization reached the gateway and the proxy,
         # having answered the client, can sign nothing more for this call.
         assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)]
         assert len(received_nonces(gateway, before)) == 1
         assert len(chat_requests(gateway, before)) == (1 if path == "warm" else 2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_dropped_connections_after_the_paid_send_are_surfaced_not_re_signed(
+    start_proxy, path
+):
+    async with when_paid(drop) as (gateway, switch):
+        proxy = await start_proxy(api_url=gateway.base_url)
+        if path == "warm":
+            await warm_up(proxy)
+        switch["on"] = True
+        before, paid_before = len(gateway.requests), len(gateway.settled)
+        body = body_for(path)
+        reply = await post(proxy, body)
+        error = assert_failed_after_payment(reply, "dropped")
+        assert error["code"] == "paid_call_dropped"
+        assert "may have been charged" in error["message"]
+        assert_first_request_paid(gateway, before, path)
+        # The first send was settled; the replays of the same authorization were dropped too.
+        assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)]
+        assert received_nonces(gateway, before) == received_nonces(gateway, before)[:1] * 3
+
+
+async def test_a_replay_that_cannot_connect_after_a_delivered_send_is_a_paid_failure(
+    start_proxy,
+):
+    # The first paid send reaches the gateway (settled, then cut); the gateway then stops
+    # listening, so the replays cannot even connect. "Unreachable" must not read as
+    # "nothing was sent": the call may have been charged, and a client retry pays again.
+    gateway = FakeGateway(network=TEST_NETWORK)
+    runner = web.AppRunner(gateway.app, shutdown_timeout=1.0)
+
+    async def vanish(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        for site in list(runner.sites):
+            await site.stop()
+        assert runner.server is not None
+        for connection in runner.server.connections:  # idle keep-alive ones too
+            connection.force_close()
+        return await drop(request, response)
+
+    @web.middleware
+    async def intercept(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if "PAYMENT-SIGNATURE" in request.headers:
+            return await vanish(request, response)
+        return response
+
+    gateway.app.middlewares.append(intercept)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        proxy = await start_proxy(api_url=f"http://127.0.0.1:{port}/api")
+        body = body_for("cold")
+        reply = await post(proxy, body)
+        error = assert_failed_after_payment(reply, "dropped")
+        assert error["code"] == "paid_call_unreachable"
+        assert "may have been charged" in error["message"]
+        assert [s.amount for s in gateway.settled] == [priced(gateway, body)]
+        assert len(received_nonces(gateway, 0)) == 1  # only the first send got through
+    finally:
+        await runner.cleanup()
+
+
+# Gateway error bodies after payment that are not OpenAI-shaped: they are wrapped into one.
+NOT_OPENAI_SHAPED = [
+    (502, "text/html", b"<html>502 Bad Gateway</html>", "paid_call_failed", None),
+    (
+        409,
+        "application/json",
+        b'{"recoverable": true, "poll_url": "/v1/jobs/j-1", "job_id": "j-1"}',
+        "payment_replay",
+        {"recoverable": True, "poll_url": "/v1/jobs/j-1", "job_id": "j-1"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "raw", "code", "kept"), NOT_OPENAI_SHAPED, ids=["html", "served"]
+)
+async def test_a_gateway_error_body_after_payment_that_is_not_openai_shaped_is_wrapped(
+    start_proxy, status, content_type, raw, code, kept
+):
+    async def replace(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        return web.Response(status=status, body=raw, content_type=content_type)
+
+    async with when_paid(replace) as (gateway, switch):
+        proxy = await start_proxy(api_url=gateway.base_url)
+        switch["on"] = True
+        reply = await post(proxy, body_for("cold"))
+        error = assert_failed_after_payment(reply, str(status))
+        assert error["code"] == code and error["type"] == "upstream_error"
+        assert error["message"] == (
+            f"the gateway failed after the payment was sent (status {status}); "
+            "it may have been charged. Not retried."
+        )
+        # A JSON object the gateway sent is kept: here it says where the paid result is.
+        assert error.get("gateway") == kept
+        sent = received_nonces(gateway, 0)
+        assert len(set(sent)) == 1  # one authorization ...
+        assert len(sent) == (3 if status >= 500 else 1)  # ... replayed twice after a 5xx
+        assert len(gateway.settled) == 1
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -7,6 +7,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,45 @@ def run_snippet(name: str, base_url: str, **namespace: Any) -> list[str]:
 
     exec(compile(code, f"README.md:{name}", "exec"), {"print": fake_print, **namespace})
     return printed
+
+
+@dataclass(frozen=True)
+class PaidFailure:
+    """A call that fails after its payment was sent, and what the gateway did.
+
+    The proxy answers all of them ``424`` with ``x-should-retry: false``; with its
+    default retry settings, no client may turn one into a second payment.
+    """
+
+    name: str
+    knob: str  # the Misbehavior switch that causes it
+    paid_replays: int  # the proxy's replays of the same signature (Settings.paid_replays)
+    upstream_status: str  # x-blockrun-upstream-status: what the gateway answered last
+    settled: int  # payments the gateway settled for the call
+
+    def __str__(self) -> str:
+        return self.name
+
+    def arm(self, gateway: FakeGateway) -> None:
+        # Only the first paid send fails after settling: a client's retry would be paid.
+        setattr(gateway.misbehave, self.knob, True if self.knob == "replay_on_paid" else 1)
+
+    def assert_paid_once(self, gateway: FakeGateway) -> None:
+        """One signed authorization for the whole call, whatever the client did."""
+        nonces = {p.nonce for p in gateway.payments}
+        assert len(nonces) == 1, f"{len(nonces)} authorizations signed for one call"
+        assert len(gateway.settled) == self.settled
+        assert len([r for r in gateway.requests if r.payment is None]) == 1  # one probe
+
+
+PAID_FAILURES = [
+    # Settled, then a 500 the proxy passes on (no replays).
+    PaidFailure("settled-then-500", "fail_after_settle", 0, "500", 1),
+    # Settled, then a 500; the proxy's replay of the same signature is told it was used.
+    PaidFailure("settled-then-replayed", "fail_after_settle", 2, "409", 1),
+    # The gateway says the authorization was already used (PAYMENT_REPLAY).
+    PaidFailure("payment-replay", "replay_on_paid", 2, "409", 0),
+]
 
 
 class CostLog:

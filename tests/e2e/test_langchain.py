@@ -7,7 +7,7 @@ import json
 
 import openai
 import pytest
-from clients_support import PAID, run_snippet
+from clients_support import PAID, PAID_FAILURES, run_snippet
 from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
 
@@ -78,10 +78,13 @@ async def test_bind_tools_stream_merges_the_split_tool_call(proxy, gateway):
     ]
 
 
-async def test_default_retries_never_pay_twice(start_proxy, gateway):
-    proxy = await start_proxy(paid_replays=0)
-    gateway.misbehave.fail_after_settle = 10
+@pytest.mark.parametrize("failure", PAID_FAILURES, ids=str)
+async def test_default_retries_never_pay_twice(start_proxy, gateway, failure):
+    proxy = await start_proxy(paid_replays=failure.paid_replays)
+    failure.arm(gateway)
     llm = ChatOpenAI(model=PAID, base_url=proxy.base_url, api_key="unused")  # default retries
-    with pytest.raises(openai.InternalServerError):
+    assert llm.root_async_client.max_retries == 2  # langchain leaves the SDK's default
+    with pytest.raises(openai.APIStatusError) as info:
         await llm.ainvoke("Hello")
-    assert len(gateway.settled) == 1
+    assert info.value.status_code == 424
+    failure.assert_paid_once(gateway)

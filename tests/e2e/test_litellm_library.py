@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import litellm
+import openai
 import pytest
-from clients_support import FREE, PAID, eventually, run_snippet, usd
+from clients_support import FREE, PAID, PAID_FAILURES, eventually, run_snippet, usd
 
 pytestmark = pytest.mark.e2e
 
@@ -85,19 +86,61 @@ async def test_max_tokens_is_renamed_for_gpt5_and_still_priced(proxy, gateway):
     )
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_default_retries_never_pay_twice(start_proxy, gateway, stream):
-    # LiteLLM's inner openai client retries 5xx twice by default; x-should-retry stops it.
-    proxy = await start_proxy(paid_replays=0)
-    gateway.misbehave.fail_after_settle = 10
-    with pytest.raises(litellm.InternalServerError):
-        response = await litellm.acompletion(
-            messages=MESSAGES, max_tokens=8, stream=stream, **kwargs(proxy)
-        )
+async def call(stream: bool = False, **extra) -> None:
+    """One call, its stream read to the end."""
+    response = await litellm.acompletion(messages=MESSAGES, max_tokens=8, stream=stream, **extra)
+    if stream:
         async for _ in response:
             pass
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("failure", PAID_FAILURES, ids=str)
+async def test_default_retries_never_pay_twice(start_proxy, gateway, failure, stream):
+    # LiteLLM's defaults: no num_retries of its own; its inner openai client retries 408,
+    # 409, 429 and 5xx twice. The proxy's 424 (and x-should-retry: false) stops it.
+    proxy = await start_proxy(paid_replays=failure.paid_replays)
+    failure.arm(gateway)
+    with pytest.raises(openai.APIError) as info:
+        await call(stream, **kwargs(proxy))
+    assert getattr(info.value, "status_code", None) == 424
+    failure.assert_paid_once(gateway)
+
+
+@pytest.mark.parametrize("failure", PAID_FAILURES, ids=str)
+async def test_router_default_retries_never_pay_twice(start_proxy, gateway, failure):
+    # The Router (what the LiteLLM Proxy runs) retries twice by default, by status
+    # (litellm.should_retry: 408, 409, 429, >= 500); a 424 is not one of them.
+    proxy = await start_proxy(paid_replays=failure.paid_replays)
+    router = litellm.Router(model_list=[{"model_name": "m", "litellm_params": kwargs(proxy)}])
+    assert router.num_retries == 2
+    failure.arm(gateway)
+    with pytest.raises(openai.APIError) as info:
+        await router.acompletion(model="m", messages=MESSAGES, max_tokens=8)
+    assert getattr(info.value, "status_code", None) == 424
+    failure.assert_paid_once(gateway)
+
+
+async def test_through_a_router_what_was_not_paid_is_still_retried(proxy, gateway):
+    gateway.misbehave.rate_limit = 1  # a 429 on the unpaid probe: retrying it is free
+    gateway.misbehave.retry_after = "0"
+    router = litellm.Router(model_list=[{"model_name": "m", "litellm_params": kwargs(proxy)}])
+    reply = await router.acompletion(model="m", messages=MESSAGES, max_tokens=8)
+    assert reply.choices[0].message.content
     assert len(gateway.settled) == 1
-    assert len([r for r in gateway.requests if r.payment is None]) == 1
+
+
+async def test_num_retries_on_a_plain_call_retries_even_a_424(start_proxy, gateway):
+    # Why the README says to leave num_retries unset on litellm.completion: LiteLLM's own
+    # loop there (completion_with_retries) retries every error, 4xx included, and each
+    # retry is signed and paid again. No status can prevent it; the Router does not do it.
+    # If this starts failing, LiteLLM changed, and the README's warning can go.
+    proxy = await start_proxy()
+    gateway.misbehave.replay_on_paid = True  # every paid send: "already used"
+    with pytest.raises(openai.APIError) as info:
+        await call(num_retries=2, **kwargs(proxy))
+    assert getattr(info.value, "status_code", None) == 424
+    assert len({p.nonce for p in gateway.payments}) == 3  # the call, then two paid retries
 
 
 async def test_default_retries_still_retry_what_was_not_paid(proxy, gateway):

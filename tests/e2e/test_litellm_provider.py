@@ -11,7 +11,7 @@ import sys
 import litellm
 import openai
 import pytest
-from clients_support import PAID, TEST_NETWORK, eventually, run_snippet, usd
+from clients_support import PAID, PAID_FAILURES, TEST_NETWORK, eventually, run_snippet, usd
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.litellm import BlockrunLLM, register
@@ -177,14 +177,35 @@ async def test_over_cap_quote_is_refused_unpaid(provider, gateway):
 @pytest.mark.parametrize("stream", [False, True])
 async def test_failure_after_payment_says_so_and_is_paid_once(provider, gateway, stream):
     # The gateway settles then fails; the replay of the same signature finds it used (409).
-    gateway.misbehave.fail_after_settle = 10
-    with pytest.raises(openai.OpenAIError, match=r"used.*\. A payment was made for this call"):
+    gateway.misbehave.fail_after_settle = 1
+    with pytest.raises(openai.APIError, match=r"used.*\. A payment was made for this call") as info:
         response = await litellm.acompletion(
             model=MODEL, messages=MESSAGES, max_tokens=8, stream=stream
         )
         async for _ in response:
             pass
+    # 424, as the proxy answers it; LiteLLM maps a custom provider's 424 to one of its 4xx
+    # classes, which its own retry rule (litellm.should_retry) leaves alone too.
+    assert not litellm.should_retry(info.value.status_code)
     assert len(gateway.settled) == 1
+    assert len({p.nonce for p in gateway.payments}) == 1
+
+
+# The provider runs the proxy's core with its default replays (2).
+DEFAULT_REPLAY_FAILURES = [f for f in PAID_FAILURES if f.paid_replays == 2]
+
+
+@pytest.mark.parametrize("failure", DEFAULT_REPLAY_FAILURES, ids=str)
+async def test_router_default_retries_never_pay_twice(provider, gateway, failure):
+    # The Router retries twice by default, by status (408, 409, 429, >= 500): not a 424.
+    router = litellm.Router(model_list=[{"model_name": "m", "litellm_params": {"model": MODEL}}])
+    assert router.num_retries == 2
+    failure.arm(gateway)
+    with pytest.raises(openai.APIError) as info:
+        await router.acompletion(model="m", messages=MESSAGES, max_tokens=8)
+    assert not litellm.should_retry(info.value.status_code)
+    assert "A payment was made for this call" in str(info.value)
+    failure.assert_paid_once(gateway)
 
 
 async def test_concurrent_async_calls_share_one_core(provider, gateway):

@@ -22,7 +22,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from clients_support import PAID, README_BASE_URL, BackgroundStack, snippet, usd
+from clients_support import (
+    PAID,
+    PAID_FAILURES,
+    README_BASE_URL,
+    BackgroundStack,
+    snippet,
+    usd,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -142,27 +149,43 @@ def test_streamed_call(proxy):
     assert b'"stream_options":{"include_usage":true}' in gateway.requests[-1].body
 
 
-def test_readme_settings_pay_once_for_a_failure_after_payment(proxy):
-    # The README's config (num_retries: 0) and a client with max_retries=0: with LiteLLM's
-    # default num_retries (2), or the openai SDK's default max_retries (2) in front of the
-    # LiteLLM Proxy (which renames x-should-retry), this failure would be paid three times.
+def test_the_readme_config_has_no_retry_settings():
+    # The point of the tests below: LiteLLM's defaults are safe. A retry setting added to
+    # the README's config would make them test something else.
+    assert "retries" not in snippet("litellm-proxy-config")
+
+
+# The LiteLLM Proxy's module-wide blockrun-proxy replays paid 5xx (the default, 2).
+DEFAULT_REPLAY_FAILURES = [f for f in PAID_FAILURES if f.paid_replays == 2]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("failure", DEFAULT_REPLAY_FAILURES, ids=str)
+def test_default_retries_pay_once_for_a_failure_after_payment(proxy, failure, stream):
+    # Every layer at its default: the LiteLLM Proxy's Router retries twice by status, and
+    # the openai SDK in front of it twice more (the LiteLLM Proxy renames x-should-retry to
+    # llm_provider-x-should-retry, so the SDK never sees it). Only the 424 stops them both.
     gateway = proxy.stack.gateway
-    gateway.misbehave.fail_after_settle = 10
-    with proxy.client(max_retries=0) as c, pytest.raises(openai.APIStatusError) as info:
-        c.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16)
-    assert info.value.response.headers["llm_provider-x-should-retry"] == "false"
-    assert len(gateway.settled) == 1
-    assert len([r for r in gateway.requests if r.payment is None]) == 1
+    failure.arm(gateway)
+    with proxy.client(max_retries=2) as c, pytest.raises(openai.APIStatusError) as info:
+        response = c.chat.completions.create(
+            model=MODEL_NAME, messages=MESSAGES, max_tokens=16, stream=stream
+        )
+        for _ in response:
+            pass
+    assert info.value.status_code == 424
+    headers = info.value.response.headers
+    assert headers["llm_provider-x-blockrun-upstream-status"] == failure.upstream_status
+    failure.assert_paid_once(gateway)
 
 
-def test_a_429_that_cost_nothing_reaches_the_client(proxy):
-    # num_retries: 0 retries nothing, so the caller sees the 429 and may retry it: unpaid.
+def test_a_429_that_cost_nothing_is_retried_by_the_router(proxy):
+    # The default retries stay useful for what was not paid: the client never sees it.
     gateway = proxy.stack.gateway
     gateway.misbehave.rate_limit = 1
-    with proxy.client(max_retries=0) as c, pytest.raises(openai.RateLimitError):
-        c.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16)
-    assert gateway.payments == []
+    gateway.misbehave.retry_after = "0"
     with proxy.client(max_retries=0) as c:
         reply = c.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16)
     assert reply.choices[0].message.content
+    assert [r.payment is None for r in gateway.requests] == [True, True, False]
     assert len(gateway.settled) == 1

@@ -7,7 +7,7 @@ import json
 
 import openai
 import pytest
-from clients_support import FREE, PAID, run_snippet
+from clients_support import FREE, PAID, PAID_FAILURES, run_snippet
 
 MESSAGES = [{"role": "user", "content": "Say something nice"}]
 WEATHER_TOOL = {
@@ -146,21 +146,25 @@ async def test_refused_quote_surfaces_as_a_402_error(proxy, gateway):
 # --- retries: the SDK's own (max_retries=2 by default) must never pay twice -----------------
 
 
-@pytest.mark.parametrize(("paid_replays", "status"), [(0, 500), (2, 409)])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("failure", PAID_FAILURES, ids=str)
 async def test_default_retries_never_pay_twice_for_a_failure_after_payment(
-    start_proxy, gateway, paid_replays, status
+    start_proxy, gateway, failure, stream
 ):
-    # The gateway settles, then fails. With replays the proxy resends the same signature
-    # and learns it was used (409); without, it passes the 500 on. Both are marked.
-    proxy = await start_proxy(paid_replays=paid_replays)
-    gateway.misbehave.fail_after_settle = 10
-    async with client(proxy, max_retries=2) as c:
+    proxy = await start_proxy(paid_replays=failure.paid_replays)
+    failure.arm(gateway)
+    # The SDK's defaults: it retries 408, 409, 429 and 5xx twice.
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key="unused") as c:
+        assert c.max_retries == 2
         with pytest.raises(openai.APIStatusError) as info:
-            await c.chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=8)
-    assert info.value.status_code == status
-    assert info.value.response.headers["x-should-retry"] == "false"
-    assert len(gateway.settled) == 1
-    assert len([r for r in gateway.requests if r.payment is None]) == 1  # one client call
+            await c.chat.completions.create(
+                model=PAID, messages=MESSAGES, max_tokens=8, stream=stream
+            )
+    assert info.value.status_code == 424
+    headers = info.value.response.headers
+    assert headers["x-should-retry"] == "false"
+    assert headers["x-blockrun-upstream-status"] == failure.upstream_status
+    failure.assert_paid_once(gateway)
 
 
 async def test_default_retries_still_retry_what_was_not_paid(proxy, gateway):
