@@ -171,6 +171,13 @@ class Stack:
         argv = proxy_argv(port, api_url(upstream), extra=extra)
         return self._keep(await spawn("proxy", argv, port=port, env=proxy_env()))
 
+    async def floor(self, upstream: Service) -> Service:
+        """The minimal aiohttp relay (bench/floor.py): what aiohttp alone costs here."""
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--api-url"]
+        argv.append(api_url(upstream))
+        return self._keep(await spawn("floor", argv, port=port, env=repo_env()))
+
     async def nginx(self, upstream: Service) -> Service:
         port = free_port()
         return self._keep(
