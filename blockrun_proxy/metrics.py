@@ -75,8 +75,8 @@ class Metrics:
         self._synced: list[_Synced] = []
         # Labelled children by label values: ``labels()`` validates and locks on every
         # call, and the label sets here are small and bounded (routes x statuses).
-        self._request_children: dict[tuple[str, int], Any] = {}
-        self._route_children: dict[str, tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._route_children: dict[str, tuple[Histogram, Histogram]] = {}
         self.requests = self._counter(
             "requests",
             "Requests answered, by route and HTTP status (499: the client hung up first).",
