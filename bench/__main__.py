@@ -17,10 +17,12 @@ from pathlib import Path
 
 from bench.budget import FULL, QUICK, Budget
 from bench.install import ensure_tools
-from bench.procs import raise_nofile_limit
+from bench.machine import code_under_test, describe
+from bench.procs import REPO_DIR, raise_nofile_limit
 from bench.reference import ensure_reference_venv, reference_installed
 from bench.report import Check, failed, markdown_table, to_json
 from bench.scenarios import SCENARIOS, Scenario
+from bench.stack import repo_env
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -82,11 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not reference_installed():
             raise SystemExit("reference venv missing (run without --no-install)")
     nofile = raise_nofile_limit()
-    print(f"-- RLIMIT_NOFILE {nofile}", file=sys.stderr)
+    machine = describe()
+    code = code_under_test(REPO_DIR, repo_env())
+    print(f"-- {machine}\n-- proxy code: {code}\n-- RLIMIT_NOFILE {nofile}", file=sys.stderr)
     checks = asyncio.run(_main(scenarios, budget))
     print(markdown_table(checks))
     print(
-        f"\n{'quick' if args.quick else 'full'} run; load average after: {os.getloadavg()[0]:.2f}"
+        f"\n{'quick' if args.quick else 'full'} run on {machine}; "
+        f"load average after: {os.getloadavg()[0]:.2f}"
     )
     if args.json:
         args.json.write_text(to_json(checks))

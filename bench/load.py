@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import shutil
 import socket
@@ -38,7 +39,9 @@ def percentile(values: Sequence[float], pct: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(pct / 100.0 * len(ordered) + 0.5) - 1))
+    # The smallest value with at least pct% of the values at or below it: ceil(p*n), 1-based.
+    # (round(p*n + 0.5) is not ceil: Python rounds halves to even.)
+    rank = max(0, min(len(ordered) - 1, math.ceil(pct / 100.0 * len(ordered)) - 1))
     return ordered[rank]
 
 

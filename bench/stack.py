@@ -16,6 +16,7 @@ from bench.procs import (
     BENCH_PAY_TO,
     BENCH_WALLET_KEY,
     LOOPBACK,
+    REPO_DIR,
     Service,
     child_env,
     free_port,
@@ -85,8 +86,17 @@ def proxy_argv(
     ]
 
 
+def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child that runs this checkout's code (proxy, gateway, upstream).
+
+    `python -m` with cwd at the repo root already imports from here; PYTHONPATH makes
+    it so even where an editable install of another checkout sits on sys.path.
+    """
+    return child_env({"PYTHONPATH": str(REPO_DIR), **(extra or {})})
+
+
 def proxy_env(wallet_key: str = BENCH_WALLET_KEY) -> dict[str, str]:
-    return child_env({"BLOCKRUN_WALLET_KEY": wallet_key})
+    return repo_env({"BLOCKRUN_WALLET_KEY": wallet_key})
 
 
 def api_url(gateway: Service) -> str:
@@ -131,7 +141,7 @@ class Stack:
             port, events=events, interval=interval, verify=verify, event_size=event_size
         )
         return self._keep(
-            await spawn("gateway", argv, port=port, env=child_env(), health_path=GATEWAY_READY_PATH)
+            await spawn("gateway", argv, port=port, env=repo_env(), health_path=GATEWAY_READY_PATH)
         )
 
     async def upstream(
@@ -154,12 +164,19 @@ class Stack:
         ]
         if raw:
             argv.append("--raw")
-        return self._keep(await spawn("upstream", argv, port=port, env=child_env()))
+        return self._keep(await spawn("upstream", argv, port=port, env=repo_env()))
 
     async def proxy(self, upstream: Service, *, extra: Sequence[str] = ()) -> Service:
         port = free_port()
         argv = proxy_argv(port, api_url(upstream), extra=extra)
         return self._keep(await spawn("proxy", argv, port=port, env=proxy_env()))
+
+    async def floor(self, upstream: Service) -> Service:
+        """The minimal aiohttp relay (bench/floor.py): what aiohttp alone costs here."""
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--api-url"]
+        argv.append(api_url(upstream))
+        return self._keep(await spawn("floor", argv, port=port, env=repo_env()))
 
     async def nginx(self, upstream: Service) -> Service:
         port = free_port()

@@ -35,9 +35,10 @@ def sse_frame(size: int) -> bytes:
         "model": "nvidia/deepseek-v4-flash",
         "choices": [{"index": 0, "delta": {"content": ""}}],
     }
-    bare = len(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    compact = (",", ":")
+    bare = len(b"data: " + json.dumps(chunk, separators=compact).encode() + b"\n\n")
     chunk["choices"][0]["delta"]["content"] = "x" * max(0, size - bare)  # type: ignore[index]
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json.dumps(chunk, separators=compact).encode() + b"\n\n"
 
 
 def make_app(events: int, interval: float, event_bytes: int) -> web.Application:

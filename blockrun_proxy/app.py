@@ -71,13 +71,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Outermost first: observe sees the final answer, errors included.
-        middlewares=[
-            observe_middleware,
-            error_middleware,
-            token_middleware(settings.token),
-            drain_middleware,
-        ],
+        # One middleware, not four: each layer is a coroutine frame and a partial call on
+        # every request, and the order (observe, answer errors, token, drain) is one
+        # function's control flow anyway.
+        middlewares=[front_middleware(settings.token)],
     )
     app[SETTINGS_KEY] = settings
     limits = Limits.from_settings(settings)
@@ -143,60 +140,72 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-# --- middlewares ------------------------------------------------------------------------------
+# --- the middleware ---------------------------------------------------------------------------
 
 
-@web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, then one access line and the request metrics once the answer is done.
+def front_middleware(token: str | None) -> Middleware:
+    """Everything every request goes through, in this order:
 
-    aiohttp's own access log stays off: this line knows the model, the cost and the
-    time to first byte, which aiohttp cannot.
+    1. observe: an ``Exchange`` (request id, route), and once the answer is done one
+       access line and the request metrics (aiohttp's own access log stays off: this
+       line knows the model, the cost and the time to first byte, which aiohttp cannot);
+    2. errors: the one place exceptions become OpenAI-shaped answers, never a traceback;
+    3. token: the bearer token, except on the probes;
+    4. drain: while draining, new work gets 503; probes and /metrics still answer.
     """
-    resource = request.match_info.route.resource
-    exchange = Exchange(
-        request_id_from(request.headers.get("x-request-id")),
-        request.method,
-        resource.canonical if resource is not None else UNMATCHED_ROUTE,
-    )
-    request[EXCHANGE_KEY] = exchange
-    try:
-        response = await handler(request)
-        exchange.status = exchange.status or response.status
-        if isinstance(response, web.Response) and isinstance(response.body, bytes):
-            exchange.bytes_out = len(response.body)
-        return response
-    except asyncio.CancelledError:
-        exchange.status = CLIENT_CLOSED
-        raise
-    except BaseException:  # error_middleware answers everything else; this is a bug
-        exchange.status = 500
-        raise
-    finally:
-        _report(request, exchange)
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        exchange = Exchange(
+            request_id_from(request.headers.get("x-request-id")),
+            request.method,
+            resource.canonical if resource is not None else UNMATCHED_ROUTE,
+        )
+        request[EXCHANGE_KEY] = exchange
+        try:
+            try:
+                path = request.path
+                if expected is not None and path not in PUBLIC_PATHS:
+                    given = request.headers.get("Authorization", "").encode()
+                    if not hmac.compare_digest(given, expected):
+                        raise Unauthorized("missing or wrong bearer token for this proxy")
+                if request.app[ADMISSION_KEY].draining and path not in OPS_PATHS:
+                    raise ShuttingDown("the proxy is shutting down; send this request elsewhere")
+                response = await handler(request)
+            except Exception as exc:
+                response = _answer_error(request, exc)
+            exchange.status = exchange.status or response.status
+            if isinstance(response, web.Response) and isinstance(response.body, bytes):
+                exchange.bytes_out = len(response.body)
+            return response
+        except asyncio.CancelledError:
+            exchange.status = CLIENT_CLOSED
+            raise
+        except BaseException:  # every Exception was answered above; this is a bug
+            exchange.status = 500
+            raise
+        finally:
+            now = time.monotonic()
+            logs.log_access(exchange, now=now)
+            request.app[METRICS_KEY].observe(exchange, now=now)
+
+    return front
 
 
-def _report(request: web.Request, exchange: Exchange) -> None:
-    now = time.monotonic()
-    logs.log_access(exchange, now=now)
-    request.app[METRICS_KEY].observe(exchange, now=now)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place exceptions become OpenAI-shaped answers; never a traceback to the client."""
-    try:
-        return await handler(request)
-    except ProxyError as exc:
+def _answer_error(request: web.Request, exc: Exception) -> web.Response:
+    """The OpenAI-shaped answer for an exception a handler (or the guard) raised."""
+    if isinstance(exc, ProxyError):
         return _error_response(request, exc)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return _error_response(
             request,
             BodyTooLarge(f"request body exceeds {request.app[SETTINGS_KEY].max_body_bytes} bytes"),
         )
-    except web.HTTPNotFound:
+    if isinstance(exc, web.HTTPNotFound):
         return _error_response(request, NotFound(f"no route {request.method} {request.path}"))
-    except web.HTTPMethodNotAllowed:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         return _error_response(
             request,
             InvalidRequest(
@@ -205,24 +214,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             ),
             status=405,
         )
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         return web.Response(
             status=exc.status,
             content_type="application/json",
             body=error_body(exc.reason, "invalid_request_error", str(exc.status)),
         )
-    except Exception:
-        log.exception(
-            "unexpected error on %s %s (request %s)",
-            request.method,
-            request.path,
-            request[EXCHANGE_KEY].request_id,
-        )
-        return web.Response(
-            status=500,
-            content_type="application/json",
-            body=error_body("internal proxy error", "server_error", "internal_error"),
-        )
+    log.error(
+        "unexpected error on %s %s (request %s)",
+        request.method,
+        request.path,
+        request[EXCHANGE_KEY].request_id,
+        exc_info=exc,
+    )
+    return web.Response(
+        status=500,
+        content_type="application/json",
+        body=error_body("internal proxy error", "server_error", "internal_error"),
+    )
 
 
 def _error_response(
@@ -243,28 +252,6 @@ def _error_response(
         content_type=exc.content_type.split(";")[0],
         headers=exc.headers,
     )
-
-
-def token_middleware(token: str | None) -> Middleware:
-    expected = f"Bearer {token}".encode() if token else None
-
-    @web.middleware
-    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.path not in PUBLIC_PATHS:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                raise Unauthorized("missing or wrong bearer token for this proxy")
-        return await handler(request)
-
-    return check_token
-
-
-@web.middleware
-async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """While draining, refuse new work (503) but keep probes and /metrics answering."""
-    if request.app[ADMISSION_KEY].draining and request.path not in OPS_PATHS:
-        raise ShuttingDown("the proxy is shutting down; send this request elsewhere")
-    return await handler(request)
 
 
 async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
@@ -335,6 +322,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         answer = await app[GATEWAY_KEY].send_chat(
             chat.body, request.headers, exchange.request_id, chat=chat
         )
+        # The parsed request (every message as Python objects, several times the body's
+        # size) is not needed while the answer streams: drop it now, not at the last byte.
+        del chat
         paid = answer.paid_atomic
         if paid is not None:
             exchange.cost_atomic = paid

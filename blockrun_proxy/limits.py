@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from blockrun_proxy.config import Settings
@@ -106,13 +106,9 @@ class Admission:
         """Refuse every new caller from now on; the admitted and the queued go on."""
         self.draining = True
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
+    def slot(self) -> _Slot:
+        """``async with admission.slot():`` holds one slot for the block."""
+        return _Slot(self)
 
     async def acquire(self) -> None:
         if self.draining:
@@ -168,6 +164,23 @@ class Admission:
 
     def _overloaded(self, code: str, message: str) -> Overloaded:
         return Overloaded(message, code=code, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class _Slot:
+    """The context manager of ``Admission.slot``: a class, not ``asynccontextmanager``,
+    because it runs on every chat call and a generator-based one costs an async
+    generator, its frames and a wrapper object each time."""
+
+    __slots__ = ("_admission",)
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    async def __aenter__(self) -> None:
+        await self._admission.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._admission.release()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

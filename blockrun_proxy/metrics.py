@@ -73,6 +73,10 @@ class Metrics:
         self._multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         self._synced: list[_Synced] = []
+        # Labelled children by label values: ``labels()`` validates and locks on every
+        # call, and the label sets here are small and bounded (routes x statuses).
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._route_children: dict[str, tuple[Histogram, Histogram]] = {}
         self.requests = self._counter(
             "requests",
             "Requests answered, by route and HTTP status (499: the client hung up first).",
@@ -183,11 +187,21 @@ class Metrics:
     def observe(self, exchange: Exchange, *, now: float | None = None) -> None:
         """Count a finished request."""
         end = time.monotonic() if now is None else now
-        self.requests.labels(exchange.route, str(exchange.status)).inc()
-        self.latency.labels(exchange.route).observe(end - exchange.started)
-        ttfb = exchange.ttfb()
-        if ttfb is not None:
-            self.ttfb.labels(exchange.route).observe(ttfb)
+        route = exchange.route
+        key = (route, exchange.status)
+        requests = self._request_children.get(key)
+        if requests is None:
+            requests = self._request_children[key] = self.requests.labels(route, str(key[1]))
+        requests.inc()
+        timings = self._route_children.get(route)
+        if timings is None:
+            timings = self._route_children[route] = (
+                self.latency.labels(route),
+                self.ttfb.labels(route),
+            )
+        timings[0].observe(end - exchange.started)
+        if exchange.first_byte_at is not None:
+            timings[1].observe(exchange.first_byte_at - exchange.started)
         if exchange.refusal is not None:
             self.refusals.labels(exchange.refusal).inc()
         if exchange.upstream_error is not None:

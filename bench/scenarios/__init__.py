@@ -27,7 +27,7 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("startup", startup, needs_reference=True),
-        Scenario("ttfb", ttfb_added),
+        Scenario("ttfb", ttfb_added, needs_nginx=True),
         Scenario("relay", relay_throughput, needs_reference=True, needs_nginx=True, needs_wrk=True),
         Scenario("paid", paid_throughput, needs_reference=True, needs_wrk=True),
         Scenario("slow_reader", slow_reader),

@@ -78,12 +78,14 @@ async def relay_throughput(budget: Budget) -> list[Check]:
         upstream = await stack.upstream(events=budget.relay_events, raw=True)
         nginx = await stack.nginx(upstream)
         reference = await stack.reference(upstream)
+        floor = await stack.floor(upstream)
         proxy = await stack.proxy(upstream)
         rps = await _measure(
             {
                 "direct": (chat_url(upstream, direct=True), None),
                 "nginx": (chat_url(nginx), nginx),
                 "reference": (chat_url(reference), reference),
+                "aiohttp floor": (chat_url(floor), floor),
                 "proxy": (chat_url(proxy), proxy),
             },
             body,
@@ -126,6 +128,14 @@ async def relay_throughput(budget: Budget) -> list[Check]:
             note=f"reference {_note(rps['reference'])}",
         ),
         at_most(name, "proxy errors", float(ours.errors), "", limit=0),
+        info(
+            name,
+            "aiohttp floor (bench/floor.py)",
+            rps["aiohttp floor"].rps,
+            "req/s",
+            note=f"{rps['aiohttp floor'].rps / rps['nginx'].rps:.2f}x nginx; "
+            + _note(rps["aiohttp floor"]),
+        ),
     ]
     checks += [
         info(name, f"via fake gateway, {label}", result.rps, "req/s", note=_note(result))

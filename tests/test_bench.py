@@ -1,0 +1,66 @@
+"""The bench's own arithmetic: wrk parsing, percentiles, verdicts, the raw upstream's framing."""
+
+from __future__ import annotations
+
+import json
+
+from bench.load import lua_string, parse_wrk_output, percentile, render_wrk_lua
+from bench.report import added_at_most, at_least, markdown_table, ratio_at_most
+from bench.upstream import DONE, chunked_sse_response, sse_frame
+
+
+def test_wrk_json_line_counts_only_2xx_toward_the_rate():
+    line = {
+        "requests": 1000,
+        "duration_us": 2_000_000,
+        "bytes": 1,
+        "connect": 0,
+        "read": 1,
+        "write": 0,
+        "status": 100,
+        "timeout": 2,
+        "p50_us": 1500,
+        "p99_us": 9000,
+    }
+    result = parse_wrk_output("noise\nWRK_JSON " + json.dumps(line) + "\n")
+    assert result.rps == 450.0
+    assert result.errors == 103 and result.non_2xx == 100
+    assert (result.p50_ms, result.p99_ms) == (1.5, 9.0)
+
+
+def test_lua_long_string_cannot_be_closed_by_the_body():
+    text = "a]]b]=]c"
+    quoted = lua_string(text)
+    assert quoted == "[==[" + text + "]==]"
+    assert lua_string('{"x":1}') in render_wrk_lua({"x": 1})
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([3.0], 50) == 3.0
+    assert percentile(list(range(1, 1001)), 99) == 990
+
+
+def test_verdicts_compare_numbers_from_the_same_run():
+    assert at_least("r", "m", 30, "req/s", baseline_label="b", baseline=100, min_ratio=0.3).passed
+    assert not at_least(
+        "r", "m", 29, "req/s", baseline_label="b", baseline=100, min_ratio=0.3
+    ).passed
+    slow = ratio_at_most("s", "m", 111, "ms", baseline_label="d", baseline=100, max_ratio=1.1)
+    assert not slow.passed
+    ttfb = added_at_most("t", "m", 2.5, "ms", baseline_label="d", baseline=1.0, max_added=1.0)
+    assert ttfb.value == 1.5 and not ttfb.passed
+    table = markdown_table([ttfb])
+    assert "| t | m | 2.50 ms | d 1.00 | 1.50 | + <= 1 ms | FAIL |" in table
+
+
+def test_raw_upstream_answer_is_one_chunk_per_event_then_done():
+    frame = sse_frame(200)
+    assert len(frame) == 200 and frame.startswith(b"data: ") and frame.endswith(b"\n\n")
+    raw = chunked_sse_response(frame, 3)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert b"Transfer-Encoding: chunked" in head
+    assert body.count(b"%x\r\n" % len(frame)) == 3
+    assert body.endswith(b"%x\r\n%s\r\n0\r\n\r\n" % (len(DONE), DONE))
