@@ -22,9 +22,11 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from blockrun_proxy.app import ADMISSION_KEY, LIMITS_KEY, create_app
+from blockrun_proxy.app import ADMISSION_KEY, LIMITS_KEY, PAYER_KEY, create_app
 from blockrun_proxy.config import Settings
 from blockrun_proxy.limits import Limits, raise_fd_limit
+from blockrun_proxy.payer import Payer
+from blockrun_proxy.x402 import NETWORKS
 
 log = logging.getLogger("blockrun_proxy")
 # Sockets the process needs besides relayed streams: logs, the listener, DNS, models.
@@ -53,10 +55,19 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
     )
     await site.start()
     port = runner.addresses[0][1]
+    # The port is open: now load what signing needs (Keccak, the wallet address, the
+    # domain separators) off the loop, so the first paid call does not pay for it.
+    await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, app[PAYER_KEY])
     try:
         yield runner, port
     finally:
         await drain(runner, settings.grace_seconds)
+
+
+def warm_up_signing(payer: Payer) -> None:
+    payer.address  # noqa: B018 (derives and caches it)
+    for network in NETWORKS.values():
+        network.domain_separator  # noqa: B018 (hashes and caches it)
 
 
 async def drain(runner: web.AppRunner, grace_seconds: float) -> None:

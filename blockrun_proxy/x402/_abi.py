@@ -8,8 +8,8 @@ arithmetic is enough and keeps the hot path (and startup) cheap.
 from __future__ import annotations
 
 import re
-
-from Crypto.Hash import keccak
+from collections.abc import Callable
+from typing import Any
 
 UINT256_MAX = (1 << 256) - 1
 
@@ -18,9 +18,20 @@ UINT256_MAX = (1 << 256) - 1
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}\Z")
 
 
+_keccak_new: Callable[..., Any] | None = None
+
+
 def keccak256(data: bytes) -> bytes:
     """Ethereum's Keccak-256 (the pre-standard padding, not SHA3-256)."""
-    return keccak.new(digest_bits=256, data=data).digest()
+    global _keccak_new
+    if _keccak_new is None:
+        # Imported on first use, not at startup: pycryptodome loads its C code through
+        # cffi, whose C-declaration parser costs 40-60 ms before the port could listen.
+        # server.py warms it up in a thread once the port is open.
+        from Crypto.Hash import keccak
+
+        _keccak_new = keccak.new
+    return bytes(_keccak_new(digest_bits=256, data=data).digest())
 
 
 def is_address(value: object) -> bool:

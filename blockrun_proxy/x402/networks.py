@@ -2,19 +2,22 @@
 
 The domain is ours, keyed by the 402's CAIP-2 ``network``: a 402 selects an entry,
 it never supplies the domain (its ``extra`` is ignored). The domain separator is
-hashed once at construction so signing only hashes the message struct.
+hashed once per network, on first use, so signing only hashes the message struct.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from ._abi import address_word, keccak256, uint_word
 
-EIP712_DOMAIN_TYPEHASH = keccak256(
-    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+# keccak256(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+# written out so importing this module hashes nothing (tests/x402 recompute it).
+EIP712_DOMAIN_TYPEHASH = bytes.fromhex(
+    "8b73c3c69bb8fe3d512ecc4cf759cc79239f7b179b0ffacaa9a75d522b39400f"
 )
 
 
@@ -28,19 +31,22 @@ class Network:
     usdc: str  # EIP-55 checksummed
     domain_name: str
     domain_version: str
-    # Derived from the fields above in __post_init__; not an init argument.
-    domain_separator: bytes = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        separator = keccak256(
-            EIP712_DOMAIN_TYPEHASH
-            + keccak256(self.domain_name.encode("utf-8"))
-            + keccak256(self.domain_version.encode("utf-8"))
-            + uint_word(self.chain_id)
-            + address_word(self.usdc)
-        )
-        # frozen: the generated __setattr__ refuses, so go around it once.
-        object.__setattr__(self, "domain_separator", separator)
+    @property
+    def domain_separator(self) -> bytes:
+        """The EIP-712 domain separator of this network's USDC, hashed once."""
+        return _domain_separator(self)
+
+
+@functools.cache
+def _domain_separator(network: Network) -> bytes:
+    return keccak256(
+        EIP712_DOMAIN_TYPEHASH
+        + keccak256(network.domain_name.encode("utf-8"))
+        + keccak256(network.domain_version.encode("utf-8"))
+        + uint_word(network.chain_id)
+        + address_word(network.usdc)
+    )
 
 
 BASE = Network(

@@ -32,9 +32,11 @@ __all__ = [
     "transfer_digest",
 ]
 
-TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(
-    b"TransferWithAuthorization(address from,address to,uint256 value,"
-    b"uint256 validAfter,uint256 validBefore,bytes32 nonce)"
+# keccak256(b"TransferWithAuthorization(address from,address to,uint256 value,"
+#           b"uint256 validAfter,uint256 validBefore,bytes32 nonce)"), written out so
+# importing this module hashes nothing (tests/x402 recompute it).
+TRANSFER_WITH_AUTHORIZATION_TYPEHASH = bytes.fromhex(
+    "7c7c6cdb67a18743f49ec6fa9b35f50d52ed05cbed4cc592e13b44501c1a2267"
 )
 
 # secp256k1 group order; s above n/2 is the malleable twin EIP-2 forbids.
@@ -116,7 +118,7 @@ class Signer:
             # `from None`: the library's exception (and its traceback frames) stay out.
             raise ValueError("invalid private key: not a valid secp256k1 secret") from None
         self._key = key
-        self._address = _address_of(key.public_key)
+        self._address: str | None = None  # derived on first use: it needs Keccak
 
     @classmethod
     def generate(cls) -> Signer:
@@ -126,6 +128,8 @@ class Signer:
     @property
     def address(self) -> str:
         """The EIP-55 checksummed address."""
+        if self._address is None:
+            self._address = _address_of(self._key.public_key)
         return self._address
 
     def sign_digest(self, digest: bytes) -> str:
@@ -140,7 +144,7 @@ class Signer:
         return self.sign_digest(transfer_digest(network, auth))
 
     def __repr__(self) -> str:
-        return f"Signer(address={self._address})"
+        return f"Signer(address={self.address})"
 
     __str__ = __repr__
 
