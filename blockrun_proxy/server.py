@@ -136,7 +136,9 @@ async def demo_gateway(settings: Settings) -> AsyncIterator[Settings]:
     from blockrun_proxy.testing import FakeGateway
 
     network = "eip155:84532"  # Base Sepolia: a testnet, and a fake gateway anyway
-    gateway = FakeGateway(network=network, event_interval=0.05)
+    # "fast" verification (its own digest + coincurve) spares the demo eth_account's
+    # one-second import on the first paid call; tests verify with eth_account.
+    gateway = FakeGateway(network=network, event_interval=0.05, verify="fast")
     api_url = await gateway.start(host="127.0.0.1", port=0)
     try:
         yield replace(
