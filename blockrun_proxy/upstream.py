@@ -132,8 +132,11 @@ class Gateway:
         quote model price it without parsing the body again."""
         headers = forwarded_headers(client_headers)
         headers["x-request-id"] = request_id
-        features = self._features(body, chat)
-        presigned = self._presign(features)
+        features: Features | None = None
+        presigned = None
+        if self._may_presign(chat):
+            features = self._features(body, chat)
+            presigned = self._presign(features)
         if presigned is not None:
             quote, payment = presigned
             try:
@@ -147,14 +150,22 @@ class Gateway:
                 self._quotes_accepted(quote)
                 answer.presigned = True
                 return answer
-        return await self._probe_then_pay(body, headers, features)
+        return await self._probe_then_pay(body, headers, chat, features)
 
     async def _probe_then_pay(
-        self, body: bytes, headers: CIMultiDict[str], features: Features | None
+        self,
+        body: bytes,
+        headers: CIMultiDict[str],
+        chat: ChatRequest | None,
+        features: Features | None,
     ) -> Answer:
         response = await self._send_unpaid(body, headers)
         if response.status != 402:
             return Answer(response)
+        if features is None:
+            # Measured only now that the model turned out to be paid: free calls and
+            # models the book has never seen priced skip the walk over every message.
+            features = self._features(body, chat)
         offer = await read_offer(response)
         if offer is None:
             raise UpstreamError(
@@ -171,6 +182,12 @@ class Gateway:
             self.quotes.observe(features, requirement, offer.resource, offer.extensions)
         payment = self._payer.sign(requirement, network, offer.resource, offer.extensions)
         return await self._send_paid(body, headers, payment)
+
+    def _may_presign(self, chat: ChatRequest | None) -> bool:
+        """Whether the quote book could sign this up front (it has seen the model priced)."""
+        if self.quotes is None:
+            return False
+        return chat is None or self.quotes.knows(chat.model)
 
     def _features(self, body: bytes, chat: ChatRequest | None) -> Features | None:
         if self.quotes is None:

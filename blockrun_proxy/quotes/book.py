@@ -130,6 +130,10 @@ class QuoteBook:
 
     # --- asking ---------------------------------------------------------------------------
 
+    def knows(self, model: str) -> bool:
+        """Whether a 402 for ``model`` has been observed (and is still in the book)."""
+        return model in self._models
+
     def presign(self, features: Features) -> Presign | None:
         """What to sign up front for this request, or None to probe first."""
         state = self._models.get(features.model)
