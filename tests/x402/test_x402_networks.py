@@ -86,10 +86,16 @@ def test_written_out_type_hashes_are_the_keccak_of_their_types() -> None:
     from blockrun_proxy.x402.networks import EIP712_DOMAIN_TYPEHASH
     from blockrun_proxy.x402.signer import TRANSFER_WITH_AUTHORIZATION_TYPEHASH
 
-    assert keccak256(
-        b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-    ) == EIP712_DOMAIN_TYPEHASH
-    assert keccak256(
-        b"TransferWithAuthorization(address from,address to,uint256 value,"
-        b"uint256 validAfter,uint256 validBefore,bytes32 nonce)"
-    ) == TRANSFER_WITH_AUTHORIZATION_TYPEHASH
+    assert (
+        keccak256(
+            b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+        )
+        == EIP712_DOMAIN_TYPEHASH
+    )
+    assert (
+        keccak256(
+            b"TransferWithAuthorization(address from,address to,uint256 value,"
+            b"uint256 validAfter,uint256 validBefore,bytes32 nonce)"
+        )
+        == TRANSFER_WITH_AUTHORIZATION_TYPEHASH
+    )

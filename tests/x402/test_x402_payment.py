@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from eip712_reference import typed_data
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
@@ -69,39 +70,15 @@ def decode(payment: SignedPayment) -> dict[str, Any]:
 
 
 def eth_account_recover(network: Any, authorization: dict[str, str], signature: str) -> str:
-    full = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"},
-                {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"},
-                {"name": "nonce", "type": "bytes32"},
-            ],
-        },
-        "primaryType": "TransferWithAuthorization",
-        "domain": {
-            "name": network.domain_name,
-            "version": network.domain_version,
-            "chainId": network.chain_id,
-            "verifyingContract": network.usdc,
-        },
-        "message": {
-            "from": authorization["from"],
-            "to": authorization["to"],
-            "value": int(authorization["value"]),
-            "validAfter": int(authorization["validAfter"]),
-            "validBefore": int(authorization["validBefore"]),
-            "nonce": bytes.fromhex(authorization["nonce"][2:]),
-        },
-    }
+    auth = Authorization(
+        from_=authorization["from"],
+        to=authorization["to"],
+        value=int(authorization["value"]),
+        valid_after=int(authorization["validAfter"]),
+        valid_before=int(authorization["validBefore"]),
+        nonce=bytes.fromhex(authorization["nonce"][2:]),
+    )
+    full = typed_data(network, auth)
     return str(Account.recover_message(encode_typed_data(full_message=full), signature=signature))
 
 

@@ -12,6 +12,7 @@ import secrets
 
 import coincurve
 import pytest
+from eip712_reference import typed_data
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_utils.address import to_checksum_address
@@ -28,43 +29,6 @@ from blockrun_proxy.x402 import (
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 UINT256_MAX = 2**256 - 1
-
-
-def typed_data(network: Network, auth: Authorization) -> dict[str, object]:
-    """The same message the blockrun-llm SDK hands to eth_account."""
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"},
-                {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"},
-                {"name": "nonce", "type": "bytes32"},
-            ],
-        },
-        "primaryType": "TransferWithAuthorization",
-        "domain": {
-            "name": network.domain_name,
-            "version": network.domain_version,
-            "chainId": network.chain_id,
-            "verifyingContract": network.usdc,
-        },
-        "message": {
-            "from": auth.from_,
-            "to": auth.to,
-            "value": auth.value,
-            "validAfter": auth.valid_after,
-            "validBefore": auth.valid_before,
-            "nonce": auth.nonce,
-        },
-    }
 
 
 def random_uint(rng: random.Random) -> int:
