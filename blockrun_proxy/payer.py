@@ -10,17 +10,19 @@ exactly the same path as one answering a 402.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from blockrun_proxy.budget import SpendBudget
 from blockrun_proxy.config import WALLET_ENV, WALLET_FILE, Settings
-from blockrun_proxy.errors import WalletNotConfigured
+from blockrun_proxy.errors import PaymentRefused, WalletNotConfigured
 from blockrun_proxy.x402 import (
     Network,
     PayerPolicy,
     PaymentRequired,
+    Refusal,
     Requirement,
     SignedPayment,
     Signer,
@@ -61,7 +63,8 @@ class Payer:
 
     def choose(self, offer: PaymentRequired) -> tuple[Requirement, Network]:
         """The requirement we would pay, after every policy check; raises PaymentRefused."""
-        return self.policy.select(offer)
+        with refusals_as_402():
+            return self.policy.select(offer)
 
     def sign(
         self,
@@ -80,14 +83,15 @@ class Payer:
         if self.budget is not None:
             self.budget.reserve(requirement.amount)
         try:
-            payment = sign_payment(
-                self._signer,
-                requirement,
-                network,
-                resource,
-                now=int(self._clock()),
-                extensions=extensions,
-            )
+            with refusals_as_402():
+                payment = sign_payment(
+                    self._signer,
+                    requirement,
+                    network,
+                    resource,
+                    now=int(self._clock()),
+                    extensions=extensions,
+                )
         except BaseException:
             if self.budget is not None:
                 self.budget.refund(requirement.amount)  # nothing was signed after all
@@ -108,8 +112,19 @@ class Payer:
         extensions: Mapping[str, Any] | None = None,
     ) -> SignedPayment:
         """Check one requirement (e.g. built from a learned quote) and sign it."""
-        network = self.policy.check(requirement, resource)
+        with refusals_as_402():
+            network = self.policy.check(requirement, resource)
         return self.sign(requirement, network, resource, extensions)
+
+
+@contextlib.contextmanager
+def refusals_as_402() -> Iterator[None]:
+    """The one boundary where the protocol's ``Refusal`` becomes the proxy's 402 answer."""
+    try:
+        yield
+    except Refusal as refusal:
+        raise PaymentRefused(refusal.message, code=refusal.code) from None
+
 
 def payer_for(settings: Settings) -> Payer:
     """The payer ``settings`` describe: its wallet (if any) under its policy.

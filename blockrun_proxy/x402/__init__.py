@@ -7,6 +7,7 @@ signing uses coincurve and pycryptodome's Keccak directly.
 from .networks import NETWORKS, Network, network_for
 from .payment import SignedPayment, sign_payment
 from .policy import PayerPolicy, usd
+from .refusal import Refusal
 from .signer import (
     Authorization,
     Signer,
@@ -31,6 +32,7 @@ __all__ = [
     "PayerPolicy",
     "PaymentRequired",
     "PaymentResponse",
+    "Refusal",
     "Requirement",
     "SignedPayment",
     "Signer",

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PaymentRefused
 from .networks import Network, canonical_network
+from .refusal import Refusal
 from .signer import Authorization, Signer
 from .wire import Requirement, encode_header
 
@@ -83,7 +83,7 @@ def _check_meaning(requirement: Requirement, network: Network) -> None:
     """Refuse to sign anything that would not mean "pay exactly amount USDC here"."""
     if requirement.scheme != "exact":
         # An upto ceiling signed as EIP-3009 would pay the whole ceiling.
-        raise PaymentRefused(
+        raise Refusal(
             f"x402 scheme {requirement.scheme!r} cannot be signed as an exact transfer",
             code="scheme_not_supported",
         )
@@ -92,7 +92,7 @@ def _check_meaning(requirement: Requirement, network: Network) -> None:
             f"requirement is for {requirement.network}, signing domain is {network.caip2}"
         )
     if requirement.asset.lower() != network.usdc.lower():
-        raise PaymentRefused(
+        raise Refusal(
             f"asset {requirement.asset} is not USDC on {network.name} ({network.usdc})",
             code="asset_mismatch",
         )

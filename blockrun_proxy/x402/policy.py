@@ -3,7 +3,7 @@
 PROTOCOL.md section 5 rule 4: network and asset known, payTo allowed, amount within
 the per-call cap, timeout within a cap, resource on the gateway's own host. The
 cumulative budget is not here (it needs state); the caller checks it around
-``select``. Every refusal is a ``PaymentRefused`` whose ``code`` names the rule.
+``select``. Every refusal is a ``Refusal`` whose ``code`` names the rule.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from ..errors import PaymentRefused
 from ._abi import is_address
 from .networks import Network, canonical_network, network_for
+from .refusal import Refusal
 from .wire import PaymentRequired, Requirement
 
 USDC_DECIMALS = 6
@@ -46,7 +46,7 @@ class PayerPolicy:
         object.__setattr__(self, "gateway_host", _host(self.gateway_host) or "")
 
     def check(self, requirement: Requirement, resource: Mapping[str, Any] | None) -> Network:
-        """The network to sign under, or PaymentRefused naming the first rule broken."""
+        """The network to sign under, or Refusal naming the first rule broken."""
         req = requirement
         if req.scheme != "exact":
             _refuse(
@@ -100,13 +100,13 @@ class PayerPolicy:
         If none passes, raise the refusal of the first exact one (the gateway's
         preferred option, so the message is about what it actually wanted).
         """
-        first_refusal: PaymentRefused | None = None
+        first_refusal: Refusal | None = None
         for req in offer.accepts:
             if req.scheme != "exact":
                 continue
             try:
                 return req, self.check(req, offer.resource)
-            except PaymentRefused as refusal:
+            except Refusal as refusal:
                 first_refusal = first_refusal or refusal
         if first_refusal is not None:
             raise first_refusal
@@ -124,7 +124,7 @@ def _shown(value: str, limit: int = 80) -> str:
 
 
 def _refuse(code: str, message: str) -> NoReturn:
-    raise PaymentRefused(message, code=code)
+    raise Refusal(message, code=code)
 
 
 def _url(resource: Mapping[str, Any] | None) -> str | None:

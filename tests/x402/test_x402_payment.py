@@ -11,11 +11,11 @@ from eip712_reference import typed_data
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from blockrun_proxy.errors import PaymentRefused
 from blockrun_proxy.x402 import (
     NETWORKS,
     Authorization,
     PayerPolicy,
+    Refusal,
     SignedPayment,
     Signer,
     encode_header,
@@ -222,14 +222,14 @@ def test_empty_resource_is_omitted() -> None:
 
 def test_refuses_to_sign_upto_as_exact() -> None:
     offer = parsed(scheme="upto")
-    with pytest.raises(PaymentRefused) as exc:
+    with pytest.raises(Refusal) as exc:
         sign_payment(Signer.generate(), offer.accepts[0], BASE, offer.resource, now=NOW)
     assert exc.value.code == "scheme_not_supported"
 
 
 def test_refuses_wrong_asset_or_mismatched_network() -> None:
     offer = parsed(asset=SEPOLIA.usdc)
-    with pytest.raises(PaymentRefused) as exc:
+    with pytest.raises(Refusal) as exc:
         sign_payment(Signer.generate(), offer.accepts[0], BASE, offer.resource, now=NOW)
     assert exc.value.code == "asset_mismatch"
     offer = parsed()

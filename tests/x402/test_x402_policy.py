@@ -7,8 +7,14 @@ from typing import Any
 
 import pytest
 
-from blockrun_proxy.errors import PaymentRefused
-from blockrun_proxy.x402 import NETWORKS, PayerPolicy, PaymentRequired, Requirement, usd
+from blockrun_proxy.x402 import (
+    NETWORKS,
+    PayerPolicy,
+    PaymentRequired,
+    Refusal,
+    Requirement,
+    usd,
+)
 
 BASE = NETWORKS["eip155:8453"]
 SEPOLIA = NETWORKS["eip155:84532"]
@@ -47,9 +53,9 @@ POLICY = PayerPolicy(
 
 
 def refusal(policy: PayerPolicy, requirement: Requirement, resource: Any = RESOURCE) -> str:
-    with pytest.raises(PaymentRefused) as exc:
+    with pytest.raises(Refusal) as exc:
         policy.check(requirement, resource)
-    assert exc.value.status == 402 and exc.value.message
+    assert exc.value.code and exc.value.message
     return exc.value.code
 
 
@@ -99,7 +105,7 @@ def test_v1_network_slug_is_the_same_network() -> None:
 
 
 def test_amount_over_cap_message_gives_both_in_usd() -> None:
-    with pytest.raises(PaymentRefused) as exc:
+    with pytest.raises(Refusal) as exc:
         POLICY.check(req(amount=1_234_567), RESOURCE)
     assert "1.234567" in exc.value.message and "0.050000" in exc.value.message
 
@@ -182,20 +188,20 @@ def test_select_skips_refused_exact_for_a_later_good_one() -> None:
 
 
 def test_select_raises_first_exact_refusal() -> None:
-    with pytest.raises(PaymentRefused) as exc:
+    with pytest.raises(Refusal) as exc:
         POLICY.select(offer(req(scheme="upto"), req(amount=10**9), req(amount=0)))
     assert exc.value.code == "amount_over_cap"
 
 
 def test_select_only_upto_is_scheme_not_supported() -> None:
-    with pytest.raises(PaymentRefused) as exc:
+    with pytest.raises(Refusal) as exc:
         POLICY.select(offer(req(scheme="upto", amount=1)))
     assert exc.value.code == "scheme_not_supported"
     assert "upto" in exc.value.message
 
 
 def test_select_uses_the_offer_resource() -> None:
-    with pytest.raises(PaymentRefused) as exc:
+    with pytest.raises(Refusal) as exc:
         POLICY.select(offer(req(), resource={"url": "https://evil.example/"}))
     assert exc.value.code == "resource_host_mismatch"
 
