@@ -164,6 +164,19 @@ def main(ctx: click.Context) -> None:
     help="Allow a non-loopback --host without BLOCKRUN_PROXY_TOKEN.",
 )
 @click.option(
+    "--state-dir",
+    default=str(config.DEFAULT_STATE_DIR),
+    show_default=True,
+    envvar=_env("STATE_DIR"),
+    help="Where learned quotes and the local spend ledger survive restarts ('' keeps none).",
+)
+@click.option(
+    "--rpc-url",
+    default=None,
+    envvar=_env("RPC_URL"),
+    help="An EVM JSON-RPC endpoint for on-chain reads (wallet balance, Permit2 allowance).",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="Start a built-in fake x402 gateway and a throwaway wallet (no network needed).",
@@ -188,6 +201,8 @@ def serve(
     reuse_port: bool,
     grace_seconds: float,
     allow_public: bool,
+    state_dir: str,
+    rpc_url: str | None,
     demo: bool,
 ) -> None:
     """Run the proxy (the default command)."""
@@ -213,6 +228,8 @@ def serve(
         metrics_dir=config.read_metrics_dir(),
         grace_seconds=grace_seconds,
         allow_public=allow_public,
+        state_dir=config.parse_state_dir(state_dir),
+        rpc_url=rpc_url or None,
         demo=demo,
         token=config.read_token(),
         wallet_key=None if demo else wallet_key,

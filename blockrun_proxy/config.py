@@ -56,6 +56,9 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The wallet file blockrun-llm creates and manages (setup_agent_wallet()).
 WALLET_FILE = Path.home() / ".blockrun" / ".session"
 LEGACY_WALLET_FILE = Path.home() / ".blockrun" / "wallet.key"
+# Where the proxy keeps what should survive a restart (learned quotes, the local spend
+# ledger): beside blockrun-llm's wallet files. An empty --state-dir keeps nothing on disk.
+DEFAULT_STATE_DIR = Path.home() / ".blockrun" / "proxy"
 
 USDC_DECIMALS = 6
 
@@ -105,6 +108,10 @@ class Settings:
     quote_trust: int = DEFAULT_QUOTE_TRUST
     quote_ttl_seconds: float = DEFAULT_QUOTE_TTL_SECONDS
     allow_public: bool = False
+    # What survives a restart lives here; None keeps everything in memory only.
+    state_dir: Path | None = DEFAULT_STATE_DIR
+    # An EVM JSON-RPC endpoint for on-chain reads (balance, Permit2 allowance); None: none.
+    rpc_url: str | None = None
     demo: bool = False
     # Secrets are kept out of repr() so a logged Settings never shows them.
     token: str | None = field(default=None, repr=False)
@@ -155,6 +162,8 @@ class Settings:
             raise ValueError("--workers must be at least 1")
         if self.workers > 1 and self.port == 0:
             raise ValueError("--workers needs a fixed --port: each worker binds the same one")
+        if self.rpc_url is not None and urlsplit(self.rpc_url).scheme not in ("http", "https"):
+            raise ValueError(f"--rpc-url must be an http(s) URL, got {self.rpc_url!r}")
         if not is_loopback(self.host) and not self.token and not self.allow_public:
             raise ValueError(
                 f"refusing to listen on {self.host} without a token: anyone who can reach it "
@@ -176,6 +185,12 @@ def parse_duration(text: str) -> float:
     if not seconds > 0:
         raise ValueError(f"duration must be positive: {text!r}")
     return seconds
+
+
+def parse_state_dir(text: str) -> Path | None:
+    """``--state-dir``: a directory (``~`` expanded), or None for an empty value."""
+    text = text.strip()
+    return Path(text).expanduser() if text else None
 
 
 def is_loopback(host: str) -> bool:
@@ -255,6 +270,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     pay_to = env_default("pay_to", env)
     if pay_to:
         fields["pay_to"] = _split(pay_to)
+    state_dir = env_default("state_dir", env)
+    if state_dir is not None:
+        fields["state_dir"] = parse_state_dir(state_dir)
+    rpc_url = env_default("rpc_url", env)
+    if rpc_url:
+        fields["rpc_url"] = rpc_url.strip()
     wallet_key, _ = read_wallet_key(env)
     settings = replace(Settings(wallet_key=wallet_key), **fields)
     settings.check()

@@ -146,6 +146,7 @@ async def demo_gateway(settings: Settings) -> AsyncIterator[Settings]:
             api_url=api_url,
             networks=(network,),
             wallet_key=secrets.token_hex(32),
+            state_dir=None,  # a throwaway wallet's quotes and spend are not worth keeping
         )
     finally:
         await gateway.close()

@@ -59,6 +59,7 @@ async def start_proxy(gateway: FakeGateway, wallet_key: str) -> AsyncIterator[St
                 "networks": (TEST_NETWORK,),
                 "wallet_key": wallet_key,
                 "grace_seconds": 1.0,
+                "state_dir": None,  # tests never write under the user's home
             }
             fields.update(overrides)
             settings = Settings(**fields)
