@@ -27,6 +27,7 @@ from blockrun_proxy.errors import (
     error_body,
 )
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, request_id_from
+from blockrun_proxy.guard import Guard
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
@@ -39,6 +40,7 @@ log = logging.getLogger("blockrun_proxy")
 
 ADMISSION_KEY = web.AppKey("admission", Admission)
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
+GUARD_KEY = web.AppKey("guard", Guard)
 LIMITS_KEY = web.AppKey("limits", Limits)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 MODELS_KEY = web.AppKey("models", ModelsCache)
@@ -49,7 +51,8 @@ QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
-# Probes answer without the token: the kubelet has none, and they reveal nothing.
+# Probes answer without the token or the Host/Origin checks: the kubelet has no token and
+# calls them by pod IP, and they spend nothing and reveal only whether the process is up.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 # Still answered while draining: probes say what is going on, and a last scrape is useful.
 OPS_PATHS = PUBLIC_PATHS | {"/metrics"}
@@ -69,14 +72,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings) -> web.Application:
+    guard = Guard.from_settings(settings)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # One middleware, not four: each layer is a coroutine frame and a partial call on
         # every request, and the order (observe, answer errors, token, drain) is one
         # function's control flow anyway.
-        middlewares=[front_middleware(settings.token)],
+        middlewares=[front_middleware(guard, settings.token)],
     )
     app[SETTINGS_KEY] = settings
+    app[GUARD_KEY] = guard
     limits = Limits.from_settings(settings)
     metrics = Metrics(multiprocess_dir=settings.metrics_dir)
     metrics.max_concurrent.set(limits.max_concurrent)
@@ -143,17 +148,20 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 # --- the middleware ---------------------------------------------------------------------------
 
 
-def front_middleware(token: str | None) -> Middleware:
+def front_middleware(guard: Guard, token: str | None) -> Middleware:
     """Everything every request goes through, in this order:
 
     1. observe: an ``Exchange`` (request id, route), and once the answer is done one
        access line and the request metrics (aiohttp's own access log stays off: this
        line knows the model, the cost and the time to first byte, which aiohttp cannot);
     2. errors: the one place exceptions become OpenAI-shaped answers, never a traceback;
-    3. token: the bearer token, except on the probes;
-    4. drain: while draining, new work gets 503; probes and /metrics still answer.
+    3. source: Host, Origin, Sec-Fetch-Site (guard.py), then CORS preflights, all before
+       the token, which a preflight never carries; the probes skip 3 to 5;
+    4. token: the bearer token;
+    5. body type: every POST is a paid route and must be JSON;
+    6. drain: while draining, new work gets 503; probes and /metrics still answer.
     """
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -167,13 +175,22 @@ def front_middleware(token: str | None) -> Middleware:
         try:
             try:
                 path = request.path
-                if expected is not None and path not in PUBLIC_PATHS:
-                    given = request.headers.get("Authorization", "").encode()
-                    if not hmac.compare_digest(given, expected):
-                        raise Unauthorized("missing or wrong bearer token for this proxy")
-                if request.app[ADMISSION_KEY].draining and path not in OPS_PATHS:
-                    raise ShuttingDown("the proxy is shutting down; send this request elsewhere")
-                response = await handler(request)
+                if path in PUBLIC_PATHS:
+                    response = await handler(request)
+                else:
+                    guard.check_source(request)
+                    if guard.is_preflight(request):
+                        response = guard.preflight(request)
+                    else:
+                        if expected is not None:
+                            _check_token(request.headers.get("Authorization"), expected)
+                        if request.method == "POST":
+                            guard.check_body_type(request)
+                        if request.app[ADMISSION_KEY].draining and path not in OPS_PATHS:
+                            raise ShuttingDown(
+                                "the proxy is shutting down; send this request elsewhere"
+                            )
+                        response = await handler(request)
             except Exception as exc:
                 response = _answer_error(request, exc)
             exchange.status = exchange.status or response.status
@@ -192,6 +209,18 @@ def front_middleware(token: str | None) -> Middleware:
             request.app[METRICS_KEY].observe(exchange, now=now)
 
     return front
+
+
+def _check_token(header: str | None, expected: bytes) -> None:
+    """``Authorization: Bearer <token>``; the scheme is case-insensitive (RFC 9110)."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the same
+    # way, so a byte that is not UTF-8 is a wrong token (401), not an encoding error (500).
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    # compare_digest runs even for a wrong scheme: the answer's timing says nothing.
+    matches = hmac.compare_digest(given_bytes, expected)
+    if not (matches and scheme.lower() == "bearer"):
+        raise Unauthorized("missing or wrong bearer token for this proxy")
 
 
 def _answer_error(request: web.Request, exc: Exception) -> web.Response:
@@ -259,6 +288,7 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
     exchange = request.get(EXCHANGE_KEY)
     if exchange is not None:
         response.headers["x-request-id"] = exchange.request_id
+    response.headers.update(request.app[GUARD_KEY].cors_headers(request.headers))
     if request.app[ADMISSION_KEY].draining:
         # Tell keep-alive clients to reconnect (to a process that is not leaving). The
         # header is set by hand: aiohttp computed the Connection header before this hook,

@@ -164,6 +164,21 @@ def main(ctx: click.Context) -> None:
     help="Allow a non-loopback --host without BLOCKRUN_PROXY_TOKEN.",
 )
 @click.option(
+    "--allowed-hosts",
+    default="",
+    envvar=_env("ALLOWED_HOSTS"),
+    help="Comma-separated Host names to answer besides loopback ones and the bound address "
+    "(DNS rebinding protection; '*' turns the check off). Not checked on a public bind with "
+    "a token.",
+)
+@click.option(
+    "--cors-origins",
+    default="",
+    envvar=_env("CORS_ORIGINS"),
+    help="Comma-separated web origins (https://app.example) allowed to call the proxy from a "
+    "browser. Default: none; every page is refused.",
+)
+@click.option(
     "--state-dir",
     default=str(config.DEFAULT_STATE_DIR),
     show_default=True,
@@ -201,6 +216,8 @@ def serve(
     reuse_port: bool,
     grace_seconds: float,
     allow_public: bool,
+    allowed_hosts: str,
+    cors_origins: str,
     state_dir: str,
     rpc_url: str | None,
     demo: bool,
@@ -228,6 +245,8 @@ def serve(
         metrics_dir=config.read_metrics_dir(),
         grace_seconds=grace_seconds,
         allow_public=allow_public,
+        allowed_hosts=_comma_list(allowed_hosts),
+        cors_origins=_comma_list(cors_origins),
         state_dir=config.parse_state_dir(state_dir),
         rpc_url=rpc_url or None,
         demo=demo,
@@ -293,6 +312,10 @@ def _worker_options(ctx: click.Context) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _duration(value: str) -> float:

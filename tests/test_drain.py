@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 import pytest
-from ops_support import FIRST_FRAME, LAST_FRAME, HoldingUpstream, proxy_environ
+from ops_support import FIRST_FRAME, JSON, LAST_FRAME, HoldingUpstream, proxy_environ
 from proc_support import ProxyProcess
 
 from blockrun_proxy.app import ADMISSION_KEY
@@ -29,7 +29,7 @@ async def holding() -> AsyncIterator[HoldingUpstream]:
 
 async def open_stream(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
     """POST a streamed chat and read its first frame: the stream is then surely in flight."""
-    response = await session.post(url, data=CHAT)
+    response = await session.post(url, data=CHAT, headers=JSON)
     assert response.status == 200
     assert await response.content.readuntil(b"\n\n") == FIRST_FRAME
     return response
@@ -58,7 +58,9 @@ async def test_draining_turns_readiness_off_and_refuses_new_work(start_proxy, ho
         async with session.get(proxy.url + "/readyz") as resp:
             assert resp.status == 503
             assert (await resp.json())["draining"] is True
-        async with session.post(proxy.base_url + "/chat/completions", data=CHAT) as resp:
+        async with session.post(
+            proxy.base_url + "/chat/completions", data=CHAT, headers=JSON
+        ) as resp:
             assert resp.status == 503
             assert (await resp.json())["error"]["code"] == "proxy_draining"
             assert resp.headers["Connection"] == "close"  # go find a process that stays
@@ -99,7 +101,7 @@ async def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(holdin
             assert proxy.proc.returncode is None  # still draining, not dead
             with pytest.raises(aiohttp.ClientConnectionError):
                 async with aiohttp.ClientSession() as fresh:
-                    await fresh.post(url, data=CHAT)
+                    await fresh.post(url, data=CHAT, headers=JSON)
             holding.release.set()
             for response in streams:
                 assert (await response.read()).endswith(LAST_FRAME)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import aiohttp
 import orjson
 import pytest
-from ops_support import until
+from ops_support import JSON, until
 
 from blockrun_proxy import logs
 from blockrun_proxy.exchange import Exchange, request_id_from
@@ -41,7 +41,7 @@ async def test_one_access_line_per_request_with_id_model_status_timings_and_cost
         s.post(
             proxy.base_url + "/chat/completions",
             data=orjson.dumps(CHAT),
-            headers={"x-request-id": "req-7"},
+            headers={"x-request-id": "req-7", **JSON},
         ) as resp,
     ):
         raw = await resp.read()
@@ -69,7 +69,7 @@ async def test_one_access_line_per_request_with_id_model_status_timings_and_cost
         ("GET", "/readyz", 200),
         ("GET", "/metrics", 200),
         ("GET", "/nowhere", 404),
-        ("POST", "/v1/chat/completions", 400),  # empty body
+        ("POST", "/v1/chat/completions", 415),  # no body, so no JSON Content-Type
         ("DELETE", "/v1/models", 405),
     ],
 )

@@ -10,7 +10,7 @@ import re
 import aiohttp
 import orjson
 import pytest
-from ops_support import free_port, proxy_environ, until
+from ops_support import JSON, free_port, proxy_environ, until
 from proc_support import ProxyProcess
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,7 +50,9 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             for _ in range(CALLS):
-                async with session.post(base + "/v1/chat/completions", data=body) as resp:
+                async with session.post(
+                    base + "/v1/chat/completions", data=body, headers=JSON
+                ) as resp:
                     assert resp.status == 200
             key = ("blockrun_proxy_requests_total",
                    (("route", "/v1/chat/completions"), ("status", "200")))  # fmt: skip
