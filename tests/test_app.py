@@ -90,6 +90,21 @@ async def test_default_max_tokens_is_added_and_nothing_else_changes(proxy, gatew
     assert gateway.requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
 
 
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+async def test_a_null_max_tokens_gets_the_default_in_the_forwarded_bytes(proxy, gateway, key):
+    raw = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "%s": null}' % (
+        PAID.encode(),
+        key.encode(),
+    )
+    resp, _ = await post(proxy, raw)
+    assert resp.status == 200
+    forwarded = [r.body for r in gateway.requests]
+    assert forwarded  # the probe and the paid send carry the same bytes
+    for body in forwarded:
+        assert body == raw.replace(b'"%s": null' % key.encode(), b'"%s":1024' % key.encode())
+    assert gateway.settled[0].amount == gateway.price_for({**chat(), key: 1024})
+
+
 async def test_client_authorization_never_goes_upstream_and_request_id_does(start_proxy, gateway):
     proxy = await start_proxy(token="s3cret")
     headers = {"Authorization": "Bearer s3cret", "x-request-id": "req-42"}
@@ -107,6 +122,13 @@ async def test_client_authorization_never_goes_upstream_and_request_id_does(star
         (b"{not json", 400, "invalid_json"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "missing_model"),
         (b'{"model": "m"}', 400, "missing_messages"),
+        (b'{"model": "m", "messages": [1, 2]}', 400, "invalid_messages"),
+        pytest.param(
+            b'{"model": "%s", "messages": [{"role": "user"}]}' % (b"m" * 4096),
+            400,
+            "invalid_model",
+            id="4k-model",
+        ),
         (b"x" * (2 * 1024 * 1024), 413, "request_too_large"),
     ],
 )
