@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -21,6 +22,7 @@ from blockrun_proxy.errors import (
     InvalidRequest,
     NotFound,
     ProxyError,
+    RequestTimeout,
     ShuttingDown,
     Unauthorized,
     UpstreamError,
@@ -35,6 +37,11 @@ from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
 from blockrun_proxy.quotes import QuoteBook
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as deadline
+else:  # aiohttp depends on async-timeout below 3.11
+    from async_timeout import timeout as deadline
 
 log = logging.getLogger("blockrun_proxy")
 
@@ -344,9 +351,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     # the limit then bounds open streams, sockets and buffered bodies (at most
     # max_concurrent bodies of up to max_body_bytes in memory), not just sends. Waiting and
     # refused calls hold only what aiohttp buffers of an unread body (flow-controlled).
+    # Reading bodies before taking a slot would let every open connection (up to
+    # --max-connections) buffer one; instead a body that stalls gets a 408 after
+    # --body-timeout and gives its slot to the next call.
+    settings = app[SETTINGS_KEY]
     async with app[ADMISSION_KEY].slot():
         chat = parse_chat_request(
-            await request.read(), default_max_tokens=app[SETTINGS_KEY].default_max_tokens
+            await _read_body(request, settings.body_timeout_seconds),
+            default_max_tokens=settings.default_max_tokens,
         )
         exchange.model = chat.model
         answer = await app[GATEWAY_KEY].send_chat(
@@ -393,6 +405,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 exchange.bytes_out = stats.bytes_sent
                 exchange.first_byte_at = stats.first_byte_at
     return response
+
+
+async def _read_body(request: web.Request, timeout: float) -> bytes:
+    try:
+        async with deadline(timeout):
+            return await request.read()
+    except asyncio.TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout:g}s; nothing was sent or paid"
+        ) from None
 
 
 def _response_headers(answer: Answer) -> dict[str, str]:

@@ -136,6 +136,49 @@ def main(ctx: click.Context) -> None:
     help="Seconds a call may wait for a free slot before it gets a 429.",
 )
 @click.option(
+    "--max-connections",
+    default=None,
+    type=click.IntRange(min=1),
+    envvar=_env("MAX_CONNECTIONS"),
+    help="Open client connections per process; past it, new ones get a 503 and are closed at "
+    "once. [default: 2 x (--max-concurrent + --max-queue) + 64, at least 1024]",
+)
+@click.option(
+    "--headers-timeout",
+    default=config.DEFAULT_HEADERS_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("HEADERS_TIMEOUT"),
+    help="Seconds a connection has to send complete request headers (from connecting, or "
+    "from the first byte of a later request).",
+)
+@click.option(
+    "--body-timeout",
+    default=config.DEFAULT_BODY_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("BODY_TIMEOUT"),
+    help="Seconds a request body has to arrive once admitted; a stalled one gets a 408 and "
+    "frees its slot.",
+)
+@click.option(
+    "--keepalive-timeout",
+    default=config.DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("KEEPALIVE_TIMEOUT"),
+    help="Seconds an idle keep-alive connection stays open after its last response.",
+)
+@click.option(
+    "--upstream-idle-timeout",
+    default=config.DEFAULT_IDLE_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("UPSTREAM_IDLE_TIMEOUT"),
+    help="Seconds the gateway may stay silent mid-answer (or before its first byte) before "
+    "the call is given up; streams have no total limit.",
+)
+@click.option(
     "--workers",
     default=config.DEFAULT_WORKERS,
     show_default=True,
@@ -212,6 +255,11 @@ def serve(
     max_concurrent: int,
     max_queue: int | None,
     queue_timeout: float,
+    max_connections: int | None,
+    headers_timeout: float,
+    body_timeout: float,
+    keepalive_timeout: float,
+    upstream_idle_timeout: float,
     workers: int,
     reuse_port: bool,
     grace_seconds: float,
@@ -240,6 +288,11 @@ def serve(
         max_concurrent=max_concurrent,
         max_queue=max_queue,
         queue_timeout_seconds=queue_timeout,
+        max_connections=max_connections,
+        headers_timeout_seconds=headers_timeout,
+        body_timeout_seconds=body_timeout,
+        keepalive_timeout_seconds=keepalive_timeout,
+        idle_timeout_seconds=upstream_idle_timeout,
         workers=workers,
         reuse_port=reuse_port,
         metrics_dir=config.read_metrics_dir(),

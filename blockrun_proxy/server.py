@@ -22,8 +22,9 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from blockrun_proxy.app import ADMISSION_KEY, LIMITS_KEY, PAYER_KEY, create_app
+from blockrun_proxy.app import ADMISSION_KEY, LIMITS_KEY, METRICS_KEY, PAYER_KEY, create_app
 from blockrun_proxy.config import Settings
+from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.payer import Payer
 from blockrun_proxy.x402 import NETWORKS
@@ -37,6 +38,7 @@ FD_MARGIN = 64
 async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]]:
     """Serve ``settings`` until the block exits; yields the runner and the bound port."""
     app = create_app(settings)
+    limits = app[LIMITS_KEY]
     runner = web.AppRunner(
         app,
         # A client that hangs up cancels its handler at once, which closes the upstream
@@ -46,12 +48,17 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
         shutdown_timeout=settings.grace_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(
+    connections = ClientConnections(limits.max_connections, settings.headers_timeout_seconds)
+    app[METRICS_KEY].watch_connections(connections)
+    site = ClientSite(
         runner,
         settings.host,
         settings.port,
-        backlog=app[LIMITS_KEY].backlog,
-        reuse_port=settings.reuse_port or None,
+        protocol=protocol_factory(
+            runner, connections, keepalive_timeout=settings.keepalive_timeout_seconds
+        ),
+        backlog=limits.backlog,
+        reuse_port=settings.reuse_port,
     )
     await site.start()
     port = runner.addresses[0][1]
@@ -116,8 +123,8 @@ async def serve(settings: Settings) -> None:
 def _check_fd_limit(settings: Settings) -> None:
     soft, _ = raise_fd_limit()
     limits = Limits.from_settings(settings)
-    # A relayed stream holds two sockets (client, gateway); a queued call holds one.
-    needed = 2 * limits.max_concurrent + limits.max_queue + FD_MARGIN
+    # Every client connection holds a socket, every admitted call one more to the gateway.
+    needed = limits.max_connections + limits.max_concurrent + FD_MARGIN
     if 0 <= soft < needed:
         log.warning(
             "open-files limit %d is below the %d that --max-concurrent %d needs; raise "
