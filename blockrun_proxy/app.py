@@ -179,6 +179,8 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
             resource.canonical if resource is not None else UNMATCHED_ROUTE,
         )
         request[EXCHANGE_KEY] = exchange
+        admission = request.app[ADMISSION_KEY]
+        admission.request_started()
         try:
             try:
                 path = request.path
@@ -193,7 +195,7 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
                             _check_token(request.headers.get("Authorization"), expected)
                         if request.method == "POST":
                             guard.check_body_type(request)
-                        if request.app[ADMISSION_KEY].draining and path not in OPS_PATHS:
+                        if admission.draining and path not in OPS_PATHS:
                             raise ShuttingDown(
                                 "the proxy is shutting down; send this request elsewhere"
                             )
@@ -211,6 +213,7 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
             exchange.status = 500
             raise
         finally:
+            admission.request_finished()
             now = time.monotonic()
             logs.log_access(exchange, now=now)
             request.app[METRICS_KEY].observe(exchange, now=now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from decimal import Decimal
 
 import click
@@ -315,7 +316,11 @@ def serve(
     try:
         code = _run(settings, wallet_source)
     finally:
-        stop_logging()
+        flushed = stop_logging()
+    if not flushed:
+        # The log sink is stalled and the writer thread is blocked in a write on it: a
+        # normal exit flushes stderr at interpreter shutdown and would wait on it forever.
+        os._exit(code)
     if code:
         raise SystemExit(code)
 

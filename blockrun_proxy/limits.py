@@ -99,6 +99,9 @@ class Admission:
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self.active = 0
+        # Requests of any route being handled now (the drain waits for them to finish).
+        self.requests = 0
+        self._no_requests: asyncio.Event | None = None  # made by the first idle() call
         self.draining = False
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._on_change = on_change
@@ -116,6 +119,22 @@ class Admission:
     def start_draining(self) -> None:
         """Refuse every new caller from now on; the admitted and the queued go on."""
         self.draining = True
+
+    def request_started(self) -> None:
+        self.requests += 1
+
+    def request_finished(self) -> None:
+        self.requests -= 1
+        if not self.requests and self._no_requests is not None:
+            self._no_requests.set()
+
+    async def idle(self) -> None:
+        """Return once no request is being handled (the drain waits for this)."""
+        if self._no_requests is None:
+            self._no_requests = asyncio.Event()
+        while self.requests:
+            self._no_requests.clear()
+            await self._no_requests.wait()
 
     def slot(self) -> _Slot:
         """``async with admission.slot():`` holds one slot for the block."""

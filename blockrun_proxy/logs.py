@@ -25,6 +25,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from logging.handlers import QueueHandler, QueueListener
@@ -48,6 +49,9 @@ MAX_TRACEBACK_CHARS = 32 * 1024
 # What a queued record costs besides its strings (the copied LogRecord and its dicts,
 # measured with tracemalloc at about 1.1 KB for an access line).
 RECORD_OVERHEAD_BYTES = 1024
+# At exit, how long the writer may take to write what is queued: a stalled sink must not
+# hold the exit past the drain's grace.
+FLUSH_SECONDS = 0.5
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -217,6 +221,23 @@ class _Writer(QueueListener):
     ) -> None:
         super().__init__(lines, sink)
         self._source = source
+        self._lines: queue.Queue[Any] = lines  # typed as the queue it is, for stop_within
+
+    def stop_within(self, timeout: float) -> bool:
+        """``stop()`` that gives up after ``timeout`` seconds on a stalled sink."""
+        thread = self._thread
+        if thread is None:
+            return True
+        deadline = time.monotonic() + timeout
+        try:
+            self._lines.put(None, timeout=timeout)  # QueueListener's stop sentinel
+        except queue.Full:
+            return False
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
 
     def dequeue(self, block: bool) -> logging.LogRecord:
         record: logging.LogRecord = super().dequeue(block)
@@ -225,8 +246,13 @@ class _Writer(QueueListener):
         return record
 
 
-def setup(level: str, log_format: str, *, stream: TextIO | None = None) -> Callable[[], None]:
-    """Configure the root logger; returns the function that flushes and stops the writer."""
+def setup(level: str, log_format: str, *, stream: TextIO | None = None) -> Callable[[], bool]:
+    """Configure the root logger; returns the function that flushes and stops the writer.
+
+    That function gives the writer ``FLUSH_SECONDS`` to write what is queued and returns
+    whether it finished: False means the sink is stalled and the writer thread is stuck
+    in a write, holding the stream (see ``cli.serve``).
+    """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter_for(log_format))
     lines: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_LINES)
@@ -239,11 +265,13 @@ def setup(level: str, log_format: str, *, stream: TextIO | None = None) -> Calla
     listener = _Writer(lines, handler, queued)
     listener.start()
 
-    def stop() -> None:
-        listener.stop()  # writes what is queued
-        # The loop is gone by now: later lines (interpreter exit) may be written directly.
+    def stop() -> bool:
         root.removeHandler(queued)
+        if not listener.stop_within(FLUSH_SECONDS):
+            return False  # later lines are dropped: writing them would block on the sink
+        # The loop is gone by now: later lines (interpreter exit) may be written directly.
         root.addHandler(handler)
+        return True
 
     return stop
 

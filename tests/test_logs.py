@@ -8,6 +8,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -304,3 +305,15 @@ async def test_calls_with_a_4mb_model_against_a_stalled_sink(start_proxy, gatewa
                 assert (await resp.json())["error"]["code"] == "invalid_model"
     assert gateway.requests == []
     assert queue_handler().queued_bytes < 50 * 3000
+
+
+def test_stopping_gives_up_on_a_stalled_sink(root_logger):
+    sink = StalledSink()
+    stop = logs.setup("info", "text", stream=sink)
+    logging.getLogger("blockrun_proxy").warning("stuck in the pipe")
+    started = time.monotonic()
+    try:
+        assert stop() is False  # the writer is stuck in a write: said, not waited for
+        assert time.monotonic() - started < logs.FLUSH_SECONDS + 0.5
+    finally:
+        sink.release.set()
