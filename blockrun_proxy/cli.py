@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import click
 
-from blockrun_proxy import config, logs
+from blockrun_proxy import config, keyguard, logs
 from blockrun_proxy.config import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -272,7 +272,10 @@ def serve(
     demo: bool,
 ) -> None:
     """Run the proxy (the default command)."""
-    wallet_key, wallet_source = config.read_wallet_key()
+    try:
+        secrets = keyguard.take_secrets()  # first: out of the environment before anything runs
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     settings = Settings(
         host=host,
         port=port,
@@ -304,8 +307,8 @@ def serve(
         state_dir=config.parse_state_dir(state_dir),
         rpc_url=rpc_url or None,
         demo=demo,
-        token=config.read_token(),
-        wallet_key=None if demo else wallet_key,
+        token=secrets.token,
+        wallet_key=None if demo else secrets.wallet_key,
     )
     try:
         settings.check()
@@ -314,7 +317,7 @@ def serve(
         raise click.UsageError(str(exc)) from None
     stop_logging = logs.setup(settings.log_level, settings.log_format)
     try:
-        code = _run(settings, wallet_source)
+        code = _run(settings, secrets.wallet_source)
     finally:
         flushed = stop_logging()
     if not flushed:
@@ -330,7 +333,8 @@ def _run(settings: Settings, wallet_source: str) -> int:
     if settings.workers > 1:
         from blockrun_proxy.workers import supervise
 
-        return supervise(_worker_options(click.get_current_context()), settings.workers)
+        secrets = keyguard.Secrets(wallet_source, settings.wallet_key, settings.token)
+        return supervise(_worker_options(click.get_current_context()), settings.workers, secrets)
     if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
     elif settings.wallet_key:
@@ -349,7 +353,7 @@ def _worker_options(ctx: click.Context) -> list[str]:
     """The parsed ``serve`` options as command-line flags again, for --workers children.
 
     Values that came from the environment become explicit flags (same values). Secrets
-    are not options: each child reads them from its environment or the wallet file.
+    are not options: each child gets them through a pipe (keyguard.send_secrets).
     """
     args: list[str] = []
     for param in ctx.command.params:

@@ -61,7 +61,12 @@ DEFAULT_QUOTE_TTL_SECONDS = 300.0
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
+LEGACY_WALLET_ENV = "BASE_CHAIN_WALLET_KEY"
 TOKEN_ENV = "BLOCKRUN_PROXY_TOKEN"
+# What ``serve`` removes from its environment once read (keyguard.py).
+SECRET_ENVS = (WALLET_ENV, LEGACY_WALLET_ENV, TOKEN_ENV)
+# Set by the --workers supervisor: the inherited descriptor its secrets arrive on.
+SECRETS_FD_ENV = "BLOCKRUN_PROXY_SECRETS_FD"
 # Set by the --workers supervisor for its children: prometheus-client's shared-memory
 # directory, which makes /metrics on any worker report the sum over all of them.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -263,6 +268,17 @@ def read_token(environ: Mapping[str, str] | None = None) -> str | None:
     return env.get(TOKEN_ENV) or None
 
 
+def read_secrets_fd(environ: Mapping[str, str] | None = None) -> int | None:
+    env = os.environ if environ is None else environ
+    value = env.get(SECRETS_FD_ENV)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{SECRETS_FD_ENV} is not a file descriptor: {value!r}") from None
+
+
 def read_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(METRICS_DIR_ENV) or None
@@ -275,7 +291,7 @@ def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | Non
     eth_account (about a second of startup) for what is a one-line file read.
     """
     env = os.environ if environ is None else environ
-    for name in (WALLET_ENV, "BASE_CHAIN_WALLET_KEY"):
+    for name in (WALLET_ENV, LEGACY_WALLET_ENV):
         if env.get(name):
             return env[name].strip(), f"${name}"
     for path in (WALLET_FILE, LEGACY_WALLET_FILE):

@@ -32,6 +32,7 @@ from aiohttp import web
 from blockrun_proxy.app import ADMISSION_KEY, LIMITS_KEY, METRICS_KEY, PAYER_KEY, create_app
 from blockrun_proxy.config import Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
+from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.payer import Payer
 from blockrun_proxy.x402 import NETWORKS
@@ -122,6 +123,12 @@ async def drain(runner: web.AppRunner, grace_seconds: float) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    not_dumpable = forbid_core_dumps()
+    log.info(
+        "key protection: no core dumps, %s",
+        "not dumpable" if not_dumpable else "dumpable (prctl needs Linux)",
+        extra={"fields": {"core_dumps": False, "dumpable": not not_dumpable}},
+    )
     _check_fd_limit(settings)
     async with contextlib.AsyncExitStack() as stack:
         if settings.demo:
