@@ -239,7 +239,8 @@ def parse_state_dir(text: str) -> Path | None:
 def check_cors_origin(origin: str) -> None:
     """Raise ValueError unless ``origin`` is one web origin, ``scheme://host[:port]``."""
     parts = urlsplit(origin)
-    if origin in ("*", "null") or parts.scheme not in ("http", "https") or not parts.hostname:
+    # Any scheme with a host: http(s) pages, but also e.g. an editor's vscode-webview://.
+    if origin in ("*", "null") or not parts.scheme or not parts.hostname:
         raise ValueError(
             f"--cors-origins takes origins like https://app.example, not {origin!r}: every "
             "origin listed can spend the wallet from a browser, so there is no wildcard"

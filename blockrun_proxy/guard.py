@@ -55,6 +55,8 @@ CORS_EXPOSED = (
     "x-request-id, x-blockrun-cost-usd, x-blockrun-settlement, x-litellm-response-cost, "
     "x-should-retry, x-blockrun-upstream-status, Retry-After"
 )
+# What local clients send, checked before any address parsing.
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # RFC 9110 field names: a requested header name is echoed only if it is one.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -122,8 +124,8 @@ class Guard:
             )
 
     def host_allowed(self, name: str) -> bool:
-        if name == "localhost" or name in self.allowed_hosts:
-            return True
+        if name in _LOOPBACK_NAMES or name in self.allowed_hosts:
+            return True  # the common case, without parsing an address
         try:
             address = ipaddress.ip_address(name)
         except ValueError:
