@@ -164,7 +164,7 @@ async def test_the_grace_bounds_the_whole_exit(holding, tmp_path):
     finally:
         await proxy.kill()
     # The drain keeps the grace's last 0.2 s for closing and the exit itself.
-    assert 1.5 <= elapsed < 2.5, elapsed
+    assert 1.5 <= elapsed < 3.0, elapsed  # it was 4.1 s
     assert [line["status"] for line in proxy.access("/v1/chat/completions")] == [499] * 3
 
 
