@@ -12,6 +12,10 @@ one round trip per paid call instead of two. The rules (PROTOCOL.md section 5):
 - a timeout after the paid send is surfaced (the gateway may be serving it);
 - ``PAYMENT_REPLAY`` (the authorization was used and charged) is surfaced, never
   answered with a new signature;
+- redirects are never followed (aiohttp follows them by default, and would carry
+  ``PAYMENT-SIGNATURE``, and on 307/308 the body, to whatever host ``Location``
+  names, whose own 402 would then be signed): a 3xx is the gateway's failure,
+  ``gateway_redirect``;
 - the one exception: a payment signed *up front* that the gateway refuses as
   not used (PAYMENT_INVALID / PAYMENT_UNFUNDED / a fresh 402) charged nothing,
   so the call falls back to probe-then-pay: ask unpaid for a fresh challenge,
@@ -113,7 +117,9 @@ class Gateway:
 
     async def get_models(self) -> tuple[int, bytes]:
         try:
-            async with self._session.get(self._models_url) as resp:
+            async with self._session.get(self._models_url, allow_redirects=False) as resp:
+                if is_redirect(resp.status):
+                    raise redirect_error(resp)
                 return resp.status, await resp.read()
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("the gateway did not answer /v1/models in time") from exc
@@ -237,6 +243,9 @@ class Gateway:
                     raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
                 await asyncio.sleep(RETRY_DELAYS[attempt])
                 continue
+            if is_redirect(response.status):
+                response.release()
+                raise redirect_error(response)
             if response.status < 500 or last:
                 return response
             response.release()
@@ -291,6 +300,15 @@ class Gateway:
                 response.release()
                 await asyncio.sleep(RETRY_DELAYS[attempt])
                 continue
+            if is_redirect(response.status):
+                response.release()
+                raise PaidCallFailed(
+                    f"the gateway answered the paid send with a redirect ({response.status}); "
+                    "redirects are never followed, so the payment went nowhere else, but the "
+                    "gateway may have used it. Not retried.",
+                    code="gateway_redirect",
+                    upstream_status=response.status,
+                )
             if response.status < 400:
                 settlement = parse_payment_response(response.headers.get(PAYMENT_RESPONSE))
                 return Answer(response, payment, settlement)
@@ -298,7 +316,23 @@ class Gateway:
         raise AssertionError("unreachable")
 
     async def _post(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
-        return await self._session.post(self._chat_url, data=body, headers=headers)
+        # Never follow a redirect: the payment header would go wherever it points.
+        return await self._session.post(
+            self._chat_url, data=body, headers=headers, allow_redirects=False
+        )
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400
+
+
+def redirect_error(response: ClientResponse) -> UpstreamError:
+    """A 3xx before any payment was sent: nothing was paid, and nothing is followed."""
+    return UpstreamError(
+        f"the gateway answered with a redirect ({response.status}); the proxy never follows "
+        "redirects from the gateway (a payment would travel to another host)",
+        code="gateway_redirect",
+    )
 
 
 def forwarded_headers(client_headers: Mapping[str, str]) -> CIMultiDict[str]:

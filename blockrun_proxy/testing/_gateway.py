@@ -127,6 +127,13 @@ class FakeGateway:
         self.base_url = f"http://{shown}:{bound_port}{API_PREFIX}"
         return self.base_url
 
+    @property
+    def chat_url(self) -> str:
+        """The chat completions URL (once started), e.g. for another fake's ``redirect_to``."""
+        if self.base_url is None:
+            raise RuntimeError("the fake gateway is not started")
+        return f"{self.base_url}/v1/chat/completions"
+
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -202,6 +209,10 @@ class FakeGateway:
             self._record(request, raw, payment)
 
         mb = self.misbehave
+        if mb.redirect_to is not None and (
+            mb.redirect_paid if header is not None else mb.redirect_unpaid
+        ):
+            return web.Response(status=mb.redirect_status, headers={"Location": mb.redirect_to})
         if mb.delay_seconds > 0:
             await asyncio.sleep(mb.delay_seconds)
         if mb.rate_limit > 0:

@@ -35,3 +35,11 @@ class Misbehavior:
     rate_limit: int = 0  # next N requests get 429
     retry_after: str | None = None  # Retry-After value on 429s and injected failures
     fresh_challenge_on_invalid: bool = False  # invalid payment -> a usable 402, not PAYMENT_INVALID
+
+    # Redirects: answer ``redirect_status`` with ``Location: redirect_to`` (e.g. another
+    # fake gateway's chat URL) instead of handling the request. A client that follows it
+    # would carry the payment header (and, on 307/308, the body) to that host.
+    redirect_to: str | None = None
+    redirect_status: int = 302
+    redirect_unpaid: bool = False  # requests without a payment are redirected
+    redirect_paid: bool = False  # requests carrying a payment are redirected
