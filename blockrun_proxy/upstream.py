@@ -37,7 +37,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession
+from aiohttp import (
+    ClientConnectorError,
+    ClientError,
+    ClientResponse,
+    ClientSession,
+    ConnectionTimeoutError,
+)
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -50,7 +56,7 @@ from blockrun_proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from blockrun_proxy.payer import Payer
+from blockrun_proxy.payer import CallPayment, OnSent, Payer
 from blockrun_proxy.quotes import Features, Presign, QuoteBook, features_from_body, request_features
 from blockrun_proxy.x402 import (
     PaymentRequired,
@@ -74,6 +80,10 @@ RETRY_DELAYS = (0.05, 0.25, 1.0)
 FORWARDED_REQUEST_HEADERS = ("accept", "accept-encoding")
 USED_CODES = frozenset({"PAYMENT_REPLAY"})
 NOT_USED_CODES = frozenset({"PAYMENT_INVALID", "PAYMENT_UNFUNDED"})
+# Failures that prove a send never reached the gateway: no connection was ever made
+# (refused, unresolvable, TLS handshake failed, or no connection within the connect
+# timeout). Only these leave a signature unsent; anything later may have delivered it.
+NEVER_CONNECTED = (ClientConnectorError, ConnectionTimeoutError)
 
 
 @dataclass(slots=True)
@@ -84,15 +94,14 @@ class Answer:
     payment: SignedPayment | None = None
     settlement: PaymentResponse | None = None
     presigned: bool = False  # paid on the first request, from a learned quote
+    # What the call cost (atomic USDC): the signed amount, or less where the scheme
+    # settles at most what was signed; never the gateway's unverifiable claim above it.
+    cost_atomic: int | None = None
 
     @property
     def paid_atomic(self) -> int | None:
-        """What this call cost: the settled amount, else the signed one, else None."""
-        if self.payment is None:
-            return None
-        if self.settlement is not None and self.settlement.amount is not None:
-            return self.settlement.amount
-        return self.payment.amount
+        """What this call cost, None when it was not paid."""
+        return self.cost_atomic if self.payment is not None else None
 
 
 class Gateway:
@@ -133,33 +142,50 @@ class Gateway:
         request_id: str,
         *,
         chat: ChatRequest | None = None,
+        on_sent: OnSent | None = None,
     ) -> Answer:
         """Send a chat request, paying if asked. ``chat`` (the parsed request) lets the
-        quote model price it without parsing the body again."""
+        quote model price it without parsing the body again; ``on_sent`` is told the
+        amount as soon as a payment may have reached the gateway."""
         headers = forwarded_headers(client_headers)
         headers["x-request-id"] = request_id
+        call = self._payer.begin_call(request_id, on_sent=on_sent)
+        try:
+            return await self._send_chat(call, body, headers, chat)
+        finally:
+            await call.finish()
+
+    async def _send_chat(
+        self,
+        call: CallPayment,
+        body: bytes,
+        headers: CIMultiDict[str],
+        chat: ChatRequest | None,
+    ) -> Answer:
         features: Features | None = None
         presigned = None
         if self._may_presign(chat):
             features = self._features(body, chat)
-            presigned = self._presign(features)
+            presigned = await self._presign(call, features)
         if presigned is not None:
             quote, payment = presigned
             try:
-                answer = await self._send_paid(body, headers, payment)
+                answer = await self._send_paid(call, body, headers, payment)
             except PaymentNotAccepted:
                 # Not used, nothing charged. The refusal is not a challenge to trust
-                # (PAYMENT_INVALID carries none), so ask afresh and pay that, once.
+                # (PAYMENT_INVALID carries none), so ask afresh and pay that, once, under
+                # the same nonce: whatever the gateway does with the first, one settles.
                 self._quotes_refused(quote)
                 del headers[PAYMENT_SIGNATURE]
             else:
                 self._quotes_accepted(quote)
                 answer.presigned = True
                 return answer
-        return await self._probe_then_pay(body, headers, chat, features)
+        return await self._probe_then_pay(call, body, headers, chat, features)
 
     async def _probe_then_pay(
         self,
+        call: CallPayment,
         body: bytes,
         headers: CIMultiDict[str],
         chat: ChatRequest | None,
@@ -186,8 +212,8 @@ class Gateway:
             raise
         if self.quotes is not None and features is not None:
             self.quotes.observe(features, requirement, offer.resource, offer.extensions)
-        payment = self._payer.sign(requirement, network, offer.resource, offer.extensions)
-        return await self._send_paid(body, headers, payment)
+        payment = await call.sign(requirement, network, offer.resource, offer.extensions)
+        return await self._send_paid(call, body, headers, payment)
 
     def _may_presign(self, chat: ChatRequest | None) -> bool:
         """Whether the quote book could sign this up front (it has seen the model priced)."""
@@ -202,7 +228,9 @@ class Gateway:
             return request_features(chat.model, chat.max_tokens, chat.data)
         return features_from_body(body)
 
-    def _presign(self, features: Features | None) -> tuple[Presign, SignedPayment] | None:
+    async def _presign(
+        self, call: CallPayment, features: Features | None
+    ) -> tuple[Presign, SignedPayment] | None:
         """A payment signed from a trusted quote, through the same policy and budget
         checks as any other; None to probe first."""
         if self.quotes is None or features is None or not self._payer.can_sign:
@@ -211,7 +239,7 @@ class Gateway:
         if quote is None:
             return None
         try:
-            payment = self._payer.pay_requirement(
+            payment = await call.pay_requirement(
                 quote.requirement, quote.resource, quote.extensions
             )
         except PaymentRefused as refusal:
@@ -253,7 +281,7 @@ class Gateway:
         raise AssertionError("unreachable")
 
     async def _send_paid(
-        self, body: bytes, headers: CIMultiDict[str], payment: SignedPayment
+        self, call: CallPayment, body: bytes, headers: CIMultiDict[str], payment: SignedPayment
     ) -> Answer:
         headers[PAYMENT_SIGNATURE] = payment.header
         # What the gateway did with the last send that reached it ("503", "dropped"). Once
@@ -262,15 +290,8 @@ class Gateway:
         for attempt in range(self._paid_replays + 1):
             last = attempt == self._paid_replays
             try:
-                response = await self._post(body, headers)
-            except asyncio.TimeoutError as exc:
-                raise PaidCallFailed(
-                    "the gateway timed out after the payment was sent; it may have been "
-                    "charged. Not retried automatically.",
-                    code="paid_call_timeout",
-                    upstream_status="timeout",
-                ) from exc
-            except ClientConnectorError as exc:
+                response = await self._post_paid(call, payment, body, headers)
+            except NEVER_CONNECTED as exc:  # before TimeoutError: a connect timeout is one
                 # Never connected, so this send cannot have used the signature: replay it.
                 if not last:
                     await asyncio.sleep(RETRY_DELAYS[attempt])
@@ -282,6 +303,13 @@ class Gateway:
                     "not be reached to replay it; it may have been charged. Not retried.",
                     code="paid_call_unreachable",
                     upstream_status=delivered,
+                ) from exc
+            except asyncio.TimeoutError as exc:
+                raise PaidCallFailed(
+                    "the gateway timed out after the payment was sent; it may have been "
+                    "charged. Not retried automatically.",
+                    code="paid_call_timeout",
+                    upstream_status="timeout",
                 ) from exc
             except ClientError as exc:
                 # Sent, then dropped: replaying the SAME authorization is safe (one nonce).
@@ -311,9 +339,26 @@ class Gateway:
                 )
             if response.status < 400:
                 settlement = parse_payment_response(response.headers.get(PAYMENT_RESPONSE))
-                return Answer(response, payment, settlement)
+                cost = call.settled(payment, settlement)
+                return Answer(response, payment, settlement, cost_atomic=cost)
             raise await classify_paid_error(response)
         raise AssertionError("unreachable")
+
+    async def _post_paid(
+        self, call: CallPayment, payment: SignedPayment, body: bytes, headers: CIMultiDict[str]
+    ) -> ClientResponse:
+        """One send of ``payment``, telling ``call`` whenever it may have reached the
+        gateway: always, except when no connection was ever made. A timeout, a drop or a
+        cancellation mid-send may have delivered it, so it counts as sent."""
+        try:
+            response = await self._post(body, headers)
+        except NEVER_CONNECTED:
+            raise
+        except BaseException:
+            call.sent(payment)
+            raise
+        call.sent(payment)
+        return response
 
     async def _post(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
         # Never follow a redirect: the payment header would go wherever it points.

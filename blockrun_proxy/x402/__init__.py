@@ -5,7 +5,12 @@ signing uses coincurve and pycryptodome's Keccak directly.
 """
 
 from .networks import NETWORKS, Network, network_for
-from .payment import SignedPayment, sign_payment
+from .payment import (
+    SETTLEMENT_ANOMALIES,
+    SignedPayment,
+    settled_cost,
+    sign_payment,
+)
 from .policy import PayerPolicy, usd
 from .refusal import Refusal
 from .signer import (
@@ -27,6 +32,7 @@ from .wire import (
 
 __all__ = [
     "NETWORKS",
+    "SETTLEMENT_ANOMALIES",
     "Authorization",
     "Network",
     "PayerPolicy",
@@ -43,6 +49,7 @@ __all__ = [
     "parse_payment_required",
     "parse_payment_response",
     "recover_transfer_signer",
+    "settled_cost",
     "sign_payment",
     "transfer_digest",
     "usd",
