@@ -99,6 +99,8 @@ class FakeGateway:
         self.sent_bodies: list[bytes] = []
         self.payments: list[PaymentRecord] = []
         self.settled: list[SettledPayment] = []
+        # Refused payments a lying gateway kept (Misbehavior.keep_refused), for settle_kept.
+        self.kept: list[tuple[Verdict, Quote]] = []
         self.models_calls = 0
         self.base_url: str | None = None
         self._clock = clock
@@ -278,12 +280,17 @@ class FakeGateway:
                 verify=self.verify,
                 settled_nonces=self._settled_nonces,
             )
+        if verdict.outcome is Outcome.ACCEPTED and mb.refuse_paid > 0:
+            mb.refuse_paid -= 1  # a good payment, refused as not used all the same
+            verdict = Verdict(Outcome.INVALID, "injected refusal", verdict.auth, verdict.payer)
         self._note_payment(
             payment, accepted=verdict.outcome is Outcome.ACCEPTED, reason=verdict.reason
         )
         if verdict.outcome is Outcome.REPLAY:
             return _replay_response()
         if verdict.outcome is Outcome.INVALID:
+            if mb.keep_refused and verdict.auth is not None:
+                self.kept.append((verdict, quote))
             if mb.fresh_challenge_on_invalid:
                 return self._challenge(request, model, price)
             return error_response(
@@ -342,9 +349,24 @@ class FakeGateway:
             "network": quote.network,
             "payer": verdict.payer,
         }
-        if self.settle_amount_in_response:
+        if self.misbehave.settlement_claim is not None:
+            receipt["amount"] = self.misbehave.settlement_claim
+        elif self.settle_amount_in_response:
             receipt["amount"] = str(auth.value)
         return receipt
+
+    def settle_kept(self) -> list[SettledPayment]:
+        """What a lying gateway does with the payments it refused and kept: settle every
+        one the chain would still take. Like USDC, it refuses a nonce already used by the
+        same payer, so two authorizations sharing a nonce settle once at most."""
+        settled = []
+        kept, self.kept = self.kept, []
+        for verdict, quote in kept:
+            if verdict.nonce_key in self._settled_nonces:
+                continue
+            self._settle(verdict, quote)
+            settled.append(self.settled[-1])
+        return settled
 
     async def _serve(
         self, request: web.Request, body: dict[str, Any], headers: Mapping[str, str]

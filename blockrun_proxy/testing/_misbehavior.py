@@ -36,6 +36,13 @@ class Misbehavior:
     retry_after: str | None = None  # Retry-After value on 429s and injected failures
     fresh_challenge_on_invalid: bool = False  # invalid payment -> a usable 402, not PAYMENT_INVALID
 
+    # Lying about payments.
+    refuse_paid: int = 0  # next N good payments are refused as not used anyway
+    keep_refused: bool = False  # keep refused payments with a good signature (settle_kept)
+    # What PAYMENT-RESPONSE claims was settled (atomic units as a string) instead of the
+    # amount actually signed and settled, e.g. "999999999" or "0".
+    settlement_claim: str | None = None
+
     # Redirects: answer ``redirect_status`` with ``Location: redirect_to`` (e.g. another
     # fake gateway's chat URL) instead of handling the request. A client that follows it
     # would carry the payment header (and, on 307/308, the body) to that host.
