@@ -41,6 +41,7 @@ from aiohttp import (
     ClientConnectorError,
     ClientError,
     ClientResponse,
+    ClientResponseError,
     ClientSession,
     ConnectionTimeoutError,
 )
@@ -65,6 +66,7 @@ from blockrun_proxy.x402 import (
     parse_payment_required,
     parse_payment_response,
 )
+from blockrun_proxy.x402.wire import MAX_HEADER_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,11 @@ PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
 # anything longer is cut here rather than buffered.
 MAX_CLASSIFIED_BODY = 64 * 1024
 RETRY_DELAYS = (0.05, 0.25, 1.0)
+# PAYMENT-REQUIRED carries a whole offer in one header field, over aiohttp's default
+# limit of 8190 bytes for a few requirements. The gateway session reads fields up to
+# this size; a larger one fails the answer, reported as bad_payment_requirement.
+# Every ClientSession that talks to the gateway passes it as ``max_field_size``.
+GATEWAY_MAX_FIELD_SIZE = MAX_HEADER_CHARS
 # The client's headers that mean something to the gateway. Authorization never
 # goes upstream: it is the proxy's token, not the gateway's.
 FORWARDED_REQUEST_HEADERS = ("accept", "accept-encoding")
@@ -266,6 +273,8 @@ class Gateway:
                 response = await self._post(body, headers)
             except asyncio.TimeoutError as exc:
                 raise UpstreamTimeout("the gateway did not answer in time") from exc
+            except ClientResponseError as exc:
+                raise malformed_answer(exc) from exc  # answered: asking again gets the same
             except ClientError as exc:
                 if last:
                     raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
@@ -310,6 +319,15 @@ class Gateway:
                     "charged. Not retried automatically.",
                     code="paid_call_timeout",
                     upstream_status="timeout",
+                ) from exc
+            except ClientResponseError as exc:
+                # Answered (so delivered), in a form that cannot be read: not replayed.
+                failure = malformed_answer(exc)
+                raise PaidCallFailed(
+                    f"{failure.message}, after the payment was sent; it may have been "
+                    "charged. Not retried.",
+                    code=failure.code,
+                    upstream_status="malformed",
                 ) from exc
             except ClientError as exc:
                 # Sent, then dropped: replaying the SAME authorization is safe (one nonce).
@@ -369,6 +387,23 @@ class Gateway:
 
 def is_redirect(status: int) -> bool:
     return 300 <= status < 400
+
+
+def malformed_answer(exc: ClientResponseError) -> UpstreamError:
+    """A gateway answer the HTTP client could not read (aiohttp raises these while
+    parsing the status line and headers)."""
+    # aiohttp's LineTooLong: "Got more than N bytes when reading ...". A 402 carries its
+    # offer in PAYMENT-REQUIRED, the one header that grows, so this is an offer too large.
+    if exc.message.startswith("Got more than"):
+        return UpstreamError(
+            f"the gateway's answer carries a header over {GATEWAY_MAX_FIELD_SIZE} bytes "
+            "(a PAYMENT-REQUIRED this large is not a usable payment requirement)",
+            code="bad_payment_requirement",
+        )
+    return UpstreamError(
+        "the gateway's answer is not readable HTTP (bad status line or headers)",
+        code="bad_gateway_answer",
+    )
 
 
 def redirect_error(response: ClientResponse) -> UpstreamError:

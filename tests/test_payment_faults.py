@@ -404,6 +404,19 @@ async def test_a_gateway_error_body_after_payment_that_is_not_openai_shaped_is_w
         assert len(gateway.settled) == 1
 
 
+async def test_an_unreadable_answer_to_the_paid_send_is_a_424_not_replayed(start_proxy):
+    async def oversized(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        return web.Response(status=402, headers={"PAYMENT-REQUIRED": "A" * 100_000})
+
+    async with when_paid(oversized) as (gateway, switch):
+        proxy = await start_proxy(api_url=gateway.base_url)
+        switch["on"] = True
+        reply = await post(proxy, body_for("cold"))
+        error = assert_failed_after_payment(reply, "malformed")
+        assert error["code"] == "bad_payment_requirement"
+        assert len(received_nonces(gateway, 0)) == 1  # one send: the gateway did answer
+
+
 @pytest.mark.parametrize("path", PATHS)
 async def test_concurrent_identical_requests_each_get_their_own_nonce(start_proxy, gateway, path):
     proxy = await ready(start_proxy, path)

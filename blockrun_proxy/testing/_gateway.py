@@ -323,8 +323,10 @@ class FakeGateway:
                 "description": f"{model.id} - {model.max_output} max output tokens",
                 "mimeType": "application/json",
             },
-            "accepts": [quote.to_json()],
+            "accepts": [quote.to_json()] * self.misbehave.accepts_copies,
         }
+        if self.misbehave.required_padding:
+            required["padding"] = "x" * self.misbehave.required_padding
         body = {
             "error": "Payment Required",
             "x402": required,

@@ -23,6 +23,8 @@ class Misbehavior:
     max_timeout_seconds: int | None = None
     resource_url: str | None = None
     scheme: str | None = None
+    accepts_copies: int = 1  # the requirement listed this many times in ``accepts``
+    required_padding: int = 0  # bytes of junk added to the PAYMENT-REQUIRED JSON
 
     # Failures.
     fail_unpaid: int = 0  # next N requests without a payment get fail_status

@@ -77,6 +77,9 @@ class PayerPolicy:
             )
         if not is_address(req.pay_to):
             _refuse("pay_to_not_allowed", f"payTo {_shown(req.pay_to)} is not an EVM address")
+        if int(req.pay_to, 16) == 0:
+            # Nobody holds the zero address's key: a transfer there is money destroyed.
+            _refuse("pay_to_not_allowed", "payTo is the zero address (a transfer there is burnt)")
         if self.pay_to and req.pay_to.lower() not in self.pay_to:
             _refuse("pay_to_not_allowed", f"payTo {req.pay_to} is not in the allowed list")
         if not 0 < req.max_timeout_seconds <= self.max_timeout_seconds:
