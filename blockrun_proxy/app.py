@@ -321,7 +321,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         exchange.model = chat.model
         answer = await app[GATEWAY_KEY].send_chat(
-            chat.body, request.headers, exchange.request_id, chat=chat
+            chat.body,
+            request.headers,
+            exchange.request_id,
+            chat=chat,
+            on_sent=exchange.payment_sent,
         )
         # The parsed request (every message as Python objects, several times the body's
         # size) is not needed while the answer streams: drop it now, not at the last byte.
