@@ -93,7 +93,9 @@ def main(ctx: click.Context) -> None:
     default=None,
     envvar=_env("BUDGET_USD"),
     type=Decimal,
-    help="Never sign more than this in total over --budget-window. Default: no budget.",
+    help="Never send payments worth more than this in total over --budget-window (held "
+    "from before signing; payments that never reached the gateway are not counted). "
+    "Default: no budget.",
 )
 @click.option(
     "--budget-window",

@@ -99,7 +99,7 @@ class Settings:
     # Retries of the unpaid probe after a 5xx (nothing is signed yet, so these are free).
     probe_retries: int = 2
     pay_to: tuple[str, ...] = ()
-    # At most this much signed over any rolling budget_window_seconds; None = no budget.
+    # At most this much sent over any rolling budget_window_seconds; None = no budget.
     budget_usd: Decimal | None = None
     budget_window_seconds: float = DEFAULT_BUDGET_WINDOW_SECONDS
     # Sign the first request when the quote model is trusted; 0 tolerance = exact amounts only.
