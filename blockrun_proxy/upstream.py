@@ -21,6 +21,12 @@ one round trip per paid call instead of two. The rules (PROTOCOL.md section 5):
   so the call falls back to probe-then-pay: ask unpaid for a fresh challenge,
   sign it once, send. A refusal of that second payment is surfaced.
 
+One nonce per call: every signature of a call is made through its
+``payer.CallPayment``, which signs them all under one EIP-3009 nonce, so even a
+gateway that kept the refused first payment can settle at most one. The call is
+told whenever a send may have reached the gateway (everything but a connection
+that was never made), which is what the budget and the sent metrics count.
+
 Every error after a paid send is a ``PaidCallFailed``: answered ``424`` with
 ``x-should-retry: false``, a status that client libraries which retry on their
 own (408, 409, 429, 5xx) leave alone, so one failure does not become several
