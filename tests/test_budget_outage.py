@@ -56,3 +56,20 @@ async def test_an_outage_spends_no_budget(start_proxy, gateway):
     price = priced(gateway, body)
     assert (await budget.usage()).spent == spent + price
     assert sent_metrics(proxy) == (41, spent + price)
+
+
+async def test_a_payment_that_may_have_reached_the_gateway_counts(start_proxy, gateway):
+    # A timeout after the paid send is not proof of anything: the gateway may be serving
+    # (and charging) it. Only a connection never made releases a reservation.
+    proxy = await start_proxy(budget_usd=Decimal("1"), idle_timeout_seconds=0.3)
+    await warm_up(proxy, FRACTIONAL)
+    budget = proxy.app[PAYER_KEY].budget
+    assert budget is not None
+    spent = (await budget.usage()).spent
+    body = warm_body(FRACTIONAL)
+    gateway.misbehave.delay_seconds = 1.0
+    reply = await post(proxy, body)
+    assert reply.status == 424 and reply.code == "paid_call_timeout"
+    price = priced(gateway, body)
+    assert (await budget.usage()).spent == spent + price
+    assert sent_metrics(proxy) == (41, spent + price)
