@@ -111,7 +111,8 @@ class Settings:
     # What survives a restart lives here; None keeps everything in memory only.
     state_dir: Path | None = DEFAULT_STATE_DIR
     # An EVM JSON-RPC endpoint for on-chain reads (balance, Permit2 allowance); None: none.
-    rpc_url: str | None = None
+    # Out of repr(): hosted endpoints carry their API key in the URL.
+    rpc_url: str | None = field(default=None, repr=False)
     demo: bool = False
     # Secrets are kept out of repr() so a logged Settings never shows them.
     token: str | None = field(default=None, repr=False)

@@ -12,6 +12,7 @@ from blockrun_proxy.testing._gateway import (
     DEFAULT_PAY_TO,
     FakeGateway,
 )
+from blockrun_proxy.testing._ledger import LedgerError, Permit2Transfer, UsdcLedger
 from blockrun_proxy.testing._misbehavior import Misbehavior
 from blockrun_proxy.testing._models import DEFAULT_MODELS, ModelSpec, PricingFn, default_price
 from blockrun_proxy.testing._networks import NETWORKS, Network
@@ -21,6 +22,7 @@ from blockrun_proxy.testing._records import (
     RecordedRequest,
     SettledPayment,
 )
+from blockrun_proxy.testing._rpc import FakeRpc, RpcMisbehavior
 from blockrun_proxy.testing._verify import VerifyMode
 
 __all__ = [
@@ -31,13 +33,18 @@ __all__ = [
     "NETWORKS",
     "AcceptedPayment",
     "FakeGateway",
+    "FakeRpc",
+    "LedgerError",
     "Misbehavior",
     "ModelSpec",
     "Network",
     "PaymentRecord",
+    "Permit2Transfer",
     "PricingFn",
     "RecordedRequest",
+    "RpcMisbehavior",
     "SettledPayment",
+    "UsdcLedger",
     "VerifyMode",
     "default_price",
 ]
