@@ -65,7 +65,8 @@ class UsdcLedger:
     receipts: dict[str, LedgerReceipt] = field(default_factory=dict)
     transfers: list[Permit2Transfer] = field(default_factory=list)
     block: int = 1_000
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Re-entrant: a settlement holds it across its checks and its transfer.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _tx_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     def __post_init__(self) -> None:
