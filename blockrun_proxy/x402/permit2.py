@@ -101,24 +101,33 @@ class UptoAuthorization:
         }
 
 
+# The witness (payee, facilitator, validAfter) is the same on every call to one gateway and
+# a ceiling often repeats (it is the quote), so their struct hashes are cached: a digest is
+# then two Keccak hashes, as for EIP-3009. Bounded; the key is plain data.
+@functools.lru_cache(maxsize=1024)
+def _token_permissions_hash(token: str, amount: int) -> bytes:
+    return keccak256(TOKEN_PERMISSIONS_TYPEHASH + address_word(token) + uint_word(amount))
+
+
+@functools.lru_cache(maxsize=256)
+def _witness_hash(to: str, facilitator: str, valid_after: int) -> bytes:
+    return keccak256(
+        UPTO_WITNESS_TYPEHASH
+        + address_word(to)
+        + address_word(facilitator)
+        + uint_word(valid_after)
+    )
+
+
 def upto_digest(chain_id: int, auth: UptoAuthorization) -> bytes:
     """The EIP-712 digest of ``auth`` under Permit2's domain on ``chain_id``."""
-    permitted = keccak256(
-        TOKEN_PERMISSIONS_TYPEHASH + address_word(auth.token) + uint_word(auth.amount)
-    )
-    witness = keccak256(
-        UPTO_WITNESS_TYPEHASH
-        + address_word(auth.to)
-        + address_word(auth.facilitator)
-        + uint_word(auth.valid_after)
-    )
     struct_hash = keccak256(
         UPTO_PERMIT_WITNESS_TRANSFER_FROM_TYPEHASH
-        + permitted
+        + _token_permissions_hash(auth.token, auth.amount)
         + address_word(auth.spender)
         + uint_word(auth.nonce)
         + uint_word(auth.deadline)
-        + witness
+        + _witness_hash(auth.to, auth.facilitator, auth.valid_after)
     )
     return keccak256(b"\x19\x01" + permit2_domain_separator(chain_id) + struct_hash)
 

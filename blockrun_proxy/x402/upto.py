@@ -17,6 +17,7 @@ of its signatures can ever settle.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ EIP2612_GAS_SPONSORING_VERSION = "1"
 # The official client signs validAfter 0 (valid at once); only the deadline bounds it.
 VALID_AFTER = 0
 ZERO_ADDRESS = "0x" + "00" * 20
+
+# The payee and facilitator repeat on every call; their EIP-55 form costs a Keccak each.
+_checksummed = functools.lru_cache(maxsize=256)(checksum_address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,7 @@ def upto_terms(requirement: Requirement) -> UptoTerms:
             f"({X402_UPTO_PERMIT2_PROXY_ADDRESS})",
             code="spender_mismatch",
         )
-    return UptoTerms(facilitator=checksum_address(str(facilitator)))
+    return UptoTerms(facilitator=_checksummed(str(facilitator)))
 
 
 def gas_sponsoring_declared(extensions: Mapping[str, Any] | None) -> bool:
@@ -150,7 +154,7 @@ def sign_upto_payment(
         spender=X402_UPTO_PERMIT2_PROXY_ADDRESS,
         nonce=nonce,
         deadline=deadline,
-        to=checksum_address(requirement.pay_to),
+        to=_checksummed(requirement.pay_to),
         facilitator=terms.facilitator,
         valid_after=VALID_AFTER,
     )
