@@ -18,12 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from blockrun_proxy.config import Settings
 from blockrun_proxy.evm_rpc import EvmRpc, RpcError
-from blockrun_proxy.x402 import Network, usd
+from blockrun_proxy.x402 import Network, Signer, network_for, usd
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +177,20 @@ class BalanceWatcher:
             )
         elif was_low and not self.low:
             log.info("wallet balance $%s is back above the low-balance threshold", usd(atomic))
+
+
+@contextlib.asynccontextmanager
+async def watching(settings: Settings) -> AsyncIterator[BalanceWatcher | None]:
+    """The running watcher ``settings`` ask for: with ``rpc_url`` and a wallet, the
+    wallet's USDC on the first of ``networks``; otherwise None (nothing is read)."""
+    network = network_for(settings.networks[0]) if settings.networks else None
+    if not settings.rpc_url or not settings.wallet_key or network is None:
+        yield None
+        return
+    address = Signer(settings.wallet_key).address
+    async with EvmRpc(settings.rpc_url) as rpc:
+        watcher = BalanceWatcher.for_wallet(
+            rpc, network, address, low_balance=settings.low_balance_atomic
+        )
+        async with watcher:
+            yield watcher

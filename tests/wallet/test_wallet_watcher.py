@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 
+from blockrun_proxy.config import Settings
 from blockrun_proxy.evm_rpc import EvmRpc, RpcError
 from blockrun_proxy.testing import FakeRpc, UsdcLedger
-from blockrun_proxy.wallet.watcher import BalanceWatcher
-from blockrun_proxy.x402 import NETWORKS
+from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
+from blockrun_proxy.x402 import NETWORKS, Signer
 
 WALLET = "0x1111111111111111111111111111111111111111"
 
@@ -135,3 +137,23 @@ async def test_for_wallet_reads_usdc_through_the_rpc() -> None:
             )
             reading = await watcher.refresh()
     assert reading.atomic == 4_200_000 and watcher.low
+
+
+async def test_watching_follows_the_settings(wallet_key: str) -> None:
+    ledger = UsdcLedger("eip155:84532")
+    ledger.fund(Signer(wallet_key).address, usdc=1_000_000)
+    async with FakeRpc(ledger) as node:
+        settings = Settings(
+            networks=("eip155:84532",),
+            wallet_key=wallet_key,
+            rpc_url=node.url,
+            low_balance_usd=Decimal("2"),
+        )
+        async with watching(settings) as watcher:
+            assert watcher is not None
+            await until(lambda: watcher.latest is not None)
+            assert watcher.latest is not None and watcher.latest.atomic == 1_000_000
+            assert watcher.low
+        for quiet in (Settings(wallet_key=wallet_key), Settings(rpc_url=node.url)):
+            async with watching(quiet) as nothing:
+                assert nothing is None

@@ -331,6 +331,11 @@ def test_signed_permit_fields_win_over_prefilled_ones(wallet_key: str) -> None:
     )
     info = decode_header(signed.header)["extensions"][EIP2612_GAS_SPONSORING_KEY]["info"]
     assert (info["amount"], info["nonce"]) == ("5000", "3")
+    # The parsed 402 is never mutated: the next call echoes the declaration as it was.
+    assert declared[EIP2612_GAS_SPONSORING_KEY]["info"] == {
+        "amount": str(UINT256_MAX),
+        "nonce": "0",
+    }
 
 
 def test_permit_without_declared_sponsoring_is_refused(wallet_key: str) -> None:
