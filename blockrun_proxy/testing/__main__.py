@@ -14,7 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from blockrun_proxy.testing._gateway import DEFAULT_NETWORK, DEFAULT_PAY_TO, FakeGateway
+from blockrun_proxy.testing._ledger import UsdcLedger
 from blockrun_proxy.testing._networks import NETWORKS
+from blockrun_proxy.testing._upto import UptoMode
 from blockrun_proxy.testing._verify import VERIFY_MODES
 
 
@@ -34,6 +36,22 @@ def _parser() -> argparse.ArgumentParser:
         help="omit amount from PAYMENT-RESPONSE, as the real gateway sometimes does",
     )
     p.add_argument(
+        "--upto",
+        action="store_true",
+        help="also offer the upto scheme (verified by the official x402 facilitator code)",
+    )
+    p.add_argument(
+        "--upto-auto-fund",
+        type=int,
+        default=100_000_000,
+        help="with --upto: atomic USDC (and Permit2 allowance) given to each new payer",
+    )
+    p.add_argument(
+        "--upto-gas-sponsoring",
+        action="store_true",
+        help="with --upto: declare the eip2612GasSponsoring extension",
+    )
+    p.add_argument(
         "--record",
         action="store_true",
         help="keep every request and payment in memory (off: nobody can read them here)",
@@ -42,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    upto = (
+        UptoMode(
+            UsdcLedger(args.network),
+            gas_sponsoring=args.upto_gas_sponsoring,
+            auto_fund=args.upto_auto_fund,
+        )
+        if args.upto
+        else None
+    )
     gateway = FakeGateway(
         network=args.network,
         pay_to=args.pay_to,
@@ -51,6 +78,7 @@ async def _serve(args: argparse.Namespace) -> None:
         event_size=args.event_size,
         settle_amount_in_response=not args.no_settle_amount,
         record=args.record,
+        upto=upto,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -40,8 +40,23 @@ from blockrun_proxy.testing._records import (
     SettledPayment,
     payment_record,
 )
-from blockrun_proxy.testing._replies import answer_for, completion, error_response, json_response
+from blockrun_proxy.testing._replies import (
+    answer_for,
+    completion,
+    count_tokens,
+    error_response,
+    json_response,
+)
 from blockrun_proxy.testing._stream import ChunkWriter, frames
+from blockrun_proxy.testing._upto import (
+    UptoMode,
+    UptoOutcome,
+    declared_extensions,
+    is_upto_payment,
+    settle_upto,
+    upto_requirement,
+    verify_upto,
+)
 from blockrun_proxy.testing._verify import VERIFY_MODES, VerifyMode
 
 API_PREFIX = "/api"
@@ -74,6 +89,7 @@ class FakeGateway:
         *,
         record: bool = True,
         clock: Callable[[], float] = time.time,
+        upto: UptoMode | None = None,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
@@ -81,8 +97,12 @@ class FakeGateway:
             raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
+        if upto is not None and upto.ledger.network != network:
+            raise ValueError(f"the upto ledger is on {upto.ledger.network}, not {network}")
         self.network = network
         self.pay_to = pay_to
+        # Upto mode (testing/_upto.py): None keeps the gateway exact-only.
+        self.upto = upto
         self.models: dict[str, ModelSpec] = {m.id: m for m in models}
         self.pricing = pricing
         self.verify: VerifyMode = verify
@@ -268,6 +288,8 @@ class FakeGateway:
         if mb.replay_on_paid:
             self._note_payment(payment, accepted=False, reason="injected PAYMENT_REPLAY")
             return _replay_response()
+        if self.upto is not None and payment is not None and is_upto_payment(payment):
+            return await self._paid_upto(request, body, model, price, payment, self.upto)
 
         quote = self._quote(price)
         if payment is None:
@@ -311,11 +333,76 @@ class FakeGateway:
             )
         return await self._serve(request, body, {"PAYMENT-RESPONSE": encode_header(receipt)})
 
+    async def _paid_upto(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        model: ModelSpec,
+        price: int,
+        payment: dict[str, Any],
+        mode: UptoMode,
+    ) -> web.StreamResponse:
+        """Verify an upto ceiling, settle what the answer actually costs, then serve it."""
+        requirement = upto_requirement(self._quote(price).to_json(), mode)
+        verdict = await asyncio.to_thread(verify_upto, mode, payment, requirement)
+        self._note_payment(
+            payment, accepted=verdict.outcome is UptoOutcome.ACCEPTED, reason=verdict.reason
+        )
+        if verdict.outcome is UptoOutcome.REPLAY:
+            return _replay_response()
+        if verdict.outcome is UptoOutcome.INVALID:
+            if self.misbehave.fresh_challenge_on_invalid:
+                return self._challenge(request, model, price)
+            return error_response(
+                402,
+                f"Payment verification failed: {verdict.reason}",
+                type_="payment_error",
+                code="PAYMENT_INVALID",
+            )
+        actual = min(self._actual_cost(model, body), verdict.ceiling)
+        receipt = await asyncio.to_thread(settle_upto, mode, payment, requirement, actual)
+        if not receipt["success"]:
+            return error_response(
+                402,
+                f"Settlement failed: {receipt.get('errorReason')}",
+                type_="payment_error",
+                code="PAYMENT_INVALID",
+            )
+        self.settled.append(
+            SettledPayment(
+                actual, str(verdict.nonce), receipt["transaction"], verdict.payer, self.network
+            )
+        )
+        if mode.reported_amount is not None:
+            receipt["amount"] = str(mode.reported_amount)
+        elif not self.settle_amount_in_response:
+            del receipt["amount"]
+        if self.misbehave.fail_after_settle > 0:
+            self.misbehave.fail_after_settle -= 1
+            return error_response(
+                500,
+                "The model failed after the payment was settled",
+                type_="server_error",
+                code="upstream_error",
+            )
+        return await self._serve(request, body, {"PAYMENT-RESPONSE": encode_header(receipt)})
+
+    def _actual_cost(self, model: ModelSpec, body: Mapping[str, Any]) -> int:
+        """The price of this call had max_tokens been the tokens the answer really has."""
+        answer = answer_for(body, "")
+        produced = answer.tool_call.arguments if answer.tool_call else answer.text or ""
+        return self._price(model, {**body, "max_tokens": count_tokens(produced)})
+
     # ------------------------------------------------------------------- answers
 
     def _challenge(self, request: web.Request, model: ModelSpec, price: int) -> web.Response:
         quote = self._quote(price)
-        required = {
+        accepts = [quote.to_json()]
+        if self.upto is not None:
+            # BlockRun lists exact first, then upto at the same price as its ceiling.
+            upto = upto_requirement(accepts[0], self.upto)
+            accepts = [upto] if self.upto.only_upto else [*accepts, upto]
+        required: dict[str, Any] = {
             "x402Version": 2,
             "error": "Payment required",
             "resource": {
@@ -323,10 +410,13 @@ class FakeGateway:
                 "description": f"{model.id} - {model.max_output} max output tokens",
                 "mimeType": "application/json",
             },
-            "accepts": [quote.to_json()] * self.misbehave.accepts_copies,
+            "accepts": accepts * self.misbehave.accepts_copies,
         }
         if self.misbehave.required_padding:
             required["padding"] = "x" * self.misbehave.required_padding
+        extensions = declared_extensions(self.upto) if self.upto is not None else None
+        if extensions:
+            required["extensions"] = extensions
         body = {
             "error": "Payment Required",
             "x402": required,
