@@ -4,8 +4,14 @@ It answers on loopback the way the real gateway does (quotes, 402 challenges,
 EIP-3009 verification, settlement, SSE streams) and can be told to misbehave.
 It is an independent implementation of the gateway side, so it also checks the
 proxy's signer. Importing it is cheap: eth_account is loaded on first use.
+
+Besides Base (``FakeGateway``) it plays the other two rails: ``SolanaFakeGateway``
+(x402 exact on Solana, judged by the official x402 SVM verifier, with its own
+``FakeSolanaRpc``) and ``ApiKeyFakeGateway`` (prepaid credit, ``Bearer brk_...``).
+x402 and solders are loaded on first use too.
 """
 
+from blockrun_proxy.testing._apikey import ApiKeyFakeGateway, Charge
 from blockrun_proxy.testing._gateway import (
     API_PREFIX,
     DEFAULT_NETWORK,
@@ -21,6 +27,17 @@ from blockrun_proxy.testing._records import (
     RecordedRequest,
     SettledPayment,
 )
+from blockrun_proxy.testing._solana import (
+    DEFAULT_SOLANA_NETWORK,
+    DEFAULT_SOLANA_PAY_TO,
+    SOLANA_DEVNET,
+    SOLANA_MAINNET,
+    SOLANA_USDC,
+    FakeFacilitator,
+    SolanaFakeGateway,
+    verify_svm_payment,
+)
+from blockrun_proxy.testing._solana_rpc import FakeSolanaRpc, RpcMisbehavior
 from blockrun_proxy.testing._verify import VerifyMode
 
 __all__ = [
@@ -28,16 +45,28 @@ __all__ = [
     "DEFAULT_MODELS",
     "DEFAULT_NETWORK",
     "DEFAULT_PAY_TO",
+    "DEFAULT_SOLANA_NETWORK",
+    "DEFAULT_SOLANA_PAY_TO",
     "NETWORKS",
+    "SOLANA_DEVNET",
+    "SOLANA_MAINNET",
+    "SOLANA_USDC",
     "AcceptedPayment",
+    "ApiKeyFakeGateway",
+    "Charge",
+    "FakeFacilitator",
     "FakeGateway",
+    "FakeSolanaRpc",
     "Misbehavior",
     "ModelSpec",
     "Network",
     "PaymentRecord",
     "PricingFn",
     "RecordedRequest",
+    "RpcMisbehavior",
     "SettledPayment",
+    "SolanaFakeGateway",
     "VerifyMode",
     "default_price",
+    "verify_svm_payment",
 ]

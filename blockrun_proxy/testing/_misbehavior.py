@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Misbehavior:
     max_timeout_seconds: int | None = None
     resource_url: str | None = None
     scheme: str | None = None
+    extra: dict[str, Any] | None = None  # merged into the requirement's extra (Solana: feePayer)
 
     # Failures.
     fail_unpaid: int = 0  # next N requests without a payment get fail_status
