@@ -121,6 +121,17 @@ class UpstreamTimeout(UpstreamError):
     code = "gateway_timeout"
 
 
+class SolanaRpcUnreachable(ProxyError):
+    """No fresh Solana blockhash: the RPC (``--solana-rpc-url``) has not answered lately.
+
+    Raised before anything is signed, so the call was not paid; 503 (the proxy cannot
+    pay on Solana right now) rather than 502, which would blame the gateway."""
+
+    status = 503
+    type = "server_error"
+    code = "solana_rpc_unreachable"
+
+
 # Every error answered after a payment was sent uses this status. Clients retry 408, 409,
 # 429 and 5xx on their own (the openai SDK and so langchain; LiteLLM's ``should_retry`` and so
 # its Router and the LiteLLM Proxy), and a retry there is a NEW paid call (PROTOCOL.md
