@@ -7,6 +7,7 @@ without loading solders, and lets key parsing say what is wrong with a key's sha
 
 from __future__ import annotations
 
+import functools
 import re
 
 ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -44,9 +45,16 @@ def b58encode(data: bytes) -> str:
 
 
 def is_pubkey(value: object) -> bool:
-    """True for a base58 string that decodes to exactly 32 bytes (any Solana address)."""
-    if not isinstance(value, str) or _PUBKEY_RE.match(value) is None:
-        return False
-    raw = b58decode(value)
-    # Canonical form only, so two spellings can never name one key in a comparison.
-    return len(raw) == 32 and b58encode(raw) == value
+    """True for a base58 string that decodes to exactly 32 bytes (any Solana address).
+
+    Base58 has one spelling per byte string (leading '1's are the zero bytes, then no
+    leading zero digit), so two different strings never name the same key.
+    """
+    return isinstance(value, str) and _is_pubkey_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_pubkey_text(text: str) -> bool:
+    # Cached: the same payTo, fee payer and mint come with every 402, and the decode is
+    # big-integer arithmetic in Python. Bounded, as the values come from the gateway.
+    return _PUBKEY_RE.match(text) is not None and len(b58decode(text)) == 32
