@@ -90,6 +90,7 @@ class BlockhashCache:
         self._inflight: asyncio.Task[Blockhash] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self.fetches = 0
         self.failures = 0
 
@@ -103,6 +104,7 @@ class BlockhashCache:
             )
 
     async def close(self) -> None:
+        self._closed = True  # no fetch after this: it would open a session nobody closes
         for task in (self._loop_task, self._inflight):
             if task is not None and not task.done():
                 task.cancel()
@@ -192,6 +194,8 @@ class BlockhashCache:
         return blockhash
 
     async def _request(self) -> Blockhash:
+        if self._closed:
+            raise RpcFailure("the blockhash cache is closed")
         session = self._session_for_rpc()
         try:
             async with session.post(
@@ -207,6 +211,8 @@ class BlockhashCache:
             raise RpcFailure("timed out") from None
         except aiohttp.ClientError as exc:
             raise RpcFailure(f"unreachable ({type(exc).__name__})") from None
+        except ValueError:  # a URL aiohttp cannot use (Settings.check should have said)
+            raise RpcFailure("the RPC URL is not usable") from None
         if len(body) > MAX_RESPONSE_BYTES:
             raise RpcFailure("answer too large")
         return _parse(body, self._clock())

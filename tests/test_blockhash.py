@@ -163,3 +163,11 @@ async def test_bad_answers_are_failures_not_blockhashes(
 def test_refresh_must_be_shorter_than_the_age_limit() -> None:
     with pytest.raises(ValueError):
         BlockhashCache("http://127.0.0.1:1/", refresh_seconds=30, max_age_seconds=30)
+
+
+async def test_a_closed_cache_fetches_nothing(rpc: FakeSolanaRpc) -> None:
+    cache = BlockhashCache(str(rpc.url))
+    await cache.close()
+    with pytest.raises(SolanaRpcUnreachable, match="closed"):
+        await cache.get()
+    assert rpc.calls == []

@@ -126,7 +126,12 @@ def verify_svm_payment(
         requirements = PaymentRequirements.model_validate(dict(requirement))
     except ValidationError as exc:
         return False, f"invalid_payload: {exc.error_count()} validation errors", ""
-    result = ExactSvmScheme(facilitator).verify(payload, requirements)
+    try:
+        result = ExactSvmScheme(facilitator).verify(payload, requirements)
+    except (IndexError, ValueError) as exc:
+        # The official verifier indexes accounts without bounds checks: a malformed
+        # transaction is invalid, not a crash of the fake.
+        return False, f"invalid_exact_svm_payload: {type(exc).__name__}", ""
     reason = result.invalid_reason
     if result.invalid_message:
         reason = f"{reason}: {result.invalid_message}"
