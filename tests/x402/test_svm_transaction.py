@@ -186,3 +186,16 @@ def test_the_audit_accepts_the_official_layout_and_refuses_another_plan() -> Non
 
 def _fields(plan: TransferPlan) -> dict[str, Any]:
     return {name: getattr(plan, name) for name in TransferPlan.__dataclass_fields__}
+
+
+def test_a_fee_payer_that_is_one_of_our_accounts_is_caught_by_the_audit() -> None:
+    """The policy knows no token account addresses (they need solders); the audit does."""
+    signer = CountingSigner()
+    source = svm_tx.associated_token_account(signer.address, MAINNET.usdc_mint, TOKEN_PROGRAM)
+    pay_to = new_address()
+    destination = svm_tx.associated_token_account(pay_to, MAINNET.usdc_mint, TOKEN_PROGRAM)
+    for fee_payer in (source, destination, signer.address):
+        with pytest.raises(Refusal) as exc:
+            svm_tx.sign_transfer(signer, plan_for(signer, fee_payer=fee_payer, pay_to=pay_to))
+        assert exc.value.code == "transaction_mismatch"
+    assert signer.signatures == 0
