@@ -73,7 +73,14 @@ class FakeGateway:
     Create it, then either ``await start()`` for a real loopback server or hand
     ``gw.app`` to pytest-aiohttp. Flip ``gw.misbehave`` between calls and read
     ``requests`` / ``payments`` / ``settled`` to see what the proxy did.
+
+    The Solana and API-key modes (``_solana.py``, ``_apikey.py``) are subclasses that
+    override the hooks below: ``prefix``, ``_check_terms``, ``_quote``, ``_verify``,
+    ``_settle`` and ``_note_payment``.
     """
+
+    # The path every route hangs under: "/api" on the x402 hosts, "" on the API-key host.
+    prefix = API_PREFIX
 
     def __init__(
         self,
@@ -91,10 +98,7 @@ class FakeGateway:
         clock: Callable[[], float] = time.time,
         upto: UptoMode | None = None,
     ) -> None:
-        if network not in NETWORKS:
-            raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
-        if not is_address(pay_to):
-            raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
+        self._check_terms(network, pay_to)
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
         if upto is not None and upto.ledger.network != network:
@@ -128,8 +132,8 @@ class FakeGateway:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
-        self.app.router.add_post(f"{API_PREFIX}/v1/chat/completions", self._chat_completions)
-        self.app.router.add_get(f"{API_PREFIX}/v1/models", self._list_models)
+        self.app.router.add_post(f"{self.prefix}/v1/chat/completions", self._chat_completions)
+        self.app.router.add_get(f"{self.prefix}/v1/models", self._list_models)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -146,7 +150,7 @@ class FakeGateway:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.base_url = f"http://{shown}:{bound_port}{API_PREFIX}"
+        self.base_url = f"http://{shown}:{bound_port}{self.prefix}"
         return self.base_url
 
     @property
@@ -168,6 +172,13 @@ class FakeGateway:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _check_terms(self, network: str, pay_to: str) -> None:
+        """ValueError for a network or payTo this gateway cannot quote."""
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
+        if not is_address(pay_to):
+            raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
 
     # ------------------------------------------------------------------- pricing
 
@@ -295,13 +306,7 @@ class FakeGateway:
         if payment is None:
             verdict = Verdict(Outcome.INVALID, decode_error)
         else:
-            verdict = check_payment(
-                payment,
-                quote,
-                now=int(self._clock()),
-                verify=self.verify,
-                settled_nonces=self._settled_nonces,
-            )
+            verdict = self._verify(payment, quote)
         if verdict.outcome is Outcome.ACCEPTED and mb.refuse_paid > 0:
             mb.refuse_paid -= 1  # a good payment, refused as not used all the same
             verdict = Verdict(Outcome.INVALID, "injected refusal", verdict.auth, verdict.payer)
@@ -423,6 +428,16 @@ class FakeGateway:
             "price": {"amount": usd_string(price), "currency": "USD"},
         }
         return json_response(402, body, {"PAYMENT-REQUIRED": encode_header(required)})
+
+    def _verify(self, payment: dict[str, Any], quote: Quote) -> Verdict:
+        """Judge a decoded payment against the quote for this request."""
+        return check_payment(
+            payment,
+            quote,
+            now=int(self._clock()),
+            verify=self.verify,
+            settled_nonces=self._settled_nonces,
+        )
 
     def _settle(self, verdict: Verdict, quote: Quote) -> dict[str, Any]:
         auth = verdict.auth

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Misbehavior:
     scheme: str | None = None
     accepts_copies: int = 1  # the requirement listed this many times in ``accepts``
     required_padding: int = 0  # bytes of junk added to the PAYMENT-REQUIRED JSON
+    extra: dict[str, Any] | None = None  # merged into the requirement's extra (Solana: feePayer)
 
     # Failures.
     fail_unpaid: int = 0  # next N requests without a payment get fail_status
