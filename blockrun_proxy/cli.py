@@ -6,11 +6,13 @@ import asyncio
 import logging
 import os
 from decimal import Decimal
+from pathlib import Path
 
 import click
 
 from blockrun_proxy import config, keyguard, logs
 from blockrun_proxy.config import Settings
+from blockrun_proxy.wallet.cli import wallet
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -40,11 +42,20 @@ def main(ctx: click.Context) -> None:
     "--port", default=config.DEFAULT_PORT, show_default=True, type=int, envvar=_env("PORT")
 )
 @click.option(
-    "--api-url",
-    default=config.DEFAULT_API_URL,
+    "--chain",
+    default=config.DEFAULT_CHAIN,
     show_default=True,
+    envvar=_env("CHAIN"),
+    type=click.Choice(config.CHAINS),
+    help="Which BlockRun gateway and networks to pay on by default: base "
+    f"({config.DEFAULT_API_URL}) or solana ({config.SOLANA_API_URL}). "
+    "--api-url and --networks override it.",
+)
+@click.option(
+    "--api-url",
+    default=None,
     envvar="BLOCKRUN_API_URL",
-    help="The BlockRun gateway base URL.",
+    help="The BlockRun gateway base URL. [default: per --chain]",
 )
 @click.option(
     "--log-level",
@@ -62,10 +73,10 @@ def main(ctx: click.Context) -> None:
 )
 @click.option(
     "--networks",
-    default=",".join(config.DEFAULT_NETWORKS),
-    show_default=True,
+    default=None,
     envvar=_env("NETWORKS"),
-    help="Comma-separated CAIP-2 networks the payer may sign on.",
+    help="Comma-separated CAIP-2 networks the payer may sign on. [default: per --chain: "
+    f"{','.join(config.DEFAULT_NETWORKS)} or {','.join(config.SOLANA_NETWORKS)}]",
 )
 @click.option(
     "--max-price-usd",
@@ -94,7 +105,9 @@ def main(ctx: click.Context) -> None:
     default=None,
     envvar=_env("BUDGET_USD"),
     type=Decimal,
-    help="Never sign more than this in total over --budget-window. Default: no budget.",
+    help="Never send payments worth more than this in total over --budget-window (held "
+    "from before signing; payments that never reached the gateway are not counted). "
+    "Default: no budget.",
 )
 @click.option(
     "--budget-window",
@@ -236,6 +249,35 @@ def main(ctx: click.Context) -> None:
     help="An EVM JSON-RPC endpoint for on-chain reads (wallet balance, Permit2 allowance).",
 )
 @click.option(
+    "--low-balance-usd",
+    default=None,
+    envvar=_env("LOW_BALANCE_USD"),
+    type=Decimal,
+    help="With --rpc-url: warn once when the wallet's USDC balance falls below this.",
+)
+@click.option(
+    "--solana-rpc-url",
+    default=None,
+    envvar=_env("SOLANA_RPC_URL"),
+    help="The Solana JSON-RPC endpoint recent blockhashes come from. [default: the public "
+    "RPC of the Solana networks allowed: mainnet, or devnet when they are all devnet]",
+)
+@click.option(
+    "--solana-keypair",
+    default=None,
+    envvar=_env("SOLANA_KEYPAIR"),
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"A solana-keygen JSON keypair file to pay from, when {config.SOLANA_KEY_ENV} is unset. "
+    f"[default: {config.SOLANA_WALLET_FILE}]",
+)
+@click.option(
+    "--api-key-url",
+    default=config.DEFAULT_API_KEY_URL,
+    show_default=True,
+    envvar=config.API_KEY_URL_ENV,
+    help=f"The host calls go to when {config.API_KEY_ENV} is set (prepaid credit, no x402).",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="Start a built-in fake x402 gateway and a throwaway wallet (no network needed).",
@@ -243,10 +285,11 @@ def main(ctx: click.Context) -> None:
 def serve(
     host: str,
     port: int,
-    api_url: str,
+    chain: str,
+    api_url: str | None,
     log_level: str,
     log_format: str,
-    networks: str,
+    networks: str | None,
     max_price_usd: Decimal,
     default_max_tokens: int,
     pay_to: tuple[str, ...],
@@ -269,20 +312,31 @@ def serve(
     cors_origins: str,
     state_dir: str,
     rpc_url: str | None,
+    low_balance_usd: Decimal | None,
+    solana_rpc_url: str | None,
+    solana_keypair: Path | None,
+    api_key_url: str,
     demo: bool,
 ) -> None:
     """Run the proxy (the default command)."""
     try:
-        secrets = keyguard.take_secrets()  # first: out of the environment before anything runs
+        # First: out of the environment before anything else runs.
+        secrets = keyguard.take_secrets(solana_keypair=solana_keypair)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    chain_api_url, chain_networks = config.chain_defaults(chain)
     settings = Settings(
         host=host,
         port=port,
-        api_url=api_url,
+        chain=chain,
+        api_url=api_url or chain_api_url,
         log_level=log_level.lower(),
         log_format=log_format,
-        networks=tuple(n.strip() for n in networks.split(",") if n.strip()),
+        networks=(
+            tuple(n.strip() for n in networks.split(",") if n.strip())
+            if networks is not None
+            else chain_networks
+        ),
         max_price_usd=max_price_usd,
         default_max_tokens=default_max_tokens,
         pay_to=pay_to,
@@ -306,9 +360,15 @@ def serve(
         cors_origins=_comma_list(cors_origins),
         state_dir=config.parse_state_dir(state_dir),
         rpc_url=rpc_url or None,
+        low_balance_usd=low_balance_usd,
+        solana_rpc_url=solana_rpc_url or None,
+        solana_keypair=solana_keypair,
+        api_key_url=api_key_url.rstrip("/"),
         demo=demo,
         token=secrets.token,
         wallet_key=None if demo else secrets.wallet_key,
+        solana_key=None if demo else secrets.solana_key,
+        api_key=None if demo else secrets.api_key,
     )
     try:
         settings.check()
@@ -317,7 +377,7 @@ def serve(
         raise click.UsageError(str(exc)) from None
     stop_logging = logs.setup(settings.log_level, settings.log_format)
     try:
-        code = _run(settings, secrets.wallet_source)
+        code = _run(settings, secrets)
     finally:
         flushed = stop_logging()
     if not flushed:
@@ -328,17 +388,16 @@ def serve(
         raise SystemExit(code)
 
 
-def _run(settings: Settings, wallet_source: str) -> int:
+def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
     log = logging.getLogger("blockrun_proxy")
     if settings.workers > 1:
         from blockrun_proxy.workers import supervise
 
-        secrets = keyguard.Secrets(wallet_source, settings.wallet_key, settings.token)
         return supervise(_worker_options(click.get_current_context()), settings.workers, secrets)
     if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
     elif settings.wallet_key:
-        log.info("wallet loaded from %s", wallet_source)
+        log.info("wallet loaded from %s", secrets.wallet_source)
     else:
         log.warning(
             "no wallet: serving free models only (set %s to pay for others)", config.WALLET_ENV
@@ -392,19 +451,47 @@ def _check_wallet(settings: Settings) -> None:
         from blockrun_proxy.x402 import Signer
 
         Signer(settings.wallet_key)  # raises ValueError without echoing the key
+    if settings.solana_key:
+        from blockrun_proxy.x402.svm import solana_secret
+
+        solana_secret(settings.solana_key)  # the same: shape errors only, never the key
 
 
 @main.command()
-def address() -> None:
-    """Print the wallet address the proxy would pay from (never the key)."""
-    from blockrun_proxy.x402 import Signer
-
+@click.option(
+    "--solana-keypair",
+    default=None,
+    envvar=_env("SOLANA_KEYPAIR"),
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A solana-keygen JSON keypair file, as for serve.",
+)
+def address(solana_keypair: Path | None) -> None:
+    """Print the addresses the proxy would pay from, Base and Solana (never a key)."""
+    lines = []
     key, source = config.read_wallet_key()
-    if not key:
-        raise click.ClickException(
-            f"no wallet: set {config.WALLET_ENV} or create {config.WALLET_FILE}"
-        )
+    if key:
+        from blockrun_proxy.x402 import Signer
+
+        try:
+            lines.append(f"base    {Signer(key).address}  (from {source})")
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
-        click.echo(f"{Signer(key).address}  (from {source})")
+        solana_key, solana_source = config.read_solana_key(keypair=solana_keypair)
+        if solana_key:
+            from blockrun_proxy.x402.svm import SolanaSigner
+
+            lines.append(f"solana  {SolanaSigner(solana_key).address}  (from {solana_source})")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if config.read_api_key():
+        lines.append(f"api key set (${config.API_KEY_ENV}): calls are paid from prepaid credit")
+    if not lines:
+        raise click.ClickException(
+            f"no wallet: set {config.WALLET_ENV} or create {config.WALLET_FILE} (Base), "
+            f"or set {config.SOLANA_KEY_ENV} or create {config.SOLANA_WALLET_FILE} (Solana)"
+        )
+    click.echo("\n".join(lines))
+
+
+main.add_command(wallet)

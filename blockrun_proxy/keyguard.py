@@ -1,11 +1,13 @@
 """Where the wallet key may live: in this process's memory, and nowhere else.
 
-``serve`` reads the key (and the proxy token) once, then:
+``serve`` reads the key (and the other secrets: a Solana key, an API key, the proxy
+token) once, then:
 
-- removes ``BLOCKRUN_WALLET_KEY``, ``BASE_CHAIN_WALLET_KEY`` and ``BLOCKRUN_PROXY_TOKEN``
-  from the environment. ``/proc/<pid>/environ`` shows the block of memory the kernel
-  put the environment in at exec, not the live environment, so removing the variables
-  is not enough: their values are zeroed in that block first (Linux);
+- removes ``BLOCKRUN_WALLET_KEY``, ``BASE_CHAIN_WALLET_KEY``, the Solana key and API key
+  variables and ``BLOCKRUN_PROXY_TOKEN`` from the environment (``config.SECRET_ENVS``).
+  ``/proc/<pid>/environ`` shows the block of memory the kernel put the environment in at
+  exec, not the live environment, so removing the variables is not enough: their values
+  are zeroed in that block first (Linux);
 - turns core dumps off: ``RLIMIT_CORE`` 0 and ``prctl(PR_SET_DUMPABLE, 0)`` (Linux), so
   a crash or a ``kill -ABRT`` writes no file with the key in it, and other processes of
   the same user cannot read this one's memory (``ptrace``, ``/proc/<pid>/mem``);
@@ -24,6 +26,7 @@ import os
 import resource
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -42,42 +45,50 @@ _LINUX = sys.platform.startswith("linux")
 
 @dataclass(frozen=True, slots=True)
 class Secrets:
+    """What ``serve`` must hold and nothing else may see: the wallet keys, the API key and
+    the proxy token (each None when not configured)."""
+
     wallet_source: str
     wallet_key: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    solana_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
 
     def to_pipe(self) -> bytes:
-        return orjson.dumps(
-            {
-                "wallet_key": self.wallet_key,
-                "wallet_source": self.wallet_source,
-                "token": self.token,
-            }
-        )
+        return orjson.dumps({name: getattr(self, name) for name in _PIPED})
 
     @classmethod
     def from_pipe(cls, data: bytes) -> Secrets:
         try:
             fields = orjson.loads(data)
-            return cls(
-                wallet_key=fields["wallet_key"],
-                wallet_source=f"{fields['wallet_source']} (from the supervisor)",
-                token=fields["token"],
-            )
+            values = {name: fields[name] for name in _PIPED}
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise ValueError("the secrets pipe from the supervisor is unreadable") from None
+        values["wallet_source"] = f"{values['wallet_source']} (from the supervisor)"
+        return cls(**values)
 
 
-def take_secrets() -> Secrets:
-    """The key and token for ``serve``: from the supervisor's pipe when this is a
-    ``--workers`` child, else from the environment or the wallet file; then gone from
-    the environment."""
+_PIPED = ("wallet_source", "wallet_key", "token", "solana_key", "api_key")
+
+
+def take_secrets(*, solana_keypair: Path | None = None) -> Secrets:
+    """The secrets for ``serve``: from the supervisor's pipe when this is a ``--workers``
+    child, else from the environment or the wallet files; then gone from the environment.
+    ValueError (with no secret in it) for a pipe or a ``--solana-keypair`` that cannot be
+    read."""
     fd = config.read_secrets_fd()
     if fd is not None:
         secrets = Secrets.from_pipe(_read_pipe(fd))
     else:
         key, source = config.read_wallet_key()
-        secrets = Secrets(wallet_source=source, wallet_key=key, token=config.read_token())
+        solana_key, _ = config.read_solana_key(keypair=solana_keypair)
+        secrets = Secrets(
+            wallet_source=source,
+            wallet_key=key,
+            token=config.read_token(),
+            solana_key=solana_key,
+            api_key=config.read_api_key(),
+        )
     scrub_environ((*config.SECRET_ENVS, config.SECRETS_FD_ENV))
     return secrets
 

@@ -17,10 +17,12 @@ import orjson
 import pytest
 from ops_support import JSON, WORKTREE, free_port, proxy_environ
 from proc_support import ProxyProcess
+from solders.keypair import Keypair
 
 from blockrun_proxy import keyguard
 from blockrun_proxy.config import SECRET_ENVS
 from blockrun_proxy.testing import FakeGateway
+from blockrun_proxy.x402.svm._base58 import b58encode
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl")
 
@@ -40,11 +42,19 @@ async def gateway() -> AsyncIterator[FakeGateway]:
 
 
 def secret_env(tmp_path: Path, key: str, token: str) -> dict[str, str]:
-    # Both wallet variables: the one not used must go too.
-    other = "0x" + secrets.token_hex(32)
+    # Every secret variable, the ones not used included: all of them must go.
     return proxy_environ(
-        tmp_path, BLOCKRUN_WALLET_KEY=key, BASE_CHAIN_WALLET_KEY=other, BLOCKRUN_PROXY_TOKEN=token
+        tmp_path,
+        BLOCKRUN_WALLET_KEY=key,
+        BASE_CHAIN_WALLET_KEY="0x" + secrets.token_hex(32),
+        BLOCKRUN_SOLANA_KEY=b58encode(bytes(Keypair())),
+        BLOCKRUN_API_KEY="brk_" + secrets.token_hex(16),
+        BLOCKRUN_PROXY_TOKEN=token,
     )
+
+
+def secret_values(env: dict[str, str]) -> list[str]:
+    return [value for name, value in env.items() if name in SECRET_ENVS]
 
 
 def assert_no_secrets(pid: int, *values: str) -> None:
@@ -92,7 +102,7 @@ async def test_a_served_proxy_keeps_its_secrets_in_memory_only(tmp_path, gateway
     try:
         await paid_call(proxy.base_url, token)  # the key is loaded: it signs
         pid = proxy.proc.pid
-        assert_no_secrets(pid, wallet_key, token, env["BASE_CHAIN_WALLET_KEY"])
+        assert_no_secrets(pid, *secret_values(env))
         assert core_limit(pid) == "0"
         (protection,) = [line for line in proxy.lines if "dumpable" in line]
         assert protection["dumpable"] is False  # prctl(PR_GET_DUMPABLE) said 0
@@ -117,9 +127,9 @@ async def test_workers_get_the_secrets_through_a_pipe_not_their_environment(
         children = {line["pid"] for line in proxy.lines if "url" in line}
         assert len(children) == 2
         for pid in (proxy.proc.pid, *children):
-            assert_no_secrets(pid, wallet_key, token, env["BASE_CHAIN_WALLET_KEY"])
+            assert_no_secrets(pid, *secret_values(env))
             assert core_limit(pid) == "0"
-            assert_not_on_the_command_line(pid, wallet_key, token)
+            assert_not_on_the_command_line(pid, *secret_values(env))
         for pid in children:
             assert pipes_beyond_stdio(pid) == []  # the secrets pipe was read once and closed
         protections = [line for line in proxy.lines if "dumpable" in line]
@@ -199,11 +209,16 @@ def test_forbid_core_dumps_makes_the_process_non_dumpable():
 
 
 def test_secrets_travel_whole_through_the_pipe():
-    sent = keyguard.Secrets("$BLOCKRUN_WALLET_KEY", "0x" + "ab" * 32, "t" * 40)
+    sent = keyguard.Secrets("$BLOCKRUN_WALLET_KEY", "0x" + "ab" * 32, "t" * 40, "sol", "brk_x")
     fd = keyguard.send_secrets(sent)
     with os.fdopen(fd, "rb") as pipe:
         got = keyguard.Secrets.from_pipe(pipe.read())
-    assert (got.wallet_key, got.token) == (sent.wallet_key, sent.token)
+    assert (got.wallet_key, got.token, got.solana_key, got.api_key) == (
+        sent.wallet_key,
+        sent.token,
+        sent.solana_key,
+        sent.api_key,
+    )
     assert "ab" * 32 not in repr(got)
     with pytest.raises(ValueError, match="unreadable"):
         keyguard.Secrets.from_pipe(b"not json")
