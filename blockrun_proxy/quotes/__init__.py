@@ -2,19 +2,28 @@
 
 - ``features``: what we measure of a request (no tokenizer);
 - ``fit``: exact-rational fitting of the price formula from observations;
-- ``book``: per model id, the latest requirement, the hypothesis and its trust.
+- ``book``: per price key (route, model), the latest requirement, the hypothesis and its trust.
 """
 
 from blockrun_proxy.quotes.book import Presign, QuoteBook, QuoteStats, Template
-from blockrun_proxy.quotes.features import MEASURES, Features, features_from_body, request_features
+from blockrun_proxy.quotes.features import (
+    CHAT_ROUTE,
+    MEASURES,
+    Features,
+    PriceKey,
+    features_from_body,
+    request_features,
+)
 from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote
 
 __all__ = [
+    "CHAT_ROUTE",
     "MEASURES",
     "Features",
     "Hypothesis",
     "Observation",
     "Presign",
+    "PriceKey",
     "Quote",
     "QuoteBook",
     "QuoteStats",

@@ -1,4 +1,7 @@
-"""The quote book: per model id, what the gateway last asked for and whether we can predict it.
+"""The quote book: per price key, what the gateway last asked for and whether we can predict it.
+
+A price key is ``(route, model)`` (features.py): chat's and Anthropic's prices for one model
+are learned apart.
 
 For every 402 the proxy sees, the book
 
@@ -32,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from blockrun_proxy.quotes.features import MEASURES, Features
+from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURES, Features, PriceKey
 from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote, fit
 from blockrun_proxy.x402 import Requirement
 
@@ -79,11 +82,15 @@ class Template:
 class Presign:
     """A requirement to sign before asking: the template with the predicted amount."""
 
-    model: str
+    key: PriceKey
     requirement: Requirement
     resource: Mapping[str, Any]
     extensions: Mapping[str, Any] | None
     overpay: int  # the most this amount can be above the price (0 unless tolerance allows)
+
+    @property
+    def model(self) -> str:
+        return self.key[1]
 
     @property
     def amount(self) -> int:
@@ -126,17 +133,17 @@ class QuoteBook:
         self.min_observations = min_observations
         self._max_models = max_models
         self._clock = clock
-        self._models: OrderedDict[str, _ModelState] = OrderedDict()
+        self._models: OrderedDict[PriceKey, _ModelState] = OrderedDict()
 
     # --- asking ---------------------------------------------------------------------------
 
-    def knows(self, model: str) -> bool:
-        """Whether a 402 for ``model`` has been observed (and is still in the book)."""
-        return model in self._models
+    def knows(self, model: str, route: str = CHAT_ROUTE) -> bool:
+        """Whether a 402 for ``model`` on ``route`` has been observed (and is still here)."""
+        return (route, model) in self._models
 
     def presign(self, features: Features) -> Presign | None:
         """What to sign up front for this request, or None to probe first."""
-        state = self._models.get(features.model)
+        state = self._models.get(features.key)
         if not self.enabled or state is None or not self._trusted(state):
             return None
         template = state.template
@@ -153,19 +160,19 @@ class QuoteBook:
             raw={**template.requirement.raw, "amount": str(amount)},
         )
         return Presign(
-            features.model,
+            features.key,
             requirement,
             template.resource,
             template.extensions,
             overpay=overpay,
         )
 
-    def trusted(self, model: str) -> bool:
-        state = self._models.get(model)
+    def trusted(self, model: str, route: str = CHAT_ROUTE) -> bool:
+        state = self._models.get((route, model))
         return state is not None and self._trusted(state)
 
-    def hypotheses(self, model: str) -> list[Hypothesis]:
-        state = self._models.get(model)
+    def hypotheses(self, model: str, route: str = CHAT_ROUTE) -> list[Hypothesis]:
+        state = self._models.get((route, model))
         return [] if state is None else list(state.hypotheses)
 
     # --- outcomes of presigns ---------------------------------------------------------------
@@ -176,7 +183,7 @@ class QuoteBook:
     def accepted(self, presign: Presign) -> None:
         self.stats.hits += 1
         self.stats.overpaid_atomic += presign.overpay
-        state = self._models.get(presign.model)
+        state = self._models.get(presign.key)
         if state is not None:
             state.clean += 1
             if state.clean >= self._window:  # a long clean run earns back some slack
@@ -186,7 +193,7 @@ class QuoteBook:
     def refused(self, presign: Presign) -> None:
         """The gateway did not use the presigned payment: stop trusting until re-earned."""
         self.stats.misses += 1
-        state = self._models.get(presign.model)
+        state = self._models.get(presign.key)
         if state is not None:
             self._demote(state)
 
@@ -204,7 +211,7 @@ class QuoteBook:
     ) -> None:
         """A 402 for this request asked for ``requirement`` (already accepted by the policy)."""
         self.stats.probed += 1
-        state = self._state(features.model)
+        state = self._state(features.key)
         ceiling = _ceiling(resource)
         if ceiling is not None:
             state.ceiling = ceiling
@@ -224,10 +231,10 @@ class QuoteBook:
             Template(requirement, resource, extensions, self._clock()) if template_ok else None
         )
 
-    def forget(self, model: str) -> None:
+    def forget(self, model: str, route: str = CHAT_ROUTE) -> None:
         """The gateway's latest quote was refused by the policy: its old one is no longer
         what it asks for, so nothing is signed up front until a good 402 is seen again."""
-        state = self._models.get(model)
+        state = self._models.get((route, model))
         if state is not None:
             state.template = None
             state.streak = 0
@@ -325,15 +332,15 @@ class QuoteBook:
             state.backoff = min(MAX_REFIT_BACKOFF, max(1, 2 * state.backoff))
             state.skip = state.backoff
 
-    def _state(self, model: str) -> _ModelState:
-        state = self._models.get(model)
+    def _state(self, key: PriceKey) -> _ModelState:
+        state = self._models.get(key)
         if state is None:
             state = _ModelState(deque(maxlen=self._window))
-            self._models[model] = state
+            self._models[key] = state
             while len(self._models) > self._max_models:
                 self._models.popitem(last=False)
         else:
-            self._models.move_to_end(model)
+            self._models.move_to_end(key)
         return state
 
     @staticmethod

@@ -28,6 +28,10 @@ from typing import Any
 import orjson
 
 MEASURES = ("text_bytes", "text_bytes_div4", "router_tokens")
+# A price key is (route, model): the same model may be priced differently on another route
+# (Anthropic Messages, images), and each route's quotes are its own.
+CHAT_ROUTE = "/v1/chat/completions"
+PriceKey = tuple[str, str]
 
 # The same character classes as blockrun_llm's estimate_tokens (Han, kana, Hangul,
 # CJK punctuation, fullwidth forms), copied so the hot path need not import it.
@@ -44,10 +48,15 @@ class Features:
     max_tokens: int  # max_tokens, else max_completion_tokens (the proxy always sets one)
     messages: int
     sizes: tuple[int, ...]  # one per MEASURES entry
+    route: str = CHAT_ROUTE
+
+    @property
+    def key(self) -> PriceKey:
+        return (self.route, self.model)
 
 
 def request_features(
-    model: str, max_tokens: int | None, data: Mapping[str, Any]
+    model: str, max_tokens: int | None, data: Mapping[str, Any], route: str = CHAT_ROUTE
 ) -> Features | None:
     """Features of a parsed chat request; None when it cannot be priced by us."""
     messages = data.get("messages")
@@ -63,10 +72,10 @@ def request_features(
             n_chars += len(text)
             n_cjk += len(_CJK_CHARS.findall(text))
     sizes = (n_bytes, -(-n_bytes // 4), n_cjk + math.ceil((n_chars - n_cjk) / 4))
-    return Features(model, max_tokens, len(messages), sizes)
+    return Features(model, max_tokens, len(messages), sizes, route)
 
 
-def features_from_body(body: bytes) -> Features | None:
+def features_from_body(body: bytes, route: str = CHAT_ROUTE) -> Features | None:
     """Features straight from a request body, for callers without a parsed request."""
     try:
         data = orjson.loads(body)
@@ -80,7 +89,7 @@ def features_from_body(body: bytes) -> Features | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             max_tokens = value
             break
-    return request_features(data["model"], max_tokens, data)
+    return request_features(data["model"], max_tokens, data, route)
 
 
 def _texts(messages: list[Any]) -> list[str]:
