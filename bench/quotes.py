@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from blockrun_proxy.app import QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.quotes import QuoteStats
 from blockrun_proxy.server import running
@@ -106,7 +106,7 @@ async def proxy(api_url: str, *, presign: bool) -> AsyncIterator[tuple[str, Quot
         presign=presign,
     )
     async with running(settings) as (runner, port):
-        yield f"http://127.0.0.1:{port}/v1/chat/completions", runner.app[QUOTES_KEY].stats
+        yield f"http://127.0.0.1:{port}/v1/chat/completions", runner.app[CORE_KEY].quotes.stats
 
 
 async def call(session: aiohttp.ClientSession, url: str, data: bytes) -> float:

@@ -1,28 +1,39 @@
-"""``create_app(settings)``: routes, middlewares, and the shared upstream ClientSession."""
+"""``create_app(settings)``: the routes of the table, the one middleware, the payment core.
+
+The payment core (core.py: session, payer, quote book, budget, gateway, models cache, job
+book) is opened when the app starts and held under one key, ``CORE_KEY``. The routes are
+registered from the route table (routes.py); every signed one is served by the generic
+signed pipe (relay.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from blockrun_proxy import logs
-from blockrun_proxy.chatbody import parse_chat_request
+from blockrun_proxy.appkeys import (
+    ADMISSION_KEY,
+    CORE_KEY,
+    EXCHANGE_KEY,
+    GUARD_KEY,
+    LIMITS_KEY,
+    METRICS_KEY,
+    SETTINGS_KEY,
+)
 from blockrun_proxy.config import Settings
-from blockrun_proxy.costs import cost_headers
+from blockrun_proxy.core import open_core
 from blockrun_proxy.errors import (
     BodyTooLarge,
-    InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     ProxyError,
-    RequestTimeout,
     ShuttingDown,
     Unauthorized,
     UpstreamError,
@@ -32,31 +43,21 @@ from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, request_id_from
 from blockrun_proxy.guard import Guard
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
-from blockrun_proxy.models import ModelsCache
-from blockrun_proxy.payer import Payer, payer_for
-from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
-from blockrun_proxy.quotes import QuoteBook
-from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, PAYMENT_RESPONSE, Answer, Gateway
+from blockrun_proxy.relay import Handler, handler_for, not_allowed_handler
+from blockrun_proxy.routes import RELAY_ROUTES, ROUTES, label_of
 
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as deadline
-else:  # aiohttp depends on async-timeout below 3.11
-    from async_timeout import timeout as deadline
+__all__ = [
+    "ADMISSION_KEY",
+    "CORE_KEY",
+    "EXCHANGE_KEY",
+    "GUARD_KEY",
+    "LIMITS_KEY",
+    "METRICS_KEY",
+    "SETTINGS_KEY",
+    "create_app",
+]
 
 log = logging.getLogger("blockrun_proxy")
-
-ADMISSION_KEY = web.AppKey("admission", Admission)
-GATEWAY_KEY = web.AppKey("gateway", Gateway)
-GUARD_KEY = web.AppKey("guard", Guard)
-LIMITS_KEY = web.AppKey("limits", Limits)
-METRICS_KEY = web.AppKey("metrics", Metrics)
-MODELS_KEY = web.AppKey("models", ModelsCache)
-PAYER_KEY = web.AppKey("payer", Payer)
-SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
-# Signing up front: .stats has plain int counters (hits, misses, ...) for metrics.
-QUOTES_KEY = web.AppKey("quotes", QuoteBook)
-SETTINGS_KEY = web.AppKey("settings", Settings)
-EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 # Probes answer without the token or the Host/Origin checks: the kubelet has no token and
 # calls them by pod IP, and they spend nothing and reveal only whether the process is up.
@@ -65,17 +66,6 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 OPS_PATHS = PUBLIC_PATHS | {"/metrics"}
 # The route label of requests that matched no route (bounded metric cardinality).
 UNMATCHED_ROUTE = "other"
-# Upstream response headers that mean the same thing to the client; hop-by-hop
-# headers (Connection, Transfer-Encoding, ...) and Content-Length are aiohttp's job.
-PASSED_RESPONSE_HEADERS = (
-    "Content-Type",
-    "Content-Encoding",
-    "Cache-Control",
-    "Retry-After",
-    PAYMENT_RESPONSE,
-)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -96,60 +86,33 @@ def create_app(settings: Settings) -> web.Application:
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
     app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
-    app[PAYER_KEY] = payer_for(settings)
-    metrics.watch_payer(app[PAYER_KEY])
-    app[QUOTES_KEY] = QuoteBook(
-        trust=settings.quote_trust,
-        tolerance_atomic=settings.presign_tolerance_atomic,
-        ttl_seconds=settings.quote_ttl_seconds,
-        enabled=settings.presign,
-    )
-    metrics.watch_quotes(lambda: app[QUOTES_KEY].stats)
-    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_payment_core)
     app.on_response_prepare.append(_stamp_response)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/v1/models", list_models)
+    add_routes(app.router, relay=settings.routes == "all")
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     return app
 
 
-async def _client_session(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS_KEY]
-    connector = aiohttp.TCPConnector(
-        limit=app[LIMITS_KEY].pool_size,
-        limit_per_host=0,
-        ttl_dns_cache=300,
-        keepalive_timeout=30,
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=settings.connect_timeout_seconds,
-        sock_read=settings.idle_timeout_seconds,
-    )
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,  # a byte pipe: the client decodes what it asked for
-        skip_auto_headers=("Accept-Encoding",),  # forward the client's own, or none
-        headers={"User-Agent": "blockrun-proxy"},
-        # The gateway sets no cookies the proxy should keep, and one jar shared by every
-        # client of the proxy would leak one client's cookies to another's calls.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        max_field_size=GATEWAY_MAX_FIELD_SIZE,
-    ) as session:
-        app[SESSION_KEY] = session
-        gateway = Gateway(
-            session,
-            settings.api_url,
-            app[PAYER_KEY],
-            paid_replays=settings.paid_replays,
-            probe_retries=settings.probe_retries,
-            quotes=app[QUOTES_KEY],
-        )
-        app[GATEWAY_KEY] = gateway
-        app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
+def add_routes(router: web.UrlDispatcher, *, relay: bool) -> None:
+    """The route table, each row also under ``/api``; other methods on a row's path get
+    405. With ``relay`` (``--routes all``), every other path under ``/v1/`` and
+    ``/v1beta/`` too, registered last so the table's rows match first."""
+    for route in (*ROUTES, *(RELAY_ROUTES if relay else ())):
+        handler = handler_for(route)
+        for path in route.paths:
+            router.add_route(route.method, path, handler)
+            if route.method != "*":
+                router.add_route("*", path, not_allowed_handler)
+
+
+async def _payment_core(app: web.Application) -> AsyncIterator[None]:
+    async with open_core(app[SETTINGS_KEY], limits=app[LIMITS_KEY]) as core:
+        app[CORE_KEY] = core
+        metrics = app[METRICS_KEY]
+        metrics.watch_payer(core.payer)
+        metrics.watch_quotes(lambda: core.quotes.stats)
         yield
 
 
@@ -177,7 +140,7 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
         exchange = Exchange(
             request_id_from(request.headers.get("x-request-id")),
             request.method,
-            resource.canonical if resource is not None else UNMATCHED_ROUTE,
+            label_of(resource.canonical) if resource is not None else UNMATCHED_ROUTE,
         )
         request[EXCHANGE_KEY] = exchange
         admission = request.app[ADMISSION_KEY]
@@ -218,6 +181,10 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
             now = time.monotonic()
             logs.log_access(exchange, now=now)
             request.app[METRICS_KEY].observe(exchange, now=now)
+            core = request.app.get(CORE_KEY)
+            if core is not None:
+                for observe in core.observers:
+                    observe(exchange)
 
     return front
 
@@ -247,12 +214,7 @@ def _answer_error(request: web.Request, exc: Exception) -> web.Response:
         return _error_response(request, NotFound(f"no route {request.method} {request.path}"))
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return _error_response(
-            request,
-            InvalidRequest(
-                f"method {request.method} is not allowed on {request.path}",
-                code="method_not_allowed",
-            ),
-            status=405,
+            request, MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
         )
     if isinstance(exc, web.HTTPException):
         return web.Response(
@@ -322,15 +284,15 @@ async def readyz(request: web.Request) -> web.Response:
     No wallet is not "unready": free models still work; the answer says so.
     """
     app = request.app
-    session = app.get(SESSION_KEY)
-    session_up = session is not None and not session.closed
+    core = app.get(CORE_KEY)
+    session_up = core is not None and not core.session.closed
     draining = app[ADMISSION_KEY].draining
     ready = session_up and not draining
     body = {
         "ready": ready,
         "draining": draining,
         "upstream_session": session_up,
-        "wallet": "loaded" if app[PAYER_KEY].address else "none: free models only",
+        "wallet": "loaded" if core is not None and core.payer.address else "none: free models only",
     }
     return web.json_response(body, status=200 if ready else 503)
 
@@ -338,95 +300,3 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     body, content_type = await request.app[METRICS_KEY].render()
     return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-async def list_models(request: web.Request) -> web.Response:
-    body, served = await request.app[MODELS_KEY].get()
-    return web.Response(
-        body=body, content_type="application/json", headers={"x-blockrun-cache": served}
-    )
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    exchange = request[EXCHANGE_KEY]
-    metrics = app[METRICS_KEY]
-    # A call holds its slot from before its body is read until its last byte is relayed:
-    # the limit then bounds open streams, sockets and buffered bodies (at most
-    # max_concurrent bodies of up to max_body_bytes in memory), not just sends. Waiting and
-    # refused calls hold only what aiohttp buffers of an unread body (flow-controlled).
-    # Reading bodies before taking a slot would let every open connection (up to
-    # --max-connections) buffer one; instead a body that stalls gets a 408 after
-    # --body-timeout and gives its slot to the next call.
-    settings = app[SETTINGS_KEY]
-    async with app[ADMISSION_KEY].slot():
-        chat = parse_chat_request(
-            await _read_body(request, settings.body_timeout_seconds),
-            default_max_tokens=settings.default_max_tokens,
-        )
-        exchange.model = chat.model
-        answer = await app[GATEWAY_KEY].send_chat(
-            chat.body,
-            request.headers,
-            exchange.request_id,
-            chat=chat,
-            on_sent=exchange.payment_sent,
-        )
-        # The parsed request (every message as Python objects, several times the body's
-        # size) is not needed while the answer streams: drop it now, not at the last byte.
-        del chat
-        paid = answer.paid_atomic
-        if paid is not None:
-            exchange.cost_atomic = paid
-            metrics.settled(paid)
-        stats = PipeStats()
-        async with answer.response as upstream:
-            if upstream.status >= 400:
-                exchange.upstream_error = f"http_{upstream.status}"
-            response = web.StreamResponse(status=upstream.status, headers=_response_headers(answer))
-            if upstream.content_length is not None:
-                response.content_length = upstream.content_length
-            coalesce_headers(upstream, response)
-            await response.prepare(request)
-            metrics.open_streams.inc()
-            try:
-                await pump(upstream, response, stats)
-            except UpstreamBroke as exc:
-                # Headers (and maybe bytes) are out: the only honest signal left is to cut
-                # the connection, so the client sees a truncated body, not a clean short one.
-                exchange.upstream_error = "stream_broken"
-                log.warning(
-                    "upstream broke mid-response after %d bytes: %s (request %s)",
-                    stats.bytes_sent,
-                    exc,
-                    exchange.request_id,
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-            except ConnectionResetError:
-                # The client hung up while we wrote (aiohttp's ClientConnectionResetError):
-                # nobody is left to answer, and leaving this block closes the upstream.
-                exchange.status = CLIENT_CLOSED
-            finally:
-                metrics.open_streams.dec()
-                metrics.relayed_bytes.inc(stats.bytes_sent)
-                exchange.bytes_out = stats.bytes_sent
-                exchange.first_byte_at = stats.first_byte_at
-    return response
-
-
-async def _read_body(request: web.Request, timeout: float) -> bytes:
-    try:
-        async with deadline(timeout):
-            return await request.read()
-    except asyncio.TimeoutError:
-        raise RequestTimeout(
-            f"the request body did not arrive within {timeout:g}s; nothing was sent or paid"
-        ) from None
-
-
-def _response_headers(answer: Answer) -> dict[str, str]:
-    upstream = answer.response.headers
-    headers = {name: upstream[name] for name in PASSED_RESPONSE_HEADERS if name in upstream}
-    headers.update(cost_headers(answer))
-    return headers

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore, Reservation
+from blockrun_proxy.budget import BudgetStore, Reservation
 from blockrun_proxy.config import WALLET_ENV, WALLET_FILE, Settings
 from blockrun_proxy.errors import BudgetStoreUnavailable, PaymentRefused, WalletNotConfigured
 from blockrun_proxy.x402 import (
@@ -285,12 +285,13 @@ def refusals_as_402() -> Iterator[None]:
         raise PaymentRefused(refusal.message, code=refusal.code) from None
 
 
-def payer_for(settings: Settings) -> Payer:
-    """The payer ``settings`` describe: its wallet (if any) under its policy.
+def payer_for(settings: Settings, *, budget: BudgetStore | None = None) -> Payer:
+    """The payer ``settings`` describe: its wallet (if any) under its policy, reserving
+    in ``budget`` (core.budget_store builds the one every rail shares).
 
-    One constructor for the proxy and the in-process LiteLLM provider, so both sign
-    under exactly the same rules. Raises ValueError (never echoing the key) for a
-    wallet key that is not a valid secp256k1 secret.
+    Called by the core (core.py) for the proxy and the in-process LiteLLM provider alike,
+    so both sign under exactly the same rules. Raises ValueError (never echoing the key)
+    for a wallet key that is not a valid secp256k1 secret.
     """
     signer = Signer(settings.wallet_key) if settings.wallet_key else None
     policy = PayerPolicy(
@@ -299,10 +300,5 @@ def payer_for(settings: Settings) -> Payer:
         max_amount=settings.max_amount,
         gateway_host=settings.gateway_host,
         pay_to=frozenset(p.lower() for p in settings.pay_to),
-    )
-    budget = (
-        MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
-        if settings.budget_atomic is not None
-        else None
     )
     return Payer(signer, policy, budget=budget)

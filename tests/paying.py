@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 from ops_support import JSON
 
-from blockrun_proxy.app import QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.testing import FakeGateway
 
 PAID = "openai/gpt-5.5"  # whole micro-USDC per token
@@ -76,7 +76,7 @@ async def warm_up(proxy: Any, model: str = PAID, *, seed: int = 0) -> None:
     for body in warm_bodies(model, seed=seed):
         reply = await post(proxy, body)
         assert reply.status == 200, reply.body
-    assert proxy.app[QUOTES_KEY].trusted(model)
+    assert proxy.app[CORE_KEY].quotes.trusted(model)
 
 
 def warm_body(model: str = PAID, **extra: Any) -> dict[str, Any]:

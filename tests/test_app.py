@@ -197,8 +197,22 @@ def test_a_short_token_is_refused_for_a_public_bind(host):
     Settings(host="127.0.0.1", token="short").check()  # loopback: the token is extra
 
 
-async def test_unknown_route_is_an_openai_shaped_404(proxy):
-    async with aiohttp.ClientSession() as s, s.get(proxy.base_url + "/nope") as resp:
+async def test_unknown_route_is_an_openai_shaped_404(proxy, gateway):
+    async with aiohttp.ClientSession() as s, s.get(proxy.url + "/nope") as resp:
+        assert resp.status == 404
+        assert error_of(await resp.read())["code"] == "not_found"
+    assert gateway.requests == []
+
+
+async def test_unknown_v1_paths_are_relayed_unless_routes_is_table(start_proxy):
+    # --routes all (the default): the gateway decides what it serves.
+    relaying = await start_proxy()
+    async with aiohttp.ClientSession() as s, s.get(relaying.base_url + "/nope?x=1") as resp:
+        assert resp.status == 404
+        assert await resp.read() == b"404: Not Found"  # the gateway's own answer
+    # --routes table: only the table's routes; anything else is the proxy's own 404.
+    table = await start_proxy(routes="table")
+    async with aiohttp.ClientSession() as s, s.get(table.base_url + "/nope") as resp:
         assert resp.status == 404
         assert error_of(await resp.read())["code"] == "not_found"
 

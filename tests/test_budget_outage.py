@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from paying import FRACTIONAL, post, priced, warm_body, warm_up
 
-from blockrun_proxy.app import METRICS_KEY, PAYER_KEY, QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY, METRICS_KEY
 
 OUTAGE_CALLS = 40
 
@@ -29,7 +29,7 @@ async def test_an_outage_spends_no_budget(start_proxy, gateway):
     # One send per call, no replays: the test needs no retry delays to make its point.
     proxy = await start_proxy(budget_usd=Decimal("0.1"), paid_replays=0)
     await warm_up(proxy, FRACTIONAL)
-    budget = proxy.app[PAYER_KEY].budget
+    budget = proxy.app[CORE_KEY].payer.budget
     assert budget is not None
     spent = (await budget.usage()).spent
     metrics_before = sent_metrics(proxy)
@@ -40,7 +40,7 @@ async def test_an_outage_spends_no_budget(start_proxy, gateway):
 
     port = urlsplit(gateway.base_url).port
     await gateway.close()
-    stats = proxy.app[QUOTES_KEY].stats
+    stats = proxy.app[CORE_KEY].quotes.stats
     presigned = stats.presigned
     for _ in range(OUTAGE_CALLS):
         reply = await post(proxy, body)
@@ -63,7 +63,7 @@ async def test_a_payment_that_may_have_reached_the_gateway_counts(start_proxy, g
     # (and charging) it. Only a connection never made releases a reservation.
     proxy = await start_proxy(budget_usd=Decimal("1"), idle_timeout_seconds=0.3)
     await warm_up(proxy, FRACTIONAL)
-    budget = proxy.app[PAYER_KEY].budget
+    budget = proxy.app[CORE_KEY].payer.budget
     assert budget is not None
     spent = (await budget.usage()).spent
     body = warm_body(FRACTIONAL)
