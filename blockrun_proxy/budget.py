@@ -22,11 +22,62 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from blockrun_proxy.errors import PaymentRefused
 from blockrun_proxy.x402 import usd
 
 BUCKETS = 512
+
+
+# --- the budget store interface (issue 9) ---------------------------------------------------
+# Reserve before signing, commit once the payment was sent, release when it provably never
+# reached the gateway. The in-memory store and the Redis one (budget_redis.py) implement it.
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str  # unique (secrets.token_hex(8)): stores may key by it
+    amount: int  # atomic USDC held
+    at: float  # wall-clock unix time of the reservation; the rolling window counts from it
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    limit: int
+    window_seconds: float
+    spent: int  # committed + still-held reservations in the window
+
+
+class BudgetStore(Protocol):
+    limit: int
+    window_seconds: float
+
+    async def reserve(self, amount: int) -> Reservation:
+        """Hold ``amount``; raises PaymentRefused(code="budget_exceeded") and holds
+        nothing when spent + held + amount > limit."""
+        ...
+
+    async def commit(self, reservation: Reservation, spent: int | None = None) -> None:
+        """It was sent: it counts (``spent`` <= amount counts instead when given). Idempotent."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """It provably never reached the gateway: forget it. Idempotent."""
+        ...
+
+    async def usage(self) -> BudgetUsage: ...
+
+
+def budget_exceeded(limit: int, window_seconds: float, spent: int, amount: int) -> PaymentRefused:
+    """The refusal every budget store raises, worded once."""
+    return PaymentRefused(
+        f"the spending budget of ${usd(limit)} per {format_duration(window_seconds)} "
+        f"would be exceeded: ${usd(spent)} already signed in the window, this "
+        f"call needs ${usd(amount)}. Nothing was signed (--budget-usd / --budget-window).",
+        code="budget_exceeded",
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -69,12 +120,7 @@ class SpendBudget:
         now = self._clock()
         self._prune(now)
         if self._total + amount > self.limit:
-            raise PaymentRefused(
-                f"the spending budget of ${usd(self.limit)} per {format_duration(self.window)} "
-                f"would be exceeded: ${usd(self._total)} already signed in the window, this "
-                f"call needs ${usd(amount)}. Nothing was signed (--budget-usd / --budget-window).",
-                code="budget_exceeded",
-            )
+            raise budget_exceeded(self.limit, self.window, self._total, amount)
         index = math.floor(now / self._width)
         if self._buckets and self._buckets[-1][0] == index:
             self._buckets[-1][1] += amount

@@ -84,6 +84,15 @@ class ShuttingDown(ProxyError):
     code = "proxy_draining"
 
 
+class BudgetStoreUnavailable(ProxyError):
+    """The shared budget store (Redis) did not answer in time, so nothing was signed:
+    without a reservation the fleet could pass its budget. Safe to retry."""
+
+    status = 503
+    type = "server_error"
+    code = "budget_store_unavailable"
+
+
 # --- payment refusals: the proxy declined to sign (402, nothing paid) -----------------------
 
 
