@@ -11,6 +11,7 @@ import itertools
 import re
 import secrets
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 # A client's x-request-id is kept only if it looks like an id: it ends up in log lines
@@ -46,6 +47,11 @@ class Exchange:
     first_byte_at: float | None = None
     # USDC atomic units paid for this call (settled, else signed), None when free.
     cost_atomic: int | None = None
+    # Every authorization signed for this call, summed (a payment signed up front that the
+    # gateway refused as unused, then the one that paid, count both): for the spend ledger.
+    signed_atomic: int = 0
+    # The settlement transaction the gateway reported, if any.
+    settlement_tx: str | None = None
     # The ``code`` of an error the proxy answered itself (policy, overload, bad input).
     refusal: str | None = None
     # What went wrong on the gateway's side, e.g. ``gateway_timeout``, ``http_503``.
@@ -54,3 +60,9 @@ class Exchange:
     def ttfb(self) -> float | None:
         """Seconds from the request's arrival to the first relayed body byte."""
         return None if self.first_byte_at is None else self.first_byte_at - self.started
+
+
+# The exchange of the request being handled, for code that runs inside a request but is
+# not handed its Exchange: the payer's per-signature hook (app.py) adds to it. Set by the
+# middleware; each request's handler task has its own context.
+current_exchange: ContextVar[Exchange | None] = ContextVar("current_exchange", default=None)
