@@ -13,6 +13,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from blockrun_proxy import logs
+from blockrun_proxy.budget import BudgetUsage
+from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
 from blockrun_proxy.costs import cost_headers
@@ -26,14 +28,21 @@ from blockrun_proxy.errors import (
     UpstreamError,
     error_body,
 )
-from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, request_id_from
+from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, current_exchange, request_id_from
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
+from blockrun_proxy.quote_store import QuoteStore, RedisQuoteStore
 from blockrun_proxy.quotes import QuoteBook
+from blockrun_proxy.redis_link import RedisLink
+from blockrun_proxy.spend.ledger import open_ledger, replica_name
+from blockrun_proxy.spend.recorder import Recorder
+from blockrun_proxy.spend.routes import PAGE_PATHS, SPEND_KEY, BalanceSource, SpendView
+from blockrun_proxy.spend.routes import add_routes as add_spend_routes
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
+from blockrun_proxy.x402 import SignedPayment, usd
 
 log = logging.getLogger("blockrun_proxy")
 
@@ -47,12 +56,26 @@ SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 # Signing up front: .stats has plain int counters (hits, misses, ...) for metrics.
 QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
+# The fleet store (--redis-url) and what lives in it: the shared budget (with a budget
+# set) and the learned quotes. Absent without Redis.
+REDIS_KEY = web.AppKey("redis", RedisLink)
+BUDGET_STORE_KEY = web.AppKey("budget_store", RedisBudgetStore)
+QUOTE_STORE_KEY = web.AppKey("quote_store", QuoteStore)
+# The spend ledger's writer (always present: Redis, a SQLite file, or memory).
+RECORDER_KEY = web.AppKey("recorder", Recorder)
+# The wallet balance, read in the background by whoever provides it (optional).
+BALANCE_KEY = web.AppKey("balance", BalanceSource)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
-# Probes answer without the token: the kubelet has none, and they reveal nothing.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Probes answer without the token: the kubelet has none, and they reveal nothing. The
+# spend page's shell (HTML, script, style) holds no data: its script reads /v1/spend with
+# the token (spend/routes.py).
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = PROBE_PATHS | PAGE_PATHS
 # Still answered while draining: probes say what is going on, and a last scrape is useful.
-OPS_PATHS = PUBLIC_PATHS | {"/metrics"}
+OPS_PATHS = PROBE_PATHS | {"/metrics"}
+# How long GET /v1/spend waits for the records still queued to reach the ledger.
+SPEND_SETTLE_SECONDS = 0.5
 # The route label of requests that matched no route (bounded metric cardinality).
 UNMATCHED_ROUTE = "other"
 # Upstream response headers that mean the same thing to the client; hop-by-hop
@@ -93,6 +116,7 @@ def create_app(settings: Settings) -> web.Application:
         enabled=settings.presign,
     )
     metrics.watch_quotes(lambda: app[QUOTES_KEY].stats)
+    _add_fleet_stores(app, settings, metrics)
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(_stamp_response)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -100,7 +124,73 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_spend_routes(app.router)
     return app
+
+
+def _add_fleet_stores(app: web.Application, settings: Settings, metrics: Metrics) -> None:
+    """The Redis link (if any), the shared budget, the quote store, the spend ledger."""
+    payer = app[PAYER_KEY]
+    link = RedisLink.from_settings(settings)
+    store: RedisBudgetStore | None = None
+    if link is not None:
+        app[REDIS_KEY] = link
+        app[QUOTE_STORE_KEY] = RedisQuoteStore(link)
+        if settings.budget_atomic is not None:
+            store = RedisBudgetStore(
+                link,
+                settings.budget_atomic,
+                settings.budget_window_seconds,
+                fail_open=settings.budget_fail_open,
+            )
+            app[BUDGET_STORE_KEY] = store
+            metrics.watch_budget_store(store.stats)
+    recorder = Recorder(open_ledger(settings, link), replica=replica_name())
+    app[RECORDER_KEY] = recorder
+    metrics.watch(metrics.ledger_records_dropped, lambda: recorder.dropped)
+    payer.on_signed = _note_signed
+
+    async def budget_usage() -> BudgetUsage | None:
+        if store is not None:
+            return await store.usage()
+        local = payer.budget
+        if local is None:
+            return None
+        return BudgetUsage(local.limit, local.window, local.spent())
+
+    app[SPEND_KEY] = SpendView(
+        recorder.ledger,
+        budget=budget_usage,
+        budget_shared=store is not None,
+        address=lambda: payer.address,
+        balance=lambda: app.get(BALANCE_KEY),
+        dropped=lambda: recorder.dropped,
+        store_state=link.describe if link is not None else lambda: None,
+        # The call that just finished shows, unless the ledger is stuck (then: bounded).
+        settle=lambda: recorder.flush(SPEND_SETTLE_SECONDS),
+    )
+    app.cleanup_ctx.append(_fleet_lifecycle)
+
+
+async def _fleet_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    recorder = app[RECORDER_KEY]
+    recorder.start()
+    yield
+    # After the drain: every finished request has queued its record by now.
+    await recorder.aclose()
+    store = app.get(BUDGET_STORE_KEY)
+    if store is not None:
+        await store.aclose()
+    link = app.get(REDIS_KEY)
+    if link is not None:
+        await link.aclose()
+
+
+def _note_signed(payment: SignedPayment) -> None:
+    """The payer's hook: add each signature to the request it was made for (the ledger)."""
+    exchange = current_exchange.get()
+    if exchange is not None:
+        exchange.signed_atomic += payment.amount
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
@@ -134,6 +224,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
             paid_replays=settings.paid_replays,
             probe_retries=settings.probe_retries,
             quotes=app[QUOTES_KEY],
+            budget=app.get(BUDGET_STORE_KEY),
         )
         app[GATEWAY_KEY] = gateway
         app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
@@ -164,6 +255,7 @@ def front_middleware(token: str | None) -> Middleware:
             resource.canonical if resource is not None else UNMATCHED_ROUTE,
         )
         request[EXCHANGE_KEY] = exchange
+        context_token = current_exchange.set(exchange)
         try:
             try:
                 path = request.path
@@ -187,9 +279,11 @@ def front_middleware(token: str | None) -> Middleware:
             exchange.status = 500
             raise
         finally:
+            current_exchange.reset(context_token)
             now = time.monotonic()
             logs.log_access(exchange, now=now)
             request.app[METRICS_KEY].observe(exchange, now=now)
+            request.app[RECORDER_KEY].observe(exchange)  # queued, never awaited
 
     return front
 
@@ -285,12 +379,22 @@ async def readyz(request: web.Request) -> web.Response:
     session_up = session is not None and not session.closed
     draining = app[ADMISSION_KEY].draining
     ready = session_up and not draining
-    body = {
+    body: dict[str, object] = {
         "ready": ready,
         "draining": draining,
         "upstream_session": session_up,
         "wallet": "loaded" if app[PAYER_KEY].address else "none: free models only",
     }
+    if app[PAYER_KEY].can_sign:
+        balance = app.get(BALANCE_KEY)
+        latest = balance.latest() if balance is not None else None
+        body["balance_usd"] = "unknown" if latest is None else usd(latest[0])
+    link = app.get(REDIS_KEY)
+    if link is not None:
+        # From the last call's outcome, never a Redis call per probe. Redis being away
+        # does not make the proxy unready: free models work, and every replica shares
+        # the same Redis, so taking them all out of service would help nobody.
+        body["fleet_store"] = link.describe()
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -329,6 +433,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if paid is not None:
             exchange.cost_atomic = paid
             metrics.settled(paid)
+            if answer.settlement is not None:
+                exchange.settlement_tx = answer.settlement.transaction
         stats = PipeStats()
         async with answer.response as upstream:
             if upstream.status >= 400:

@@ -134,6 +134,10 @@ class Metrics:
         self.log_lines_dropped = self._counter(
             "log_lines_dropped", "Log lines dropped because the log writer fell behind."
         )
+        self.ledger_records_dropped = self._counter(
+            "ledger_records_dropped",
+            "Spend ledger records dropped because the ledger writer fell behind or failed.",
+        )
 
     # ----------------------------------------------------------------- sources
 
@@ -163,6 +167,32 @@ class Metrics:
         self.watch(misses, lambda: _field(stats(), "probed"))
         self.watch(refused, lambda: _field(stats(), "misses"))
         self.watch(overpaid, lambda: _field(stats(), "overpaid_atomic"))
+
+    def watch_budget_store(self, stats: Any) -> None:
+        """Export the shared budget store's counters (budget_redis.BudgetStoreStats)."""
+        for field, name, doc in (
+            (
+                "unavailable",
+                "budget_store_unavailable",
+                "Paid calls refused (503) because the shared budget store did not answer.",
+            ),
+            (
+                "fail_open",
+                "budget_fail_open",
+                "Reservations granted without the shared budget store (--budget-fail-open).",
+            ),
+            (
+                "settle_failed",
+                "budget_settle_failures",
+                "Commits/releases that never reached the budget store (counted in full).",
+            ),
+            (
+                "settle_dropped",
+                "budget_settle_dropped",
+                "Commits/releases dropped because too many were pending (counted in full).",
+            ),
+        ):
+            self.watch(self._counter(name, doc), _reader(stats, field))
 
     def watch(self, counter: Counter, read: Callable[[], int | None]) -> None:
         """Make ``counter`` follow an int someone else increments."""
@@ -234,6 +264,10 @@ class Metrics:
     def _gauge(self, name: str, doc: str) -> Gauge:
         # livesum: with --workers, the sum over the workers still running.
         return Gauge(f"{PREFIX}_{name}", doc, registry=self.registry, multiprocess_mode="livesum")
+
+
+def _reader(stats: object, name: str) -> Callable[[], int | None]:
+    return lambda: _field(stats, name)
 
 
 def _field(stats: object | None, name: str) -> int | None:

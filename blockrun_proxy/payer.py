@@ -52,6 +52,9 @@ class Payer:
         self._clock = clock
         self.signatures = 0
         self.signed_atomic = 0
+        # Told of every signature, right after it is made (the app notes it on the request
+        # it belongs to, for the spend ledger). Must not raise or block.
+        self.on_signed: Callable[[SignedPayment], None] | None = None
 
     @property
     def address(self) -> str | None:
@@ -98,6 +101,8 @@ class Payer:
             raise
         self.signatures += 1
         self.signed_atomic += payment.amount
+        if self.on_signed is not None:
+            self.on_signed(payment)
         return payment
 
     def pay(self, offer: PaymentRequired) -> SignedPayment:
@@ -141,9 +146,11 @@ def payer_for(settings: Settings) -> Payer:
         gateway_host=settings.gateway_host,
         pay_to=frozenset(p.lower() for p in settings.pay_to),
     )
+    # With --redis-url the fleet's shared store is the budget (reserved by the gateway
+    # flow); a second, per-process count beside it would only disagree with it.
     budget = (
         SpendBudget(settings.budget_atomic, settings.budget_window_seconds)
-        if settings.budget_atomic is not None
+        if settings.budget_atomic is not None and settings.redis_url is None
         else None
     )
     return Payer(signer, policy, budget=budget)

@@ -37,6 +37,7 @@ from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSes
 from multidict import CIMultiDict
 from yarl import URL
 
+from blockrun_proxy.budget import BudgetStore, Reservation
 from blockrun_proxy.chatbody import ChatRequest
 from blockrun_proxy.errors import (
     GatewayAnswer,
@@ -101,6 +102,7 @@ class Gateway:
         paid_replays: int = 2,
         probe_retries: int = 2,
         quotes: QuoteBook | None = None,
+        budget: BudgetStore | None = None,
     ) -> None:
         self._session = session
         # Parsed once: aiohttp would otherwise parse the URL string on every call.
@@ -110,6 +112,9 @@ class Gateway:
         self._paid_replays = paid_replays
         self._probe_retries = probe_retries
         self.quotes = quotes
+        # The shared budget (budget_redis.py): reserved before each signature, committed
+        # once sent, released when provably unsent. None: the payer's own budget applies.
+        self.budget = budget
 
     async def get_models(self) -> tuple[int, bytes]:
         try:
@@ -136,11 +141,11 @@ class Gateway:
         presigned = None
         if self._may_presign(chat):
             features = self._features(body, chat)
-            presigned = self._presign(features)
+            presigned = await self._presign(features)
         if presigned is not None:
-            quote, payment = presigned
+            quote, payment, reservation = presigned
             try:
-                answer = await self._send_paid(body, headers, payment)
+                answer = await self._send_reserved(body, headers, payment, reservation)
             except PaymentNotAccepted:
                 # Not used, nothing charged. The refusal is not a challenge to trust
                 # (PAYMENT_INVALID carries none), so ask afresh and pay that, once.
@@ -180,8 +185,13 @@ class Gateway:
             raise
         if self.quotes is not None and features is not None:
             self.quotes.observe(features, requirement, offer.resource, offer.extensions)
-        payment = self._payer.sign(requirement, network, offer.resource, offer.extensions)
-        return await self._send_paid(body, headers, payment)
+        reservation = await self._reserve(requirement.amount)
+        try:
+            payment = self._payer.sign(requirement, network, offer.resource, offer.extensions)
+        except BaseException:
+            await self._release(reservation)  # nothing was signed
+            raise
+        return await self._send_reserved(body, headers, payment, reservation)
 
     def _may_presign(self, chat: ChatRequest | None) -> bool:
         """Whether the quote book could sign this up front (it has seen the model priced)."""
@@ -196,7 +206,9 @@ class Gateway:
             return request_features(chat.model, chat.max_tokens, chat.data)
         return features_from_body(body)
 
-    def _presign(self, features: Features | None) -> tuple[Presign, SignedPayment] | None:
+    async def _presign(
+        self, features: Features | None
+    ) -> tuple[Presign, SignedPayment, Reservation | None] | None:
         """A payment signed from a trusted quote, through the same policy and budget
         checks as any other; None to probe first."""
         if self.quotes is None or features is None or not self._payer.can_sign:
@@ -204,17 +216,61 @@ class Gateway:
         quote = self.quotes.presign(features)
         if quote is None:
             return None
+        reservation = None
         try:
+            reservation = await self._reserve(quote.amount)
             payment = self._payer.pay_requirement(
                 quote.requirement, quote.resource, quote.extensions
             )
         except PaymentRefused as refusal:
+            await self._release(reservation)
             # Probe instead: the gateway's own quote decides, and refusing *that* is final.
             self.quotes.declined(quote)
             log.info("not signing %s up front: %s", features.model, refusal.code)
             return None
+        except BaseException:
+            await self._release(reservation)
+            raise
         self.quotes.signed(quote)
-        return quote, payment
+        return quote, payment, reservation
+
+    # --- the shared budget (the fleet's hook; issue 9 folds this into its payment flow) ---
+
+    async def _reserve(self, amount: int) -> Reservation | None:
+        """Hold ``amount`` in the shared budget before signing; raises PaymentRefused
+        (budget_exceeded) or BudgetStoreUnavailable, and then nothing is signed."""
+        return None if self.budget is None else await self.budget.reserve(amount)
+
+    async def _release(self, reservation: Reservation | None) -> None:
+        if self.budget is not None and reservation is not None:
+            await self.budget.release(reservation)
+
+    async def _send_reserved(
+        self,
+        body: bytes,
+        headers: CIMultiDict[str],
+        payment: SignedPayment,
+        reservation: Reservation | None,
+    ) -> Answer:
+        """``_send_paid``, then settle the reservation by what became of the payment."""
+        if self.budget is None or reservation is None:
+            return await self._send_paid(body, headers, payment)
+        try:
+            answer = await self._send_paid(body, headers, payment)
+        except PaymentNotAccepted:
+            await self.budget.release(reservation)  # refused as unused: nothing charged
+            raise
+        except PaidCallFailed:
+            await self.budget.commit(reservation)  # sent: it may have been charged
+            raise
+        except UpstreamError:
+            await self.budget.release(reservation)  # never reached the gateway
+            raise
+        except BaseException:
+            await self.budget.commit(reservation)  # cancelled mid-send: maybe sent
+            raise
+        await self.budget.commit(reservation, answer.paid_atomic)
+        return answer
 
     def _quotes_accepted(self, quote: Presign) -> None:
         if self.quotes is not None:
