@@ -175,7 +175,9 @@ def test_three_processes_never_reserve_more_than_the_budget(redis_server: RedisS
 async def test_redis_stopped_mid_run_fails_closed_then_resumes(
     redis_server: RedisServer,
 ) -> None:
-    link = RedisLink(redis_server.url, timeout=TIMEOUT, prefix="test")
+    # A generous bound: 100 reservations at once on fresh connections, on a loaded
+    # machine, must not time out; a stopped Redis refuses connections at once anyway.
+    link = RedisLink(redis_server.url, timeout=2.0, prefix="test")
     store = store_for(link, limit=10**9)
     try:
 
@@ -192,7 +194,7 @@ async def test_redis_stopped_mid_run_fails_closed_then_resumes(
         redis_server.stop()
         started = time.monotonic()
         during = await asyncio.gather(*(attempt() for _ in range(100)))
-        assert time.monotonic() - started < 5 * TIMEOUT  # bounded, not a hang
+        assert time.monotonic() - started < 2.0  # refused at once, not a hang
         assert all(isinstance(r, BudgetStoreUnavailable) for r in during)  # zero granted
         assert all(r.status == 503 and r.code == "budget_store_unavailable" for r in during)
         assert store.stats.unavailable == 100
