@@ -161,9 +161,10 @@ function renderHours(hours) {
   }
   hours.forEach((h, i) => {
     const barHeight = (height - top - bottom) * (h.signed / max);
+    const x = left + i * step + step * 0.15;
     const bar = el('svg:rect', {
-      class: 'bar' + (h.failed_after_payment ? ' failed' : ''),
-      x: (left + i * step + step * 0.15).toFixed(1),
+      class: 'bar',
+      x: x.toFixed(1),
       y: (height - bottom - barHeight).toFixed(1),
       width: Math.max(1, step * 0.7).toFixed(1),
       height: barHeight.toFixed(1),
@@ -172,6 +173,14 @@ function renderHours(hours) {
     bar.appendChild(el('svg:title', {}, utc(h.hour, true) + ' UTC: ' + usd(h.signed) +
       ' signed, ' + h.calls + ' calls, ' + h.failed_after_payment + ' failed after payment'));
     nodes.push(bar);
+    if (h.failed_after_payment) {
+      // A red mark above the bar: the hour's spend includes a call that failed after paying.
+      const mid = x + step * 0.35, top = height - bottom - barHeight - 4;
+      nodes.push(el('svg:path', {
+        class: 'failed-mark', 'data-hour': h.hour,
+        d: `M ${mid - 6} ${top - 9} L ${mid + 6} ${top - 9} L ${mid} ${top} Z`,
+      }));
+    }
     const every = Math.ceil(hours.length / 12);
     if (i % every === 0) {
       nodes.push(el('svg:text', { x: left + i * step + step / 2, y: height - 6, 'text-anchor': 'middle' }, utc(h.hour, false)));
@@ -192,16 +201,20 @@ function renderModels(models) {
   const nodes = [];
   rows.forEach((m, i) => {
     const y = i * rowHeight + 4;
-    const barWidth = (width - labelWidth - 120) * (m.signed / max);
+    const barWidth = (width - labelWidth - 260) * (m.signed / max);
     nodes.push(el('svg:text', { class: 'label', x: 0, y: y + 15 }, m.model || '-'));
     const bar = el('svg:rect', {
-      class: 'bar' + (m.failed_after_payment ? ' failed' : ''),
+      class: 'bar',
       x: labelWidth, y, width: Math.max(1, barWidth).toFixed(1), height: rowHeight - 8,
       'data-model': m.model, 'data-signed': m.signed,
     });
     bar.appendChild(el('svg:title', {}, m.model + ': ' + usd(m.signed) + ' signed'));
     nodes.push(bar);
     nodes.push(el('svg:text', { x: labelWidth + barWidth + 8, y: y + 15 }, usd(m.signed)));
+    if (m.failed_after_payment) {
+      nodes.push(el('svg:text', { class: 'failed-count', x: labelWidth + barWidth + 90, y: y + 15 },
+        m.failed_after_payment + ' failed after payment'));
+    }
   });
   if (!rows.length) nodes.push(el('svg:text', { x: 0, y: 18 }, 'no paid calls in this period'));
   svg.replaceChildren(...nodes);
@@ -219,6 +232,11 @@ function renderModels(models) {
     );
     return row;
   }));
+}
+
+// Long ids (32 hex digits) keep their ends; the whole id is in the tooltip.
+function shortId(id) {
+  return id.length > 20 ? id.slice(0, 8) + '…' + id.slice(-8) : id;
 }
 
 const OUTCOME_LABELS = { ok: 'ok', refused: 'refused', failed_after_payment: 'failed after payment' };
@@ -240,7 +258,7 @@ function renderCalls(calls) {
       el('td', { class: 'num signed' }, usd(c.signed)),
       el('td', { class: 'num settled' }, c.settled == null ? '–' : usd(c.settled)),
       el('td', { class: 'num' }, c.status),
-      el('td', {}, c.request_id),
+      el('td', { title: c.request_id }, shortId(c.request_id)),
       el('td', { title: c.settlement || '' }, c.settlement ? c.settlement.slice(0, 10) + '…' : ''),
     );
     return row;
