@@ -189,6 +189,18 @@ async def test_sqlite_runs_in_its_own_thread_and_files_are_shared(
             await store.aclose()
 
 
+async def test_an_unwritable_state_dir_keeps_the_ledger_in_memory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = SqliteLedger(blocker / "spend.sqlite3", retention_seconds=RETENTION)
+    try:
+        await store.append([rec(NOW, "m")])
+        assert [r.model for r in await store.last(5)] == ["m"]
+        assert store.backend == "memory"  # and the page says so
+    finally:
+        await store.aclose()
+
+
 async def test_a_read_only_ledger_that_does_not_exist_reads_empty(tmp_path: Path) -> None:
     reader = SqliteLedger(tmp_path / "none.sqlite3", retention_seconds=RETENTION, read_only=True)
     try:

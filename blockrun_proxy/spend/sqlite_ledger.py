@@ -12,6 +12,8 @@ Retention: after every write, call records beyond the last ``max_records`` or ol
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from blockrun_proxy.spend.summary import HOUR, HourRow, Totals, hour_of
 if TYPE_CHECKING:
     import sqlite3
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
@@ -113,14 +116,41 @@ class SqliteLedger:
                 raise LedgerMissing(f"no spend ledger at {self.path} yet")
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            db = sqlite3.connect(self.path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                db = self._open_file()
+            except OSError as exc:
+                # A read-only filesystem or a state dir the process may not write: keep
+                # the ledger in memory rather than lose every record (and say so once).
+                log.warning(
+                    "spend ledger: cannot use %s (%s); keeping it in memory instead "
+                    "(set --state-dir to a writable directory)",
+                    self.path,
+                    exc,
+                )
+                self.backend = "memory"
+                db = sqlite3.connect(":memory:", isolation_level=None)
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not self._read_only:
             db.executescript(SCHEMA)
         self._db = db
+        return db
+
+    def _open_file(self) -> sqlite3.Connection:
+        import sqlite3
+
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(self.path.parent, os.W_OK):  # a read-only filesystem, say
+            raise PermissionError(f"{self.path.parent} is not writable")
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _append(self, records: Sequence[SpendRecord]) -> None:
