@@ -72,6 +72,17 @@ async def test_commit_and_release_are_idempotent(link: RedisLink) -> None:
     assert await spent(store) == 3_000
 
 
+async def test_a_reservation_arriving_after_its_release_holds_nothing(link: RedisLink) -> None:
+    """A reserve that timed out on our side is released in the background, over another
+    connection: should the reserve itself reach Redis later, it must be refused."""
+    store = store_for(link)
+    await store.release(Reservation("late-one", 4_000, time.time()))
+    await store.flush(5)
+    granted, total, _ = await store._run("reserve", store.limit, 4_000, "late-one")
+    assert (granted, total) == (0, 0)
+    assert await spent(store) == 0
+
+
 async def test_a_spent_above_the_amount_counts_the_amount(link: RedisLink) -> None:
     store = store_for(link)
     reservation = await store.reserve(1_000)

@@ -13,7 +13,7 @@ import pytest
 from paying import PAID, chat, post
 from redis_support import RedisServer
 
-from blockrun_proxy.app import BALANCE_KEY, PAYER_KEY, RECORDER_KEY, create_app
+from blockrun_proxy.app import BALANCE_KEY, BUDGET_STORE_KEY, PAYER_KEY, RECORDER_KEY, create_app
 from blockrun_proxy.config import Settings
 from blockrun_proxy.testing import FakeGateway
 
@@ -212,3 +212,21 @@ async def test_redis_down_means_no_signature_then_service_resumes(
     doc = await spend(proxy)
     outcomes = sorted(c["outcome"] for c in doc["last_calls"])
     assert "ok" in outcomes  # the ledger writes again
+
+
+async def test_a_payment_that_may_have_been_charged_stays_in_the_shared_budget(
+    start_proxy: Any, gateway: FakeGateway, redis_server: RedisServer
+) -> None:
+    """Failed after payment: committed (it may have been charged); refused by the proxy or
+    never signed: nothing held."""
+    proxy = await start_proxy(redis_url=redis_server.url, budget_usd=Decimal("1"))
+    gateway.misbehave.fail_after_settle = 1
+    failed = await post(proxy, chat(PAID))
+    assert failed.status == 424
+    signed = gateway.payments[-1].amount
+    gateway.misbehave.fail_unpaid = 1  # an error before any payment: nothing to hold
+    gateway.misbehave.fail_status = 400
+    assert (await post(proxy, chat(PAID))).status == 400
+    store = proxy.app[BUDGET_STORE_KEY]
+    await store.flush(5)
+    assert (await store.usage()).spent == signed
