@@ -231,6 +231,11 @@ class RedisBudgetStore:
             # timed out): release the id, which also refuses it should it arrive late.
             self._settle("release", reservation_id, None)
             return self._unavailable(amount)
+        except asyncio.CancelledError:
+            # The client hung up mid-reservation: whether or not Redis holds it, nothing
+            # will be signed for it.
+            self._settle("release", reservation_id, None)
+            raise
         if not granted:
             self.stats.refused += 1
             raise budget_exceeded(self.limit, self.window_seconds, total, amount)

@@ -246,6 +246,28 @@ async def test_a_hung_redis_costs_at_most_the_timeout_and_never_blocks_settling(
         await link.aclose()
 
 
+async def test_a_reservation_cancelled_in_flight_holds_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """A client that hangs up while its reservation is on the wire (handler cancelled)."""
+    link = RedisLink(redis_server.url, timeout=5.0, prefix="test")
+    store = store_for(link)
+    try:
+        await store.usage()  # connected
+        redis_server.pause()
+        pending = asyncio.ensure_future(store.reserve(3_000))
+        await asyncio.sleep(0.1)  # sent; Redis will run it when it wakes up
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        redis_server.resume()
+        assert await spent(store) == 0
+    finally:
+        redis_server.resume()
+        await store.aclose()
+        await link.aclose()
+
+
 async def test_fail_open_signs_under_this_process_budget_while_redis_is_away(
     redis_server: RedisServer,
 ) -> None:
