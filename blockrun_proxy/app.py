@@ -28,7 +28,7 @@ from blockrun_proxy.errors import (
     UpstreamError,
     error_body,
 )
-from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, current_exchange, request_id_from
+from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, request_id_from
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
@@ -39,10 +39,10 @@ from blockrun_proxy.quotes import QuoteBook
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
-from blockrun_proxy.spend.routes import PAGE_PATHS, SPEND_KEY, BalanceSource, SpendView
+from blockrun_proxy.spend.routes import PAGE_PATHS, SPEND_KEY, BalanceSlot, SpendView
 from blockrun_proxy.spend.routes import add_routes as add_spend_routes
-from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
-from blockrun_proxy.x402 import SignedPayment, usd
+from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, PAYMENT_RESPONSE, Answer, Gateway
+from blockrun_proxy.x402 import usd
 
 log = logging.getLogger("blockrun_proxy")
 
@@ -63,8 +63,9 @@ BUDGET_STORE_KEY = web.AppKey("budget_store", RedisBudgetStore)
 QUOTE_STORE_KEY = web.AppKey("quote_store", QuoteStore)
 # The spend ledger's writer (always present: Redis, a SQLite file, or memory).
 RECORDER_KEY = web.AppKey("recorder", Recorder)
-# The wallet balance, read in the background by whoever provides it (optional).
-BALANCE_KEY = web.AppKey("balance", BalanceSource)
+# The wallet balance, for /readyz and the spend page: "unknown" until a reader (the
+# --rpc-url BalanceWatcher, started after the port is open) is plugged into the slot.
+BALANCE_KEY = web.AppKey("balance", BalanceSlot)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 # Probes answer without the token: the kubelet has none, and they reveal nothing. The
@@ -107,7 +108,10 @@ def create_app(settings: Settings) -> web.Application:
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
     app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
-    app[PAYER_KEY] = payer_for(settings)
+    # --redis-url: the fleet store (budget, ledger, quotes); the payer reserves there.
+    link = RedisLink.from_settings(settings)
+    shared_budget = _shared_budget(settings, link)
+    app[PAYER_KEY] = payer_for(settings, budget=shared_budget)
     metrics.watch_payer(app[PAYER_KEY])
     app[QUOTES_KEY] = QuoteBook(
         trust=settings.quote_trust,
@@ -116,7 +120,7 @@ def create_app(settings: Settings) -> web.Application:
         enabled=settings.presign,
     )
     metrics.watch_quotes(lambda: app[QUOTES_KEY].stats)
-    _add_fleet_stores(app, settings, metrics)
+    _add_fleet_stores(app, settings, metrics, link, shared_budget)
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(_stamp_response)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -128,42 +132,46 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def _add_fleet_stores(app: web.Application, settings: Settings, metrics: Metrics) -> None:
-    """The Redis link (if any), the shared budget, the quote store, the spend ledger."""
+def _shared_budget(settings: Settings, link: RedisLink | None) -> RedisBudgetStore | None:
+    if link is None or settings.budget_atomic is None:
+        return None
+    return RedisBudgetStore(
+        link,
+        settings.budget_atomic,
+        settings.budget_window_seconds,
+        fail_open=settings.budget_fail_open,
+    )
+
+
+def _add_fleet_stores(
+    app: web.Application,
+    settings: Settings,
+    metrics: Metrics,
+    link: RedisLink | None,
+    shared_budget: RedisBudgetStore | None,
+) -> None:
+    """The Redis link (if any) and what lives in it, the spend ledger and its page."""
     payer = app[PAYER_KEY]
-    link = RedisLink.from_settings(settings)
-    store: RedisBudgetStore | None = None
     if link is not None:
         app[REDIS_KEY] = link
         app[QUOTE_STORE_KEY] = RedisQuoteStore(link)
-        if settings.budget_atomic is not None:
-            store = RedisBudgetStore(
-                link,
-                settings.budget_atomic,
-                settings.budget_window_seconds,
-                fail_open=settings.budget_fail_open,
-            )
-            app[BUDGET_STORE_KEY] = store
-            metrics.watch_budget_store(store.stats)
+    if shared_budget is not None:
+        app[BUDGET_STORE_KEY] = shared_budget
+        metrics.watch_budget_store(shared_budget.stats)
     recorder = Recorder(open_ledger(settings, link), replica=replica_name())
     app[RECORDER_KEY] = recorder
     metrics.watch(metrics.ledger_records_dropped, lambda: recorder.dropped)
-    payer.on_signed = _note_signed
+    balance = app[BALANCE_KEY] = BalanceSlot()
 
     async def budget_usage() -> BudgetUsage | None:
-        if store is not None:
-            return await store.usage()
-        local = payer.budget
-        if local is None:
-            return None
-        return BudgetUsage(local.limit, local.window, local.spent())
+        return None if payer.budget is None else await payer.budget.usage()
 
     app[SPEND_KEY] = SpendView(
         recorder.ledger,
         budget=budget_usage,
-        budget_shared=store is not None,
+        budget_shared=shared_budget is not None,
         address=lambda: payer.address,
-        balance=lambda: app.get(BALANCE_KEY),
+        balance=lambda: balance,
         dropped=lambda: recorder.dropped,
         store_state=link.describe if link is not None else lambda: None,
         # The call that just finished shows, unless the ledger is stuck (then: bounded).
@@ -184,13 +192,6 @@ async def _fleet_lifecycle(app: web.Application) -> AsyncIterator[None]:
     link = app.get(REDIS_KEY)
     if link is not None:
         await link.aclose()
-
-
-def _note_signed(payment: SignedPayment) -> None:
-    """The payer's hook: add each signature to the request it was made for (the ledger)."""
-    exchange = current_exchange.get()
-    if exchange is not None:
-        exchange.signed_atomic += payment.amount
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
@@ -215,6 +216,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         # The gateway sets no cookies the proxy should keep, and one jar shared by every
         # client of the proxy would leak one client's cookies to another's calls.
         cookie_jar=aiohttp.DummyCookieJar(),
+        max_field_size=GATEWAY_MAX_FIELD_SIZE,
     ) as session:
         app[SESSION_KEY] = session
         gateway = Gateway(
@@ -224,7 +226,6 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
             paid_replays=settings.paid_replays,
             probe_retries=settings.probe_retries,
             quotes=app[QUOTES_KEY],
-            budget=app.get(BUDGET_STORE_KEY),
         )
         app[GATEWAY_KEY] = gateway
         app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
@@ -255,7 +256,6 @@ def front_middleware(token: str | None) -> Middleware:
             resource.canonical if resource is not None else UNMATCHED_ROUTE,
         )
         request[EXCHANGE_KEY] = exchange
-        context_token = current_exchange.set(exchange)
         try:
             try:
                 path = request.path
@@ -279,7 +279,6 @@ def front_middleware(token: str | None) -> Middleware:
             exchange.status = 500
             raise
         finally:
-            current_exchange.reset(context_token)
             now = time.monotonic()
             logs.log_access(exchange, now=now)
             request.app[METRICS_KEY].observe(exchange, now=now)
@@ -386,8 +385,7 @@ async def readyz(request: web.Request) -> web.Response:
         "wallet": "loaded" if app[PAYER_KEY].address else "none: free models only",
     }
     if app[PAYER_KEY].can_sign:
-        balance = app.get(BALANCE_KEY)
-        latest = balance.latest() if balance is not None else None
+        latest = app[BALANCE_KEY].latest()
         body["balance_usd"] = "unknown" if latest is None else usd(latest[0])
     link = app.get(REDIS_KEY)
     if link is not None:
@@ -424,7 +422,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         exchange.model = chat.model
         answer = await app[GATEWAY_KEY].send_chat(
-            chat.body, request.headers, exchange.request_id, chat=chat
+            chat.body,
+            request.headers,
+            exchange.request_id,
+            chat=chat,
+            on_sent=exchange.payment_sent,
         )
         # The parsed request (every message as Python objects, several times the body's
         # size) is not needed while the answer streams: drop it now, not at the last byte.

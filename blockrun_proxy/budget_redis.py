@@ -42,14 +42,13 @@ import asyncio
 import logging
 import math
 import secrets
-import time
 from dataclasses import dataclass
 
 from blockrun_proxy.budget import (
     BUCKETS,
     BudgetUsage,
+    MemoryBudgetStore,
     Reservation,
-    SpendBudget,
     budget_exceeded,
 )
 from blockrun_proxy.errors import BudgetStoreUnavailable
@@ -213,7 +212,7 @@ class RedisBudgetStore:
         ]
         self._script = link.script(BUDGET_SCRIPT)
         # Under --budget-fail-open, what this process signs while Redis is away.
-        self._local = SpendBudget(limit, window_seconds)
+        self._local = MemoryBudgetStore(limit, window_seconds)
         self._pending: set[asyncio.Task[None]] = set()
 
     @property
@@ -230,7 +229,7 @@ class RedisBudgetStore:
             # The script may still run later (the request was sent, the answer is what
             # timed out): release the id, which also refuses it should it arrive late.
             self._settle("release", reservation_id, None)
-            return self._unavailable(amount)
+            return await self._unavailable(amount)
         except asyncio.CancelledError:
             # The client hung up mid-reservation: whether or not Redis holds it, nothing
             # will be signed for it.
@@ -245,12 +244,13 @@ class RedisBudgetStore:
     async def commit(self, reservation: Reservation, spent: int | None = None) -> None:
         """Counts; never waits for Redis (the relay goes on, Redis gets it in the background)."""
         if reservation.id.startswith(LOCAL_ID_PREFIX):
-            return  # counted in the local budget in full when reserved
+            await self._local.commit(_unprefixed(reservation), spent)
+            return
         self._settle("commit", reservation.id, reservation.amount if spent is None else spent)
 
     async def release(self, reservation: Reservation) -> None:
         if reservation.id.startswith(LOCAL_ID_PREFIX):
-            self._local.refund(reservation.amount)
+            await self._local.release(_unprefixed(reservation))
             return
         self._settle("release", reservation.id, None)
 
@@ -288,7 +288,7 @@ class RedisBudgetStore:
         granted, total, now_ms = (int(x) for x in reply)
         return granted, total, now_ms
 
-    def _unavailable(self, amount: int) -> Reservation:
+    async def _unavailable(self, amount: int) -> Reservation:
         if not self.fail_open:
             self.stats.unavailable += 1
             raise BudgetStoreUnavailable(
@@ -296,9 +296,9 @@ class RedisBudgetStore:
                 "retry shortly (or run the proxy with --budget-fail-open)",
                 headers={"Retry-After": "1"},
             )
-        self._local.reserve(amount)  # this process's own cap still holds (402 past it)
+        local = await self._local.reserve(amount)  # this process's own cap (402 past it)
         self.stats.fail_open += 1
-        return Reservation(LOCAL_ID_PREFIX + secrets.token_hex(8), amount, time.time())
+        return Reservation(LOCAL_ID_PREFIX + local.id, local.amount, local.at)
 
     def _settle(self, op: str, reservation_id: str, spent: int | None) -> None:
         if len(self._pending) >= MAX_PENDING_SETTLEMENTS:
@@ -328,3 +328,8 @@ class RedisBudgetStore:
             reservation_id,
             HOLD_SECONDS,
         )
+
+
+def _unprefixed(reservation: Reservation) -> Reservation:
+    """The local (fail-open) store's own reservation behind one of ours."""
+    return Reservation(reservation.id[len(LOCAL_ID_PREFIX) :], reservation.amount, reservation.at)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from decimal import Decimal
+from pathlib import Path
 
 import click
 
 from blockrun_proxy import config, logs
 from blockrun_proxy.config import Settings
+from blockrun_proxy.wallet.cli import wallet
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # Options whose value may hold a secret (a password in a URL): a command line is visible
@@ -42,11 +44,20 @@ def main(ctx: click.Context) -> None:
     "--port", default=config.DEFAULT_PORT, show_default=True, type=int, envvar=_env("PORT")
 )
 @click.option(
-    "--api-url",
-    default=config.DEFAULT_API_URL,
+    "--chain",
+    default=config.DEFAULT_CHAIN,
     show_default=True,
+    envvar=_env("CHAIN"),
+    type=click.Choice(config.CHAINS),
+    help="Which BlockRun gateway and networks to pay on by default: base "
+    f"({config.DEFAULT_API_URL}) or solana ({config.SOLANA_API_URL}). "
+    "--api-url and --networks override it.",
+)
+@click.option(
+    "--api-url",
+    default=None,
     envvar="BLOCKRUN_API_URL",
-    help="The BlockRun gateway base URL.",
+    help="The BlockRun gateway base URL. [default: per --chain]",
 )
 @click.option(
     "--log-level",
@@ -64,10 +75,10 @@ def main(ctx: click.Context) -> None:
 )
 @click.option(
     "--networks",
-    default=",".join(config.DEFAULT_NETWORKS),
-    show_default=True,
+    default=None,
     envvar=_env("NETWORKS"),
-    help="Comma-separated CAIP-2 networks the payer may sign on.",
+    help="Comma-separated CAIP-2 networks the payer may sign on. [default: per --chain: "
+    f"{','.join(config.DEFAULT_NETWORKS)} or {','.join(config.SOLANA_NETWORKS)}]",
 )
 @click.option(
     "--max-price-usd",
@@ -96,7 +107,9 @@ def main(ctx: click.Context) -> None:
     default=None,
     envvar=_env("BUDGET_USD"),
     type=Decimal,
-    help="Never sign more than this in total over --budget-window. Default: no budget.",
+    help="Never send payments worth more than this in total over --budget-window (held "
+    "from before signing; payments that never reached the gateway are not counted). "
+    "Default: no budget.",
 )
 @click.option(
     "--budget-window",
@@ -180,6 +193,35 @@ def main(ctx: click.Context) -> None:
     help="An EVM JSON-RPC endpoint for on-chain reads (wallet balance, Permit2 allowance).",
 )
 @click.option(
+    "--low-balance-usd",
+    default=None,
+    envvar=_env("LOW_BALANCE_USD"),
+    type=Decimal,
+    help="With --rpc-url: warn once when the wallet's USDC balance falls below this.",
+)
+@click.option(
+    "--solana-rpc-url",
+    default=None,
+    envvar=_env("SOLANA_RPC_URL"),
+    help="The Solana JSON-RPC endpoint recent blockhashes come from. [default: the public "
+    "RPC of the Solana networks allowed: mainnet, or devnet when they are all devnet]",
+)
+@click.option(
+    "--solana-keypair",
+    default=None,
+    envvar=_env("SOLANA_KEYPAIR"),
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"A solana-keygen JSON keypair file to pay from, when {config.SOLANA_KEY_ENV} is unset. "
+    f"[default: {config.SOLANA_WALLET_FILE}]",
+)
+@click.option(
+    "--api-key-url",
+    default=config.DEFAULT_API_KEY_URL,
+    show_default=True,
+    envvar=config.API_KEY_URL_ENV,
+    help=f"The host calls go to when {config.API_KEY_ENV} is set (prepaid credit, no x402).",
+)
+@click.option(
     "--redis-url",
     default=None,
     envvar=config.REDIS_URL_ENV,
@@ -225,10 +267,11 @@ def main(ctx: click.Context) -> None:
 def serve(
     host: str,
     port: int,
-    api_url: str,
+    chain: str,
+    api_url: str | None,
     log_level: str,
     log_format: str,
-    networks: str,
+    networks: str | None,
     max_price_usd: Decimal,
     default_max_tokens: int,
     pay_to: tuple[str, ...],
@@ -244,6 +287,10 @@ def serve(
     allow_public: bool,
     state_dir: str,
     rpc_url: str | None,
+    low_balance_usd: Decimal | None,
+    solana_rpc_url: str | None,
+    solana_keypair: Path | None,
+    api_key_url: str,
     redis_url: str | None,
     redis_prefix: str,
     redis_timeout: float,
@@ -253,13 +300,23 @@ def serve(
 ) -> None:
     """Run the proxy (the default command)."""
     wallet_key, wallet_source = config.read_wallet_key()
+    try:
+        solana_key, _solana_source = config.read_solana_key(keypair=solana_keypair)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    chain_api_url, chain_networks = config.chain_defaults(chain)
     settings = Settings(
         host=host,
         port=port,
-        api_url=api_url,
+        chain=chain,
+        api_url=api_url or chain_api_url,
         log_level=log_level.lower(),
         log_format=log_format,
-        networks=tuple(n.strip() for n in networks.split(",") if n.strip()),
+        networks=(
+            tuple(n.strip() for n in networks.split(",") if n.strip())
+            if networks is not None
+            else chain_networks
+        ),
         max_price_usd=max_price_usd,
         default_max_tokens=default_max_tokens,
         pay_to=pay_to,
@@ -281,9 +338,15 @@ def serve(
         redis_timeout_seconds=redis_timeout,
         budget_fail_open=budget_fail_open,
         ledger_retention_seconds=ledger_retention,
+        low_balance_usd=low_balance_usd,
+        solana_rpc_url=solana_rpc_url or None,
+        solana_keypair=solana_keypair,
+        api_key_url=api_key_url.rstrip("/"),
         demo=demo,
         token=config.read_token(),
         wallet_key=None if demo else wallet_key,
+        solana_key=None if demo else solana_key,
+        api_key=None if demo else config.read_api_key(),
         redis_password=config.read_redis_password(),
     )
     try:
@@ -370,22 +433,50 @@ def _check_wallet(settings: Settings) -> None:
         from blockrun_proxy.x402 import Signer
 
         Signer(settings.wallet_key)  # raises ValueError without echoing the key
+    if settings.solana_key:
+        from blockrun_proxy.x402.svm import solana_secret
+
+        solana_secret(settings.solana_key)  # the same: shape errors only, never the key
 
 
 @main.command()
-def address() -> None:
-    """Print the wallet address the proxy would pay from (never the key)."""
-    from blockrun_proxy.x402 import Signer
-
+@click.option(
+    "--solana-keypair",
+    default=None,
+    envvar=_env("SOLANA_KEYPAIR"),
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A solana-keygen JSON keypair file, as for serve.",
+)
+def address(solana_keypair: Path | None) -> None:
+    """Print the addresses the proxy would pay from, Base and Solana (never a key)."""
+    lines = []
     key, source = config.read_wallet_key()
-    if not key:
-        raise click.ClickException(
-            f"no wallet: set {config.WALLET_ENV} or create {config.WALLET_FILE}"
-        )
+    if key:
+        from blockrun_proxy.x402 import Signer
+
+        try:
+            lines.append(f"base    {Signer(key).address}  (from {source})")
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
-        click.echo(f"{Signer(key).address}  (from {source})")
+        solana_key, solana_source = config.read_solana_key(keypair=solana_keypair)
+        if solana_key:
+            from blockrun_proxy.x402.svm import SolanaSigner
+
+            lines.append(f"solana  {SolanaSigner(solana_key).address}  (from {solana_source})")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if config.read_api_key():
+        lines.append(f"api key set (${config.API_KEY_ENV}): calls are paid from prepaid credit")
+    if not lines:
+        raise click.ClickException(
+            f"no wallet: set {config.WALLET_ENV} or create {config.WALLET_FILE} (Base), "
+            f"or set {config.SOLANA_KEY_ENV} or create {config.SOLANA_WALLET_FILE} (Solana)"
+        )
+    click.echo("\n".join(lines))
+
+
+main.add_command(wallet)
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from redis_support import RedisServer
 
 from blockrun_proxy.app import BALANCE_KEY, BUDGET_STORE_KEY, PAYER_KEY, RECORDER_KEY, create_app
 from blockrun_proxy.config import Settings
+from blockrun_proxy.server import WatchedBalance
 from blockrun_proxy.testing import FakeGateway
+from blockrun_proxy.wallet.watcher import BalanceWatcher
 
 
 async def get(proxy: Any, path: str, token: str | None = None) -> tuple[int, Any, bytes]:
@@ -145,26 +148,28 @@ async def test_bad_queries_get_an_openai_shaped_400(start_proxy: Any, query: str
     assert orjson.loads(body)["error"]["code"] == "invalid_query"
 
 
-async def test_readyz_and_spend_show_the_balance_a_provider_gives(
+async def test_readyz_and_spend_show_the_balance_the_watcher_read(
     aiohttp_client: Any, wallet_key: str
 ) -> None:
     app = create_app(Settings(wallet_key=wallet_key, state_dir=None))
     client = await aiohttp_client(app)
     readyz = await (await client.get("/readyz")).json()
-    assert readyz["balance_usd"] == "unknown"  # no provider
+    assert readyz["balance_usd"] == "unknown"  # no reader (no --rpc-url)
+    assert (await (await client.get("/v1/spend")).json())["wallet"]["balance"] is None
 
-    class Balance:
-        def latest(self) -> tuple[int, float] | None:
-            return 12_345_678, 1_700_000_000.0
+    async def read_balance() -> int:
+        return 12_345_678
 
-    app2 = create_app(Settings(wallet_key=wallet_key, state_dir=None))
-    app2[BALANCE_KEY] = Balance()
-    client2 = await aiohttp_client(app2)
-    readyz = await (await client2.get("/readyz")).json()
+    watcher = BalanceWatcher(read_balance)
+    app[BALANCE_KEY].source = WatchedBalance(watcher)  # what serve does with --rpc-url
+    readyz = await (await client.get("/readyz")).json()
+    assert readyz["balance_usd"] == "unknown"  # not read yet
+    await watcher.refresh()
+    readyz = await (await client.get("/readyz")).json()
     assert readyz["balance_usd"] == "12.345678"
-    doc = await (await client2.get("/v1/spend")).json()
-    assert doc["wallet"]["balance"] == 12_345_678
-    assert doc["wallet"]["balance_at"] == 1_700_000_000.0
+    wallet = (await (await client.get("/v1/spend")).json())["wallet"]
+    assert wallet["balance"] == 12_345_678
+    assert abs(wallet["balance_at"] - time.time()) < 5  # wall-clock time of the reading
 
 
 # --- with the fleet store --------------------------------------------------------------------
@@ -181,7 +186,7 @@ async def test_a_proxy_on_redis_reserves_and_records_there(
     assert doc["ledger"]["store"] == "redis: ok"
     assert doc["budget"]["shared"] is True
     assert doc["budget"]["spent"] == settled_total(gateway) == doc["totals"]["settled"]
-    assert proxy.app[PAYER_KEY].budget is None  # the shared store is the budget
+    assert proxy.app[PAYER_KEY].budget is proxy.app[BUDGET_STORE_KEY]  # the shared one
 
 
 async def test_redis_down_means_no_signature_then_service_resumes(

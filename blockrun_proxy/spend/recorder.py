@@ -55,7 +55,7 @@ class Recorder:
 
     def observe(self, exchange: Exchange) -> None:
         """Queue the record of a finished call, if it is one the ledger keeps. Never waits."""
-        if exchange.signed_atomic == 0 and exchange.refusal is None:
+        if not exchange.signed_atomic and exchange.refusal is None:
             return  # the common free or unpaid call: nothing to build
         record = record_for(exchange, now=self._clock(), replica=self.replica)
         if record is None:

@@ -2,8 +2,11 @@
 
 Amounts are USDC atomic units (1e-6 USDC, "micro-USDC"), as everywhere in the proxy.
 A record is made from the finished request's ``Exchange`` at the one place the app
-reports a finished request (app.front_middleware), for every call that signed a payment
-and every call the proxy refused to pay for (so a spent budget shows on the page).
+reports a finished request (app.front_middleware), for every call whose payment may have
+reached the gateway (``signed``: the largest authorization sent; one nonce per call, so
+at most one of a call's authorizations can settle) and every call the proxy refused to
+pay for (so a spent budget shows on the page). A signature that never left the proxy
+cost nothing and is not recorded.
 
 Outcomes:
 
@@ -44,7 +47,7 @@ class SpendRecord:
     route: str
     status: int  # what the client was answered (499: it hung up)
     outcome: str
-    signed: int
+    signed: int  # the authorization sent: the most this call may have cost
     settled: int | None
     settlement: str | None  # the settlement transaction, when the gateway named one
     error: str | None  # the proxy's or the gateway's error code
@@ -80,7 +83,7 @@ class SpendRecord:
 def outcome_of(exchange: Exchange) -> str | None:
     """How a finished call ended, for the ledger; None when it is not the ledger's business
     (a free call, a bad request, a call that never came near a payment)."""
-    if exchange.signed_atomic == 0:
+    if not exchange.signed_atomic:
         refused = exchange.status in PAYMENT_REFUSAL_STATUSES or (
             exchange.refusal in PAYMENT_REFUSAL_CODES
         )
@@ -106,7 +109,7 @@ def record_for(exchange: Exchange, *, now: float, replica: str) -> SpendRecord |
         route=exchange.route,
         status=exchange.status,
         outcome=outcome,
-        signed=exchange.signed_atomic,
+        signed=exchange.signed_atomic or 0,
         settled=exchange.cost_atomic if outcome == OK else None,
         settlement=exchange.settlement_tx if outcome != REFUSED else None,
         error=exchange.refusal or exchange.upstream_error,

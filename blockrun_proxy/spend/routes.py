@@ -58,6 +58,17 @@ class BalanceSource(Protocol):
     def latest(self) -> tuple[int, float] | None: ...
 
 
+class BalanceSlot:
+    """Where the balance reader goes once it runs: ``latest()`` is None ("unknown") until
+    then, or when it has not read the balance yet."""
+
+    def __init__(self) -> None:
+        self.source: BalanceSource | None = None
+
+    def latest(self) -> tuple[int, float] | None:
+        return None if self.source is None else self.source.latest()
+
+
 BudgetReader = Callable[[], Awaitable[BudgetUsage | None]]
 
 

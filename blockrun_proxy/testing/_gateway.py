@@ -40,8 +40,23 @@ from blockrun_proxy.testing._records import (
     SettledPayment,
     payment_record,
 )
-from blockrun_proxy.testing._replies import answer_for, completion, error_response, json_response
+from blockrun_proxy.testing._replies import (
+    answer_for,
+    completion,
+    count_tokens,
+    error_response,
+    json_response,
+)
 from blockrun_proxy.testing._stream import ChunkWriter, frames
+from blockrun_proxy.testing._upto import (
+    UptoMode,
+    UptoOutcome,
+    declared_extensions,
+    is_upto_payment,
+    settle_upto,
+    upto_requirement,
+    verify_upto,
+)
 from blockrun_proxy.testing._verify import VERIFY_MODES, VerifyMode
 
 API_PREFIX = "/api"
@@ -58,7 +73,14 @@ class FakeGateway:
     Create it, then either ``await start()`` for a real loopback server or hand
     ``gw.app`` to pytest-aiohttp. Flip ``gw.misbehave`` between calls and read
     ``requests`` / ``payments`` / ``settled`` to see what the proxy did.
+
+    The Solana and API-key modes (``_solana.py``, ``_apikey.py``) are subclasses that
+    override the hooks below: ``prefix``, ``_check_terms``, ``_quote``, ``_verify``,
+    ``_settle`` and ``_note_payment``.
     """
+
+    # The path every route hangs under: "/api" on the x402 hosts, "" on the API-key host.
+    prefix = API_PREFIX
 
     def __init__(
         self,
@@ -74,15 +96,17 @@ class FakeGateway:
         *,
         record: bool = True,
         clock: Callable[[], float] = time.time,
+        upto: UptoMode | None = None,
     ) -> None:
-        if network not in NETWORKS:
-            raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
-        if not is_address(pay_to):
-            raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
+        self._check_terms(network, pay_to)
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
+        if upto is not None and upto.ledger.network != network:
+            raise ValueError(f"the upto ledger is on {upto.ledger.network}, not {network}")
         self.network = network
         self.pay_to = pay_to
+        # Upto mode (testing/_upto.py): None keeps the gateway exact-only.
+        self.upto = upto
         self.models: dict[str, ModelSpec] = {m.id: m for m in models}
         self.pricing = pricing
         self.verify: VerifyMode = verify
@@ -99,6 +123,8 @@ class FakeGateway:
         self.sent_bodies: list[bytes] = []
         self.payments: list[PaymentRecord] = []
         self.settled: list[SettledPayment] = []
+        # Refused payments a lying gateway kept (Misbehavior.keep_refused), for settle_kept.
+        self.kept: list[tuple[Verdict, Quote]] = []
         self.models_calls = 0
         self.base_url: str | None = None
         self._clock = clock
@@ -106,8 +132,8 @@ class FakeGateway:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
-        self.app.router.add_post(f"{API_PREFIX}/v1/chat/completions", self._chat_completions)
-        self.app.router.add_get(f"{API_PREFIX}/v1/models", self._list_models)
+        self.app.router.add_post(f"{self.prefix}/v1/chat/completions", self._chat_completions)
+        self.app.router.add_get(f"{self.prefix}/v1/models", self._list_models)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -124,8 +150,15 @@ class FakeGateway:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.base_url = f"http://{shown}:{bound_port}{API_PREFIX}"
+        self.base_url = f"http://{shown}:{bound_port}{self.prefix}"
         return self.base_url
+
+    @property
+    def chat_url(self) -> str:
+        """The chat completions URL (once started), e.g. for another fake's ``redirect_to``."""
+        if self.base_url is None:
+            raise RuntimeError("the fake gateway is not started")
+        return f"{self.base_url}/v1/chat/completions"
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -139,6 +172,13 @@ class FakeGateway:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _check_terms(self, network: str, pay_to: str) -> None:
+        """ValueError for a network or payTo this gateway cannot quote."""
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
+        if not is_address(pay_to):
+            raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
 
     # ------------------------------------------------------------------- pricing
 
@@ -202,6 +242,10 @@ class FakeGateway:
             self._record(request, raw, payment)
 
         mb = self.misbehave
+        if mb.redirect_to is not None and (
+            mb.redirect_paid if header is not None else mb.redirect_unpaid
+        ):
+            return web.Response(status=mb.redirect_status, headers={"Location": mb.redirect_to})
         if mb.delay_seconds > 0:
             await asyncio.sleep(mb.delay_seconds)
         if mb.rate_limit > 0:
@@ -255,24 +299,25 @@ class FakeGateway:
         if mb.replay_on_paid:
             self._note_payment(payment, accepted=False, reason="injected PAYMENT_REPLAY")
             return _replay_response()
+        if self.upto is not None and payment is not None and is_upto_payment(payment):
+            return await self._paid_upto(request, body, model, price, payment, self.upto)
 
         quote = self._quote(price)
         if payment is None:
             verdict = Verdict(Outcome.INVALID, decode_error)
         else:
-            verdict = check_payment(
-                payment,
-                quote,
-                now=int(self._clock()),
-                verify=self.verify,
-                settled_nonces=self._settled_nonces,
-            )
+            verdict = self._verify(payment, quote)
+        if verdict.outcome is Outcome.ACCEPTED and mb.refuse_paid > 0:
+            mb.refuse_paid -= 1  # a good payment, refused as not used all the same
+            verdict = Verdict(Outcome.INVALID, "injected refusal", verdict.auth, verdict.payer)
         self._note_payment(
             payment, accepted=verdict.outcome is Outcome.ACCEPTED, reason=verdict.reason
         )
         if verdict.outcome is Outcome.REPLAY:
             return _replay_response()
         if verdict.outcome is Outcome.INVALID:
+            if mb.keep_refused and verdict.auth is not None:
+                self.kept.append((verdict, quote))
             if mb.fresh_challenge_on_invalid:
                 return self._challenge(request, model, price)
             return error_response(
@@ -293,11 +338,76 @@ class FakeGateway:
             )
         return await self._serve(request, body, {"PAYMENT-RESPONSE": encode_header(receipt)})
 
+    async def _paid_upto(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        model: ModelSpec,
+        price: int,
+        payment: dict[str, Any],
+        mode: UptoMode,
+    ) -> web.StreamResponse:
+        """Verify an upto ceiling, settle what the answer actually costs, then serve it."""
+        requirement = upto_requirement(self._quote(price).to_json(), mode)
+        verdict = await asyncio.to_thread(verify_upto, mode, payment, requirement)
+        self._note_payment(
+            payment, accepted=verdict.outcome is UptoOutcome.ACCEPTED, reason=verdict.reason
+        )
+        if verdict.outcome is UptoOutcome.REPLAY:
+            return _replay_response()
+        if verdict.outcome is UptoOutcome.INVALID:
+            if self.misbehave.fresh_challenge_on_invalid:
+                return self._challenge(request, model, price)
+            return error_response(
+                402,
+                f"Payment verification failed: {verdict.reason}",
+                type_="payment_error",
+                code="PAYMENT_INVALID",
+            )
+        actual = min(self._actual_cost(model, body), verdict.ceiling)
+        receipt = await asyncio.to_thread(settle_upto, mode, payment, requirement, actual)
+        if not receipt["success"]:
+            return error_response(
+                402,
+                f"Settlement failed: {receipt.get('errorReason')}",
+                type_="payment_error",
+                code="PAYMENT_INVALID",
+            )
+        self.settled.append(
+            SettledPayment(
+                actual, str(verdict.nonce), receipt["transaction"], verdict.payer, self.network
+            )
+        )
+        if mode.reported_amount is not None:
+            receipt["amount"] = str(mode.reported_amount)
+        elif not self.settle_amount_in_response:
+            del receipt["amount"]
+        if self.misbehave.fail_after_settle > 0:
+            self.misbehave.fail_after_settle -= 1
+            return error_response(
+                500,
+                "The model failed after the payment was settled",
+                type_="server_error",
+                code="upstream_error",
+            )
+        return await self._serve(request, body, {"PAYMENT-RESPONSE": encode_header(receipt)})
+
+    def _actual_cost(self, model: ModelSpec, body: Mapping[str, Any]) -> int:
+        """The price of this call had max_tokens been the tokens the answer really has."""
+        answer = answer_for(body, "")
+        produced = answer.tool_call.arguments if answer.tool_call else answer.text or ""
+        return self._price(model, {**body, "max_tokens": count_tokens(produced)})
+
     # ------------------------------------------------------------------- answers
 
     def _challenge(self, request: web.Request, model: ModelSpec, price: int) -> web.Response:
         quote = self._quote(price)
-        required = {
+        accepts = [quote.to_json()]
+        if self.upto is not None:
+            # BlockRun lists exact first, then upto at the same price as its ceiling.
+            upto = upto_requirement(accepts[0], self.upto)
+            accepts = [upto] if self.upto.only_upto else [*accepts, upto]
+        required: dict[str, Any] = {
             "x402Version": 2,
             "error": "Payment required",
             "resource": {
@@ -305,14 +415,29 @@ class FakeGateway:
                 "description": f"{model.id} - {model.max_output} max output tokens",
                 "mimeType": "application/json",
             },
-            "accepts": [quote.to_json()],
+            "accepts": accepts * self.misbehave.accepts_copies,
         }
+        if self.misbehave.required_padding:
+            required["padding"] = "x" * self.misbehave.required_padding
+        extensions = declared_extensions(self.upto) if self.upto is not None else None
+        if extensions:
+            required["extensions"] = extensions
         body = {
             "error": "Payment Required",
             "x402": required,
             "price": {"amount": usd_string(price), "currency": "USD"},
         }
         return json_response(402, body, {"PAYMENT-REQUIRED": encode_header(required)})
+
+    def _verify(self, payment: dict[str, Any], quote: Quote) -> Verdict:
+        """Judge a decoded payment against the quote for this request."""
+        return check_payment(
+            payment,
+            quote,
+            now=int(self._clock()),
+            verify=self.verify,
+            settled_nonces=self._settled_nonces,
+        )
 
     def _settle(self, verdict: Verdict, quote: Quote) -> dict[str, Any]:
         auth = verdict.auth
@@ -331,9 +456,24 @@ class FakeGateway:
             "network": quote.network,
             "payer": verdict.payer,
         }
-        if self.settle_amount_in_response:
+        if self.misbehave.settlement_claim is not None:
+            receipt["amount"] = self.misbehave.settlement_claim
+        elif self.settle_amount_in_response:
             receipt["amount"] = str(auth.value)
         return receipt
+
+    def settle_kept(self) -> list[SettledPayment]:
+        """What a lying gateway does with the payments it refused and kept: settle every
+        one the chain would still take. Like USDC, it refuses a nonce already used by the
+        same payer, so two authorizations sharing a nonce settle once at most."""
+        settled = []
+        kept, self.kept = self.kept, []
+        for verdict, quote in kept:
+            if verdict.nonce_key in self._settled_nonces:
+                continue
+            self._settle(verdict, quote)
+            settled.append(self.settled[-1])
+        return settled
 
     async def _serve(
         self, request: web.Request, body: dict[str, Any], headers: Mapping[str, str]
