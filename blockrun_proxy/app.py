@@ -14,6 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from blockrun_proxy import logs
+from blockrun_proxy.budget import BudgetUsage
+from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
 from blockrun_proxy.costs import cost_headers
@@ -35,8 +37,15 @@ from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
+from blockrun_proxy.quote_store import QuoteStore, RedisQuoteStore
 from blockrun_proxy.quotes import QuoteBook
+from blockrun_proxy.redis_link import RedisLink
+from blockrun_proxy.spend.ledger import open_ledger, replica_name
+from blockrun_proxy.spend.recorder import Recorder
+from blockrun_proxy.spend.routes import PAGE_PATHS, SPEND_KEY, BalanceSlot, SpendView
+from blockrun_proxy.spend.routes import add_routes as add_spend_routes
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, PAYMENT_RESPONSE, Answer, Gateway
+from blockrun_proxy.x402 import usd
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as deadline
@@ -56,13 +65,29 @@ SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 # Signing up front: .stats has plain int counters (hits, misses, ...) for metrics.
 QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
+# The fleet store (--redis-url) and what lives in it: the shared budget (with a budget
+# set) and the learned quotes. Absent without Redis.
+REDIS_KEY = web.AppKey("redis", RedisLink)
+BUDGET_STORE_KEY = web.AppKey("budget_store", RedisBudgetStore)
+QUOTE_STORE_KEY = web.AppKey("quote_store", QuoteStore)
+# The spend ledger's writer (always present: Redis, a SQLite file, or memory).
+RECORDER_KEY = web.AppKey("recorder", Recorder)
+# The wallet balance, for /readyz and the spend page: "unknown" until a reader (the
+# --rpc-url BalanceWatcher, started after the port is open) is plugged into the slot.
+BALANCE_KEY = web.AppKey("balance", BalanceSlot)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 # Probes answer without the token or the Host/Origin checks: the kubelet has no token and
 # calls them by pod IP, and they spend nothing and reveal only whether the process is up.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# Answered without the token (the Host/Origin guard still applies): the probes, and the
+# spend page's shell (HTML, script, style), which holds no data: its script reads
+# /v1/spend with the token (spend/routes.py).
+PUBLIC_PATHS = PROBE_PATHS | PAGE_PATHS
 # Still answered while draining: probes say what is going on, and a last scrape is useful.
-OPS_PATHS = PUBLIC_PATHS | {"/metrics"}
+OPS_PATHS = PROBE_PATHS | {"/metrics"}
+# How long GET /v1/spend waits for the records still queued to reach the ledger.
+SPEND_SETTLE_SECONDS = 0.5
 # The route label of requests that matched no route (bounded metric cardinality).
 UNMATCHED_ROUTE = "other"
 # Upstream response headers that mean the same thing to the client; hop-by-hop
@@ -96,7 +121,10 @@ def create_app(settings: Settings) -> web.Application:
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
     app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
-    app[PAYER_KEY] = payer_for(settings)
+    # --redis-url: the fleet store (budget, ledger, quotes); the payer reserves there.
+    link = RedisLink.from_settings(settings)
+    shared_budget = _shared_budget(settings, link)
+    app[PAYER_KEY] = payer_for(settings, budget=shared_budget)
     metrics.watch_payer(app[PAYER_KEY])
     app[QUOTES_KEY] = QuoteBook(
         trust=settings.quote_trust,
@@ -105,6 +133,7 @@ def create_app(settings: Settings) -> web.Application:
         enabled=settings.presign,
     )
     metrics.watch_quotes(lambda: app[QUOTES_KEY].stats)
+    _add_fleet_stores(app, settings, metrics, link, shared_budget)
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(_stamp_response)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -112,7 +141,70 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_spend_routes(app.router)
     return app
+
+
+def _shared_budget(settings: Settings, link: RedisLink | None) -> RedisBudgetStore | None:
+    if link is None or settings.budget_atomic is None:
+        return None
+    return RedisBudgetStore(
+        link,
+        settings.budget_atomic,
+        settings.budget_window_seconds,
+        fail_open=settings.budget_fail_open,
+    )
+
+
+def _add_fleet_stores(
+    app: web.Application,
+    settings: Settings,
+    metrics: Metrics,
+    link: RedisLink | None,
+    shared_budget: RedisBudgetStore | None,
+) -> None:
+    """The Redis link (if any) and what lives in it, the spend ledger and its page."""
+    payer = app[PAYER_KEY]
+    if link is not None:
+        app[REDIS_KEY] = link
+        app[QUOTE_STORE_KEY] = RedisQuoteStore(link)
+    if shared_budget is not None:
+        app[BUDGET_STORE_KEY] = shared_budget
+        metrics.watch_budget_store(shared_budget.stats)
+    recorder = Recorder(open_ledger(settings, link), replica=replica_name())
+    app[RECORDER_KEY] = recorder
+    metrics.watch(metrics.ledger_records_dropped, lambda: recorder.dropped)
+    balance = app[BALANCE_KEY] = BalanceSlot()
+
+    async def budget_usage() -> BudgetUsage | None:
+        return None if payer.budget is None else await payer.budget.usage()
+
+    app[SPEND_KEY] = SpendView(
+        recorder.ledger,
+        budget=budget_usage,
+        budget_shared=shared_budget is not None,
+        address=lambda: payer.address,
+        balance=lambda: balance,
+        dropped=lambda: recorder.dropped,
+        store_state=link.describe if link is not None else lambda: None,
+        # The call that just finished shows, unless the ledger is stuck (then: bounded).
+        settle=lambda: recorder.flush(SPEND_SETTLE_SECONDS),
+    )
+    app.cleanup_ctx.append(_fleet_lifecycle)
+
+
+async def _fleet_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    recorder = app[RECORDER_KEY]
+    recorder.start()
+    yield
+    # After the drain: every finished request has queued its record by now.
+    await recorder.aclose()
+    store = app.get(BUDGET_STORE_KEY)
+    if store is not None:
+        await store.aclose()
+    link = app.get(REDIS_KEY)
+    if link is not None:
+        await link.aclose()
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
@@ -165,7 +257,7 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
     2. errors: the one place exceptions become OpenAI-shaped answers, never a traceback;
     3. source: Host, Origin, Sec-Fetch-Site (guard.py), then CORS preflights, all before
        the token, which a preflight never carries; the probes skip 3 to 5;
-    4. token: the bearer token;
+    4. token: the bearer token (not on the spend page's shell, which holds no data);
     5. body type: every POST is a paid route and must be JSON;
     6. drain: while draining, new work gets 503; probes and /metrics still answer.
     """
@@ -185,14 +277,14 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
         try:
             try:
                 path = request.path
-                if path in PUBLIC_PATHS:
+                if path in PROBE_PATHS:
                     response = await handler(request)
                 else:
                     guard.check_source(request)
                     if guard.is_preflight(request):
                         response = guard.preflight(request)
                     else:
-                        if expected is not None:
+                        if expected is not None and path not in PUBLIC_PATHS:
                             _check_token(request.headers.get("Authorization"), expected)
                         if request.method == "POST":
                             guard.check_body_type(request)
@@ -218,6 +310,7 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
             now = time.monotonic()
             logs.log_access(exchange, now=now)
             request.app[METRICS_KEY].observe(exchange, now=now)
+            request.app[RECORDER_KEY].observe(exchange)  # queued, never awaited
 
     return front
 
@@ -326,12 +419,21 @@ async def readyz(request: web.Request) -> web.Response:
     session_up = session is not None and not session.closed
     draining = app[ADMISSION_KEY].draining
     ready = session_up and not draining
-    body = {
+    body: dict[str, object] = {
         "ready": ready,
         "draining": draining,
         "upstream_session": session_up,
         "wallet": "loaded" if app[PAYER_KEY].address else "none: free models only",
     }
+    if app[PAYER_KEY].can_sign:
+        latest = app[BALANCE_KEY].latest()
+        body["balance_usd"] = "unknown" if latest is None else usd(latest[0])
+    link = app.get(REDIS_KEY)
+    if link is not None:
+        # From the last call's outcome, never a Redis call per probe. Redis being away
+        # does not make the proxy unready: free models work, and every replica shares
+        # the same Redis, so taking them all out of service would help nobody.
+        body["fleet_store"] = link.describe()
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -379,6 +481,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if paid is not None:
             exchange.cost_atomic = paid
             metrics.settled(paid)
+            if answer.settlement is not None:
+                exchange.settlement_tx = answer.settlement.transaction
         stats = PipeStats()
         async with answer.response as upstream:
             if upstream.status >= 400:

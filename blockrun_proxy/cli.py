@@ -15,6 +15,9 @@ from blockrun_proxy.config import Settings
 from blockrun_proxy.wallet.cli import wallet
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# Options whose value may hold a secret (a password in a URL): a command line is visible
+# to every user of the machine (ps), so --workers hands these to children by environment.
+SECRET_OPTIONS = frozenset({"redis_url"})
 
 
 def _env(name: str) -> str:
@@ -278,6 +281,44 @@ def main(ctx: click.Context) -> None:
     help=f"The host calls go to when {config.API_KEY_ENV} is set (prepaid credit, no x402).",
 )
 @click.option(
+    "--redis-url",
+    default=None,
+    envvar=config.REDIS_URL_ENV,
+    help="Share the budget, learned quotes and the spend ledger with other replicas through "
+    "this Redis (redis://, rediss://, unix://). Password: in the URL or "
+    f"{config.REDIS_PASSWORD_ENV}.",
+)
+@click.option(
+    "--redis-prefix",
+    default=config.DEFAULT_REDIS_PREFIX,
+    show_default=True,
+    envvar=_env("REDIS_PREFIX"),
+    help="Prefix of every Redis key: one per fleet (wallet) sharing a Redis.",
+)
+@click.option(
+    "--redis-timeout",
+    default=config.DEFAULT_REDIS_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("REDIS_TIMEOUT"),
+    help="Seconds any one Redis call may take before it counts as failed.",
+)
+@click.option(
+    "--budget-fail-open",
+    is_flag=True,
+    envvar=_env("BUDGET_FAIL_OPEN"),
+    help="When Redis does not answer, sign under this process's own budget instead of "
+    "refusing with 503 (the fleet may then sign up to N x --budget-usd).",
+)
+@click.option(
+    "--ledger-retention",
+    default="30d",
+    show_default=True,
+    envvar=_env("LEDGER_RETENTION"),
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="How long the spend ledger keeps its hourly totals: e.g. 30d, 72h.",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="Start a built-in fake x402 gateway and a throwaway wallet (no network needed).",
@@ -316,6 +357,11 @@ def serve(
     solana_rpc_url: str | None,
     solana_keypair: Path | None,
     api_key_url: str,
+    redis_url: str | None,
+    redis_prefix: str,
+    redis_timeout: float,
+    budget_fail_open: bool,
+    ledger_retention: float,
     demo: bool,
 ) -> None:
     """Run the proxy (the default command)."""
@@ -360,6 +406,11 @@ def serve(
         cors_origins=_comma_list(cors_origins),
         state_dir=config.parse_state_dir(state_dir),
         rpc_url=rpc_url or None,
+        redis_url=redis_url or None,
+        redis_prefix=redis_prefix,
+        redis_timeout_seconds=redis_timeout,
+        budget_fail_open=budget_fail_open,
+        ledger_retention_seconds=ledger_retention,
         low_balance_usd=low_balance_usd,
         solana_rpc_url=solana_rpc_url or None,
         solana_keypair=solana_keypair,
@@ -369,6 +420,7 @@ def serve(
         wallet_key=None if demo else secrets.wallet_key,
         solana_key=None if demo else secrets.solana_key,
         api_key=None if demo else secrets.api_key,
+        redis_password=config.read_redis_password(),
     )
     try:
         settings.check()
@@ -393,7 +445,19 @@ def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
     if settings.workers > 1:
         from blockrun_proxy.workers import supervise
 
-        return supervise(_worker_options(click.get_current_context()), settings.workers, secrets)
+        # The Redis URL may carry a password: children get it in their environment.
+        extra_env = {config.REDIS_URL_ENV: settings.redis_url} if settings.redis_url else {}
+        return supervise(
+            _worker_options(click.get_current_context()),
+            settings.workers,
+            secrets,
+            extra_env=extra_env,
+        )
+    if settings.redis_url:
+        log.info(
+            "fleet store: %s (budget, quotes and spend ledger shared)",
+            config.redacted_url(settings.redis_url),
+        )
     if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
     elif settings.wallet_key:
@@ -420,6 +484,8 @@ def _worker_options(ctx: click.Context) -> list[str]:
             continue
         if param.name in ("workers", "reuse_port"):
             continue  # the supervisor sets these for its children
+        if param.name in SECRET_OPTIONS:
+            continue  # passed in the environment, never on a command line
         value = ctx.params.get(param.name or "")
         flag = max(param.opts, key=len)
         if value is None:
@@ -495,3 +561,88 @@ def address(solana_keypair: Path | None) -> None:
 
 
 main.add_command(wallet)
+
+
+@main.command()
+@click.option(
+    "--redis-url",
+    default=None,
+    envvar=config.REDIS_URL_ENV,
+    help="Read the fleet's ledger from this Redis (as `serve --redis-url`).",
+)
+@click.option(
+    "--redis-prefix",
+    default=config.DEFAULT_REDIS_PREFIX,
+    show_default=True,
+    envvar=_env("REDIS_PREFIX"),
+)
+@click.option(
+    "--redis-timeout",
+    default=2.0,
+    show_default=True,
+    type=float,
+    envvar=_env("REDIS_TIMEOUT"),
+)
+@click.option(
+    "--state-dir",
+    default=str(config.DEFAULT_STATE_DIR),
+    show_default=True,
+    envvar=_env("STATE_DIR"),
+    help="Without --redis-url: the directory holding the local ledger (spend.sqlite3).",
+)
+@click.option(
+    "--budget-usd",
+    default=None,
+    envvar=_env("BUDGET_USD"),
+    type=Decimal,
+    help="Show the budget used and left (as `serve --budget-usd`).",
+)
+@click.option(
+    "--budget-window",
+    default="24h",
+    show_default=True,
+    envvar=_env("BUDGET_WINDOW"),
+    callback=lambda _ctx, _param, value: _duration(value),
+)
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 31))
+@click.option("--last", default=20, show_default=True, type=click.IntRange(0, 500))
+@click.option("--json", "as_json", is_flag=True, help="Print the /v1/spend JSON document.")
+def spend(
+    redis_url: str | None,
+    redis_prefix: str,
+    redis_timeout: float,
+    state_dir: str,
+    budget_usd: Decimal | None,
+    budget_window: float,
+    hours: int,
+    last: int,
+    as_json: bool,
+) -> None:
+    """Print where the money went: spend per model and hour, the budget, the last calls."""
+    settings = Settings(
+        redis_url=redis_url or None,
+        redis_prefix=redis_prefix,
+        redis_timeout_seconds=redis_timeout,
+        redis_password=config.read_redis_password(),
+        state_dir=config.parse_state_dir(state_dir),
+        budget_usd=budget_usd,
+        budget_window_seconds=budget_window,
+    )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    from blockrun_proxy.spend.report import NoLedger, read_report
+
+    try:
+        doc = asyncio.run(read_report(settings, hours=hours, last=last))
+    except NoLedger as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        from blockrun_proxy.spend.summary import render_text
+
+        click.echo(render_text(doc), nl=False)

@@ -285,12 +285,13 @@ def refusals_as_402() -> Iterator[None]:
         raise PaymentRefused(refusal.message, code=refusal.code) from None
 
 
-def payer_for(settings: Settings) -> Payer:
+def payer_for(settings: Settings, *, budget: BudgetStore | None = None) -> Payer:
     """The payer ``settings`` describe: its wallet (if any) under its policy.
 
     One constructor for the proxy and the in-process LiteLLM provider, so both sign
     under exactly the same rules. Raises ValueError (never echoing the key) for a
-    wallet key that is not a valid secp256k1 secret.
+    wallet key that is not a valid secp256k1 secret. ``budget``: a shared store (the
+    fleet's, in Redis) to reserve in instead of this process's own.
     """
     signer = Signer(settings.wallet_key) if settings.wallet_key else None
     policy = PayerPolicy(
@@ -300,9 +301,6 @@ def payer_for(settings: Settings) -> Payer:
         gateway_host=settings.gateway_host,
         pay_to=frozenset(p.lower() for p in settings.pay_to),
     )
-    budget = (
-        MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
-        if settings.budget_atomic is not None
-        else None
-    )
+    if budget is None and settings.budget_atomic is not None:
+        budget = MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
     return Payer(signer, policy, budget=budget)
