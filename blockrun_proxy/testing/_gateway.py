@@ -1,4 +1,10 @@
-"""``FakeGateway``: an aiohttp app that plays the BlockRun x402 gateway on loopback."""
+"""``FakeGateway``: an aiohttp app that plays the BlockRun x402 gateway on loopback.
+
+This module is the gateway's one payment path (docs/PROTOCOL.md sections 3 and 9):
+record, misbehave, guard, price, challenge, verify, settle, serve. The routes
+(``_routes_*.py``) only say how a request is guarded and priced and what the answer
+looks like.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +12,45 @@ import asyncio
 import hashlib
 import itertools
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
+from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from blockrun_proxy.testing._calls import (
+    FAILED_AFTER_SETTLE,
+    REPLAY,
+    Call,
+    Dialect,
+    Incoming,
+    Refusal,
+    Route,
+    Settlement,
+    invalid_payment,
+    price_object,
+    read_payment,
+)
 from blockrun_proxy.testing._misbehavior import Misbehavior
 from blockrun_proxy.testing._models import (
     DEFAULT_MODELS,
     ModelSpec,
     PricingFn,
     default_price,
-    estimate_input_tokens,
     usd_string,
 )
 from blockrun_proxy.testing._networks import NETWORKS, is_address
 from blockrun_proxy.testing._payments import (
     Outcome,
-    PaymentDecodeError,
     Quote,
     Verdict,
     check_payment,
-    decode_header,
     encode_header,
 )
 from blockrun_proxy.testing._records import (
@@ -40,8 +59,8 @@ from blockrun_proxy.testing._records import (
     SettledPayment,
     payment_record,
 )
-from blockrun_proxy.testing._replies import answer_for, completion, error_response, json_response
-from blockrun_proxy.testing._stream import ChunkWriter, frames
+from blockrun_proxy.testing._replies import json_response
+from blockrun_proxy.testing._routes_chat import chat_routes
 from blockrun_proxy.testing._verify import VERIFY_MODES, VerifyMode
 
 API_PREFIX = "/api"
@@ -50,6 +69,7 @@ DEFAULT_NETWORK = "eip155:84532"
 DEFAULT_PAY_TO = "0x000000000000000000000000000000000000dEaD"
 MAX_TIMEOUT_SECONDS = 300
 MAX_BODY_BYTES = 32 * 1024 * 1024
+CHAT_PATH = "/v1/chat/completions"
 
 
 class FakeGateway:
@@ -95,7 +115,7 @@ class FakeGateway:
         self.record = record
         self.misbehave = Misbehavior()
         self.requests: list[RecordedRequest] = []
-        # The exact body bytes of every 200 answer, for byte-for-byte relay tests.
+        # The exact body bytes of every 2xx answer, for byte-for-byte relay tests.
         self.sent_bodies: list[bytes] = []
         self.payments: list[PaymentRecord] = []
         self.settled: list[SettledPayment] = []
@@ -105,9 +125,19 @@ class FakeGateway:
         self._settled_nonces: set[tuple[str, str]] = set()
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.routes: dict[str, Route] = {}
+        self._patterns: list[tuple[re.Pattern[str], Route]] = []
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
-        self.app.router.add_post(f"{API_PREFIX}/v1/chat/completions", self._chat_completions)
+        for route in chat_routes(self):
+            self._add_route(route)
         self.app.router.add_get(f"{API_PREFIX}/v1/models", self._list_models)
+
+    def _add_route(self, route: Route) -> None:
+        self.routes[route.name] = route
+        self._patterns.append((_template_pattern(route.template), route))
+        self.app.router.add_route(
+            route.method, API_PREFIX + route.template, partial(self._handle, route)
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -142,27 +172,43 @@ class FakeGateway:
 
     # ------------------------------------------------------------------- pricing
 
-    def price_for(self, body: Mapping[str, Any]) -> int:
-        """Atomic USDC the gateway would quote for this body now (0 for a free model).
+    def price_for(self, body: Mapping[str, Any], path: str = CHAT_PATH) -> int:
+        """Atomic USDC the gateway would quote for this body on ``path`` now (0 when free).
 
-        Includes ``misbehave.price_multiplier``: it is what the 402 would say.
+        ``path`` is relative to the API prefix and may carry a query, e.g.
+        ``"/v1beta/models/gemini-2.5-flash:generateContent"``. Includes
+        ``misbehave.price_multiplier``: it is what the 402 would say.
         """
-        model = self.models.get(str(body.get("model")))
-        if model is None:
-            raise ValueError(f"unknown model {body.get('model')!r}")
-        return self._price(model, body)
+        parts = urlsplit(path)
+        for pattern, route in self._patterns:
+            match = pattern.fullmatch(parts.path)
+            if match is None or route.method != "POST":
+                continue
+            prepared = route.prepare(
+                Incoming(orjson.dumps(body), match.groupdict(), dict(parse_qsl(parts.query)))
+            )
+            if isinstance(prepared, Refusal):
+                raise ValueError(prepared.message)
+            return 0 if prepared.free else prepared.price
+        raise ValueError(f"no paid route serves {path!r}")
 
-    def _price(self, model: ModelSpec, body: Mapping[str, Any]) -> int:
+    def model_price(self, model: ModelSpec, body: Mapping[str, Any]) -> int:
+        """A chat-shaped body's price on ``model`` (0 when free), multiplier included."""
         if model.free:
             return 0
-        base = self.pricing(model, body) if self.pricing else default_price(model, body)
+        return self.scaled(
+            self.pricing(model, body) if self.pricing else default_price(model, body)
+        )
+
+    def scaled(self, base: int) -> int:
+        """``base`` after ``misbehave.price_multiplier``: what a 402 would ask."""
         multiplier = self.misbehave.price_multiplier
         if multiplier == 1.0:
             return base
         # Through str so 1.1 means 11/10, not the binary float just above it.
         return math.ceil(base * Fraction(str(multiplier)))
 
-    def _quote(self, price: int) -> Quote:
+    def quote(self, price: int) -> Quote:
         mb = self.misbehave
         network = mb.network or self.network
         table = NETWORKS.get(network, NETWORKS[self.network])
@@ -179,142 +225,117 @@ class FakeGateway:
             domain_version=table.domain_version,
         )
 
+    # Kept for tests written against the chat-only fake.
+    _quote = quote
+
     # ------------------------------------------------------------------ handlers
 
     async def _list_models(self, request: web.Request) -> web.Response:
         self.models_calls += 1
         if self.record:
-            self._record(request, b"", None)
+            self.record_request(request, b"", None)
         listing = [m.listing() for m in self.models.values()]
         return json_response(200, {"object": "list", "data": listing})
 
-    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, route: Route, request: web.Request) -> web.StreamResponse:
+        """The one paid path every route shares, in the order the real gateway works."""
         raw = await request.read()
-        header = request.headers.get("PAYMENT-SIGNATURE") or request.headers.get("X-PAYMENT")
-        payment: dict[str, Any] | None = None
-        decode_error: str | None = None
-        if header is not None:
-            try:
-                payment = decode_header(header)
-            except PaymentDecodeError as exc:
-                decode_error = str(exc)
+        header, payment, decode_error = read_payment(request)
         if self.record:
-            self._record(request, raw, payment)
+            self.record_request(request, raw, payment)
 
+        dialect = route.dialect
         mb = self.misbehave
         if mb.delay_seconds > 0:
             await asyncio.sleep(mb.delay_seconds)
         if mb.rate_limit > 0:
             mb.rate_limit -= 1
-            return error_response(
-                429,
-                "Rate limit exceeded",
-                type_="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers=self._retry_after(),
-            )
+            refusal = Refusal(429, "Rate limit exceeded", "rate_limit_error", "rate_limit_exceeded")
+            return dialect.refuse(refusal, self._retry_after())
 
-        body, invalid = _parse_chat_body(raw)
-        if invalid is not None:
-            return invalid
-        model = self.models.get(body["model"])
-        if model is None:
-            return error_response(
-                404,
-                f"The model '{body['model']}' does not exist",
-                type_="invalid_request_error",
-                code="model_not_found",
-                param="model",
-            )
+        prepared = route.prepare(Incoming(raw, request.match_info, request.query))
+        if isinstance(prepared, Refusal):
+            return dialect.refuse(prepared)
+        call = prepared
         if header is None and mb.fail_unpaid > 0:
             mb.fail_unpaid -= 1
-            return self._injected_failure()
-        if model.free:
+            return self._injected_failure(dialect)
+        if call.free:
             if header is not None:
-                self._note_payment(payment, accepted=False, reason="free model: payment not used")
-            return await self._serve(request, body, {})
-        price = self._price(model, body)
+                self.note_payment(payment, accepted=False, reason="free model: payment not used")
+            return await call.inline()(request, None)
         if header is None:
-            return self._challenge(request, model, price)
-        return await self._paid(request, body, model, price, payment, decode_error)
+            return self.challenge(dialect, request, call)
+        return await self._paid(route, request, call, payment, decode_error)
 
     async def _paid(
         self,
+        route: Route,
         request: web.Request,
-        body: dict[str, Any],
-        model: ModelSpec,
-        price: int,
+        call: Call,
         payment: dict[str, Any] | None,
         decode_error: str | None,
     ) -> web.StreamResponse:
+        dialect = route.dialect
         mb = self.misbehave
         if mb.fail_paid > 0:
             mb.fail_paid -= 1
-            self._note_payment(payment, accepted=False, reason="injected failure before settling")
-            return self._injected_failure()
+            self.note_payment(payment, accepted=False, reason="injected failure before settling")
+            return self._injected_failure(dialect)
         if mb.replay_on_paid:
-            self._note_payment(payment, accepted=False, reason="injected PAYMENT_REPLAY")
-            return _replay_response()
+            self.note_payment(payment, accepted=False, reason="injected PAYMENT_REPLAY")
+            return dialect.refuse(REPLAY)
 
-        quote = self._quote(price)
-        if payment is None:
-            verdict = Verdict(Outcome.INVALID, decode_error)
-        else:
-            verdict = check_payment(
-                payment,
-                quote,
-                now=int(self._clock()),
-                verify=self.verify,
-                settled_nonces=self._settled_nonces,
-            )
-        self._note_payment(
+        quote = self.quote(call.price)
+        verdict = self.verify_payment(payment, decode_error, quote)
+        self.note_payment(
             payment, accepted=verdict.outcome is Outcome.ACCEPTED, reason=verdict.reason
         )
         if verdict.outcome is Outcome.REPLAY:
-            return _replay_response()
+            return dialect.refuse(REPLAY)
         if verdict.outcome is Outcome.INVALID:
             if mb.fresh_challenge_on_invalid:
-                return self._challenge(request, model, price)
-            return error_response(
-                402,
-                f"Payment verification failed: {verdict.reason}",
-                type_="payment_error",
-                code="PAYMENT_INVALID",
-            )
-
-        receipt = self._settle(verdict, quote)
+                return self.challenge(dialect, request, call)
+            return dialect.refuse(invalid_payment(verdict.reason))
+        settlement = self.settle(verdict, quote)
         if mb.fail_after_settle > 0:
             mb.fail_after_settle -= 1
-            return error_response(
-                500,
-                "The model failed after the payment was settled",
-                type_="server_error",
-                code="upstream_error",
-            )
-        return await self._serve(request, body, {"PAYMENT-RESPONSE": encode_header(receipt)})
+            return dialect.refuse(FAILED_AFTER_SETTLE)
+        return await call.inline()(request, settlement)
 
     # ------------------------------------------------------------------- answers
 
-    def _challenge(self, request: web.Request, model: ModelSpec, price: int) -> web.Response:
-        quote = self._quote(price)
+    def challenge(self, dialect: Dialect, request: web.Request, call: Call) -> web.Response:
+        quote = self.quote(call.price)
         required = {
             "x402Version": 2,
             "error": "Payment required",
             "resource": {
                 "url": self.misbehave.resource_url or str(request.url),
-                "description": f"{model.id} - {model.max_output} max output tokens",
+                "description": call.description,
                 "mimeType": "application/json",
             },
             "accepts": [quote.to_json()],
         }
-        body = {
-            "error": "Payment Required",
-            "x402": required,
-            "price": {"amount": usd_string(price), "currency": "USD"},
-        }
+        body = dialect.payment_required(
+            required, price_object(usd_string(call.price), call.price_details)
+        )
         return json_response(402, body, {"PAYMENT-REQUIRED": encode_header(required)})
 
-    def _settle(self, verdict: Verdict, quote: Quote) -> dict[str, Any]:
+    def verify_payment(
+        self, payment: dict[str, Any] | None, decode_error: str | None, quote: Quote
+    ) -> Verdict:
+        if payment is None:
+            return Verdict(Outcome.INVALID, decode_error)
+        return check_payment(
+            payment,
+            quote,
+            now=int(self._clock()),
+            verify=self.verify,
+            settled_nonces=self._settled_nonces,
+        )
+
+    def settle(self, verdict: Verdict, quote: Quote) -> Settlement:
         auth = verdict.auth
         assert auth is not None
         self._settled_nonces.add(verdict.nonce_key)
@@ -333,48 +354,47 @@ class FakeGateway:
         }
         if self.settle_amount_in_response:
             receipt["amount"] = str(auth.value)
-        return receipt
+        headers = {"PAYMENT-RESPONSE": encode_header(receipt), "X-Payment-Receipt": transaction}
+        return Settlement(receipt, headers)
 
-    async def _serve(
-        self, request: web.Request, body: dict[str, Any], headers: Mapping[str, str]
+    def reply(
+        self, status: int, payload: object, settlement: Settlement | None = None
+    ) -> web.Response:
+        """A JSON answer, its bytes kept in ``sent_bodies`` when it is a success."""
+        response = json_response(status, payload, settlement.headers if settlement else None)
+        if self.record and 200 <= status < 300 and isinstance(response.body, bytes):
+            self.sent_bodies.append(response.body)
+        return response
+
+    async def stream(
+        self,
+        request: web.Request,
+        frames: Iterable[bytes],
+        *,
+        content_type: str,
+        settlement: Settlement | None,
+        interval: float | None = None,
     ) -> web.StreamResponse:
-        n = next(self._ids)
-        completion_id = f"chatcmpl-fake{n:010d}"
-        answer = answer_for(body, f"call_fake{n:010d}")
-        prompt_tokens = estimate_input_tokens(body)
-        created = int(self._clock())
-        if body.get("stream") is not True:
-            reply = json_response(
-                200,
-                completion(completion_id, created, body["model"], answer, prompt_tokens),
-                headers,
-            )
-            if self.record and isinstance(reply.body, bytes):
-                self.sent_bodies.append(reply.body)
-            return reply
+        """Write ``frames`` one by one (SSE events, audio chunks), as a slow model would.
 
-        resp = web.StreamResponse(headers={"Cache-Control": "no-cache", **headers})
-        resp.content_type = "text/event-stream"
+        ``misbehave.reset_after_events`` drops the connection after that many frames;
+        ``event_interval`` (or ``interval``) pauses between them. The frames sent are
+        kept, joined, in ``sent_bodies``.
+        """
+        headers = {"Cache-Control": "no-cache", **(settlement.headers if settlement else {})}
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = content_type
         await resp.prepare(request)
-        options = body.get("stream_options")
-        chunks = frames(
-            ChunkWriter(completion_id, created, body["model"]),
-            answer,
-            events=self.stream_events,
-            event_size=self.event_size,
-            prompt_tokens=prompt_tokens,
-            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        )
         reset_after = self.misbehave.reset_after_events
-        interval = self.event_interval
+        pause = self.event_interval if interval is None else interval
         sent_frames: list[bytes] | None = [] if self.record else None
         try:
-            for sent, frame in enumerate(chunks):
+            for sent, frame in enumerate(frames):
                 if reset_after is not None and sent >= reset_after:
                     _drop_connection(request)
                     break
-                if sent and interval > 0:
-                    await asyncio.sleep(interval)
+                if sent and pause > 0:
+                    await asyncio.sleep(pause)
                 await resp.write(frame)
                 if sent_frames is not None:
                     sent_frames.append(frame)
@@ -388,14 +408,27 @@ class FakeGateway:
 
     # ------------------------------------------------------------------- helpers
 
-    def _record(self, request: web.Request, raw: bytes, payment: dict[str, Any] | None) -> None:
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def record_request(
+        self, request: web.Request, raw: bytes, payment: dict[str, Any] | None
+    ) -> None:
         self.requests.append(
             RecordedRequest(
-                request.method, request.path, CIMultiDict(request.headers), raw, payment
+                request.method,
+                request.path,
+                CIMultiDict(request.headers),
+                raw,
+                payment,
+                request.rel_url.raw_query_string,
             )
         )
 
-    def _note_payment(
+    def note_payment(
         self, payment: dict[str, Any] | None, *, accepted: bool, reason: str | None
     ) -> None:
         if self.record:
@@ -405,7 +438,7 @@ class FakeGateway:
         value = self.misbehave.retry_after
         return {"Retry-After": value} if value is not None else {}
 
-    def _injected_failure(self) -> web.Response:
+    def _injected_failure(self, dialect: Dialect) -> web.Response:
         status = self.misbehave.fail_status
         kind = (
             "rate_limit_error"
@@ -414,22 +447,10 @@ class FakeGateway:
             if status >= 500
             else "invalid_request_error"
         )
-        return error_response(
-            status,
-            f"Injected gateway failure ({status})",
-            type_=kind,
-            code="fake_gateway_failure",
-            headers=self._retry_after(),
+        refusal = Refusal(
+            status, f"Injected gateway failure ({status})", kind, "fake_gateway_failure"
         )
-
-
-def _replay_response() -> web.Response:
-    return error_response(
-        409,
-        "Payment already used: this authorization was settled for an earlier request",
-        type_="payment_error",
-        code="PAYMENT_REPLAY",
-    )
+        return dialect.refuse(refusal, self._retry_after())
 
 
 def _drop_connection(request: web.Request) -> None:
@@ -438,29 +459,15 @@ def _drop_connection(request: web.Request) -> None:
         transport.abort()
 
 
-def _parse_chat_body(raw: bytes) -> tuple[dict[str, Any], web.Response | None]:
-    """The request as a dict, or an OpenAI-shaped 400 saying what is wrong with it."""
+_TEMPLATE_PART = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<re>[^{}]+))?\}")
 
-    def bad(message: str, param: str | None = None) -> tuple[dict[str, Any], web.Response]:
-        return {}, error_response(
-            400, message, type_="invalid_request_error", code="invalid_request", param=param
-        )
 
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return bad("Request body is not valid JSON")
-    if not isinstance(body, dict):
-        return bad("Request body must be a JSON object")
-    if not isinstance(body.get("model"), str):
-        return bad("'model' is required and must be a string", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return bad("'messages' must be a non-empty array", "messages")
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if value is not None and (type(value) is not int or value < 1):
-            return bad(f"'{key}' must be a positive integer", key)
-    if "stream" in body and not isinstance(body["stream"], bool):
-        return bad("'stream' must be a boolean", "stream")
-    return body, None
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """The regex aiohttp would match ``template`` with, for pricing a path without a server."""
+    pattern, end = [], 0
+    for part in _TEMPLATE_PART.finditer(template):
+        pattern.append(re.escape(template[end : part.start()]))
+        pattern.append(f"(?P<{part['name']}>{part['re'] or '[^{}/]+'})")
+        end = part.end()
+    pattern.append(re.escape(template[end:]))
+    return re.compile("".join(pattern))

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 class Misbehavior:
     """Mutable knobs, all off by default; tests flip them between calls.
 
-    They apply to ``POST /v1/chat/completions`` only (``/v1/models`` stays
-    well-behaved so a proxy's model-cache fetch never eats a counter). The
-    integer counters say how many of the next matching requests are affected and
-    are decremented as they are used.
+    They apply to every paid route (today chat), through the one payment path they
+    share; ``GET /v1/models`` stays well-behaved so a proxy's model-cache fetch
+    never eats a counter. The integer counters say how many of the
+    next matching requests are affected and are decremented as they are used.
     """
 
     # Quote shaping: what the 402 asks for.
@@ -29,7 +29,7 @@ class Misbehavior:
     fail_paid: int = 0  # next N paid requests get fail_status before settling (not consumed)
     fail_status: int = 503
     fail_after_settle: int = 0  # next N accepted payments are settled, then answered 500
-    reset_after_events: int | None = None  # drop the connection after K SSE frames
+    reset_after_events: int | None = None  # drop the connection after K frames or chunks
     delay_seconds: float = 0.0  # sleep before answering
     replay_on_paid: bool = False  # every paid request is told PAYMENT_REPLAY
     rate_limit: int = 0  # next N requests get 429
