@@ -1,7 +1,8 @@
 """A fake BlockRun x402 gateway for tests, demos and benchmarks.
 
 It answers on loopback the way the real gateway does (quotes, 402 challenges,
-EIP-3009 verification, settlement, SSE streams) and can be told to misbehave.
+EIP-3009 verification, settlement, SSE streams) on the chat, Anthropic
+Messages and Gemini routes (docs/PROTOCOL.md section 9) and can be told to misbehave.
 It is an independent implementation of the gateway side, so it also checks the
 proxy's signer. Importing it is cheap: eth_account is loaded on first use.
 """

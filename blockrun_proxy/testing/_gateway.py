@@ -60,7 +60,9 @@ from blockrun_proxy.testing._records import (
     payment_record,
 )
 from blockrun_proxy.testing._replies import json_response
+from blockrun_proxy.testing._routes_anthropic import anthropic_routes
 from blockrun_proxy.testing._routes_chat import chat_routes
+from blockrun_proxy.testing._routes_gemini import gemini_routes
 from blockrun_proxy.testing._verify import VERIFY_MODES, VerifyMode
 
 API_PREFIX = "/api"
@@ -92,6 +94,7 @@ class FakeGateway:
         event_size: int | None = None,
         settle_amount_in_response: bool = True,
         *,
+        count_tokens_fee: int = 0,
         record: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -110,6 +113,7 @@ class FakeGateway:
         self.event_interval = event_interval
         self.event_size = event_size
         self.settle_amount_in_response = settle_amount_in_response
+        self.count_tokens_fee = count_tokens_fee  # 0: count_tokens is free, as Anthropic's
         # Benchmarks turn recording off so a long run does not grow memory; the
         # settlement ledger is always kept because replay detection needs it.
         self.record = record
@@ -128,7 +132,11 @@ class FakeGateway:
         self.routes: dict[str, Route] = {}
         self._patterns: list[tuple[re.Pattern[str], Route]] = []
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
-        for route in chat_routes(self):
+        for route in (
+            *chat_routes(self),
+            *anthropic_routes(self),
+            *gemini_routes(self),
+        ):
             self._add_route(route)
         self.app.router.add_get(f"{API_PREFIX}/v1/models", self._list_models)
 
@@ -191,6 +199,15 @@ class FakeGateway:
                 raise ValueError(prepared.message)
             return 0 if prepared.free else prepared.price
         raise ValueError(f"no paid route serves {path!r}")
+
+    def model_for(self, name: object) -> ModelSpec | None:
+        """The catalogue model called ``name``, by id or by one of its aliases."""
+        if not isinstance(name, str):
+            return None
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        return next((m for m in self.models.values() if name in m.aliases), None)
 
     def model_price(self, model: ModelSpec, body: Mapping[str, Any]) -> int:
         """A chat-shaped body's price on ``model`` (0 when free), multiplier included."""

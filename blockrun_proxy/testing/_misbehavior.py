@@ -9,9 +9,9 @@ from dataclasses import dataclass
 class Misbehavior:
     """Mutable knobs, all off by default; tests flip them between calls.
 
-    They apply to every paid route (today chat), through the one payment path they
-    share; ``GET /v1/models`` stays well-behaved so a proxy's model-cache fetch
-    never eats a counter. The integer counters say how many of the
+    They apply to every paid route (chat, Anthropic Messages, Gemini), through the
+    one payment path they share; ``GET /v1/models`` stays well-behaved so a proxy's
+    model-cache fetch never eats a counter. The integer counters say how many of the
     next matching requests are affected and are decremented as they are used.
     """
 

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -133,3 +135,35 @@ def requirement_of(response_header: str) -> dict[str, Any]:
     first = accepts[0]
     assert isinstance(first, dict)
     return first
+
+
+async def pay(client: TestClient, path: str, body: dict[str, Any], payer: Payer) -> str:
+    """Probe ``path`` unpaid, check it asks for payment, and sign what it asks for."""
+    resp = await client.post(path, json=body)
+    assert resp.status == 402, await resp.text()
+    return payer.pay(requirement_of(resp.headers["PAYMENT-REQUIRED"]))
+
+
+async def paid_post(
+    client: TestClient, path: str, body: dict[str, Any], payer: Payer
+) -> ClientResponse:
+    """``path`` called the way an x402 client calls it: 402 first, then paid."""
+    header = await pay(client, path, body, payer)
+    return await client.post(path, json=body, headers={"PAYMENT-SIGNATURE": header})
+
+
+def sse_events(raw: bytes) -> list[tuple[str | None, Any]]:
+    """(event name, decoded data) per SSE frame; frames may end in LF LF or CRLF CRLF."""
+    events: list[tuple[str | None, Any]] = []
+    for frame in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        if not frame.strip():
+            continue
+        name = None
+        data: list[bytes] = []
+        for line in frame.split(b"\n"):
+            if line.startswith(b"event: "):
+                name = line[len(b"event: ") :].decode()
+            elif line.startswith(b"data: "):
+                data.append(line[len(b"data: ") :])
+        events.append((name, json.loads(b"\n".join(data))))
+    return events
