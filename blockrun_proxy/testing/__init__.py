@@ -1,12 +1,14 @@
 """A fake BlockRun x402 gateway for tests, demos and benchmarks.
 
 It answers on loopback the way the real gateway does (quotes, 402 challenges,
-EIP-3009 verification, settlement, SSE streams) on the chat, Anthropic
-Messages and Gemini routes (docs/PROTOCOL.md section 9) and can be told to misbehave.
+EIP-3009 verification, settlement, SSE streams) on every route BlockRun serves
+that the proxy relays (chat, Anthropic Messages, Gemini, images, audio, video
+jobs, search; docs/PROTOCOL.md section 9) and can be told to misbehave.
 It is an independent implementation of the gateway side, so it also checks the
 proxy's signer. Importing it is cheap: eth_account is loaded on first use.
 """
 
+from blockrun_proxy.testing._catalogue import DEFAULT_MEDIA, MediaSpec
 from blockrun_proxy.testing._gateway import (
     API_PREFIX,
     DEFAULT_NETWORK,
@@ -26,12 +28,14 @@ from blockrun_proxy.testing._verify import VerifyMode
 
 __all__ = [
     "API_PREFIX",
+    "DEFAULT_MEDIA",
     "DEFAULT_MODELS",
     "DEFAULT_NETWORK",
     "DEFAULT_PAY_TO",
     "NETWORKS",
     "AcceptedPayment",
     "FakeGateway",
+    "MediaSpec",
     "Misbehavior",
     "ModelSpec",
     "Network",

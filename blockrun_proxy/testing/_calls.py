@@ -57,16 +57,43 @@ Serve = Callable[[web.Request, Settlement | None], Awaitable[web.StreamResponse]
 
 
 @dataclass(frozen=True)
+class JobPlan:
+    """A paid POST that answers ``202`` at once and settles when a poll sees it completed.
+
+    ``submitted`` builds the 202 body from the job id and poll URL; ``result`` the
+    completed poll's body from the job id and the origin media URLs are hosted on
+    (the gateway adds ``id``, ``status`` and ``payment``).
+    """
+
+    kind: str  # the poll path segment: "videos", "images" or "audio"
+    model: str
+    polls: int  # polls answered 202 before the job completes
+    submitted: Callable[[str, str], dict[str, Any]]  # (job id, poll URL) -> 202 body
+    result: Callable[[str, str], dict[str, Any]]  # (job id, origin) -> completed body
+    poll_query: str = ""  # appended to the poll URL, e.g. "?model=...&duration=8"
+
+
+@dataclass(frozen=True)
 class Call:
-    """A guarded, priced request, ready for the payment path."""
+    """A guarded, priced request, ready for the payment path.
+
+    Exactly one of ``serve`` (answer now, settle first) and ``job`` (answer 202,
+    settle on the completing poll) is set.
+    """
 
     price: int  # atomic USDC the 402 asks for, misbehave.price_multiplier included
     description: str  # the 402's resource.description
-    serve: Serve
+    serve: Serve | None = None
     free: bool = False
     price_details: Mapping[str, Any] = field(default_factory=dict)  # extra 402 price fields
+    job: JobPlan | None = None
+
+    def __post_init__(self) -> None:
+        if (self.serve is None) == (self.job is None):
+            raise ValueError("a Call either serves inline or is a job, not both or neither")
 
     def inline(self) -> Serve:
+        assert self.serve is not None, "a job is answered by Jobs.submit"
         return self.serve
 
 
@@ -230,6 +257,7 @@ REPLAY = Refusal(
 FAILED_AFTER_SETTLE = Refusal(
     500, "The model failed after the payment was settled", "server_error", "upstream_error"
 )
+JOB_NOT_FOUND = Refusal(404, "Job not found", code="job_not_found")
 
 
 def invalid_payment(reason: str | None) -> Refusal:

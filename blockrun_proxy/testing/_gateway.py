@@ -3,7 +3,7 @@
 This module is the gateway's one payment path (docs/PROTOCOL.md sections 3 and 9):
 record, misbehave, guard, price, challenge, verify, settle, serve. The routes
 (``_routes_*.py``) only say how a request is guarded and priced and what the answer
-looks like.
+looks like; slow jobs settle later, when a poll sees them completed (``_jobs.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -37,6 +37,8 @@ from blockrun_proxy.testing._calls import (
     price_object,
     read_payment,
 )
+from blockrun_proxy.testing._catalogue import DEFAULT_MEDIA, MediaSpec
+from blockrun_proxy.testing._jobs import JOB_KINDS, Jobs
 from blockrun_proxy.testing._misbehavior import Misbehavior
 from blockrun_proxy.testing._models import (
     DEFAULT_MODELS,
@@ -63,6 +65,8 @@ from blockrun_proxy.testing._replies import json_response
 from blockrun_proxy.testing._routes_anthropic import anthropic_routes
 from blockrun_proxy.testing._routes_chat import chat_routes
 from blockrun_proxy.testing._routes_gemini import gemini_routes
+from blockrun_proxy.testing._routes_media import hosted_media, media_routes
+from blockrun_proxy.testing._routes_search import search_routes
 from blockrun_proxy.testing._verify import VERIFY_MODES, VerifyMode
 
 API_PREFIX = "/api"
@@ -73,13 +77,15 @@ MAX_TIMEOUT_SECONDS = 300
 MAX_BODY_BYTES = 32 * 1024 * 1024
 CHAT_PATH = "/v1/chat/completions"
 
+SpeechFormat = Literal["json", "audio"]
+
 
 class FakeGateway:
     """The BlockRun gateway's x402 behaviour (PROTOCOL.md section 3), in-process.
 
     Create it, then either ``await start()`` for a real loopback server or hand
     ``gw.app`` to pytest-aiohttp. Flip ``gw.misbehave`` between calls and read
-    ``requests`` / ``payments`` / ``settled`` to see what the proxy did.
+    ``requests`` / ``payments`` / ``settled`` / ``jobs`` to see what the proxy did.
     """
 
     def __init__(
@@ -94,7 +100,10 @@ class FakeGateway:
         event_size: int | None = None,
         settle_amount_in_response: bool = True,
         *,
+        media: Iterable[MediaSpec] = DEFAULT_MEDIA,
+        job_polls: int = 2,
         count_tokens_fee: int = 0,
+        speech_format: SpeechFormat = "json",
         record: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -104,16 +113,21 @@ class FakeGateway:
             raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
+        if speech_format not in ("json", "audio"):
+            raise ValueError(f"speech_format must be 'json' or 'audio', not {speech_format!r}")
         self.network = network
         self.pay_to = pay_to
         self.models: dict[str, ModelSpec] = {m.id: m for m in models}
+        self.media: dict[str, MediaSpec] = {m.id: m for m in media}
         self.pricing = pricing
         self.verify: VerifyMode = verify
         self.stream_events = stream_events
         self.event_interval = event_interval
         self.event_size = event_size
         self.settle_amount_in_response = settle_amount_in_response
+        self.job_polls = job_polls  # polls a slow job answers 202 before it completes
         self.count_tokens_fee = count_tokens_fee  # 0: count_tokens is free, as Anthropic's
+        self.speech_format: SpeechFormat = speech_format
         # Benchmarks turn recording off so a long run does not grow memory; the
         # settlement ledger is always kept because replay detection needs it.
         self.record = record
@@ -129,6 +143,7 @@ class FakeGateway:
         self._settled_nonces: set[tuple[str, str]] = set()
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.jobs = Jobs(self, API_PREFIX)
         self.routes: dict[str, Route] = {}
         self._patterns: list[tuple[re.Pattern[str], Route]] = []
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -136,9 +151,18 @@ class FakeGateway:
             *chat_routes(self),
             *anthropic_routes(self),
             *gemini_routes(self),
+            *media_routes(self),
+            *search_routes(self),
         ):
             self._add_route(route)
         self.app.router.add_get(f"{API_PREFIX}/v1/models", self._list_models)
+        for kind in JOB_KINDS:
+            self.app.router.add_get(
+                f"{API_PREFIX}/v1/{kind}/generations/{{job_id}}", partial(self.jobs.poll, kind)
+            )
+        self.app.router.add_get(
+            f"{API_PREFIX}/media/{{kind}}/{{name}}", partial(hosted_media, self)
+        )
 
     def _add_route(self, route: Route) -> None:
         self.routes[route.name] = route
@@ -280,6 +304,8 @@ class FakeGateway:
         if call.free:
             if header is not None:
                 self.note_payment(payment, accepted=False, reason="free model: payment not used")
+            if call.job is not None:
+                return self.jobs.submit(request, route, call, payer=None)
             return await call.inline()(request, None)
         if header is None:
             return self.challenge(dialect, request, call)
@@ -305,15 +331,24 @@ class FakeGateway:
 
         quote = self.quote(call.price)
         verdict = self.verify_payment(payment, decode_error, quote)
-        self.note_payment(
-            payment, accepted=verdict.outcome is Outcome.ACCEPTED, reason=verdict.reason
-        )
+        if call.job is not None and verdict.outcome is Outcome.ACCEPTED:
+            # One authorization submits one job: the nonce is claimed at the POST even
+            # though it settles only when a poll sees the job completed.
+            verdict = self.jobs.claim(verdict)
+        accepted = verdict.outcome is Outcome.ACCEPTED
+        reason = verdict.reason
+        if accepted and call.job is not None:
+            reason = "verified: settles when a poll sees the job completed"
+        self.note_payment(payment, accepted=accepted, reason=reason)
         if verdict.outcome is Outcome.REPLAY:
             return dialect.refuse(REPLAY)
         if verdict.outcome is Outcome.INVALID:
             if mb.fresh_challenge_on_invalid:
                 return self.challenge(dialect, request, call)
             return dialect.refuse(invalid_payment(verdict.reason))
+        if call.job is not None:
+            return self.jobs.submit(request, route, call, payer=verdict.payer)
+
         settlement = self.settle(verdict, quote)
         if mb.fail_after_settle > 0:
             mb.fail_after_settle -= 1

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 class Misbehavior:
     """Mutable knobs, all off by default; tests flip them between calls.
 
-    They apply to every paid route (chat, Anthropic Messages, Gemini), through the
-    one payment path they share; ``GET /v1/models`` stays well-behaved so a proxy's
-    model-cache fetch never eats a counter. The integer counters say how many of the
-    next matching requests are affected and are decremented as they are used.
+    They apply to every paid route (chat, Anthropic Messages, Gemini, media,
+    search), through the one payment path they share. ``GET /v1/models``, job polls
+    and hosted media stay well-behaved, so a proxy's model-cache fetch or a poll
+    never eats a counter; the exceptions are ``fail_after_settle``, which also hits
+    the poll that settles a job, and ``reset_after_events``, which cuts any streamed
+    body. The integer counters say how many of the next matching requests are
+    affected and are decremented as they are used.
     """
 
     # Quote shaping: what the 402 asks for.
@@ -35,3 +38,4 @@ class Misbehavior:
     rate_limit: int = 0  # next N requests get 429
     retry_after: str | None = None  # Retry-After value on 429s and injected failures
     fresh_challenge_on_invalid: bool = False  # invalid payment -> a usable 402, not PAYMENT_INVALID
+    job_fails: int = 0  # next N submitted jobs end "failed" on their last poll (not charged)
