@@ -34,6 +34,7 @@ from blockrun_proxy.testing._calls import (
     positive_int,
 )
 from blockrun_proxy.testing._catalogue import DEFAULT_MEDIA_MODEL, MediaKind, MediaSpec
+from blockrun_proxy.testing._models import usd_string
 
 if TYPE_CHECKING:
     from blockrun_proxy.testing._gateway import FakeGateway
@@ -183,9 +184,19 @@ def _prepare_image(gw: FakeGateway, edit: bool, incoming: Incoming) -> Call | Re
         return _call(gw, spec, n, what, job=plan)
 
     async def serve(request: web.Request, paid: Settlement | None) -> web.StreamResponse:
-        return gw.reply(200, result(f"img{gw.next_id():010d}", _origin(request)), paid)
+        answer = result(f"img{gw.next_id():010d}", _origin(request))
+        if paid is not None:
+            # BlockRun's inline image answer repeats the price and names the settlement.
+            answer["price"] = {"amount": usd_string(call.price), "currency": "USD"}
+            answer["payment"] = {
+                "status": "settled",
+                "tx_hash": paid.receipt["transaction"],
+                "network": paid.receipt["network"],
+            }
+        return gw.reply(200, answer, paid)
 
-    return _call(gw, spec, n, what, serve=serve)
+    call = _call(gw, spec, n, what, serve=serve)
+    return call
 
 
 def _images(

@@ -42,6 +42,8 @@ async def test_image_with_a_hosted_url_that_serves_a_png(
     image = answer["data"][0]
     assert image["revised_prompt"] == "a cat" and image["backed_up"] is True
     assert resp.headers["X-Payment-Receipt"] == gw.settled[0].transaction
+    assert answer["price"] == {"amount": "0.106000", "currency": "USD"}
+    assert answer["payment"]["tx_hash"] == gw.settled[0].transaction
     hosted = await client.get(local(image["url"]))
     assert hosted.status == 200 and hosted.headers["Content-Type"] == "image/png"
     assert (await hosted.read()).startswith(PNG_SIGNATURE)
