@@ -33,7 +33,7 @@ from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
 from blockrun_proxy.quotes import QuoteBook
-from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
+from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, PAYMENT_RESPONSE, Answer, Gateway
 
 log = logging.getLogger("blockrun_proxy")
 
@@ -125,6 +125,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         # The gateway sets no cookies the proxy should keep, and one jar shared by every
         # client of the proxy would leak one client's cookies to another's calls.
         cookie_jar=aiohttp.DummyCookieJar(),
+        max_field_size=GATEWAY_MAX_FIELD_SIZE,
     ) as session:
         app[SESSION_KEY] = session
         gateway = Gateway(
@@ -320,7 +321,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         exchange.model = chat.model
         answer = await app[GATEWAY_KEY].send_chat(
-            chat.body, request.headers, exchange.request_id, chat=chat
+            chat.body,
+            request.headers,
+            exchange.request_id,
+            chat=chat,
+            on_sent=exchange.payment_sent,
         )
         # The parsed request (every message as Python objects, several times the body's
         # size) is not needed while the answer streams: drop it now, not at the last byte.

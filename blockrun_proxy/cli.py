@@ -10,6 +10,7 @@ import click
 
 from blockrun_proxy import config, logs
 from blockrun_proxy.config import Settings
+from blockrun_proxy.wallet.cli import wallet
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -93,7 +94,9 @@ def main(ctx: click.Context) -> None:
     default=None,
     envvar=_env("BUDGET_USD"),
     type=Decimal,
-    help="Never sign more than this in total over --budget-window. Default: no budget.",
+    help="Never send payments worth more than this in total over --budget-window (held "
+    "from before signing; payments that never reached the gateway are not counted). "
+    "Default: no budget.",
 )
 @click.option(
     "--budget-window",
@@ -177,6 +180,13 @@ def main(ctx: click.Context) -> None:
     help="An EVM JSON-RPC endpoint for on-chain reads (wallet balance, Permit2 allowance).",
 )
 @click.option(
+    "--low-balance-usd",
+    default=None,
+    envvar=_env("LOW_BALANCE_USD"),
+    type=Decimal,
+    help="With --rpc-url: warn once when the wallet's USDC balance falls below this.",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="Start a built-in fake x402 gateway and a throwaway wallet (no network needed).",
@@ -203,6 +213,7 @@ def serve(
     allow_public: bool,
     state_dir: str,
     rpc_url: str | None,
+    low_balance_usd: Decimal | None,
     demo: bool,
 ) -> None:
     """Run the proxy (the default command)."""
@@ -230,6 +241,7 @@ def serve(
         allow_public=allow_public,
         state_dir=config.parse_state_dir(state_dir),
         rpc_url=rpc_url or None,
+        low_balance_usd=low_balance_usd,
         demo=demo,
         token=config.read_token(),
         wallet_key=None if demo else wallet_key,
@@ -323,3 +335,6 @@ def address() -> None:
         click.echo(f"{Signer(key).address}  (from {source})")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+main.add_command(wallet)

@@ -99,7 +99,7 @@ class Settings:
     # Retries of the unpaid probe after a 5xx (nothing is signed yet, so these are free).
     probe_retries: int = 2
     pay_to: tuple[str, ...] = ()
-    # At most this much signed over any rolling budget_window_seconds; None = no budget.
+    # At most this much sent over any rolling budget_window_seconds; None = no budget.
     budget_usd: Decimal | None = None
     budget_window_seconds: float = DEFAULT_BUDGET_WINDOW_SECONDS
     # Sign the first request when the quote model is trusted; 0 tolerance = exact amounts only.
@@ -111,7 +111,10 @@ class Settings:
     # What survives a restart lives here; None keeps everything in memory only.
     state_dir: Path | None = DEFAULT_STATE_DIR
     # An EVM JSON-RPC endpoint for on-chain reads (balance, Permit2 allowance); None: none.
-    rpc_url: str | None = None
+    # Out of repr(): hosted endpoints carry their API key in the URL.
+    rpc_url: str | None = field(default=None, repr=False)
+    # With rpc_url: warn once (and flag it) when the wallet's USDC falls below this.
+    low_balance_usd: Decimal | None = None
     demo: bool = False
     # Secrets are kept out of repr() so a logged Settings never shows them.
     token: str | None = field(default=None, repr=False)
@@ -125,6 +128,10 @@ class Settings:
     @property
     def budget_atomic(self) -> int | None:
         return None if self.budget_usd is None else usd_to_atomic(self.budget_usd)
+
+    @property
+    def low_balance_atomic(self) -> int | None:
+        return None if self.low_balance_usd is None else usd_to_atomic(self.low_balance_usd)
 
     @property
     def presign_tolerance_atomic(self) -> int:
@@ -163,7 +170,11 @@ class Settings:
         if self.workers > 1 and self.port == 0:
             raise ValueError("--workers needs a fixed --port: each worker binds the same one")
         if self.rpc_url is not None and urlsplit(self.rpc_url).scheme not in ("http", "https"):
-            raise ValueError(f"--rpc-url must be an http(s) URL, got {self.rpc_url!r}")
+            # Only the scheme is shown: hosted RPC URLs carry an API key in their path.
+            scheme = urlsplit(self.rpc_url).scheme or "none"
+            raise ValueError(f"--rpc-url must be an http(s) URL, got scheme {scheme!r}")
+        if self.low_balance_usd is not None and self.low_balance_usd < 0:
+            raise ValueError("--low-balance-usd must not be negative")
         if not is_loopback(self.host) and not self.token and not self.allow_public:
             raise ValueError(
                 f"refusing to listen on {self.host} without a token: anyone who can reach it "

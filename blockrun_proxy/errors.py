@@ -84,6 +84,15 @@ class ShuttingDown(ProxyError):
     code = "proxy_draining"
 
 
+class BudgetStoreUnavailable(ProxyError):
+    """The spend budget's store cannot answer (a shared store is down): without it the
+    proxy cannot tell whether a payment fits, so it signs nothing. Safe to retry."""
+
+    status = 503
+    type = "server_error"
+    code = "budget_store_unavailable"
+
+
 # --- payment refusals: the proxy declined to sign (402, nothing paid) -----------------------
 
 

@@ -155,6 +155,8 @@ def log_access(exchange: Exchange, *, now: float) -> None:
         "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 1),
         "bytes": exchange.bytes_out,
         "cost_usd": None if exchange.cost_atomic is None else usd(exchange.cost_atomic),
+        # Sent, so possibly spent: what a 424 or a 499 after the paid send may have cost.
+        "signed_usd": None if exchange.signed_atomic is None else usd(exchange.signed_atomic),
         "error": exchange.refusal or exchange.upstream_error,
     }
     access_log.info(

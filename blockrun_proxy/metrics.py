@@ -109,15 +109,32 @@ class Metrics:
         self.relayed_bytes = self._counter(
             "relayed_bytes", "Upstream response body bytes relayed to clients."
         )
-        self.payments_signed = self._counter("payments_signed", "Payment authorizations signed.")
-        self.signed_micro_usdc = self._counter(
-            "signed_micro_usdc", "USDC signed for, in atomic units (1e-6 USDC)."
+        self.payments_sent = self._counter(
+            "payments_sent",
+            "Paid calls whose payment may have reached the gateway (answered or not), one "
+            "per call however often it was re-signed or replayed. Signatures that never "
+            "left the proxy are not counted.",
+        )
+        self.sent_micro_usdc = self._counter(
+            "sent_micro_usdc",
+            "USDC those calls may have cost, in atomic units (1e-6 USDC): per call, the "
+            "largest amount sent (all of a call's authorizations share one nonce, so at "
+            "most one can settle).",
         )
         self.payments_settled = self._counter(
             "payments_settled", "Paid calls the gateway accepted and answered."
         )
         self.settled_micro_usdc = self._counter(
-            "settled_micro_usdc", "USDC the gateway settled, in atomic units (1e-6 USDC)."
+            "settled_micro_usdc",
+            "What the accepted calls cost, in atomic units (1e-6 USDC): the signed amount, "
+            "never a different amount the gateway claims (see gateway_anomalies).",
+        )
+        self.gateway_anomalies = self._counter(
+            "gateway_anomalies",
+            "Gateway answers that cannot be true, by kind: settled_above_signed, "
+            "settled_below_signed (a settlement report claiming another amount than the "
+            "exact one signed). Logged as warnings with the request id; never a cost.",
+            ("kind",),
         )
         self.refusals = self._counter(
             "refusals",
@@ -138,9 +155,14 @@ class Metrics:
     # ----------------------------------------------------------------- sources
 
     def watch_payer(self, payer: Any) -> None:
-        """Follow ``payer.signatures`` and ``payer.signed_atomic`` (plain ints)."""
-        self.watch(self.payments_signed, lambda: getattr(payer, "signatures", None))
-        self.watch(self.signed_micro_usdc, lambda: getattr(payer, "signed_atomic", None))
+        """Follow ``payer.payments_sent``, ``payer.sent_atomic`` (plain ints) and
+        ``payer.anomalies`` (a dict of plain ints by kind, a fixed set of keys)."""
+        self.watch(self.payments_sent, lambda: getattr(payer, "payments_sent", None))
+        self.watch(self.sent_micro_usdc, lambda: getattr(payer, "sent_atomic", None))
+        anomalies = getattr(payer, "anomalies", None)
+        if isinstance(anomalies, dict):
+            for kind in anomalies:
+                self.watch(self.gateway_anomalies.labels(kind), _reader(anomalies, kind))
 
     def watch_quotes(self, stats: Callable[[], QuoteStats | None]) -> None:
         """Export the quote model's hit/miss counters.
@@ -234,6 +256,10 @@ class Metrics:
     def _gauge(self, name: str, doc: str) -> Gauge:
         # livesum: with --workers, the sum over the workers still running.
         return Gauge(f"{PREFIX}_{name}", doc, registry=self.registry, multiprocess_mode="livesum")
+
+
+def _reader(counts: dict[str, int], key: str) -> Callable[[], int | None]:
+    return lambda: counts.get(key)
 
 
 def _field(stats: object | None, name: str) -> int | None:

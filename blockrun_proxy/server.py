@@ -26,6 +26,7 @@ from blockrun_proxy.app import ADMISSION_KEY, LIMITS_KEY, PAYER_KEY, create_app
 from blockrun_proxy.config import Settings
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.payer import Payer
+from blockrun_proxy.wallet.watcher import watching
 from blockrun_proxy.x402 import NETWORKS
 
 log = logging.getLogger("blockrun_proxy")
@@ -92,6 +93,8 @@ async def serve(settings: Settings) -> None:
         if settings.demo:
             settings = await stack.enter_async_context(demo_gateway(settings))
         _, port = await stack.enter_async_context(running(settings))
+        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns).
+        await stack.enter_async_context(watching(settings))
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"
         # Tests and supervisors read the bound port from this line (--port 0).

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from paying import assert_one_nonce_per_call
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
@@ -41,6 +42,8 @@ async def gateway() -> AsyncIterator[FakeGateway]:
     await gw.start()
     yield gw
     await gw.close()
+    # Whatever the test did, no client call ever carried two authorizations (issue 9).
+    assert_one_nonce_per_call(gw)
 
 
 StartProxy = Callable[..., Awaitable[Proxy]]

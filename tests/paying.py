@@ -96,6 +96,29 @@ def nonces(gateway: FakeGateway, since: int = 0) -> list[str]:
     return seen
 
 
+def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
+    """The distinct authorization nonces the gateway received, per client call: requests
+    are grouped by the ``x-request-id`` the proxy forwards (one per client call)."""
+    calls: dict[str, set[str]] = {}
+    for request in chat_requests(gateway, since):
+        call = request.headers.get("x-request-id")
+        if call is None:
+            continue  # not sent by the proxy
+        nonces = calls.setdefault(call, set())
+        payment = request.payment
+        authorization = (payment or {}).get("payload", {}).get("authorization", {})
+        if isinstance(authorization, dict) and "nonce" in authorization:
+            nonces.add(str(authorization["nonce"]))
+    return calls
+
+
+def assert_one_nonce_per_call(gateway: FakeGateway, since: int = 0) -> None:
+    """ "One nonce per call": every authorization signed for one client call carries the
+    same EIP-3009 nonce, so at most one of them can ever settle."""
+    several = {call: n for call, n in nonces_by_call(gateway, since).items() if len(n) > 1}
+    assert not several, f"client calls with several nonces: {several}"
+
+
 def amounts_by_nonce(gateway: FakeGateway, since: int = 0) -> dict[str, int]:
     return {record.nonce: record.amount for record in gateway.payments[since:]}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import queue
@@ -13,9 +14,12 @@ import aiohttp
 import orjson
 import pytest
 from ops_support import until
+from paying import PAID as PAID_WARM
+from paying import warm_body, warm_up
 
 from blockrun_proxy import logs
 from blockrun_proxy.exchange import Exchange, request_id_from
+from blockrun_proxy.x402 import usd
 
 PAID = "openai/gpt-4o-mini"
 FREE = "nvidia/deepseek-v4-flash"
@@ -172,3 +176,52 @@ def test_exception_text_is_baked_before_the_writer_thread_formats_it():
     assert prepared.msg == "failed 1" and prepared.exc_info is None
     assert "ValueError: boom" in (prepared.exc_text or "")
     assert "ValueError: boom" in orjson.loads(logs.JsonFormatter().format(prepared))["exc"]
+
+
+async def test_a_failure_after_payment_logs_the_amount_that_may_be_gone(
+    start_proxy, gateway, access
+):
+    proxy = await start_proxy(paid_replays=0)
+    gateway.misbehave.fail_paid = 1
+    body = {**CHAT, "stream": False, "max_tokens": 64}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(proxy.base_url + "/chat/completions", data=orjson.dumps(body)) as resp,
+    ):
+        assert resp.status == 424
+    await until(lambda: len(access_records(access)) == 1)
+    (line,) = access_records(access)
+    assert line["status"] == 424 and line["cost_usd"] is None
+    assert line["signed_usd"] == usd(gateway.price_for(body))
+    assert "signed_usd=" in logs.TextFormatter().format(access.records[-1])
+
+
+async def test_a_client_that_hangs_up_after_the_paid_send_logs_the_amount(
+    start_proxy, gateway, access
+):
+    proxy = await start_proxy()
+    await warm_up(proxy)  # so the first request carries the payment
+    access.clear()
+    gateway.misbehave.delay_seconds = 5.0  # the gateway has the payment and thinks a while
+    body = warm_body(PAID_WARM, stream=False)
+    timeout = aiohttp.ClientTimeout(total=0.5)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        with pytest.raises(asyncio.TimeoutError):
+            await s.post(proxy.base_url + "/chat/completions", data=orjson.dumps(body))
+    await until(lambda: len(access_records(access)) == 1)
+    (line,) = access_records(access)
+    assert line["status"] == 499 and line["cost_usd"] is None
+    (paid,) = [r for r in gateway.requests[-1:] if r.payment is not None]
+    assert line["signed_usd"] == usd(int(paid.payment["payload"]["authorization"]["value"]))
+
+
+async def test_unpaid_calls_log_no_signed_amount(proxy, access):
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            proxy.base_url + "/chat/completions", data=orjson.dumps({**CHAT, "model": FREE})
+        ) as resp,
+    ):
+        await resp.read()
+    await until(lambda: len(access_records(access)) == 1)
+    assert access_records(access)[0]["signed_usd"] is None

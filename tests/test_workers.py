@@ -69,7 +69,7 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
             for _ in range(6):
                 values = await scrape()
                 assert values[key] == CALLS
-                assert values[("blockrun_proxy_payments_signed_total", ())] == CALLS
+                assert values[("blockrun_proxy_payments_sent_total", ())] == CALLS
                 settled = sum(s.amount for s in gateway.settled)
                 assert values[("blockrun_proxy_settled_micro_usdc_total", ())] == settled
                 assert values[("blockrun_proxy_max_concurrent", ())] == 2 * 256

@@ -14,7 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from blockrun_proxy.testing._gateway import DEFAULT_NETWORK, DEFAULT_PAY_TO, FakeGateway
+from blockrun_proxy.testing._ledger import UsdcLedger
 from blockrun_proxy.testing._networks import NETWORKS
+from blockrun_proxy.testing._upto import UptoMode
 from blockrun_proxy.testing._verify import VERIFY_MODES
 
 
@@ -46,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
         help="/v1/audio/speech answers BlockRun's JSON (a hosted URL) or the audio bytes",
     )
     p.add_argument(
+        "--upto",
+        action="store_true",
+        help="also offer the upto scheme (verified by the official x402 facilitator code)",
+    )
+    p.add_argument(
+        "--upto-auto-fund",
+        type=int,
+        default=100_000_000,
+        help="with --upto: atomic USDC (and Permit2 allowance) given to each new payer",
+    )
+    p.add_argument(
+        "--upto-gas-sponsoring",
+        action="store_true",
+        help="with --upto: declare the eip2612GasSponsoring extension",
+    )
+    p.add_argument(
         "--record",
         action="store_true",
         help="keep every request and payment in memory (off: nobody can read them here)",
@@ -54,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    upto = (
+        UptoMode(
+            UsdcLedger(args.network),
+            gas_sponsoring=args.upto_gas_sponsoring,
+            auto_fund=args.upto_auto_fund,
+        )
+        if args.upto
+        else None
+    )
     gateway = FakeGateway(
         network=args.network,
         pay_to=args.pay_to,
@@ -65,6 +92,7 @@ async def _serve(args: argparse.Namespace) -> None:
         job_polls=args.job_polls,
         speech_format=args.speech_format,
         record=args.record,
+        upto=upto,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

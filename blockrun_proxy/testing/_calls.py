@@ -87,6 +87,9 @@ class Call:
     free: bool = False
     price_details: Mapping[str, Any] = field(default_factory=dict)  # extra 402 price fields
     job: JobPlan | None = None
+    # What the answer really costs, for an upto payment to settle (None: the full price).
+    # A callable so the hot path never computes it for exact payments.
+    actual_cost: Callable[[], int] | None = None
 
     def __post_init__(self) -> None:
         if (self.serve is None) == (self.job is None):

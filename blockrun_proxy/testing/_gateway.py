@@ -67,6 +67,15 @@ from blockrun_proxy.testing._routes_chat import chat_routes
 from blockrun_proxy.testing._routes_gemini import gemini_routes
 from blockrun_proxy.testing._routes_media import hosted_media, media_routes
 from blockrun_proxy.testing._routes_search import search_routes
+from blockrun_proxy.testing._upto import (
+    UptoMode,
+    UptoOutcome,
+    declared_extensions,
+    is_upto_payment,
+    settle_upto,
+    upto_requirement,
+    verify_upto,
+)
 from blockrun_proxy.testing._verify import VERIFY_MODES, VerifyMode
 
 API_PREFIX = "/api"
@@ -106,6 +115,7 @@ class FakeGateway:
         speech_format: SpeechFormat = "json",
         record: bool = True,
         clock: Callable[[], float] = time.time,
+        upto: UptoMode | None = None,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
@@ -115,8 +125,12 @@ class FakeGateway:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
         if speech_format not in ("json", "audio"):
             raise ValueError(f"speech_format must be 'json' or 'audio', not {speech_format!r}")
+        if upto is not None and upto.ledger.network != network:
+            raise ValueError(f"the upto ledger is on {upto.ledger.network}, not {network}")
         self.network = network
         self.pay_to = pay_to
+        # Upto mode (testing/_upto.py): None keeps the gateway exact-only.
+        self.upto = upto
         self.models: dict[str, ModelSpec] = {m.id: m for m in models}
         self.media: dict[str, MediaSpec] = {m.id: m for m in media}
         self.pricing = pricing
@@ -137,6 +151,8 @@ class FakeGateway:
         self.sent_bodies: list[bytes] = []
         self.payments: list[PaymentRecord] = []
         self.settled: list[SettledPayment] = []
+        # Refused payments a lying gateway kept (Misbehavior.keep_refused), for settle_kept.
+        self.kept: list[tuple[Verdict, Quote]] = []
         self.models_calls = 0
         self.base_url: str | None = None
         self._clock = clock
@@ -188,6 +204,13 @@ class FakeGateway:
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.base_url = f"http://{shown}:{bound_port}{API_PREFIX}"
         return self.base_url
+
+    @property
+    def chat_url(self) -> str:
+        """The chat completions URL (once started), e.g. for another fake's ``redirect_to``."""
+        if self.base_url is None:
+            raise RuntimeError("the fake gateway is not started")
+        return f"{self.base_url}{CHAT_PATH}"
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -287,6 +310,10 @@ class FakeGateway:
 
         dialect = route.dialect
         mb = self.misbehave
+        if mb.redirect_to is not None and (
+            mb.redirect_paid if header is not None else mb.redirect_unpaid
+        ):
+            return web.Response(status=mb.redirect_status, headers={"Location": mb.redirect_to})
         if mb.delay_seconds > 0:
             await asyncio.sleep(mb.delay_seconds)
         if mb.rate_limit > 0:
@@ -328,9 +355,14 @@ class FakeGateway:
         if mb.replay_on_paid:
             self.note_payment(payment, accepted=False, reason="injected PAYMENT_REPLAY")
             return dialect.refuse(REPLAY)
+        if self.upto is not None and payment is not None and is_upto_payment(payment):
+            return await self._paid_upto(route, request, call, payment, self.upto)
 
         quote = self.quote(call.price)
         verdict = self.verify_payment(payment, decode_error, quote)
+        if verdict.outcome is Outcome.ACCEPTED and mb.refuse_paid > 0:
+            mb.refuse_paid -= 1  # a good payment, refused as not used all the same
+            verdict = Verdict(Outcome.INVALID, "injected refusal", verdict.auth, verdict.payer)
         if call.job is not None and verdict.outcome is Outcome.ACCEPTED:
             # One authorization submits one job: the nonce is claimed at the POST even
             # though it settles only when a poll sees the job completed.
@@ -343,6 +375,8 @@ class FakeGateway:
         if verdict.outcome is Outcome.REPLAY:
             return dialect.refuse(REPLAY)
         if verdict.outcome is Outcome.INVALID:
+            if mb.keep_refused and verdict.auth is not None:
+                self.kept.append((verdict, quote))
             if mb.fresh_challenge_on_invalid:
                 return self.challenge(dialect, request, call)
             return dialect.refuse(invalid_payment(verdict.reason))
@@ -355,11 +389,71 @@ class FakeGateway:
             return dialect.refuse(FAILED_AFTER_SETTLE)
         return await call.inline()(request, settlement)
 
+    async def _paid_upto(
+        self,
+        route: Route,
+        request: web.Request,
+        call: Call,
+        payment: dict[str, Any],
+        mode: UptoMode,
+    ) -> web.StreamResponse:
+        """Verify an upto ceiling, settle what the answer actually costs, then serve it."""
+        dialect = route.dialect
+        if call.job is not None:
+            # Not offered for jobs (nothing says BlockRun does): see ``challenge``.
+            reason = "upto is not offered for a job"
+            self.note_payment(payment, accepted=False, reason=reason)
+            return dialect.refuse(invalid_payment(reason))
+        requirement = upto_requirement(self.quote(call.price).to_json(), mode)
+        verdict = await asyncio.to_thread(verify_upto, mode, payment, requirement)
+        self.note_payment(
+            payment, accepted=verdict.outcome is UptoOutcome.ACCEPTED, reason=verdict.reason
+        )
+        if verdict.outcome is UptoOutcome.REPLAY:
+            return dialect.refuse(REPLAY)
+        if verdict.outcome is UptoOutcome.INVALID:
+            if self.misbehave.fresh_challenge_on_invalid:
+                return self.challenge(dialect, request, call)
+            return dialect.refuse(invalid_payment(verdict.reason))
+        cost = call.actual_cost() if call.actual_cost is not None else call.price
+        actual = min(cost, verdict.ceiling)
+        receipt = await asyncio.to_thread(settle_upto, mode, payment, requirement, actual)
+        if not receipt["success"]:
+            refusal = Refusal(
+                402,
+                f"Settlement failed: {receipt.get('errorReason')}",
+                "payment_error",
+                "PAYMENT_INVALID",
+            )
+            return dialect.refuse(refusal)
+        self.settled.append(
+            SettledPayment(
+                actual, str(verdict.nonce), receipt["transaction"], verdict.payer, self.network
+            )
+        )
+        if mode.reported_amount is not None:
+            receipt["amount"] = str(mode.reported_amount)
+        elif not self.settle_amount_in_response:
+            del receipt["amount"]
+        if self.misbehave.fail_after_settle > 0:
+            self.misbehave.fail_after_settle -= 1
+            return dialect.refuse(FAILED_AFTER_SETTLE)
+        headers = {
+            "PAYMENT-RESPONSE": encode_header(receipt),
+            "X-Payment-Receipt": receipt["transaction"],
+        }
+        return await call.inline()(request, Settlement(receipt, headers))
+
     # ------------------------------------------------------------------- answers
 
     def challenge(self, dialect: Dialect, request: web.Request, call: Call) -> web.Response:
         quote = self.quote(call.price)
-        required = {
+        accepts = [quote.to_json()]
+        if self.upto is not None and call.job is None:
+            # BlockRun lists exact first, then upto at the same price as its ceiling.
+            upto = upto_requirement(accepts[0], self.upto)
+            accepts = [upto] if self.upto.only_upto else [*accepts, upto]
+        required: dict[str, Any] = {
             "x402Version": 2,
             "error": "Payment required",
             "resource": {
@@ -367,8 +461,13 @@ class FakeGateway:
                 "description": call.description,
                 "mimeType": "application/json",
             },
-            "accepts": [quote.to_json()],
+            "accepts": accepts * self.misbehave.accepts_copies,
         }
+        if self.misbehave.required_padding:
+            required["padding"] = "x" * self.misbehave.required_padding
+        extensions = declared_extensions(self.upto) if self.upto is not None else None
+        if extensions:
+            required["extensions"] = extensions
         body = dialect.payment_required(
             required, price_object(usd_string(call.price), call.price_details)
         )
@@ -404,10 +503,25 @@ class FakeGateway:
             "network": quote.network,
             "payer": verdict.payer,
         }
-        if self.settle_amount_in_response:
+        if self.misbehave.settlement_claim is not None:
+            receipt["amount"] = self.misbehave.settlement_claim
+        elif self.settle_amount_in_response:
             receipt["amount"] = str(auth.value)
         headers = {"PAYMENT-RESPONSE": encode_header(receipt), "X-Payment-Receipt": transaction}
         return Settlement(receipt, headers)
+
+    def settle_kept(self) -> list[SettledPayment]:
+        """What a lying gateway does with the payments it refused and kept: settle every
+        one the chain would still take. Like USDC, it refuses a nonce already used by the
+        same payer, so two authorizations sharing a nonce settle once at most."""
+        settled = []
+        kept, self.kept = self.kept, []
+        for verdict, quote in kept:
+            if verdict.nonce_key in self._settled_nonces:
+                continue
+            self.settle(verdict, quote)
+            settled.append(self.settled[-1])
+        return settled
 
     def reply(
         self, status: int, payload: object, settlement: Settlement | None = None

@@ -26,6 +26,8 @@ class Misbehavior:
     max_timeout_seconds: int | None = None
     resource_url: str | None = None
     scheme: str | None = None
+    accepts_copies: int = 1  # the requirement listed this many times in ``accepts``
+    required_padding: int = 0  # bytes of junk added to the PAYMENT-REQUIRED JSON
 
     # Failures.
     fail_unpaid: int = 0  # next N requests without a payment get fail_status
@@ -39,3 +41,18 @@ class Misbehavior:
     retry_after: str | None = None  # Retry-After value on 429s and injected failures
     fresh_challenge_on_invalid: bool = False  # invalid payment -> a usable 402, not PAYMENT_INVALID
     job_fails: int = 0  # next N submitted jobs end "failed" on their last poll (not charged)
+
+    # Lying about payments.
+    refuse_paid: int = 0  # next N good payments are refused as not used anyway
+    keep_refused: bool = False  # keep refused payments with a good signature (settle_kept)
+    # What PAYMENT-RESPONSE claims was settled (atomic units as a string) instead of the
+    # amount actually signed and settled, e.g. "999999999" or "0".
+    settlement_claim: str | None = None
+
+    # Redirects: answer ``redirect_status`` with ``Location: redirect_to`` (e.g. another
+    # fake gateway's chat URL) instead of handling the request. A client that follows it
+    # would carry the payment header (and, on 307/308, the body) to that host.
+    redirect_to: str | None = None
+    redirect_status: int = 302
+    redirect_unpaid: bool = False  # requests without a payment are redirected
+    redirect_paid: bool = False  # requests carrying a payment are redirected

@@ -110,6 +110,7 @@ def check_payment(
     authorization that was already settled is a replay, whatever its price or
     expiry now), then price and time window.
     """
+    signed: Authorization | None = None  # once the signature is known to be good
     try:
         accepted, auth, signature = _parse(payment)
         _match_quote(accepted, auth, quote)
@@ -122,6 +123,7 @@ def check_payment(
             raise _Invalid(
                 f"invalid signature: recovered {signer}, authorization.from is {auth.from_}"
             )
+        signed = auth
         if (auth.from_.lower(), auth.nonce.hex()) in settled_nonces:
             return Verdict(Outcome.REPLAY, "nonce already used", auth, auth.from_)
         if auth.value < quote.amount:
@@ -132,7 +134,9 @@ def check_payment(
                 f"[{auth.valid_after}, {auth.valid_before}))"
             )
     except _Invalid as exc:
-        return Verdict(Outcome.INVALID, str(exc))
+        # A refused payment whose signature is good still names its authorization: a
+        # dishonest gateway could keep it and settle it later (Misbehavior.keep_refused).
+        return Verdict(Outcome.INVALID, str(exc), signed, signed.from_ if signed else "")
     return Verdict(Outcome.ACCEPTED, None, auth, auth.from_)
 
 

@@ -68,7 +68,17 @@ def _prepare_messages(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
         return Call(0, "", serve, free=True)
     # BlockRun names the model this way on /v1/messages (no output ceiling in it).
     description = f"{model.name or model.id} API call"
-    return Call(gw.model_price(model, chat_view(body)), description, serve)
+    actual = partial(_actual_cost, gw, model, body)
+    return Call(gw.model_price(model, chat_view(body)), description, serve, actual_cost=actual)
+
+
+def _actual_cost(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:
+    """What an upto payment settles: the price with the tokens the answer really has."""
+    heard = last_user_text(body)[:ECHO_LIMIT]
+    produced = ECHO_PREFIX + heard
+    if _chosen_tool(body) is not None:
+        produced = orjson.dumps({"echo": heard}).decode()
+    return gw.model_price(model, {**chat_view(body), "max_tokens": count_tokens(produced)})
 
 
 def _prepare_count(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:

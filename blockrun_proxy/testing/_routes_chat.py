@@ -17,8 +17,8 @@ from blockrun_proxy.testing._calls import (
     bad,
     parse_object,
 )
-from blockrun_proxy.testing._models import estimate_input_tokens
-from blockrun_proxy.testing._replies import answer_for, completion
+from blockrun_proxy.testing._models import ModelSpec, estimate_input_tokens
+from blockrun_proxy.testing._replies import answer_for, completion, count_tokens
 from blockrun_proxy.testing._stream import ChunkWriter, frames
 
 if TYPE_CHECKING:
@@ -45,7 +45,19 @@ def _prepare(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
     if model.free:
         return Call(0, "", serve, free=True)
     description = f"{model.id} - {model.max_output} max output tokens"
-    return Call(gw.model_price(model, body), description, serve)
+    return Call(
+        gw.model_price(model, body),
+        description,
+        serve,
+        actual_cost=partial(_actual, gw, model, body),
+    )
+
+
+def _actual(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:
+    """The price of this call had max_tokens been the tokens the answer really has."""
+    answer = answer_for(body, "")
+    produced = answer.tool_call.arguments if answer.tool_call else answer.text or ""
+    return gw.model_price(model, {**body, "max_tokens": count_tokens(produced)})
 
 
 async def _serve(

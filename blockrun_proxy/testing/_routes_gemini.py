@@ -60,7 +60,17 @@ def _prepare(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
     if model.free:
         return Call(0, "", serve, free=True)
     description = f"{model.id} - {model.max_output} max output tokens"
-    return Call(gw.model_price(model, chat_view(body)), description, serve)
+    actual = partial(_actual_cost, gw, model, body)
+    return Call(gw.model_price(model, chat_view(body)), description, serve, actual_cost=actual)
+
+
+def _actual_cost(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:
+    """What an upto payment settles: the price with the tokens the answer really has."""
+    heard = _last_user_text(body)[:ECHO_LIMIT]
+    produced = ECHO_PREFIX + heard
+    if _chosen_function(body) is not None:
+        produced = orjson.dumps({"echo": heard}).decode()
+    return gw.model_price(model, {**chat_view(body), "max_tokens": count_tokens(produced)})
 
 
 def _parse(raw: bytes) -> dict[str, Any] | Refusal:

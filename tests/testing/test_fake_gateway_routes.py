@@ -156,3 +156,27 @@ async def test_reset_after_events_cuts_every_stream(
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
     assert len(gw.settled) == 1  # settled before the stream broke, as on the real gateway
+
+
+@pytest.mark.parametrize(("name", "path", "body", "dialect"), PAID, ids=IDS)
+async def test_lying_and_redirecting_reach_every_route(
+    gw: FakeGateway,
+    client: TestClient,
+    payer: Payer,
+    name: str,
+    path: str,
+    body: dict[str, Any],
+    dialect: str,
+) -> None:
+    header = await pay(client, "/api" + path, body, payer)
+    gw.misbehave.refuse_paid = 1
+    gw.misbehave.keep_refused = True
+    resp = await client.post("/api" + path, json=body, headers={"PAYMENT-SIGNATURE": header})
+    assert resp.status == 402 and code_of(dialect, await resp.json()) == "PAYMENT_INVALID"
+    assert gw.settled == []
+    assert [s.amount for s in gw.settle_kept()] == [gw.price_for(body, path)]
+
+    gw.misbehave.redirect_to = "http://elsewhere.invalid/"
+    gw.misbehave.redirect_unpaid = True
+    resp = await client.post("/api" + path, json=body, allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "http://elsewhere.invalid/"
