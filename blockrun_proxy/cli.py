@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from decimal import Decimal
+from pathlib import Path
 
 import click
 
@@ -40,11 +41,20 @@ def main(ctx: click.Context) -> None:
     "--port", default=config.DEFAULT_PORT, show_default=True, type=int, envvar=_env("PORT")
 )
 @click.option(
-    "--api-url",
-    default=config.DEFAULT_API_URL,
+    "--chain",
+    default=config.DEFAULT_CHAIN,
     show_default=True,
+    envvar=_env("CHAIN"),
+    type=click.Choice(config.CHAINS),
+    help="Which BlockRun gateway and networks to pay on by default: base "
+    f"({config.DEFAULT_API_URL}) or solana ({config.SOLANA_API_URL}). "
+    "--api-url and --networks override it.",
+)
+@click.option(
+    "--api-url",
+    default=None,
     envvar="BLOCKRUN_API_URL",
-    help="The BlockRun gateway base URL.",
+    help="The BlockRun gateway base URL. [default: per --chain]",
 )
 @click.option(
     "--log-level",
@@ -62,10 +72,10 @@ def main(ctx: click.Context) -> None:
 )
 @click.option(
     "--networks",
-    default=",".join(config.DEFAULT_NETWORKS),
-    show_default=True,
+    default=None,
     envvar=_env("NETWORKS"),
-    help="Comma-separated CAIP-2 networks the payer may sign on.",
+    help="Comma-separated CAIP-2 networks the payer may sign on. [default: per --chain: "
+    f"{','.join(config.DEFAULT_NETWORKS)} or {','.join(config.SOLANA_NETWORKS)}]",
 )
 @click.option(
     "--max-price-usd",
@@ -187,6 +197,28 @@ def main(ctx: click.Context) -> None:
     help="With --rpc-url: warn once when the wallet's USDC balance falls below this.",
 )
 @click.option(
+    "--solana-rpc-url",
+    default=None,
+    envvar=_env("SOLANA_RPC_URL"),
+    help="The Solana JSON-RPC endpoint recent blockhashes come from. [default: the public "
+    "RPC of the Solana networks allowed: mainnet, or devnet when they are all devnet]",
+)
+@click.option(
+    "--solana-keypair",
+    default=None,
+    envvar=_env("SOLANA_KEYPAIR"),
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"A solana-keygen JSON keypair file to pay from, when {config.SOLANA_KEY_ENV} is unset. "
+    f"[default: {config.SOLANA_WALLET_FILE}]",
+)
+@click.option(
+    "--api-key-url",
+    default=config.DEFAULT_API_KEY_URL,
+    show_default=True,
+    envvar=config.API_KEY_URL_ENV,
+    help=f"The host calls go to when {config.API_KEY_ENV} is set (prepaid credit, no x402).",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="Start a built-in fake x402 gateway and a throwaway wallet (no network needed).",
@@ -194,10 +226,11 @@ def main(ctx: click.Context) -> None:
 def serve(
     host: str,
     port: int,
-    api_url: str,
+    chain: str,
+    api_url: str | None,
     log_level: str,
     log_format: str,
-    networks: str,
+    networks: str | None,
     max_price_usd: Decimal,
     default_max_tokens: int,
     pay_to: tuple[str, ...],
@@ -214,17 +247,30 @@ def serve(
     state_dir: str,
     rpc_url: str | None,
     low_balance_usd: Decimal | None,
+    solana_rpc_url: str | None,
+    solana_keypair: Path | None,
+    api_key_url: str,
     demo: bool,
 ) -> None:
     """Run the proxy (the default command)."""
     wallet_key, wallet_source = config.read_wallet_key()
+    try:
+        solana_key, _solana_source = config.read_solana_key(keypair=solana_keypair)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    chain_api_url, chain_networks = config.chain_defaults(chain)
     settings = Settings(
         host=host,
         port=port,
-        api_url=api_url,
+        chain=chain,
+        api_url=api_url or chain_api_url,
         log_level=log_level.lower(),
         log_format=log_format,
-        networks=tuple(n.strip() for n in networks.split(",") if n.strip()),
+        networks=(
+            tuple(n.strip() for n in networks.split(",") if n.strip())
+            if networks is not None
+            else chain_networks
+        ),
         max_price_usd=max_price_usd,
         default_max_tokens=default_max_tokens,
         pay_to=pay_to,
@@ -242,9 +288,14 @@ def serve(
         state_dir=config.parse_state_dir(state_dir),
         rpc_url=rpc_url or None,
         low_balance_usd=low_balance_usd,
+        solana_rpc_url=solana_rpc_url or None,
+        solana_keypair=solana_keypair,
+        api_key_url=api_key_url.rstrip("/"),
         demo=demo,
         token=config.read_token(),
         wallet_key=None if demo else wallet_key,
+        solana_key=None if demo else solana_key,
+        api_key=None if demo else config.read_api_key(),
     )
     try:
         settings.check()
@@ -319,22 +370,47 @@ def _check_wallet(settings: Settings) -> None:
         from blockrun_proxy.x402 import Signer
 
         Signer(settings.wallet_key)  # raises ValueError without echoing the key
+    if settings.solana_key:
+        from blockrun_proxy.x402.svm import solana_secret
+
+        solana_secret(settings.solana_key)  # the same: shape errors only, never the key
 
 
 @main.command()
-def address() -> None:
-    """Print the wallet address the proxy would pay from (never the key)."""
-    from blockrun_proxy.x402 import Signer
-
+@click.option(
+    "--solana-keypair",
+    default=None,
+    envvar=_env("SOLANA_KEYPAIR"),
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A solana-keygen JSON keypair file, as for serve.",
+)
+def address(solana_keypair: Path | None) -> None:
+    """Print the addresses the proxy would pay from, Base and Solana (never a key)."""
+    lines = []
     key, source = config.read_wallet_key()
-    if not key:
-        raise click.ClickException(
-            f"no wallet: set {config.WALLET_ENV} or create {config.WALLET_FILE}"
-        )
+    if key:
+        from blockrun_proxy.x402 import Signer
+
+        try:
+            lines.append(f"base    {Signer(key).address}  (from {source})")
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
-        click.echo(f"{Signer(key).address}  (from {source})")
+        solana_key, solana_source = config.read_solana_key(keypair=solana_keypair)
+        if solana_key:
+            from blockrun_proxy.x402.svm import SolanaSigner
+
+            lines.append(f"solana  {SolanaSigner(solana_key).address}  (from {solana_source})")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if config.read_api_key():
+        lines.append(f"api key set (${config.API_KEY_ENV}): calls are paid from prepaid credit")
+    if not lines:
+        raise click.ClickException(
+            f"no wallet: set {config.WALLET_ENV} or create {config.WALLET_FILE} (Base), "
+            f"or set {config.SOLANA_KEY_ENV} or create {config.SOLANA_WALLET_FILE} (Solana)"
+        )
+    click.echo("\n".join(lines))
 
 
 main.add_command(wallet)

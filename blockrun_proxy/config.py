@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +21,16 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4001
 DEFAULT_API_URL = "https://blockrun.ai/api"
 DEFAULT_NETWORKS = ("eip155:8453",)
+# --chain picks the gateway and the networks to pay on; explicit --api-url/--networks win.
+CHAINS = ("base", "solana")
+DEFAULT_CHAIN = "base"
+SOLANA_API_URL = "https://sol.blockrun.ai/api"
+SOLANA_NETWORKS = ("solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp",)
+CHAIN_DEFAULTS: Mapping[str, tuple[str, tuple[str, ...]]] = MappingProxyType(
+    {"base": (DEFAULT_API_URL, DEFAULT_NETWORKS), "solana": (SOLANA_API_URL, SOLANA_NETWORKS)}
+)
+# The prepaid API-key host: no "/api" segment (it answers /api/v1/... with wrong_host).
+DEFAULT_API_KEY_URL = "https://api.blockrun.ai"
 # A per-call ceiling on what the proxy will ever sign. $0.50 covers a long prompt to
 # a premium model with the default 1024-token reservation, and stops a broken or
 # hostile gateway from quoting dollars per call.
@@ -49,6 +60,16 @@ DEFAULT_QUOTE_TTL_SECONDS = 300.0
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
+# The Solana wallet key: base58 of the 64-byte secret key (solana-keygen, Phantom).
+SOLANA_KEY_ENV = "BLOCKRUN_SOLANA_KEY"
+# blockrun-llm's own name for it, read as BASE_CHAIN_WALLET_KEY is for the EVM key.
+SOLANA_KEY_ENV_ALIASES = ("SOLANA_WALLET_KEY",)
+# A BlockRun API key (brk_...): calls are paid from prepaid credit, nothing is signed.
+API_KEY_ENV = "BLOCKRUN_API_KEY"
+API_KEY_PREFIX = "brk_"
+# The API-key host. Deliberately not BLOCKRUN_API_URL (blockrun-llm's reasoning): that
+# names an x402 gateway, and the key must never follow it to another host.
+API_KEY_URL_ENV = "BLOCKRUN_API_KEY_URL"
 TOKEN_ENV = "BLOCKRUN_PROXY_TOKEN"
 # Set by the --workers supervisor for its children: prometheus-client's shared-memory
 # directory, which makes /metrics on any worker report the sum over all of them.
@@ -56,6 +77,9 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The wallet file blockrun-llm creates and manages (setup_agent_wallet()).
 WALLET_FILE = Path.home() / ".blockrun" / ".session"
 LEGACY_WALLET_FILE = Path.home() / ".blockrun" / "wallet.key"
+# The Solana wallet file blockrun-llm manages (setup_agent_solana_wallet()): one line,
+# base58 of the 64-byte secret key (or of a 32-byte seed).
+SOLANA_WALLET_FILE = Path.home() / ".blockrun" / ".solana-session"
 # Where the proxy keeps what should survive a restart (learned quotes, the local spend
 # ledger): beside blockrun-llm's wallet files. An empty --state-dir keeps nothing on disk.
 DEFAULT_STATE_DIR = Path.home() / ".blockrun" / "proxy"
@@ -115,10 +139,21 @@ class Settings:
     rpc_url: str | None = field(default=None, repr=False)
     # With rpc_url: warn once (and flag it) when the wallet's USDC falls below this.
     low_balance_usd: Decimal | None = None
+    # What --chain chose (the defaults of api_url and networks were taken from it).
+    chain: str = DEFAULT_CHAIN
+    # Where Solana blockhashes come from; None: the public RPC of the networks allowed.
+    # Out of repr(): providers such as Helius put an API key in the URL.
+    solana_rpc_url: str | None = field(default=None, repr=False)
+    # Where the Solana key was read from when it came from --solana-keypair.
+    solana_keypair: Path | None = None
+    # The API-key rail's host (no /api segment).
+    api_key_url: str = DEFAULT_API_KEY_URL
     demo: bool = False
     # Secrets are kept out of repr() so a logged Settings never shows them.
     token: str | None = field(default=None, repr=False)
     wallet_key: str | None = field(default=None, repr=False)
+    solana_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def max_amount(self) -> int:
@@ -140,6 +175,23 @@ class Settings:
     @property
     def gateway_host(self) -> str:
         return (urlsplit(self.api_url).hostname or "").lower()
+
+    @property
+    def solana_rpc(self) -> str:
+        """The Solana RPC to fetch blockhashes from: the configured one, else the public
+        RPC of the Solana networks allowed (devnet's when they are all devnet)."""
+        if self.solana_rpc_url:
+            return self.solana_rpc_url
+        from blockrun_proxy.x402.svm.networks import default_rpc_url
+
+        return default_rpc_url(self.networks)
+
+    @property
+    def solana_networks(self) -> tuple[str, ...]:
+        """The allowed networks that are Solana's (the Solana rail pays on these)."""
+        from blockrun_proxy.x402.svm.networks import is_solana_network
+
+        return tuple(n for n in self.networks if is_solana_network(n))
 
     def check(self) -> None:
         """Raise ValueError for settings that must not start a server."""
@@ -175,12 +227,38 @@ class Settings:
             raise ValueError(f"--rpc-url must be an http(s) URL, got scheme {scheme!r}")
         if self.low_balance_usd is not None and self.low_balance_usd < 0:
             raise ValueError("--low-balance-usd must not be negative")
+        if self.chain not in CHAINS:
+            raise ValueError(f"--chain must be one of {', '.join(CHAINS)}, got {self.chain!r}")
+        if self.solana_rpc_url is not None and not _is_http_url(self.solana_rpc_url):
+            # The URL itself is not echoed: it may carry the provider's API key.
+            raise ValueError("--solana-rpc-url must be an http(s) URL")
+        if not _is_http_url(self.api_key_url):
+            raise ValueError(f"{API_KEY_URL_ENV} must be an http(s) URL, got {self.api_key_url!r}")
+        if self.api_key is not None and not self.api_key.startswith(API_KEY_PREFIX):
+            # Never echoed: a mistyped key is still a secret.
+            raise ValueError(
+                f"{API_KEY_ENV} is not a BlockRun API key (they start with {API_KEY_PREFIX!r}); "
+                "correct it or unset it"
+            )
         if not is_loopback(self.host) and not self.token and not self.allow_public:
             raise ValueError(
                 f"refusing to listen on {self.host} without a token: anyone who can reach it "
                 f"could spend the wallet. Set {TOKEN_ENV}, or pass --allow-public if a network "
                 "policy already guards this port."
             )
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def chain_defaults(chain: str) -> tuple[str, tuple[str, ...]]:
+    """The gateway URL and networks ``--chain`` stands for; ValueError for another chain."""
+    try:
+        return CHAIN_DEFAULTS[chain]
+    except KeyError:
+        raise ValueError(f"--chain must be one of {', '.join(CHAINS)}, got {chain!r}") from None
 
 
 _DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.IGNORECASE)
@@ -249,6 +327,50 @@ def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | Non
     return None, "none"
 
 
+def read_solana_key(
+    environ: Mapping[str, str] | None = None, keypair: Path | None = None
+) -> tuple[str | None, str]:
+    """The Solana wallet key and where it came from: ``BLOCKRUN_SOLANA_KEY`` (or
+    blockrun-llm's ``SOLANA_WALLET_KEY``), else the ``--solana-keypair`` file, else the
+    wallet file blockrun-llm manages. The key is returned as text, unparsed
+    (``x402.svm.SolanaSigner`` reads every form); nothing here formats it.
+
+    A ``--solana-keypair`` that cannot be read is an error (ValueError), not a silent
+    fall-through to another wallet: it was asked for by name.
+    """
+    env = os.environ if environ is None else environ
+    for name in (SOLANA_KEY_ENV, *SOLANA_KEY_ENV_ALIASES):
+        if env.get(name, "").strip():
+            return env[name].strip(), f"${name}"
+    if keypair is not None:
+        try:
+            key = keypair.expanduser().read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read --solana-keypair {keypair}: {exc.strerror or 'unreadable'}"
+            ) from None
+        if not key:
+            raise ValueError(f"--solana-keypair {keypair} is empty")
+        return key, str(keypair)
+    try:
+        key = SOLANA_WALLET_FILE.read_text().strip()
+    except OSError:
+        return None, "none"
+    return (key, str(SOLANA_WALLET_FILE)) if key else (None, "none")
+
+
+def read_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """``BLOCKRUN_API_KEY``; blank is unset (an empty ``.env`` line is not a choice).
+    A non-blank value that is not a ``brk_`` key is refused by ``Settings.check``."""
+    env = os.environ if environ is None else environ
+    return env.get(API_KEY_ENV, "").strip() or None
+
+
+def read_api_key_url(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get(API_KEY_URL_ENV, "").strip().rstrip("/") or DEFAULT_API_KEY_URL
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for an in-process payer, from the same variables ``blockrun-proxy serve`` reads.
 
@@ -259,6 +381,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """
     env = os.environ if environ is None else environ
     fields: dict[str, Any] = {}
+    chain = (env_default("chain", env) or DEFAULT_CHAIN).strip()
+    fields["chain"] = chain
+    fields["api_url"], fields["networks"] = chain_defaults(chain)
     if env.get("BLOCKRUN_API_URL"):
         fields["api_url"] = env["BLOCKRUN_API_URL"].strip()
     networks = env_default("networks", env)
@@ -287,6 +412,15 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     rpc_url = env_default("rpc_url", env)
     if rpc_url:
         fields["rpc_url"] = rpc_url.strip()
+    solana_rpc_url = env_default("solana_rpc_url", env)
+    if solana_rpc_url:
+        fields["solana_rpc_url"] = solana_rpc_url.strip()
+    solana_keypair = env_default("solana_keypair", env)
+    if solana_keypair and solana_keypair.strip():
+        fields["solana_keypair"] = Path(solana_keypair.strip()).expanduser()
+    fields["solana_key"], _ = read_solana_key(env, fields.get("solana_keypair"))
+    fields["api_key"] = read_api_key(env)
+    fields["api_key_url"] = read_api_key_url(env)
     wallet_key, _ = read_wallet_key(env)
     settings = replace(Settings(wallet_key=wallet_key), **fields)
     settings.check()

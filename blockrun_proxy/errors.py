@@ -116,6 +116,30 @@ class PaymentNotAccepted(PaymentRefused):
     code = "payment_not_accepted"
 
 
+class ApiKeyNoCredit(ProxyError):
+    """The API host answered 402 to a call made with BLOCKRUN_API_KEY: the account has
+    no credit for it. On this rail a 402 is a refusal, never a challenge: nothing is
+    signed and nothing was charged."""
+
+    status = 402
+    type = "payment_error"
+    code = "api_key_no_credit"
+
+
+class ApiKeyRejected(ProxyError):
+    """The API host refused the proxy's BLOCKRUN_API_KEY (401/403). The client's own
+    credentials are not in question, so this is not a 401 to the client: the proxy is
+    misconfigured, and retrying will not help until the operator fixes the key."""
+
+    status = 502
+    type = "upstream_error"
+    code = "api_key_rejected"
+
+    def __init__(self, message: str) -> None:
+        # Clients retry a 502 on their own; nothing was charged, but nothing will change.
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
 # --- the gateway's side --------------------------------------------------------------------
 
 
@@ -128,6 +152,17 @@ class UpstreamError(ProxyError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "gateway_timeout"
+
+
+class SolanaRpcUnreachable(ProxyError):
+    """No fresh Solana blockhash: the RPC (``--solana-rpc-url``) has not answered lately.
+
+    Raised before anything is signed, so the call was not paid; 503 (the proxy cannot
+    pay on Solana right now) rather than 502, which would blame the gateway."""
+
+    status = 503
+    type = "server_error"
+    code = "solana_rpc_unreachable"
 
 
 # Every error answered after a payment was sent uses this status. Clients retry 408, 409,

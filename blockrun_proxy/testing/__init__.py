@@ -8,8 +8,14 @@ Anthropic Messages, Gemini, images, audio, video jobs, search; docs/PROTOCOL.md
 section 9) and can be told to misbehave.
 It is an independent implementation of the gateway side, so it also checks the
 proxy's signer. Importing it is cheap: eth_account is loaded on first use.
+
+Besides Base (``FakeGateway``) it plays the other two rails: ``SolanaFakeGateway``
+(x402 exact on Solana, judged by the official x402 SVM verifier, with its own
+``FakeSolanaRpc``) and ``ApiKeyFakeGateway`` (prepaid credit, ``Bearer brk_...``).
+x402 and solders are loaded on first use too.
 """
 
+from blockrun_proxy.testing._apikey import ApiKeyFakeGateway, Charge
 from blockrun_proxy.testing._catalogue import DEFAULT_MEDIA, MediaSpec
 from blockrun_proxy.testing._gateway import (
     API_PREFIX,
@@ -28,6 +34,17 @@ from blockrun_proxy.testing._records import (
     SettledPayment,
 )
 from blockrun_proxy.testing._rpc import FakeRpc, RpcMisbehavior
+from blockrun_proxy.testing._solana import (
+    DEFAULT_SOLANA_NETWORK,
+    DEFAULT_SOLANA_PAY_TO,
+    SOLANA_DEVNET,
+    SOLANA_MAINNET,
+    SOLANA_USDC,
+    FakeFacilitator,
+    SolanaFakeGateway,
+    verify_svm_payment,
+)
+from blockrun_proxy.testing._solana_rpc import FakeSolanaRpc, SolanaRpcMisbehavior
 from blockrun_proxy.testing._upto import DEFAULT_FACILITATOR, FakeFacilitatorSigner, UptoMode
 from blockrun_proxy.testing._verify import VerifyMode
 
@@ -38,11 +55,20 @@ __all__ = [
     "DEFAULT_MODELS",
     "DEFAULT_NETWORK",
     "DEFAULT_PAY_TO",
+    "DEFAULT_SOLANA_NETWORK",
+    "DEFAULT_SOLANA_PAY_TO",
     "NETWORKS",
+    "SOLANA_DEVNET",
+    "SOLANA_MAINNET",
+    "SOLANA_USDC",
     "AcceptedPayment",
+    "ApiKeyFakeGateway",
+    "Charge",
+    "FakeFacilitator",
     "FakeFacilitatorSigner",
     "FakeGateway",
     "FakeRpc",
+    "FakeSolanaRpc",
     "LedgerError",
     "MediaSpec",
     "Misbehavior",
@@ -54,8 +80,11 @@ __all__ = [
     "RecordedRequest",
     "RpcMisbehavior",
     "SettledPayment",
+    "SolanaFakeGateway",
+    "SolanaRpcMisbehavior",
     "UptoMode",
     "UsdcLedger",
     "VerifyMode",
     "default_price",
+    "verify_svm_payment",
 ]

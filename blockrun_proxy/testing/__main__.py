@@ -2,7 +2,9 @@
 
 Benchmarks start it this way so its CPU is not the proxy's. It prints one line,
 ``listening on <base url>``, once the socket is bound, then serves until
-SIGINT/SIGTERM.
+SIGINT/SIGTERM. ``--rail solana`` plays the Solana gateway (its RPC under
+``<base url>/v1/solana/rpc``); ``--rail apikey`` the API-key host, and prints a
+second line, ``api key <key>``, with a key of unlimited credit.
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from blockrun_proxy.testing._apikey import ApiKeyFakeGateway
 from blockrun_proxy.testing._gateway import DEFAULT_NETWORK, DEFAULT_PAY_TO, FakeGateway
 from blockrun_proxy.testing._ledger import UsdcLedger
 from blockrun_proxy.testing._networks import NETWORKS
+from blockrun_proxy.testing._solana import (
+    DEFAULT_SOLANA_NETWORK,
+    DEFAULT_SOLANA_PAY_TO,
+    SOLANA_USDC,
+    SolanaFakeGateway,
+)
 from blockrun_proxy.testing._upto import UptoMode
 from blockrun_proxy.testing._verify import VERIFY_MODES
 
@@ -24,8 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m blockrun_proxy.testing", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8402, help="0 picks a free port")
-    p.add_argument("--network", default=DEFAULT_NETWORK, choices=sorted(NETWORKS))
-    p.add_argument("--pay-to", default=DEFAULT_PAY_TO)
+    p.add_argument("--rail", default="base", choices=("base", "solana", "apikey"))
+    p.add_argument(
+        "--network",
+        default=None,
+        choices=sorted([*NETWORKS, *SOLANA_USDC]),
+        help=f"default: {DEFAULT_NETWORK} (base), {DEFAULT_SOLANA_NETWORK} (solana)",
+    )
+    p.add_argument("--pay-to", default=None)
     p.add_argument("--verify", default="eth_account", choices=VERIFY_MODES)
     p.add_argument("--stream-events", type=int, default=20)
     p.add_argument("--event-interval", type=float, default=0.0, help="seconds between SSE events")
@@ -50,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--upto",
         action="store_true",
-        help="also offer the upto scheme (verified by the official x402 facilitator code)",
+        help="base: also offer the upto scheme (verified by the official x402 facilitator code)",
     )
     p.add_argument(
         "--upto-auto-fund",
@@ -71,35 +86,52 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def _gateway(args: argparse.Namespace) -> FakeGateway:
+    """The gateway the options describe; ValueError for options that do not fit."""
+    options = {
+        "stream_events": args.stream_events,
+        "event_interval": args.event_interval,
+        "event_size": args.event_size,
+        "settle_amount_in_response": not args.no_settle_amount,
+        "job_polls": args.job_polls,
+        "speech_format": args.speech_format,
+        "record": args.record,
+    }
+    if args.rail == "solana":
+        return SolanaFakeGateway(
+            args.network or DEFAULT_SOLANA_NETWORK, args.pay_to or DEFAULT_SOLANA_PAY_TO, **options
+        )
+    if args.rail == "apikey":
+        return ApiKeyFakeGateway(**options)
+    network = args.network or DEFAULT_NETWORK
     upto = (
         UptoMode(
-            UsdcLedger(args.network),
+            UsdcLedger(network),
             gas_sponsoring=args.upto_gas_sponsoring,
             auto_fund=args.upto_auto_fund,
         )
         if args.upto
         else None
     )
-    gateway = FakeGateway(
-        network=args.network,
-        pay_to=args.pay_to,
+    return FakeGateway(
+        network=network,
+        pay_to=args.pay_to or DEFAULT_PAY_TO,
         verify=args.verify,
-        stream_events=args.stream_events,
-        event_interval=args.event_interval,
-        event_size=args.event_size,
-        settle_amount_in_response=not args.no_settle_amount,
-        job_polls=args.job_polls,
-        speech_format=args.speech_format,
-        record=args.record,
         upto=upto,
+        **options,
     )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    gateway = _gateway(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     url = await gateway.start(args.host, args.port)
     print(f"listening on {url}", flush=True)
+    if isinstance(gateway, ApiKeyFakeGateway):
+        print(f"api key {gateway.new_key()}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -109,7 +141,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        FakeGateway(network=args.network, pay_to=args.pay_to)  # fail fast on bad options
+        _gateway(args)  # fail fast on bad options
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from blockrun_proxy.testing._payments import PaymentDecodeError, decode_header
+from blockrun_proxy.testing._payments import PaymentDecodeError, decode_header, encode_header
 from blockrun_proxy.testing._replies import json_response
 
 
@@ -50,6 +50,15 @@ class Settlement:
 
     receipt: dict[str, Any]
     headers: Mapping[str, str]
+
+    @classmethod
+    def of(cls, receipt: dict[str, Any]) -> Settlement:
+        """The receipt with the headers BlockRun announces it in (PROTOCOL.md section 3)."""
+        headers = {
+            "PAYMENT-RESPONSE": encode_header(receipt),
+            "X-Payment-Receipt": str(receipt["transaction"]),
+        }
+        return cls(receipt, headers)
 
 
 # Writes the answer once the call is free or paid; ``None`` means not paid (free).
@@ -90,6 +99,7 @@ class Call:
     # What the answer really costs, for an upto payment to settle (None: the full price).
     # A callable so the hot path never computes it for exact payments.
     actual_cost: Callable[[], int] | None = None
+    model: str | None = None  # the model called, when the route has one (charge records)
 
     def __post_init__(self) -> None:
         if (self.serve is None) == (self.job is None):

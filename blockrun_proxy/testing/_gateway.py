@@ -4,11 +4,14 @@ This module is the gateway's one payment path (docs/PROTOCOL.md sections 3 and 9
 record, misbehave, guard, price, challenge, verify, settle, serve. The routes
 (``_routes_*.py``) only say how a request is guarded and priced and what the answer
 looks like; slow jobs settle later, when a poll sees them completed (``_jobs.py``).
+The other rails are subclasses that override the payment hooks (see ``FakeGateway``),
+so every route is paid for the same way on every rail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -95,7 +98,27 @@ class FakeGateway:
     Create it, then either ``await start()`` for a real loopback server or hand
     ``gw.app`` to pytest-aiohttp. Flip ``gw.misbehave`` between calls and read
     ``requests`` / ``payments`` / ``settled`` / ``jobs`` to see what the proxy did.
+
+    The other rails subclass it and override these hooks, nothing else of the path:
+
+    - ``prefix``: the path every route hangs under ("/api"; "" on the API-key host).
+    - ``_check_terms(network, pay_to)``: which terms the constructor accepts.
+    - ``quote(price)``: the requirement a 402 offers (built with ``_shape_quote``).
+    - ``verify_payment(payment, quote)``: the verdict on a decoded payment.
+    - ``settle(verdict, quote)``: settle an accepted payment, answer its ``Settlement``.
+    - ``describe_payment(payment, ...)``: the ``PaymentRecord`` kept in ``payments``
+      (its ``payer`` is also how a job poll's wallet is told).
+    - ``_handle(route, request)``: the whole payment step, for a host that is not x402
+      (the API-key host), with ``_misbehave_first`` and ``serve_free`` to share.
+    - ``jobs_type``: the job table, for a rail that charges jobs differently.
+
+    ``SolanaFakeGateway`` overrides ``_check_terms``, ``quote``, ``verify_payment``,
+    ``settle`` and ``describe_payment``; ``ApiKeyFakeGateway`` overrides ``prefix``,
+    ``_check_terms``, ``_handle`` and ``jobs_type``.
     """
+
+    prefix = API_PREFIX
+    jobs_type: type[Jobs] = Jobs
 
     def __init__(
         self,
@@ -117,10 +140,7 @@ class FakeGateway:
         clock: Callable[[], float] = time.time,
         upto: UptoMode | None = None,
     ) -> None:
-        if network not in NETWORKS:
-            raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
-        if not is_address(pay_to):
-            raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
+        self._check_terms(network, pay_to)
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
         if speech_format not in ("json", "audio"):
@@ -159,7 +179,8 @@ class FakeGateway:
         self._settled_nonces: set[tuple[str, str]] = set()
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
-        self.jobs = Jobs(self, API_PREFIX)
+        # Poll URLs start with /api on every host, as BlockRun mints them (PROTOCOL.md 8).
+        self.jobs = self.jobs_type(self, API_PREFIX)
         self.routes: dict[str, Route] = {}
         self._patterns: list[tuple[re.Pattern[str], Route]] = []
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -171,11 +192,12 @@ class FakeGateway:
             *search_routes(self),
         ):
             self._add_route(route)
-        self.app.router.add_get(f"{API_PREFIX}/v1/models", self._list_models)
+        self.app.router.add_get(f"{self.prefix}/v1/models", self._list_models)
         for kind in JOB_KINDS:
             self.app.router.add_get(
-                f"{API_PREFIX}/v1/{kind}/generations/{{job_id}}", partial(self.jobs.poll, kind)
+                f"{self.prefix}/v1/{kind}/generations/{{job_id}}", partial(self.jobs.poll, kind)
             )
+        # Generated files are links (absolute URLs), hosted under /api whatever the host.
         self.app.router.add_get(
             f"{API_PREFIX}/media/{{kind}}/{{name}}", partial(hosted_media, self)
         )
@@ -184,13 +206,13 @@ class FakeGateway:
         self.routes[route.name] = route
         self._patterns.append((_template_pattern(route.template), route))
         self.app.router.add_route(
-            route.method, API_PREFIX + route.template, partial(self._handle, route)
+            route.method, self.prefix + route.template, partial(self._handle, route)
         )
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0 picks a free port); returns the base URL ending in /api."""
+        """Serve on ``host:port`` (0 picks a free port); returns the base URL (with prefix)."""
         # handler_cancellation: a client hanging up mid-stream stops the handler at
         # once instead of at its next write, as the proxy does too.
         runner = web.AppRunner(
@@ -202,7 +224,7 @@ class FakeGateway:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.base_url = f"http://{shown}:{bound_port}{API_PREFIX}"
+        self.base_url = f"http://{shown}:{bound_port}{self.prefix}"
         return self.base_url
 
     @property
@@ -224,6 +246,13 @@ class FakeGateway:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _check_terms(self, network: str, pay_to: str) -> None:
+        """ValueError for a network or payTo this gateway cannot quote."""
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
+        if not is_address(pay_to):
+            raise ValueError(f"pay_to {pay_to!r} is not a 0x address")
 
     # ------------------------------------------------------------------- pricing
 
@@ -273,24 +302,44 @@ class FakeGateway:
         return math.ceil(base * Fraction(str(multiplier)))
 
     def quote(self, price: int) -> Quote:
-        mb = self.misbehave
-        network = mb.network or self.network
+        """The requirement a 402 offers for ``price``: USDC on Base (EIP-3009 ``exact``)."""
+        network = self.misbehave.network or self.network
         table = NETWORKS.get(network, NETWORKS[self.network])
-        return Quote(
-            scheme=mb.scheme or "exact",
-            network=network,
-            amount=price,
-            asset=mb.asset or table.usdc,
-            pay_to=mb.pay_to or self.pay_to,
-            max_timeout_seconds=(
-                MAX_TIMEOUT_SECONDS if mb.max_timeout_seconds is None else mb.max_timeout_seconds
-            ),
+        return self._shape_quote(
+            price,
+            network,
+            table.usdc,
             domain_name=table.domain_name,
             domain_version=table.domain_version,
         )
 
-    # Kept for tests written against the chat-only fake.
-    _quote = quote
+    def _shape_quote(
+        self,
+        price: int,
+        network: str,
+        asset: str,
+        *,
+        domain_name: str = "",
+        domain_version: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> Quote:
+        """A quote on ``network`` for ``asset``, after the ``misbehave`` quote knobs."""
+        mb = self.misbehave
+        if mb.extra:
+            extra = {**(extra or {"name": domain_name, "version": domain_version}), **mb.extra}
+        return Quote(
+            scheme=mb.scheme or "exact",
+            network=network,
+            amount=price,
+            asset=mb.asset or asset,
+            pay_to=mb.pay_to or self.pay_to,
+            max_timeout_seconds=(
+                MAX_TIMEOUT_SECONDS if mb.max_timeout_seconds is None else mb.max_timeout_seconds
+            ),
+            domain_name=domain_name,
+            domain_version=domain_version,
+            extra=extra,
+        )
 
     # ------------------------------------------------------------------ handlers
 
@@ -309,10 +358,30 @@ class FakeGateway:
             self.record_request(request, raw, payment)
 
         dialect = route.dialect
+        held = await self._misbehave_first(dialect, paid=header is not None)
+        if held is not None:
+            return held
+        prepared = route.prepare(Incoming(raw, request.match_info, request.query))
+        if isinstance(prepared, Refusal):
+            return dialect.refuse(prepared)
+        call = prepared
         mb = self.misbehave
-        if mb.redirect_to is not None and (
-            mb.redirect_paid if header is not None else mb.redirect_unpaid
-        ):
+        if header is None and mb.fail_unpaid > 0:
+            mb.fail_unpaid -= 1
+            return self._injected_failure(dialect)
+        if call.free:
+            if header is not None:
+                self.note_payment(payment, accepted=False, reason="free model: payment not used")
+            return await self.serve_free(request, route, call)
+        if header is None:
+            return self.challenge(dialect, request, call)
+        return await self._paid(route, request, call, payment, decode_error)
+
+    async def _misbehave_first(self, dialect: Dialect, *, paid: bool) -> web.Response | None:
+        """What the misbehaving gateway answers before looking at the request, if anything:
+        a redirect, a delay (then None), a 429."""
+        mb = self.misbehave
+        if mb.redirect_to is not None and (mb.redirect_paid if paid else mb.redirect_unpaid):
             return web.Response(status=mb.redirect_status, headers={"Location": mb.redirect_to})
         if mb.delay_seconds > 0:
             await asyncio.sleep(mb.delay_seconds)
@@ -320,23 +389,15 @@ class FakeGateway:
             mb.rate_limit -= 1
             refusal = Refusal(429, "Rate limit exceeded", "rate_limit_error", "rate_limit_exceeded")
             return dialect.refuse(refusal, self._retry_after())
+        return None
 
-        prepared = route.prepare(Incoming(raw, request.match_info, request.query))
-        if isinstance(prepared, Refusal):
-            return dialect.refuse(prepared)
-        call = prepared
-        if header is None and mb.fail_unpaid > 0:
-            mb.fail_unpaid -= 1
-            return self._injected_failure(dialect)
-        if call.free:
-            if header is not None:
-                self.note_payment(payment, accepted=False, reason="free model: payment not used")
-            if call.job is not None:
-                return self.jobs.submit(request, route, call, payer=None)
-            return await call.inline()(request, None)
-        if header is None:
-            return self.challenge(dialect, request, call)
-        return await self._paid(route, request, call, payment, decode_error)
+    async def serve_free(
+        self, request: web.Request, route: Route, call: Call
+    ) -> web.StreamResponse:
+        """Answer a call nobody pays for: serve it, or submit its job with no owner."""
+        if call.job is not None:
+            return self.jobs.submit(request, route, call, payer=None)
+        return await call.inline()(request, None)
 
     async def _paid(
         self,
@@ -359,10 +420,15 @@ class FakeGateway:
             return await self._paid_upto(route, request, call, payment, self.upto)
 
         quote = self.quote(call.price)
-        verdict = self.verify_payment(payment, decode_error, quote)
+        if payment is None:
+            verdict = Verdict(Outcome.INVALID, decode_error)
+        else:
+            verdict = self.verify_payment(payment, quote)
         if verdict.outcome is Outcome.ACCEPTED and mb.refuse_paid > 0:
             mb.refuse_paid -= 1  # a good payment, refused as not used all the same
-            verdict = Verdict(Outcome.INVALID, "injected refusal", verdict.auth, verdict.payer)
+            verdict = dataclasses.replace(
+                verdict, outcome=Outcome.INVALID, reason="injected refusal"
+            )
         if call.job is not None and verdict.outcome is Outcome.ACCEPTED:
             # One authorization submits one job: the nonce is claimed at the POST even
             # though it settles only when a poll sees the job completed.
@@ -375,7 +441,7 @@ class FakeGateway:
         if verdict.outcome is Outcome.REPLAY:
             return dialect.refuse(REPLAY)
         if verdict.outcome is Outcome.INVALID:
-            if mb.keep_refused and verdict.auth is not None:
+            if mb.keep_refused and verdict.settleable:
                 self.kept.append((verdict, quote))
             if mb.fresh_challenge_on_invalid:
                 return self.challenge(dialect, request, call)
@@ -438,11 +504,7 @@ class FakeGateway:
         if self.misbehave.fail_after_settle > 0:
             self.misbehave.fail_after_settle -= 1
             return dialect.refuse(FAILED_AFTER_SETTLE)
-        headers = {
-            "PAYMENT-RESPONSE": encode_header(receipt),
-            "X-Payment-Receipt": receipt["transaction"],
-        }
-        return await call.inline()(request, Settlement(receipt, headers))
+        return await call.inline()(request, Settlement.of(receipt))
 
     # ------------------------------------------------------------------- answers
 
@@ -473,11 +535,8 @@ class FakeGateway:
         )
         return json_response(402, body, {"PAYMENT-REQUIRED": encode_header(required)})
 
-    def verify_payment(
-        self, payment: dict[str, Any] | None, decode_error: str | None, quote: Quote
-    ) -> Verdict:
-        if payment is None:
-            return Verdict(Outcome.INVALID, decode_error)
+    def verify_payment(self, payment: dict[str, Any], quote: Quote) -> Verdict:
+        """Judge a decoded payment against the quote for this request (EIP-3009 on Base)."""
         return check_payment(
             payment,
             quote,
@@ -487,6 +546,7 @@ class FakeGateway:
         )
 
     def settle(self, verdict: Verdict, quote: Quote) -> Settlement:
+        """Settle an accepted payment once; ``settled`` and the nonce ledger remember it."""
         auth = verdict.auth
         assert auth is not None
         self._settled_nonces.add(verdict.nonce_key)
@@ -497,18 +557,21 @@ class FakeGateway:
         self.settled.append(
             SettledPayment(auth.value, nonce, transaction, verdict.payer, quote.network)
         )
+        return self._settlement(transaction, quote.network, verdict.payer, auth.value)
+
+    def _settlement(self, transaction: str, network: str, payer: str, amount: int) -> Settlement:
+        """The receipt of a settled payment, its amount as ``misbehave`` and the options say."""
         receipt: dict[str, Any] = {
             "success": True,
             "transaction": transaction,
-            "network": quote.network,
-            "payer": verdict.payer,
+            "network": network,
+            "payer": payer,
         }
         if self.misbehave.settlement_claim is not None:
             receipt["amount"] = self.misbehave.settlement_claim
         elif self.settle_amount_in_response:
-            receipt["amount"] = str(auth.value)
-        headers = {"PAYMENT-RESPONSE": encode_header(receipt), "X-Payment-Receipt": transaction}
-        return Settlement(receipt, headers)
+            receipt["amount"] = str(amount)
+        return Settlement.of(receipt)
 
     def settle_kept(self) -> list[SettledPayment]:
         """What a lying gateway does with the payments it refused and kept: settle every
@@ -598,7 +661,13 @@ class FakeGateway:
         self, payment: dict[str, Any] | None, *, accepted: bool, reason: str | None
     ) -> None:
         if self.record:
-            self.payments.append(payment_record(payment, accepted=accepted, reason=reason))
+            self.payments.append(self.describe_payment(payment, accepted=accepted, reason=reason))
+
+    def describe_payment(
+        self, payment: dict[str, Any] | None, *, accepted: bool, reason: str | None
+    ) -> PaymentRecord:
+        """What ``payments`` keeps of a payment header, however malformed (EVM here)."""
+        return payment_record(payment, accepted=accepted, reason=reason)
 
     def _retry_after(self) -> dict[str, str]:
         value = self.misbehave.retry_after

@@ -8,6 +8,10 @@ wallet) and asks no new price; polls answer ``202`` while the job runs, and the
 first poll that sees it completed settles the authorization it carries and answers
 ``200`` with the result. Polling an already settled job returns the result again,
 charging nothing. A poll without a payment gets the job's 402 challenge back.
+
+That is the x402 rails' way (Base and Solana alike, through the gateway's payment
+hooks). A rail that admits polls or charges jobs otherwise subclasses ``Jobs`` and
+overrides ``_admit``, ``_charge`` and ``_release`` (the API-key host: ``_apikey.py``).
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ class Job:
     route: Route
     call: Call
     plan: JobPlan
-    payer: str | None  # None: a free job, polled without payment
+    payer: str | None  # who submitted it (wallet or key); None: a free job, polled freely
     polls_left: int
     fails: bool = False  # ends "failed" (upstream failure, nothing charged)
-    settlement: Settlement | None = None
+    charged: bool = False  # the first completed poll charged it; later ones do not
+    settlement: Settlement | None = None  # the x402 receipt, once charged by a payment
 
 
 class Jobs:
@@ -88,8 +93,7 @@ class Jobs:
         fails = gw.misbehave.job_fails > 0
         if fails:
             gw.misbehave.job_fails -= 1
-        owner = payer.lower() if payer is not None else None
-        self.by_id[job_id] = Job(job_id, route, call, plan, owner, plan.polls, fails)
+        self.by_id[job_id] = Job(job_id, route, call, plan, payer, plan.polls, fails)
         poll_url = f"{self._prefix}/v1/{plan.kind}/generations/{quote(job_id, safe='')}"
         body = plan.submitted(job_id, poll_url + plan.poll_query)
         if payer is not None:
@@ -107,22 +111,52 @@ class Jobs:
         job = self.by_id.get(request.match_info["job_id"])
         if job is None or job.plan.kind != kind:
             return _refuse(job, JOB_NOT_FOUND)
-        verdict: Verdict | None = None
-        if job.payer is not None:
-            if header is None:
-                return gw.challenge(job.route.dialect, request, job.call)
-            checked = self._check(job, payment, decode_error)
-            if isinstance(checked, Refusal):
-                return _refuse(job, checked)
-            verdict = checked
+        admitted = self._admit(job, request, header, payment, decode_error)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
         if job.polls_left > 0:
             job.polls_left -= 1
             if payment is not None:
                 gw.note_payment(payment, accepted=False, reason="job still running: not charged")
             return gw.reply(202, self._head(job, "in_progress"))
         if job.fails:
+            self._release(job)
             return gw.reply(200, self._failed(job))
-        return self._completed(request, job, payment, verdict)
+        return self._completed(request, job, payment, admitted)
+
+    # ------------------------------------------- how the x402 rails admit and charge
+
+    def _admit(
+        self,
+        job: Job,
+        request: web.Request,
+        header: str | None,
+        payment: dict[str, Any] | None,
+        decode_error: str | None,
+    ) -> Verdict | web.StreamResponse | None:
+        """Whether this poll may see the job: the verdict on its payment (None for a free
+        job), or the answer that refuses it."""
+        if job.payer is None:
+            return None
+        if header is None:
+            return self._gw.challenge(job.route.dialect, request, job.call)
+        checked = self._check(job, payment, decode_error)
+        return _refuse(job, checked) if isinstance(checked, Refusal) else checked
+
+    def _charge(
+        self, job: Job, payment: dict[str, Any] | None, verdict: Verdict | None
+    ) -> Settlement | None:
+        """Charge a completed job on its first completed poll: settle the poll's payment."""
+        gw = self._gw
+        if verdict is None or not verdict.settleable:
+            return None  # a free job
+        settlement = gw.settle(verdict, gw.quote(job.call.price))
+        gw.note_payment(payment, accepted=True, reason=None)
+        return settlement
+
+    def _release(self, job: Job) -> None:
+        """Give back what submitting a failed job held (called on each of its polls):
+        nothing on x402, where only the completing poll charges (PROTOCOL.md 9.6)."""
 
     def _check(
         self, job: Job, payment: dict[str, Any] | None, decode_error: str | None
@@ -132,13 +166,14 @@ class Jobs:
         if payment is None:
             gw.note_payment(None, accepted=False, reason=decode_error)
             return invalid_payment(decode_error)
-        if job.settlement is not None:
-            if _payer_of(payment) != job.payer:
+        if job.charged:
+            payer = gw.describe_payment(payment, accepted=False, reason=None).payer
+            if not _same_wallet(payer, job.payer):
                 gw.note_payment(payment, accepted=False, reason=_NOT_OWNER)
                 return invalid_payment(_NOT_OWNER)
             return Verdict(Outcome.ACCEPTED, "job already settled: not charged again")
-        verdict = gw.verify_payment(payment, None, gw.quote(job.call.price))
-        if verdict.outcome is Outcome.ACCEPTED and verdict.payer.lower() != (job.payer or ""):
+        verdict = gw.verify_payment(payment, gw.quote(job.call.price))
+        if verdict.outcome is Outcome.ACCEPTED and not _same_wallet(verdict.payer, job.payer):
             verdict = Verdict(Outcome.INVALID, _NOT_OWNER)
         if verdict.outcome is not Outcome.ACCEPTED:
             gw.note_payment(payment, accepted=False, reason=verdict.reason)
@@ -156,17 +191,20 @@ class Jobs:
         settlement: Settlement | None = None
         origin = f"{request.scheme}://{request.host}"
         body = {**job.plan.result(job.id, origin), **self._head(job, "completed")}
-        if job.settlement is not None:
-            gw.note_payment(payment, accepted=False, reason="job already settled: not charged")
-            body["payment"] = _payment_field(job.settlement, "already_settled")
-        elif verdict is not None and verdict.auth is not None:
-            settlement = gw.settle(verdict, gw.quote(job.call.price))
+        if job.charged:
+            if payment is not None:
+                gw.note_payment(payment, accepted=False, reason="job already settled: not charged")
+            if job.settlement is not None:
+                body["payment"] = _payment_field(job.settlement, "already_settled")
+        elif job.payer is not None:
+            settlement = self._charge(job, payment, verdict)
+            job.charged = True
             job.settlement = settlement
-            gw.note_payment(payment, accepted=True, reason=None)
             if gw.misbehave.fail_after_settle > 0:
                 gw.misbehave.fail_after_settle -= 1
                 return job.route.dialect.refuse(FAILED_AFTER_SETTLE)
-            body["payment"] = _payment_field(settlement, "settled")
+            if settlement is not None:
+                body["payment"] = _payment_field(settlement, "settled")
         return gw.reply(200, body, settlement)
 
     def _head(self, job: Job, status: str) -> dict[str, Any]:
@@ -198,11 +236,9 @@ def _job_id(plan: JobPlan, n: int) -> str:
     return job_id
 
 
-def _payer_of(payment: dict[str, Any]) -> str:
-    payload = payment.get("payload")
-    auth = payload.get("authorization") if isinstance(payload, dict) else None
-    payer = auth.get("from") if isinstance(auth, dict) else None
-    return payer.lower() if isinstance(payer, str) else ""
+def _same_wallet(payer: str, owner: str | None) -> bool:
+    # EVM addresses are compared without their checksum case.
+    return owner is not None and payer.lower() == owner.lower()
 
 
 def _payment_field(settlement: Settlement, status: str) -> dict[str, Any]:

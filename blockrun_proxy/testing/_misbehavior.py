@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Misbehavior:
     scheme: str | None = None
     accepts_copies: int = 1  # the requirement listed this many times in ``accepts``
     required_padding: int = 0  # bytes of junk added to the PAYMENT-REQUIRED JSON
+    # Merged into the requirement's extra (Base: the EIP-712 domain; Solana: feePayer).
+    extra: dict[str, Any] | None = None
 
     # Failures.
     fail_unpaid: int = 0  # next N requests without a payment get fail_status

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -37,6 +37,8 @@ class Quote:
     max_timeout_seconds: int
     domain_name: str
     domain_version: str
+    # The requirement's ``extra`` when it is not the EIP-712 domain (Solana: the feePayer).
+    extra: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,7 +48,11 @@ class Quote:
             "asset": self.asset,
             "payTo": self.pay_to,
             "maxTimeoutSeconds": self.max_timeout_seconds,
-            "extra": {"name": self.domain_name, "version": self.domain_version},
+            "extra": (
+                dict(self.extra)
+                if self.extra is not None
+                else {"name": self.domain_name, "version": self.domain_version}
+            ),
         }
 
 
@@ -85,11 +91,23 @@ class Verdict:
     reason: str | None = None
     auth: Authorization | None = None
     payer: str = ""
+    # Solana: the base64 transaction that was verified (what settlement signs and sends)
+    # and the sha256 of its message, which is what makes it unique (its "nonce").
+    transaction: str | None = None
+    message_hash: str | None = None
+
+    @property
+    def settleable(self) -> bool:
+        """Whether this verdict carries a well-signed payment a chain would settle."""
+        return self.auth is not None or self.transaction is not None
 
     @property
     def nonce_key(self) -> tuple[str, str]:
-        assert self.auth is not None
-        return (self.auth.from_.lower(), self.auth.nonce.hex())
+        """What a chain settles at most once: (payer, EIP-3009 nonce) or (payer, message hash)."""
+        if self.auth is not None:
+            return (self.auth.from_.lower(), self.auth.nonce.hex())
+        assert self.message_hash is not None, "a verdict without a payment has no nonce"
+        return (self.payer, self.message_hash)
 
 
 class _Invalid(Exception):

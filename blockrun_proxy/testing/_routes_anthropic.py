@@ -69,7 +69,8 @@ def _prepare_messages(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
     # BlockRun names the model this way on /v1/messages (no output ceiling in it).
     description = f"{model.name or model.id} API call"
     actual = partial(_actual_cost, gw, model, body)
-    return Call(gw.model_price(model, chat_view(body)), description, serve, actual_cost=actual)
+    price = gw.model_price(model, chat_view(body))
+    return Call(price, description, serve, actual_cost=actual, model=model.id)
 
 
 def _actual_cost(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:

@@ -50,6 +50,7 @@ def _prepare(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
         description,
         serve,
         actual_cost=partial(_actual, gw, model, body),
+        model=model.id,
     )
 
 

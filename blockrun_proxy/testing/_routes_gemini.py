@@ -61,7 +61,8 @@ def _prepare(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
         return Call(0, "", serve, free=True)
     description = f"{model.id} - {model.max_output} max output tokens"
     actual = partial(_actual_cost, gw, model, body)
-    return Call(gw.model_price(model, chat_view(body)), description, serve, actual_cost=actual)
+    price = gw.model_price(model, chat_view(body))
+    return Call(price, description, serve, actual_cost=actual, model=model.id)
 
 
 def _actual_cost(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:

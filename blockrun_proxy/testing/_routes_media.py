@@ -108,7 +108,7 @@ def _call(
     if spec.free:
         return Call(0, "", serve, free=True, job=job)
     base = max(math.ceil(spec.unit_price * units) + spec.flat_fee, spec.minimum)
-    return Call(gw.scaled(base), f"{spec.id} - {what}", serve, job=job)
+    return Call(gw.scaled(base), f"{spec.id} - {what}", serve, job=job, model=spec.id)
 
 
 def hosted(origin: str, kind: str, name: str) -> str:
