@@ -40,14 +40,41 @@ _DOMAIN_TYPES = [
 ]
 
 
+def chat_body(text: str = "hello", model: str = PAID_MODEL, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+ANTHROPIC_BODY = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+# Every paid route: (route name, path under the API prefix, a body it prices, the
+# dialect its errors use). Shared by the tests that run something over every route,
+# on every rail.
+PAID_ROUTES = [
+    ("chat", "/v1/chat/completions", chat_body(), "openai"),
+    ("messages", "/v1/messages", ANTHROPIC_BODY, "anthropic"),
+    ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent", GEMINI_BODY, "google"),
+    ("images", "/v1/images/generations", {"prompt": "a cat"}, "blockrun"),
+    ("image2image", "/v1/images/image2image", {"prompt": "x", "image": "data:,"}, "blockrun"),
+    ("speech", "/v1/audio/speech", {"input": "hello"}, "blockrun"),
+    ("sound_effects", "/v1/audio/sound-effects", {"text": "rain"}, "blockrun"),
+    ("music", "/v1/audio/generations", {"prompt": "synthwave"}, "blockrun"),
+    ("videos", "/v1/videos/generations", {"prompt": "an apple"}, "blockrun"),
+    ("search", "/v1/search", {"query": "x402"}, "blockrun"),
+    ("exa", "/v1/exa/search", {"query": "x402"}, "blockrun"),
+]
+JOB_ROUTES = {"music", "videos"}  # those answer 202 and settle on a poll
+ROUTE_IDS = [name for name, *_ in PAID_ROUTES]
+
+
 def b64json(value: str) -> dict[str, Any]:
     decoded = json.loads(base64.b64decode(value, validate=True))
     assert isinstance(decoded, dict)
     return decoded
-
-
-def chat_body(text: str = "hello", model: str = PAID_MODEL, **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
 @dataclass

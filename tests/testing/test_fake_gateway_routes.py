@@ -7,33 +7,23 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import Payer, b64json, chat_body, pay, requirement_of
+from fake_gateway_support import (
+    ANTHROPIC_BODY,
+    GEMINI_BODY,
+    JOB_ROUTES,
+    PAID_ROUTES,
+    ROUTE_IDS,
+    Payer,
+    b64json,
+    pay,
+    requirement_of,
+)
 
 from blockrun_proxy.testing import FakeGateway
 
-ANTHROPIC_BODY = {
-    "model": "claude-sonnet-4-6",
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
-
-# (route name, path under /api, a body the route prices, the dialect its errors use)
-PAID = [
-    ("chat", "/v1/chat/completions", chat_body(), "openai"),
-    ("messages", "/v1/messages", ANTHROPIC_BODY, "anthropic"),
-    ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent", GEMINI_BODY, "google"),
-    ("images", "/v1/images/generations", {"prompt": "a cat"}, "blockrun"),
-    ("image2image", "/v1/images/image2image", {"prompt": "x", "image": "data:,"}, "blockrun"),
-    ("speech", "/v1/audio/speech", {"input": "hello"}, "blockrun"),
-    ("sound_effects", "/v1/audio/sound-effects", {"text": "rain"}, "blockrun"),
-    ("music", "/v1/audio/generations", {"prompt": "synthwave"}, "blockrun"),
-    ("videos", "/v1/videos/generations", {"prompt": "an apple"}, "blockrun"),
-    ("search", "/v1/search", {"query": "x402"}, "blockrun"),
-    ("exa", "/v1/exa/search", {"query": "x402"}, "blockrun"),
-]
-JOBS = {"music", "videos"}
-IDS = [name for name, *_ in PAID]
+PAID = PAID_ROUTES
+JOBS = JOB_ROUTES
+IDS = ROUTE_IDS
 
 
 def code_of(dialect: str, answer: dict[str, Any]) -> str | None:
