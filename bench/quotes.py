@@ -40,6 +40,7 @@ from blockrun_proxy.server import running
 
 NETWORK = "eip155:84532"
 MODEL = "openai/gpt-5.5"
+JSON_HEADERS = {"Content-Type": "application/json"}
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge".split()  # noqa: SIM905
 MAX_TOKENS = (16, 32, 50, 64, 100, 128, 256, 300, 512, 1000, 1024, 2048, 4000)
 WARM_UP_CALLS = 40
@@ -110,7 +111,7 @@ async def proxy(api_url: str, *, presign: bool) -> AsyncIterator[tuple[str, Quot
 
 async def call(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
     started = time.perf_counter()
-    async with session.post(url, data=data) as resp:
+    async with session.post(url, data=data, headers=JSON_HEADERS) as resp:
         await resp.read()
         if resp.status != 200:
             raise RuntimeError(f"paid call failed: {resp.status}")

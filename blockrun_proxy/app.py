@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -21,12 +22,14 @@ from blockrun_proxy.errors import (
     InvalidRequest,
     NotFound,
     ProxyError,
+    RequestTimeout,
     ShuttingDown,
     Unauthorized,
     UpstreamError,
     error_body,
 )
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange, request_id_from
+from blockrun_proxy.guard import Guard
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.models import ModelsCache
@@ -35,10 +38,16 @@ from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
 from blockrun_proxy.quotes import QuoteBook
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, PAYMENT_RESPONSE, Answer, Gateway
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as deadline
+else:  # aiohttp depends on async-timeout below 3.11
+    from async_timeout import timeout as deadline
+
 log = logging.getLogger("blockrun_proxy")
 
 ADMISSION_KEY = web.AppKey("admission", Admission)
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
+GUARD_KEY = web.AppKey("guard", Guard)
 LIMITS_KEY = web.AppKey("limits", Limits)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 MODELS_KEY = web.AppKey("models", ModelsCache)
@@ -49,7 +58,8 @@ QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
-# Probes answer without the token: the kubelet has none, and they reveal nothing.
+# Probes answer without the token or the Host/Origin checks: the kubelet has no token and
+# calls them by pod IP, and they spend nothing and reveal only whether the process is up.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 # Still answered while draining: probes say what is going on, and a last scrape is useful.
 OPS_PATHS = PUBLIC_PATHS | {"/metrics"}
@@ -69,14 +79,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings) -> web.Application:
+    guard = Guard.from_settings(settings)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # One middleware, not four: each layer is a coroutine frame and a partial call on
         # every request, and the order (observe, answer errors, token, drain) is one
         # function's control flow anyway.
-        middlewares=[front_middleware(settings.token)],
+        middlewares=[front_middleware(guard, settings.token)],
     )
     app[SETTINGS_KEY] = settings
+    app[GUARD_KEY] = guard
     limits = Limits.from_settings(settings)
     metrics = Metrics(multiprocess_dir=settings.metrics_dir)
     metrics.max_concurrent.set(limits.max_concurrent)
@@ -144,17 +156,20 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 # --- the middleware ---------------------------------------------------------------------------
 
 
-def front_middleware(token: str | None) -> Middleware:
+def front_middleware(guard: Guard, token: str | None) -> Middleware:
     """Everything every request goes through, in this order:
 
     1. observe: an ``Exchange`` (request id, route), and once the answer is done one
        access line and the request metrics (aiohttp's own access log stays off: this
        line knows the model, the cost and the time to first byte, which aiohttp cannot);
     2. errors: the one place exceptions become OpenAI-shaped answers, never a traceback;
-    3. token: the bearer token, except on the probes;
-    4. drain: while draining, new work gets 503; probes and /metrics still answer.
+    3. source: Host, Origin, Sec-Fetch-Site (guard.py), then CORS preflights, all before
+       the token, which a preflight never carries; the probes skip 3 to 5;
+    4. token: the bearer token;
+    5. body type: every POST is a paid route and must be JSON;
+    6. drain: while draining, new work gets 503; probes and /metrics still answer.
     """
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -165,16 +180,27 @@ def front_middleware(token: str | None) -> Middleware:
             resource.canonical if resource is not None else UNMATCHED_ROUTE,
         )
         request[EXCHANGE_KEY] = exchange
+        admission = request.app[ADMISSION_KEY]
+        admission.request_started()
         try:
             try:
                 path = request.path
-                if expected is not None and path not in PUBLIC_PATHS:
-                    given = request.headers.get("Authorization", "").encode()
-                    if not hmac.compare_digest(given, expected):
-                        raise Unauthorized("missing or wrong bearer token for this proxy")
-                if request.app[ADMISSION_KEY].draining and path not in OPS_PATHS:
-                    raise ShuttingDown("the proxy is shutting down; send this request elsewhere")
-                response = await handler(request)
+                if path in PUBLIC_PATHS:
+                    response = await handler(request)
+                else:
+                    guard.check_source(request)
+                    if guard.is_preflight(request):
+                        response = guard.preflight(request)
+                    else:
+                        if expected is not None:
+                            _check_token(request.headers.get("Authorization"), expected)
+                        if request.method == "POST":
+                            guard.check_body_type(request)
+                        if admission.draining and path not in OPS_PATHS:
+                            raise ShuttingDown(
+                                "the proxy is shutting down; send this request elsewhere"
+                            )
+                        response = await handler(request)
             except Exception as exc:
                 response = _answer_error(request, exc)
             exchange.status = exchange.status or response.status
@@ -188,11 +214,24 @@ def front_middleware(token: str | None) -> Middleware:
             exchange.status = 500
             raise
         finally:
+            admission.request_finished()
             now = time.monotonic()
             logs.log_access(exchange, now=now)
             request.app[METRICS_KEY].observe(exchange, now=now)
 
     return front
+
+
+def _check_token(header: str | None, expected: bytes) -> None:
+    """``Authorization: Bearer <token>``; the scheme is case-insensitive (RFC 9110)."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the same
+    # way, so a byte that is not UTF-8 is a wrong token (401), not an encoding error (500).
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    # compare_digest runs even for a wrong scheme: the answer's timing says nothing.
+    matches = hmac.compare_digest(given_bytes, expected)
+    if not (matches and scheme.lower() == "bearer"):
+        raise Unauthorized("missing or wrong bearer token for this proxy")
 
 
 def _answer_error(request: web.Request, exc: Exception) -> web.Response:
@@ -260,6 +299,7 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
     exchange = request.get(EXCHANGE_KEY)
     if exchange is not None:
         response.headers["x-request-id"] = exchange.request_id
+    response.headers.update(request.app[GUARD_KEY].cors_headers(request.headers))
     if request.app[ADMISSION_KEY].draining:
         # Tell keep-alive clients to reconnect (to a process that is not leaving). The
         # header is set by hand: aiohttp computed the Connection header before this hook,
@@ -315,9 +355,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     # the limit then bounds open streams, sockets and buffered bodies (at most
     # max_concurrent bodies of up to max_body_bytes in memory), not just sends. Waiting and
     # refused calls hold only what aiohttp buffers of an unread body (flow-controlled).
+    # Reading bodies before taking a slot would let every open connection (up to
+    # --max-connections) buffer one; instead a body that stalls gets a 408 after
+    # --body-timeout and gives its slot to the next call.
+    settings = app[SETTINGS_KEY]
     async with app[ADMISSION_KEY].slot():
         chat = parse_chat_request(
-            await request.read(), default_max_tokens=app[SETTINGS_KEY].default_max_tokens
+            await _read_body(request, settings.body_timeout_seconds),
+            default_max_tokens=settings.default_max_tokens,
         )
         exchange.model = chat.model
         answer = await app[GATEWAY_KEY].send_chat(
@@ -368,6 +413,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 exchange.bytes_out = stats.bytes_sent
                 exchange.first_byte_at = stats.first_byte_at
     return response
+
+
+async def _read_body(request: web.Request, timeout: float) -> bytes:
+    try:
+        async with deadline(timeout):
+            return await request.read()
+    except asyncio.TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout:g}s; nothing was sent or paid"
+        ) from None
 
 
 def _response_headers(answer: Answer) -> dict[str, str]:

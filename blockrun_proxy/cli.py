@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from decimal import Decimal
 from pathlib import Path
 
 import click
 
-from blockrun_proxy import config, logs
+from blockrun_proxy import config, keyguard, logs
 from blockrun_proxy.config import Settings
 from blockrun_proxy.wallet.cli import wallet
 
@@ -149,6 +150,49 @@ def main(ctx: click.Context) -> None:
     help="Seconds a call may wait for a free slot before it gets a 429.",
 )
 @click.option(
+    "--max-connections",
+    default=None,
+    type=click.IntRange(min=1),
+    envvar=_env("MAX_CONNECTIONS"),
+    help="Open client connections per process; past it, new ones get a 503 and are closed at "
+    "once. [default: 2 x (--max-concurrent + --max-queue) + 64, at least 1024]",
+)
+@click.option(
+    "--headers-timeout",
+    default=config.DEFAULT_HEADERS_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("HEADERS_TIMEOUT"),
+    help="Seconds a connection has to send complete request headers (from connecting, or "
+    "from the first byte of a later request).",
+)
+@click.option(
+    "--body-timeout",
+    default=config.DEFAULT_BODY_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("BODY_TIMEOUT"),
+    help="Seconds a request body has to arrive once admitted; a stalled one gets a 408 and "
+    "frees its slot.",
+)
+@click.option(
+    "--keepalive-timeout",
+    default=config.DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("KEEPALIVE_TIMEOUT"),
+    help="Seconds an idle keep-alive connection stays open after its last response.",
+)
+@click.option(
+    "--upstream-idle-timeout",
+    default=config.DEFAULT_IDLE_TIMEOUT_SECONDS,
+    show_default=True,
+    type=float,
+    envvar=_env("UPSTREAM_IDLE_TIMEOUT"),
+    help="Seconds the gateway may stay silent mid-answer (or before its first byte) before "
+    "the call is given up; streams have no total limit.",
+)
+@click.option(
     "--workers",
     default=config.DEFAULT_WORKERS,
     show_default=True,
@@ -175,6 +219,21 @@ def main(ctx: click.Context) -> None:
     is_flag=True,
     envvar=_env("ALLOW_PUBLIC"),
     help="Allow a non-loopback --host without BLOCKRUN_PROXY_TOKEN.",
+)
+@click.option(
+    "--allowed-hosts",
+    default="",
+    envvar=_env("ALLOWED_HOSTS"),
+    help="Comma-separated Host names to answer besides loopback ones and the bound address "
+    "(DNS rebinding protection; '*' turns the check off). Not checked on a public bind with "
+    "a token.",
+)
+@click.option(
+    "--cors-origins",
+    default="",
+    envvar=_env("CORS_ORIGINS"),
+    help="Comma-separated web origins (https://app.example) allowed to call the proxy from a "
+    "browser. Default: none; every page is refused.",
 )
 @click.option(
     "--state-dir",
@@ -240,10 +299,17 @@ def serve(
     max_concurrent: int,
     max_queue: int | None,
     queue_timeout: float,
+    max_connections: int | None,
+    headers_timeout: float,
+    body_timeout: float,
+    keepalive_timeout: float,
+    upstream_idle_timeout: float,
     workers: int,
     reuse_port: bool,
     grace_seconds: float,
     allow_public: bool,
+    allowed_hosts: str,
+    cors_origins: str,
     state_dir: str,
     rpc_url: str | None,
     low_balance_usd: Decimal | None,
@@ -253,9 +319,9 @@ def serve(
     demo: bool,
 ) -> None:
     """Run the proxy (the default command)."""
-    wallet_key, wallet_source = config.read_wallet_key()
     try:
-        solana_key, _solana_source = config.read_solana_key(keypair=solana_keypair)
+        # First: out of the environment before anything else runs.
+        secrets = keyguard.take_secrets(solana_keypair=solana_keypair)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     chain_api_url, chain_networks = config.chain_defaults(chain)
@@ -280,11 +346,18 @@ def serve(
         max_concurrent=max_concurrent,
         max_queue=max_queue,
         queue_timeout_seconds=queue_timeout,
+        max_connections=max_connections,
+        headers_timeout_seconds=headers_timeout,
+        body_timeout_seconds=body_timeout,
+        keepalive_timeout_seconds=keepalive_timeout,
+        idle_timeout_seconds=upstream_idle_timeout,
         workers=workers,
         reuse_port=reuse_port,
         metrics_dir=config.read_metrics_dir(),
         grace_seconds=grace_seconds,
         allow_public=allow_public,
+        allowed_hosts=_comma_list(allowed_hosts),
+        cors_origins=_comma_list(cors_origins),
         state_dir=config.parse_state_dir(state_dir),
         rpc_url=rpc_url or None,
         low_balance_usd=low_balance_usd,
@@ -292,10 +365,10 @@ def serve(
         solana_keypair=solana_keypair,
         api_key_url=api_key_url.rstrip("/"),
         demo=demo,
-        token=config.read_token(),
-        wallet_key=None if demo else wallet_key,
-        solana_key=None if demo else solana_key,
-        api_key=None if demo else config.read_api_key(),
+        token=secrets.token,
+        wallet_key=None if demo else secrets.wallet_key,
+        solana_key=None if demo else secrets.solana_key,
+        api_key=None if demo else secrets.api_key,
     )
     try:
         settings.check()
@@ -304,23 +377,27 @@ def serve(
         raise click.UsageError(str(exc)) from None
     stop_logging = logs.setup(settings.log_level, settings.log_format)
     try:
-        code = _run(settings, wallet_source)
+        code = _run(settings, secrets)
     finally:
-        stop_logging()
+        flushed = stop_logging()
+    if not flushed:
+        # The log sink is stalled and the writer thread is blocked in a write on it: a
+        # normal exit flushes stderr at interpreter shutdown and would wait on it forever.
+        os._exit(code)
     if code:
         raise SystemExit(code)
 
 
-def _run(settings: Settings, wallet_source: str) -> int:
+def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
     log = logging.getLogger("blockrun_proxy")
     if settings.workers > 1:
         from blockrun_proxy.workers import supervise
 
-        return supervise(_worker_options(click.get_current_context()), settings.workers)
+        return supervise(_worker_options(click.get_current_context()), settings.workers, secrets)
     if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
     elif settings.wallet_key:
-        log.info("wallet loaded from %s", wallet_source)
+        log.info("wallet loaded from %s", secrets.wallet_source)
     else:
         log.warning(
             "no wallet: serving free models only (set %s to pay for others)", config.WALLET_ENV
@@ -335,7 +412,7 @@ def _worker_options(ctx: click.Context) -> list[str]:
     """The parsed ``serve`` options as command-line flags again, for --workers children.
 
     Values that came from the environment become explicit flags (same values). Secrets
-    are not options: each child reads them from its environment or the wallet file.
+    are not options: each child gets them through a pipe (keyguard.send_secrets).
     """
     args: list[str] = []
     for param in ctx.command.params:
@@ -356,6 +433,10 @@ def _worker_options(ctx: click.Context) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _duration(value: str) -> float:

@@ -50,6 +50,18 @@ DEFAULT_MAX_CONCURRENT = 256
 # queue smooths bursts, it is not a place to park a backlog (clients retry on 429).
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 2.0
 DEFAULT_GRACE_SECONDS = 30.0
+# Client connections (aiohttp sets none of these). A client sends its request headers in one
+# write, within milliseconds: 10 s is generous for a slow link and bounds header-dripping
+# clients (slowloris). A body gets 30 s from its headers: an 8 MiB body at 2.5 Mbit/s, far
+# above what a prompt takes on any link. Idle keep-alive connections are closed after 75 s:
+# above every common client's own pool expiry (httpx 5 s, aiohttp 15 s) and a load
+# balancer's idle timeout (AWS ALB 60 s), so the client, not the proxy, ends an idle
+# connection and never sends a request into one the proxy is closing (nginx's default too).
+DEFAULT_HEADERS_TIMEOUT_SECONDS = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+DEFAULT_KEEPALIVE_TIMEOUT_SECONDS = 75.0
+# A token that guards a public bind must not be guessable in an afternoon.
+MIN_PUBLIC_TOKEN_CHARS = 16
 DEFAULT_WORKERS = 1
 DEFAULT_BUDGET_WINDOW_SECONDS = 86400.0
 # Signing up front: a model's quote is trusted after this many consecutive exact
@@ -60,6 +72,7 @@ DEFAULT_QUOTE_TTL_SECONDS = 300.0
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
+LEGACY_WALLET_ENV = "BASE_CHAIN_WALLET_KEY"
 # The Solana wallet key: base58 of the 64-byte secret key (solana-keygen, Phantom).
 SOLANA_KEY_ENV = "BLOCKRUN_SOLANA_KEY"
 # blockrun-llm's own name for it, read as BASE_CHAIN_WALLET_KEY is for the EVM key.
@@ -71,6 +84,17 @@ API_KEY_PREFIX = "brk_"
 # names an x402 gateway, and the key must never follow it to another host.
 API_KEY_URL_ENV = "BLOCKRUN_API_KEY_URL"
 TOKEN_ENV = "BLOCKRUN_PROXY_TOKEN"
+# What ``serve`` removes from its environment once read (keyguard.py).
+SECRET_ENVS = (
+    WALLET_ENV,
+    LEGACY_WALLET_ENV,
+    SOLANA_KEY_ENV,
+    *SOLANA_KEY_ENV_ALIASES,
+    API_KEY_ENV,
+    TOKEN_ENV,
+)
+# Set by the --workers supervisor: the inherited descriptor its secrets arrive on.
+SECRETS_FD_ENV = "BLOCKRUN_PROXY_SECRETS_FD"
 # Set by the --workers supervisor for its children: prometheus-client's shared-memory
 # directory, which makes /metrics on any worker report the sum over all of them.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -111,6 +135,15 @@ class Settings:
     # Calls allowed to wait for a slot; None means "as many as max_concurrent".
     max_queue: int | None = None
     queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
+    # Open client connections per process; None derives it from the admission limits.
+    max_connections: int | None = None
+    headers_timeout_seconds: float = DEFAULT_HEADERS_TIMEOUT_SECONDS
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    keepalive_timeout_seconds: float = DEFAULT_KEEPALIVE_TIMEOUT_SECONDS
+    # Host names (besides loopback and the bound address) the proxy answers to; "*": any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Web origins (scheme://host[:port]) allowed to call the proxy from a browser (CORS).
+    cors_origins: tuple[str, ...] = ()
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     # Processes sharing the port (SO_REUSEPORT); 1 serves in this process.
     workers: int = DEFAULT_WORKERS
@@ -217,6 +250,18 @@ class Settings:
             raise ValueError("--queue-timeout must be positive")
         if self.grace_seconds < 0:
             raise ValueError("--grace-seconds must not be negative")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("--max-connections must be at least 1")
+        for flag, seconds in (
+            ("--headers-timeout", self.headers_timeout_seconds),
+            ("--body-timeout", self.body_timeout_seconds),
+            ("--keepalive-timeout", self.keepalive_timeout_seconds),
+            ("--upstream-idle-timeout", self.idle_timeout_seconds),
+        ):
+            if not seconds > 0:
+                raise ValueError(f"{flag} must be positive")
+        for origin in self.cors_origins:
+            check_cors_origin(origin)
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         if self.workers > 1 and self.port == 0:
@@ -245,6 +290,11 @@ class Settings:
                 f"refusing to listen on {self.host} without a token: anyone who can reach it "
                 f"could spend the wallet. Set {TOKEN_ENV}, or pass --allow-public if a network "
                 "policy already guards this port."
+            )
+        if not is_loopback(self.host) and self.token and len(self.token) < MIN_PUBLIC_TOKEN_CHARS:
+            raise ValueError(
+                f"{TOKEN_ENV} is shorter than {MIN_PUBLIC_TOKEN_CHARS} characters: too easy to "
+                f"guess for a proxy listening on {self.host}. Use e.g. `openssl rand -hex 32`."
             )
 
 
@@ -282,6 +332,19 @@ def parse_state_dir(text: str) -> Path | None:
     return Path(text).expanduser() if text else None
 
 
+def check_cors_origin(origin: str) -> None:
+    """Raise ValueError unless ``origin`` is one web origin, ``scheme://host[:port]``."""
+    parts = urlsplit(origin)
+    # Any scheme with a host: http(s) pages, but also e.g. an editor's vscode-webview://.
+    if origin in ("*", "null") or not parts.scheme or not parts.hostname:
+        raise ValueError(
+            f"--cors-origins takes origins like https://app.example, not {origin!r}: every "
+            "origin listed can spend the wallet from a browser, so there is no wildcard"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"--cors-origins: {origin!r} is not a bare origin (scheme://host[:port])")
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -302,6 +365,17 @@ def read_token(environ: Mapping[str, str] | None = None) -> str | None:
     return env.get(TOKEN_ENV) or None
 
 
+def read_secrets_fd(environ: Mapping[str, str] | None = None) -> int | None:
+    env = os.environ if environ is None else environ
+    value = env.get(SECRETS_FD_ENV)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{SECRETS_FD_ENV} is not a file descriptor: {value!r}") from None
+
+
 def read_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(METRICS_DIR_ENV) or None
@@ -314,7 +388,7 @@ def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | Non
     eth_account (about a second of startup) for what is a one-line file read.
     """
     env = os.environ if environ is None else environ
-    for name in (WALLET_ENV, "BASE_CHAIN_WALLET_KEY"):
+    for name in (WALLET_ENV, LEGACY_WALLET_ENV):
         if env.get(name):
             return env[name].strip(), f"${name}"
     for path in (WALLET_FILE, LEGACY_WALLET_FILE):

@@ -59,6 +59,31 @@ class BodyTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """A POST whose body is not declared ``application/json``: what a browser form or a
+    ``text/plain`` "simple request" sends cross-site without asking (no CORS preflight)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RequestTimeout(InvalidRequest):
+    """The request body did not arrive in time: nothing was sent upstream or paid."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class Forbidden(ProxyError):
+    """The request comes from somewhere that may not spend the wallet: a web page (its
+    ``Origin``, ``Sec-Fetch-Site``) or a host name the proxy does not answer to (DNS
+    rebinding). Retrying it the same way gets the same answer."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class Unauthorized(ProxyError):
     status = 401
     type = "authentication_error"

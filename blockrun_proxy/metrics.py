@@ -151,6 +151,17 @@ class Metrics:
         self.log_lines_dropped = self._counter(
             "log_lines_dropped", "Log lines dropped because the log writer fell behind."
         )
+        self.client_connections = self._gauge("client_connections", "Client connections open now.")
+        self.connections_refused = self._counter(
+            "connections_refused",
+            "Client connections closed at once because --max-connections were open.",
+        )
+        self.connections_timed_out = self._counter(
+            "connections_timed_out",
+            "Client connections closed because their request headers were not complete "
+            "within --headers-timeout.",
+        )
+        self._gauge_sources: list[tuple[Gauge, Callable[[], int]]] = []
 
     # ----------------------------------------------------------------- sources
 
@@ -186,6 +197,12 @@ class Metrics:
         self.watch(refused, lambda: _field(stats(), "misses"))
         self.watch(overpaid, lambda: _field(stats(), "overpaid_atomic"))
 
+    def watch_connections(self, connections: Any) -> None:
+        """Follow a ``ClientConnections``' plain ints (open, refused, timed_out)."""
+        self.watch(self.connections_refused, lambda: connections.refused)
+        self.watch(self.connections_timed_out, lambda: connections.timed_out)
+        self._gauge_sources.append((self.client_connections, lambda: connections.open))
+
     def watch(self, counter: Counter, read: Callable[[], int | None]) -> None:
         """Make ``counter`` follow an int someone else increments."""
         synced = _Synced(counter, read)
@@ -195,6 +212,8 @@ class Metrics:
     def sync(self) -> None:
         for synced in self._synced:
             synced.sync()
+        for gauge, read in self._gauge_sources:
+            gauge.set(read())
 
     # ----------------------------------------------------------------- events
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from ops_support import JSON
 
 from blockrun_proxy.app import QUOTES_KEY
 from blockrun_proxy.testing import FakeGateway
@@ -51,7 +52,7 @@ async def post(proxy: Any, body: dict[str, Any] | bytes) -> Reply:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     async with (
         aiohttp.ClientSession() as session,
-        session.post(proxy.base_url + "/chat/completions", data=data) as resp,
+        session.post(proxy.base_url + "/chat/completions", data=data, headers=JSON) as resp,
     ):
         try:
             raw = await resp.read()

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 import pytest
-from ops_support import until
+from ops_support import JSON, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from blockrun_proxy.app import METRICS_KEY
@@ -43,7 +43,7 @@ async def scrape(proxy, token: str | None = None) -> Samples:
 async def post(proxy, body: dict) -> tuple[int, bytes]:
     async with (
         aiohttp.ClientSession() as s,
-        s.post(proxy.base_url + "/chat/completions", data=orjson.dumps(body)) as r,
+        s.post(proxy.base_url + "/chat/completions", data=orjson.dumps(body), headers=JSON) as r,
     ):
         return r.status, await r.read()
 
@@ -138,7 +138,7 @@ async def test_metrics_need_the_token_when_one_is_set_and_never_show_secrets(
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url + "/metrics") as r:
             assert r.status == 401
-        headers = {"Authorization": "Bearer tok-secret-123"}
+        headers = {"Authorization": "Bearer tok-secret-123", **JSON}
         async with s.post(
             proxy.base_url + "/chat/completions", data=orjson.dumps(chat()), headers=headers
         ) as r:

@@ -10,7 +10,7 @@ import re
 import aiohttp
 import orjson
 import pytest
-from ops_support import free_port, proxy_environ, until
+from ops_support import JSON, free_port, proxy_environ, until
 from proc_support import ProxyProcess
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,7 +50,9 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             for _ in range(CALLS):
-                async with session.post(base + "/v1/chat/completions", data=body) as resp:
+                async with session.post(
+                    base + "/v1/chat/completions", data=body, headers=JSON
+                ) as resp:
                     assert resp.status == 200
             key = ("blockrun_proxy_requests_total",
                    (("route", "/v1/chat/completions"), ("status", "200")))  # fmt: skip
@@ -110,8 +112,8 @@ def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_
 
     seen: dict[str, object] = {}
 
-    def fake_supervise(options, workers):
-        seen.update(options=options, workers=workers)
+    def fake_supervise(options, workers, secrets):
+        seen.update(options=options, workers=workers, secrets=secrets)
         return 0
 
     env = {"BLOCKRUN_WALLET_KEY": "0x" + "11" * 32, "BLOCKRUN_PROXY_TOKEN": "tok",
@@ -136,6 +138,9 @@ def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_
     assert [options[i + 1] for i, o in enumerate(options) if o == "--pay-to"] == ["0xA", "0xB"]
     assert "--workers" not in options and "--demo" not in options
     assert not any("11" * 32 in o or o == "tok" for o in options)
+    # The secrets travel apart, through the pipe the supervisor gives each child.
+    assert (seen["secrets"].wallet_key, seen["secrets"].token) == ("0x" + "11" * 32, "tok")
+    assert "11" * 32 not in repr(seen["secrets"])
     command = worker_command(options)
     assert command[-3:] == ["--workers", "1", "--reuse-port"]
     env_for_child = worker_environ({"PYTHONPATH": "/x"}, "/tmp/m")
