@@ -20,6 +20,7 @@ from aiohttp.typedefs import Middleware
 from blockrun_proxy import logs
 from blockrun_proxy.appkeys import (
     ADMISSION_KEY,
+    BALANCE_KEY,
     CORE_KEY,
     EXCHANGE_KEY,
     GUARD_KEY,
@@ -27,8 +28,10 @@ from blockrun_proxy.appkeys import (
     METRICS_KEY,
     SETTINGS_KEY,
 )
+from blockrun_proxy.budget import BudgetUsage
+from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import Settings
-from blockrun_proxy.core import open_core
+from blockrun_proxy.core import PaymentCore, open_core
 from blockrun_proxy.errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -44,10 +47,14 @@ from blockrun_proxy.guard import Guard
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
 from blockrun_proxy.relay import Handler, handler_for, not_allowed_handler
-from blockrun_proxy.routes import RELAY_ROUTES, ROUTES, label_of
+from blockrun_proxy.routes import RELAY_ROUTES, ROUTES, Route, label_of
+from blockrun_proxy.spend.routes import PAGE_PATHS, SPEND_KEY, BalanceSlot, SpendView
+from blockrun_proxy.spend.routes import add_routes as add_spend_routes
+from blockrun_proxy.x402 import usd
 
 __all__ = [
     "ADMISSION_KEY",
+    "BALANCE_KEY",
     "CORE_KEY",
     "EXCHANGE_KEY",
     "GUARD_KEY",
@@ -61,9 +68,15 @@ log = logging.getLogger("blockrun_proxy")
 
 # Probes answer without the token or the Host/Origin checks: the kubelet has no token and
 # calls them by pod IP, and they spend nothing and reveal only whether the process is up.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# Answered without the token (the Host/Origin guard still applies): the probes, and the
+# spend page's shell (HTML, script, style), which holds no data: its script reads
+# /v1/spend with the token (spend/routes.py).
+PUBLIC_PATHS = PROBE_PATHS | PAGE_PATHS
 # Still answered while draining: probes say what is going on, and a last scrape is useful.
-OPS_PATHS = PUBLIC_PATHS | {"/metrics"}
+OPS_PATHS = PROBE_PATHS | {"/metrics"}
+# How long GET /v1/spend waits for the records still queued to reach the ledger.
+SPEND_SETTLE_SECONDS = 0.5
 # The route label of requests that matched no route (bounded metric cardinality).
 UNMATCHED_ROUTE = "other"
 
@@ -86,20 +99,26 @@ def create_app(settings: Settings) -> web.Application:
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
     app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
+    # The wallet balance, for /readyz and the spend page: "unknown" until a reader (the
+    # --rpc-url BalanceWatcher, started after the port is open) is plugged into the slot.
+    app[BALANCE_KEY] = BalanceSlot()
     app.cleanup_ctx.append(_payment_core)
     app.on_response_prepare.append(_stamp_response)
-    add_routes(app.router, relay=settings.routes == "all")
+    add_routes(app.router, ROUTES)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_spend_routes(app.router)
+    if settings.routes == "all":
+        add_routes(app.router, RELAY_ROUTES)  # last: every route above matches first
     return app
 
 
-def add_routes(router: web.UrlDispatcher, *, relay: bool) -> None:
-    """The route table, each row also under ``/api``; other methods on a row's path get
-    405. With ``relay`` (``--routes all``), every other path under ``/v1/`` and
-    ``/v1beta/`` too, registered last so the table's rows match first."""
-    for route in (*ROUTES, *(RELAY_ROUTES if relay else ())):
+def add_routes(router: web.UrlDispatcher, routes: tuple[Route, ...]) -> None:
+    """Rows of the route table, each also under ``/api``; other methods on a row's path
+    get 405. The relay rows (``--routes all``) match any method and path under theirs, so
+    they are registered after every other route."""
+    for route in routes:
         handler = handler_for(route)
         for path in route.paths:
             router.add_route(route.method, path, handler)
@@ -108,12 +127,44 @@ def add_routes(router: web.UrlDispatcher, *, relay: bool) -> None:
 
 
 async def _payment_core(app: web.Application) -> AsyncIterator[None]:
+    """The payment core (core.py), opened when the app starts and closed after the drain:
+    every finished request has queued its spend record by then."""
     async with open_core(app[SETTINGS_KEY], limits=app[LIMITS_KEY]) as core:
         app[CORE_KEY] = core
         metrics = app[METRICS_KEY]
         metrics.watch_payer(core.payer)
         metrics.watch_quotes(lambda: core.quotes.stats)
+        if isinstance(core.budget, RedisBudgetStore):
+            metrics.watch_budget_store(core.budget.stats)
+        recorder = core.recorder
+        if recorder is not None:
+            metrics.watch(metrics.ledger_records_dropped, lambda: recorder.dropped)
+            app[SPEND_KEY] = _spend_view(app, core)
         yield
+
+
+def _spend_view(app: web.Application, core: PaymentCore) -> SpendView:
+    """What ``GET /v1/spend`` and the spend page show (spend/routes.py)."""
+    recorder = core.recorder
+    assert recorder is not None
+    budget = core.budget
+    balance = app[BALANCE_KEY]
+
+    async def budget_usage() -> BudgetUsage | None:
+        return None if budget is None else await budget.usage()
+
+    link = core.link
+    return SpendView(
+        recorder.ledger,
+        budget=budget_usage,
+        budget_shared=isinstance(budget, RedisBudgetStore),
+        address=lambda: core.payer.address,
+        balance=lambda: balance,
+        dropped=lambda: recorder.dropped,
+        store_state=link.describe if link is not None else lambda: None,
+        # The call that just finished shows, unless the ledger is stuck (then: bounded).
+        settle=lambda: recorder.flush(SPEND_SETTLE_SECONDS),
+    )
 
 
 # --- the middleware ---------------------------------------------------------------------------
@@ -128,7 +179,7 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
     2. errors: the one place exceptions become OpenAI-shaped answers, never a traceback;
     3. source: Host, Origin, Sec-Fetch-Site (guard.py), then CORS preflights, all before
        the token, which a preflight never carries; the probes skip 3 to 5;
-    4. token: the bearer token;
+    4. token: the bearer token (not on the spend page's shell, which holds no data);
     5. body type: every POST is a paid route and must be JSON;
     6. drain: while draining, new work gets 503; probes and /metrics still answer.
     """
@@ -148,14 +199,14 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
         try:
             try:
                 path = request.path
-                if path in PUBLIC_PATHS:
+                if path in PROBE_PATHS:
                     response = await handler(request)
                 else:
                     guard.check_source(request)
                     if guard.is_preflight(request):
                         response = guard.preflight(request)
                     else:
-                        if expected is not None:
+                        if expected is not None and path not in PUBLIC_PATHS:
                             _check_token(request.headers.get("Authorization"), expected)
                         if request.method == "POST":
                             guard.check_body_type(request)
@@ -288,12 +339,20 @@ async def readyz(request: web.Request) -> web.Response:
     session_up = core is not None and not core.session.closed
     draining = app[ADMISSION_KEY].draining
     ready = session_up and not draining
-    body = {
+    body: dict[str, object] = {
         "ready": ready,
         "draining": draining,
         "upstream_session": session_up,
         "wallet": "loaded" if core is not None and core.payer.address else "none: free models only",
     }
+    if core is not None and core.payer.can_sign:
+        latest = app[BALANCE_KEY].latest()
+        body["balance_usd"] = "unknown" if latest is None else usd(latest[0])
+    if core is not None and core.link is not None:
+        # From the last call's outcome, never a Redis call per probe. Redis being away
+        # does not make the proxy unready: free models work, and every replica shares
+        # the same Redis, so taking them all out of service would help nobody.
+        body["fleet_store"] = core.link.describe()
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -12,8 +12,11 @@ from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.guard import Guard
 from blockrun_proxy.limits import Admission, Limits
 from blockrun_proxy.metrics import Metrics
+from blockrun_proxy.spend.routes import BalanceSlot
 
 ADMISSION_KEY = web.AppKey("admission", Admission)
+# The wallet balance, for /readyz and the spend page (spend/routes.py).
+BALANCE_KEY = web.AppKey("balance", BalanceSlot)
 CORE_KEY = web.AppKey("core", PaymentCore)
 GUARD_KEY = web.AppKey("guard", Guard)
 LIMITS_KEY = web.AppKey("limits", Limits)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,8 @@ def _secret_fields(secrets: keyguard.Secrets, *, demo: bool) -> dict[str, str | 
         "wallet_key": None if demo else secrets.wallet_key,
         "solana_key": None if demo else secrets.solana_key,
         "api_key": None if demo else secrets.api_key,
+        # Not a key to the wallet: it stays in the environment, which children inherit.
+        "redis_password": config.read_redis_password(),
     }
 
 
@@ -85,7 +88,17 @@ def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
     if settings.workers > 1:
         from blockrun_proxy.workers import supervise
 
-        return supervise(options.to_args(settings), settings.workers, secrets)
+        return supervise(
+            options.to_args(settings),
+            settings.workers,
+            secrets,
+            extra_env=options.worker_environ(settings),
+        )
+    if settings.redis_url:
+        log.info(
+            "fleet store: %s (budget, quotes and spend ledger shared)",
+            config.redacted_url(settings.redis_url),
+        )
     if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
     elif settings.wallet_key:
@@ -98,6 +111,18 @@ def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
 
     asyncio.run(run(settings))
     return 0
+
+
+def _env_of(field: str) -> str:
+    """The variable of a setting's row in the option table (for commands besides serve)."""
+    return options.BY_FIELD[field].env[0]
+
+
+def _duration(value: str) -> float:
+    try:
+        return config.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _check_wallet(settings: Settings) -> None:
@@ -149,3 +174,88 @@ def address(solana_keypair: Path | None) -> None:
 
 
 main.add_command(wallet)
+
+
+@main.command()
+@click.option(
+    "--redis-url",
+    default=None,
+    envvar=_env_of("redis_url"),
+    help="Read the fleet's ledger from this Redis (as `serve --redis-url`).",
+)
+@click.option(
+    "--redis-prefix",
+    default=config.DEFAULT_REDIS_PREFIX,
+    show_default=True,
+    envvar=_env_of("redis_prefix"),
+)
+@click.option(
+    "--redis-timeout",
+    default=2.0,
+    show_default=True,
+    type=float,
+    envvar=_env_of("redis_timeout_seconds"),
+)
+@click.option(
+    "--state-dir",
+    default=str(config.DEFAULT_STATE_DIR),
+    show_default=True,
+    envvar=_env_of("state_dir"),
+    help="Without --redis-url: the directory holding the local ledger (spend.sqlite3).",
+)
+@click.option(
+    "--budget-usd",
+    default=None,
+    envvar=_env_of("budget_usd"),
+    type=Decimal,
+    help="Show the budget used and left (as `serve --budget-usd`).",
+)
+@click.option(
+    "--budget-window",
+    default="24h",
+    show_default=True,
+    envvar=_env_of("budget_window_seconds"),
+    callback=lambda _ctx, _param, value: _duration(value),
+)
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 31))
+@click.option("--last", default=20, show_default=True, type=click.IntRange(0, 500))
+@click.option("--json", "as_json", is_flag=True, help="Print the /v1/spend JSON document.")
+def spend(
+    redis_url: str | None,
+    redis_prefix: str,
+    redis_timeout: float,
+    state_dir: str,
+    budget_usd: Decimal | None,
+    budget_window: float,
+    hours: int,
+    last: int,
+    as_json: bool,
+) -> None:
+    """Print where the money went: spend per model and hour, the budget, the last calls."""
+    settings = Settings(
+        redis_url=redis_url or None,
+        redis_prefix=redis_prefix,
+        redis_timeout_seconds=redis_timeout,
+        redis_password=config.read_redis_password(),
+        state_dir=config.parse_state_dir(state_dir),
+        budget_usd=budget_usd,
+        budget_window_seconds=budget_window,
+    )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    from blockrun_proxy.spend.report import NoLedger, read_report
+
+    try:
+        doc = asyncio.run(read_report(settings, hours=hours, last=last))
+    except NoLedger as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        from blockrun_proxy.spend.summary import render_text
+
+        click.echo(render_text(doc), nl=False)

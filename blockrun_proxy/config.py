@@ -69,6 +69,14 @@ DEFAULT_BUDGET_WINDOW_SECONDS = 86400.0
 # last 402 is older than the TTL (so a price cut is noticed within the TTL).
 DEFAULT_QUOTE_TRUST = 3
 DEFAULT_QUOTE_TTL_SECONDS = 300.0
+# The fleet store (--redis-url): every key starts with the prefix, so several fleets (one
+# per wallet) can share one Redis. Every Redis call is bounded by the timeout: a hung Redis
+# costs a paid call at most this long (then 503, or the fail-open path), never a stall.
+DEFAULT_REDIS_PREFIX = "blockrun-proxy"
+DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5
+# The spend ledger keeps hourly totals this long, and the last LEDGER_RECORDS calls.
+DEFAULT_LEDGER_RETENTION_SECONDS = 30 * 86400.0
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
@@ -95,6 +103,10 @@ SECRET_ENVS = (
 )
 # Set by the --workers supervisor: the inherited descriptor its secrets arrive on.
 SECRETS_FD_ENV = "BLOCKRUN_PROXY_SECRETS_FD"
+# Redis: the URL may carry a password, so --workers children get it through the environment,
+# never their command line; the password can also be given apart from the URL.
+REDIS_URL_ENV = "BLOCKRUN_PROXY_REDIS_URL"
+REDIS_PASSWORD_ENV = "BLOCKRUN_PROXY_REDIS_PASSWORD"
 # Set by the --workers supervisor for its children: prometheus-client's shared-memory
 # directory, which makes /metrics on any worker report the sum over all of them.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -192,12 +204,23 @@ class Settings:
     https_proxy: str | None = field(default=None, repr=False)
     http_proxy: str | None = field(default=None, repr=False)
     no_proxy: str | None = None
+    # The fleet store: the shared budget, learned quotes and the spend ledger live in this
+    # Redis (redis://, rediss://, unix://); None keeps them in this process (and state_dir).
+    # Kept out of repr(): the URL may carry a password.
+    redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
+    redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
+    # Redis unreachable: sign anyway under this process's own budget (True), or refuse
+    # with 503 budget_store_unavailable (False, the default: the fleet never over-spends).
+    budget_fail_open: bool = False
+    ledger_retention_seconds: float = DEFAULT_LEDGER_RETENTION_SECONDS
     demo: bool = False
     # Secrets are kept out of repr() so a logged Settings never shows them.
     token: str | None = field(default=None, repr=False)
     wallet_key: str | None = field(default=None, repr=False)
     solana_key: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, secrets: bool = True) -> Settings:
@@ -311,6 +334,15 @@ class Settings:
                 f"{API_KEY_ENV} is not a BlockRun API key (they start with {API_KEY_PREFIX!r}); "
                 "correct it or unset it"
             )
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
+            # The URL is not echoed: it may hold a password.
+            raise ValueError("--redis-url must start with redis://, rediss:// or unix://")
+        if not self.redis_timeout_seconds > 0:
+            raise ValueError("--redis-timeout must be positive")
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} \t\r\n"):
+            raise ValueError("--redis-prefix must be non-empty, without spaces or braces")
+        if not self.ledger_retention_seconds >= 3600:
+            raise ValueError("--ledger-retention must be at least 1h")
         if not is_loopback(self.host) and not self.token and not self.allow_public:
             raise ValueError(
                 f"refusing to listen on {self.host} without a token: anyone who can reach it "
@@ -396,6 +428,23 @@ def read_secrets_fd(environ: Mapping[str, str] | None = None) -> int | None:
         raise ValueError(f"{SECRETS_FD_ENV} is not a file descriptor: {value!r}") from None
 
 
+def read_redis_password(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get(REDIS_PASSWORD_ENV) or None
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for log lines and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + host).geturl()
+
+
 def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
     """The wallet key and where it came from: env first, then blockrun-llm's wallet files.
 
@@ -469,4 +518,5 @@ def read_secrets(
         "solana_key": solana_key,
         "api_key": read_api_key(env),
         "token": read_token(env),
+        "redis_password": read_redis_password(env),
     }

@@ -11,13 +11,15 @@ shared cookie jar, another pool size, no quote book, no request-id check):
   pipe: the client's own Accept-Encoding is forwarded), header fields as large as a
   ``PAYMENT-REQUIRED`` may be, an egress proxy and CA bundle from the environment
   (egress.py);
-- the budget store (``budget_store``), the payer (``payer``), the quote book
-  (``quote_book``), the gateway, the models cache and the job book.
+- the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
+  Redis when the fleet shares one, else in memory), the payer (``payer``), the quote
+  book (``quote_book``), the gateway, the models cache, the job book, and the spend
+  ledger's writer (``Recorder``), which sees every finished request through
+  ``PaymentCore.observers``.
 
-Each is one small function so the next rail or store is a few lines here: a Redis
-budget store returns from ``budget_store``, a Solana or API-key rail joins in ``payer``,
-another HTTP client replaces ``upstream_session``, and anything that must see every
-finished request (a spend ledger) is appended to ``PaymentCore.observers``.
+Each is one small function so the next rail or store is a few lines here: a Solana or
+API-key rail joins in ``payer``, another HTTP client replaces ``upstream_session``,
+and anything else that must see every finished request is appended to ``observers``.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ import aiohttp
 
 from blockrun_proxy import egress
 from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
+from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import Settings
 from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.jobs import JobBook
 from blockrun_proxy.limits import Limits
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
+from blockrun_proxy.quote_store import QuoteStore, RedisQuoteStore
 from blockrun_proxy.quotes import QuoteBook
+from blockrun_proxy.redis_link import RedisLink
+from blockrun_proxy.spend.ledger import open_ledger, replica_name
+from blockrun_proxy.spend.recorder import Recorder
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway
 
 USER_AGENT = "blockrun-proxy"
@@ -59,8 +66,11 @@ class PaymentCore:
     gateway: Gateway
     models: ModelsCache
     jobs: JobBook
-    # Told of every finished request (the app calls them after the access log): the
-    # place for a spend ledger. Must not block or raise.
+    link: RedisLink | None = None  # the fleet store, with --redis-url
+    quote_store: QuoteStore | None = None  # the fleet's learned quotes (the book: not yet)
+    recorder: Recorder | None = None  # the spend ledger's writer
+    # Told of every finished request (the app calls them after the access log): the spend
+    # ledger's recorder, and whatever joins it. Must not block or raise.
     observers: list[Callable[[Exchange], None]] = field(default_factory=list)
 
     def gateway_for(self, api_url: str | None = None, wallet_key: str | None = None) -> Gateway:
@@ -79,14 +89,28 @@ class PaymentCore:
 
 @contextlib.asynccontextmanager
 async def open_core(
-    settings: Settings, *, limits: Limits | None = None
+    settings: Settings, *, limits: Limits | None = None, record_spend: bool = True
 ) -> AsyncIterator[PaymentCore]:
-    """Build the core for ``settings``; everything it opened is closed on exit."""
+    """Build the core for ``settings``; everything it opened is closed on exit, the
+    session first, then the spend ledger (what is queued is written), then the fleet
+    store. ``record_spend``: keep the spend ledger (the proxy; not the in-process
+    provider, which has no finished requests to record)."""
     limits = limits or Limits.from_settings(settings)
-    budget = budget_store(settings)
+    link = RedisLink.from_settings(settings)
+    budget = budget_store(settings, link)
     the_payer = payer(settings, budget)
     quotes = quote_book(settings)
-    async with upstream_session(settings, limits) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if link is not None:
+            stack.push_async_callback(link.aclose)
+        if isinstance(budget, RedisBudgetStore):
+            stack.push_async_callback(budget.aclose)
+        recorder = None
+        if record_spend:
+            recorder = Recorder(open_ledger(settings, link), replica=replica_name())
+            recorder.start()
+            stack.push_async_callback(recorder.aclose)
+        session = await stack.enter_async_context(upstream_session(settings, limits))
         the_gateway = gateway(settings, session, the_payer, quotes)
         yield PaymentCore(
             settings=settings,
@@ -98,14 +122,25 @@ async def open_core(
             gateway=the_gateway,
             models=ModelsCache(the_gateway.get_models, settings.models_ttl_seconds),
             jobs=JobBook(),
+            link=link,
+            quote_store=RedisQuoteStore(link) if link is not None else None,
+            recorder=recorder,
+            observers=[recorder.observe] if recorder is not None else [],
         )
 
 
-def budget_store(settings: Settings) -> BudgetStore | None:
-    """The spend budget every rail reserves in (None: no budget); a fleet's shared store
-    (Redis) is chosen here."""
+def budget_store(settings: Settings, link: RedisLink | None = None) -> BudgetStore | None:
+    """The spend budget every rail reserves in (None: no budget): the fleet's, in Redis,
+    with ``--redis-url``; else this process's own."""
     if settings.budget_atomic is None:
         return None
+    if link is not None:
+        return RedisBudgetStore(
+            link,
+            settings.budget_atomic,
+            settings.budget_window_seconds,
+            fail_open=settings.budget_fail_open,
+        )
     return MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
 
 

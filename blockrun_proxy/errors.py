@@ -123,6 +123,14 @@ class BudgetStoreUnavailable(ProxyError):
     code = "budget_store_unavailable"
 
 
+class LedgerUnavailable(ProxyError):
+    """The spend ledger (Redis) could not be read in time: /v1/spend cannot answer."""
+
+    status = 503
+    type = "server_error"
+    code = "spend_ledger_unavailable"
+
+
 # --- payment refusals: the proxy declined to sign (402, nothing paid) -----------------------
 
 

@@ -50,6 +50,8 @@ class Exchange:
     # reached the gateway: on a 424 or a client that hung up after paying, this money may
     # be gone even though no cost was ever reported.
     signed_atomic: int | None = None
+    # The settlement transaction the gateway reported, if any (for the spend ledger).
+    settlement_tx: str | None = None
     # The ``code`` of an error the proxy answered itself (policy, overload, bad input).
     refusal: str | None = None
     # What went wrong on the gateway's side, e.g. ``gateway_timeout``, ``http_503``.

@@ -207,11 +207,14 @@ class Core:
                 stack = contextlib.AsyncExitStack()
                 try:
                     self.settings.check()
-                    self._payment = await stack.enter_async_context(open_core(self.settings))
+                    self._payment = await stack.enter_async_context(
+                        open_core(self.settings, record_spend=False)
+                    )
                 except ValueError as exc:
                     # Written by us and never echoing the key (a wallet key that does not parse).
                     raise CallError(400, str(exc), code=None, paid=False) from None
                 self._stack = stack
+        assert self._payment is not None
         return self._payment
 
     async def _gateway(self, api_url: str | None, wallet_key: str | None) -> Gateway:

@@ -162,6 +162,10 @@ class Metrics:
             "within --headers-timeout.",
         )
         self._gauge_sources: list[tuple[Gauge, Callable[[], int]]] = []
+        self.ledger_records_dropped = self._counter(
+            "ledger_records_dropped",
+            "Spend ledger records dropped because the ledger writer fell behind or failed.",
+        )
 
     # ----------------------------------------------------------------- sources
 
@@ -202,6 +206,32 @@ class Metrics:
         self.watch(self.connections_refused, lambda: connections.refused)
         self.watch(self.connections_timed_out, lambda: connections.timed_out)
         self._gauge_sources.append((self.client_connections, lambda: connections.open))
+
+    def watch_budget_store(self, stats: Any) -> None:
+        """Export the shared budget store's counters (budget_redis.BudgetStoreStats)."""
+        for field, name, doc in (
+            (
+                "unavailable",
+                "budget_store_unavailable",
+                "Paid calls refused (503) because the shared budget store did not answer.",
+            ),
+            (
+                "fail_open",
+                "budget_fail_open",
+                "Reservations granted without the shared budget store (--budget-fail-open).",
+            ),
+            (
+                "settle_failed",
+                "budget_settle_failures",
+                "Commits/releases that never reached the budget store (counted in full).",
+            ),
+            (
+                "settle_dropped",
+                "budget_settle_dropped",
+                "Commits/releases dropped because too many were pending (counted in full).",
+            ),
+        ):
+            self.watch(self._counter(name, doc), _attribute_reader(stats, field))
 
     def watch(self, counter: Counter, read: Callable[[], int | None]) -> None:
         """Make ``counter`` follow an int someone else increments."""
@@ -279,6 +309,10 @@ class Metrics:
 
 def _reader(counts: dict[str, int], key: str) -> Callable[[], int | None]:
     return lambda: counts.get(key)
+
+
+def _attribute_reader(stats: object, name: str) -> Callable[[], int | None]:
+    return lambda: _field(stats, name)
 
 
 def _field(stats: object | None, name: str) -> int | None:

@@ -53,6 +53,9 @@ class Option:
     render: Callable[[Any], str] = str
     blank_is_value: bool = False  # a blank value means something (else: unset)
     secret: bool = False  # read apart, never a flag, never rendered
+    # May hold a password (a URL): --workers children get it in their environment, since a
+    # command line is visible to every user of the machine (ps).
+    by_environment: bool = False
     documented: bool = True  # in the README's Configuration table
 
     @property
@@ -249,6 +252,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("api_key_url", "--api-key-url", (config.API_KEY_URL_ENV,), "the host calls go to "
            f"when `{config.API_KEY_ENV}` is set (prepaid credit, no x402)",
            f"`{config.DEFAULT_API_KEY_URL}`", _url),
+    Option("redis_url", "--redis-url", (config.REDIS_URL_ENV,), "share the budget, the spend "
+           "ledger and learned quotes with other replicas through this Redis (`redis://`, "
+           "`rediss://`, `unix://`; see [Running many replicas](#running-many-replicas))",
+           "none", str.strip, by_environment=True),
+    Option("redis_prefix", "--redis-prefix", (_P + "REDIS_PREFIX",), "prefix of every Redis "
+           "key: one per fleet (wallet) sharing a Redis", f"`{config.DEFAULT_REDIS_PREFIX}`",
+           str.strip),
+    Option("redis_timeout_seconds", "--redis-timeout", (_P + "REDIS_TIMEOUT",), "seconds any "
+           "one Redis call may take", f"`{config.DEFAULT_REDIS_TIMEOUT_SECONDS:g}`", _float,
+           render=repr),
+    Option("budget_fail_open", "--budget-fail-open", (_P + "BUDGET_FAIL_OPEN",), "Redis "
+           "unreachable: sign under this process's own budget instead of answering `503`",
+           "off", _bool, kind="flag"),
+    Option("ledger_retention_seconds", "--ledger-retention", (_P + "LEDGER_RETENTION",),
+           "how long the spend ledger keeps its hourly totals", "`30d`", _duration,
+           render=lambda seconds: f"{seconds!r}s"),
     Option("demo", "--demo", (), "built-in fake gateway and throwaway wallet", "off", _bool,
            kind="flag"),
     Option("ssl_cert_file", None, ("SSL_CERT_FILE",), "CA bundle (PEM) the gateway's TLS "
@@ -274,6 +293,8 @@ OPTIONS: tuple[Option, ...] = (
            "are paid from its prepaid credit, nothing is signed", "none", secret=True),
     Option("token", None, (config.TOKEN_ENV,), "clients must send `Authorization: Bearer "
            "<token>`; at least 16 characters on a non-loopback `--host`", "none", secret=True),
+    Option("redis_password", None, (config.REDIS_PASSWORD_ENV,), "Redis's password, kept out "
+           "of the URL", "none", secret=True),
 )  # fmt: skip
 
 BY_FIELD: Mapping[str, Option] = {option.field: option for option in OPTIONS}
@@ -346,7 +367,9 @@ def to_args(settings: Settings) -> list[str]:
     not options: they travel through a pipe (keyguard.send_secrets)."""
     args: list[str] = []
     for option in OPTIONS:
-        if option.flag is None or option.secret or option.field in NOT_PASSED_TO_WORKERS:
+        if option.flag is None or option.secret or option.by_environment:
+            continue
+        if option.field in NOT_PASSED_TO_WORKERS:
             continue
         value = getattr(settings, option.field)
         if value == _DEFAULTS[option.field]:
@@ -359,6 +382,17 @@ def to_args(settings: Settings) -> list[str]:
         else:
             args += [option.flag, option.render(value)]
     return args
+
+
+def worker_environ(settings: Settings) -> dict[str, str]:
+    """What ``--workers`` children get in their environment instead of a flag: values that
+    may hold a password (they inherit the rest of the parent's environment)."""
+    env: dict[str, str] = {}
+    for option in OPTIONS:
+        value = getattr(settings, option.field)
+        if option.by_environment and value is not None and option.env:
+            env[option.env[0]] = option.render(value)
+    return env
 
 
 def markdown_table() -> str:

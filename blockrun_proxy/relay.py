@@ -142,6 +142,8 @@ async def signed(request: web.Request, route: Route) -> web.StreamResponse:
         if paid is not None:
             exchange.cost_atomic = paid
             app[METRICS_KEY].settled(paid)
+            if answer.settlement is not None:
+                exchange.settlement_tx = answer.settlement.transaction
             if answer.response.status == 202:
                 return await job_answer(request, answer)
         return await pipe_answer(request, answer)

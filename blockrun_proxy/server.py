@@ -24,18 +24,26 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from aiohttp import web
 
-from blockrun_proxy.app import ADMISSION_KEY, CORE_KEY, LIMITS_KEY, METRICS_KEY, create_app
+from blockrun_proxy.app import (
+    ADMISSION_KEY,
+    BALANCE_KEY,
+    CORE_KEY,
+    LIMITS_KEY,
+    METRICS_KEY,
+    create_app,
+)
 from blockrun_proxy.config import Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.payer import Payer
-from blockrun_proxy.wallet.watcher import watching
+from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
 from blockrun_proxy.x402 import NETWORKS
 
 log = logging.getLogger("blockrun_proxy")
@@ -88,6 +96,20 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
         await drain(runner, settings.grace_seconds)
 
 
+class WatchedBalance:
+    """The BalanceWatcher's latest reading as the spend routes take it: (atomic USDC,
+    unix time read). The watcher keeps monotonic times; its age converts them."""
+
+    def __init__(self, watcher: BalanceWatcher) -> None:
+        self._watcher = watcher
+
+    def latest(self) -> tuple[int, float] | None:
+        reading, age = self._watcher.latest, self._watcher.age()
+        if reading is None or age is None:
+            return None
+        return reading.atomic, time.time() - age
+
+
 def warm_up_signing(payer: Payer) -> None:
     payer.address  # noqa: B018 (derives and caches it)
     for network in NETWORKS.values():
@@ -134,9 +156,12 @@ async def serve(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if settings.demo:
             settings = await stack.enter_async_context(demo_gateway(settings))
-        _, port = await stack.enter_async_context(running(settings))
-        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns).
-        await stack.enter_async_context(watching(settings))
+        runner, port = await stack.enter_async_context(running(settings))
+        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns),
+        # and shown by /readyz and the spend page.
+        watcher = await stack.enter_async_context(watching(settings))
+        if watcher is not None:
+            runner.app[BALANCE_KEY].source = WatchedBalance(watcher)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"
         # Tests and supervisors read the bound port from this line (--port 0).

@@ -62,12 +62,22 @@ def worker_environ(environ: Mapping[str, str], metrics_dir: str) -> dict[str, st
     return env
 
 
-def supervise(options: Sequence[str], workers: int, secrets: keyguard.Secrets) -> int:
-    """Run ``workers`` children with ``options`` until they all exit; the exit code."""
+def supervise(
+    options: Sequence[str],
+    workers: int,
+    secrets: keyguard.Secrets,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> int:
+    """Run ``workers`` children with ``options`` until they all exit; the exit code.
+
+    ``secrets`` reach each child through a pipe; ``extra_env``: settings the children
+    read from their environment instead of their command line (values that may hold a
+    secret, such as a Redis URL with its password)."""
     keyguard.forbid_core_dumps()
     metrics_dir = tempfile.mkdtemp(prefix="blockrun-proxy-metrics-")
     command = worker_command(options)
-    env = worker_environ(os.environ, metrics_dir)
+    env = worker_environ({**os.environ, **(extra_env or {})}, metrics_dir)
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,3 +75,16 @@ async def start_proxy(gateway: FakeGateway, wallet_key: str) -> AsyncIterator[St
 @pytest.fixture
 async def proxy(start_proxy: StartProxy) -> Proxy:
     return await start_proxy()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[Any]:
+    """A real redis-server for this test (skips, saying why, without the binary)."""
+    from redis_support import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

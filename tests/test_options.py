@@ -55,6 +55,11 @@ SAMPLES = {
     "solana_rpc_url": "http://127.0.0.1:8899",
     "solana_keypair": "/nonexistent/id.json",
     "api_key_url": "http://127.0.0.1:9/",
+    "redis_url": "redis://127.0.0.1:6399/0",
+    "redis_prefix": "fleet-a",
+    "redis_timeout_seconds": "0.25",
+    "budget_fail_open": "yes",
+    "ledger_retention_seconds": "72h",
 }
 BOTH = [o for o in options.OPTIONS if o.flag and o.env and not o.secret]
 
@@ -128,11 +133,15 @@ def test_a_flag_wins_over_its_variable(served: list[Settings], monkeypatch) -> N
     assert (settings.max_queue, settings.port) == (3, 4100)
 
 
-def test_workers_children_parse_back_the_same_settings(served: list[Settings]) -> None:
+def test_workers_children_parse_back_the_same_settings(served: list[Settings], monkeypatch) -> None:
     args = [a for o in BOTH if o.field not in options.NOT_PASSED_TO_WORKERS
             for a in ((o.flag,) if o.kind == "flag" else (o.flag, SAMPLES[o.field]))]  # fmt: skip
     parent = from_cli(served, *args)
     rendered = options.to_args(parent)
+    # A URL that may hold a password goes to children through their environment.
+    assert "--redis-url" not in rendered
+    for name, value in options.worker_environ(parent).items():
+        monkeypatch.setenv(name, value)
     child = from_cli(served, *rendered)
     assert child == parent
     assert options.to_args(Settings()) == []  # defaults need no flags

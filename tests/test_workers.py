@@ -112,12 +112,13 @@ def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_
 
     seen: dict[str, object] = {}
 
-    def fake_supervise(options, workers, secrets):
-        seen.update(options=options, workers=workers, secrets=secrets)
+    def fake_supervise(options, workers, secrets, extra_env=None):
+        seen.update(options=options, workers=workers, secrets=secrets, extra_env=extra_env)
         return 0
 
+    redis_url = "redis://:hunter2@redis:6379/0"  # a password in the URL
     env = {"BLOCKRUN_WALLET_KEY": "0x" + "11" * 32, "BLOCKRUN_PROXY_TOKEN": "tok",
-           "BLOCKRUN_PROXY_MAX_QUEUE": "7"}  # fmt: skip
+           "BLOCKRUN_PROXY_MAX_QUEUE": "7", "BLOCKRUN_PROXY_REDIS_URL": redis_url}  # fmt: skip
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level  # serve sets up the process's logging
     with pytest.MonkeyPatch.context() as mp:
@@ -137,10 +138,11 @@ def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_
     assert options[options.index("--max-queue") + 1] == "7"
     assert [options[i + 1] for i, o in enumerate(options) if o == "--pay-to"] == ["0xA", "0xB"]
     assert "--workers" not in options and "--demo" not in options
-    assert not any("11" * 32 in o or o == "tok" for o in options)
+    assert not any("11" * 32 in o or o == "tok" or "hunter2" in o for o in options)
     # The secrets travel apart, through the pipe the supervisor gives each child.
     assert (seen["secrets"].wallet_key, seen["secrets"].token) == ("0x" + "11" * 32, "tok")
     assert "11" * 32 not in repr(seen["secrets"])
+    assert seen["extra_env"] == {"BLOCKRUN_PROXY_REDIS_URL": redis_url}  # by environment
     command = worker_command(options)
     assert command[-3:] == ["--workers", "1", "--reuse-port"]
     env_for_child = worker_environ({"PYTHONPATH": "/x"}, "/tmp/m")

@@ -3,7 +3,9 @@
 It answers on loopback the way the real gateway does (quotes, 402 challenges,
 EIP-3009 verification, settlement, SSE streams; upto payments verified by the
 official x402 facilitator against an in-memory USDC ledger, which ``FakeRpc`` also
-serves as JSON-RPC) and can be told to misbehave.
+serves as JSON-RPC) on every route BlockRun serves that the proxy relays (chat,
+Anthropic Messages, Gemini, images, audio, video jobs, search; docs/PROTOCOL.md
+section 9) and can be told to misbehave.
 It is an independent implementation of the gateway side, so it also checks the
 proxy's signer. Importing it is cheap: eth_account is loaded on first use.
 
@@ -14,6 +16,7 @@ x402 and solders are loaded on first use too.
 """
 
 from blockrun_proxy.testing._apikey import ApiKeyFakeGateway, Charge
+from blockrun_proxy.testing._catalogue import DEFAULT_MEDIA, MediaSpec
 from blockrun_proxy.testing._gateway import (
     API_PREFIX,
     DEFAULT_NETWORK,
@@ -48,6 +51,7 @@ from blockrun_proxy.testing._verify import VerifyMode
 __all__ = [
     "API_PREFIX",
     "DEFAULT_FACILITATOR",
+    "DEFAULT_MEDIA",
     "DEFAULT_MODELS",
     "DEFAULT_NETWORK",
     "DEFAULT_PAY_TO",
@@ -66,6 +70,7 @@ __all__ = [
     "FakeRpc",
     "FakeSolanaRpc",
     "LedgerError",
+    "MediaSpec",
     "Misbehavior",
     "ModelSpec",
     "Network",

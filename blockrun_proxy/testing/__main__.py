@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
         help="omit amount from PAYMENT-RESPONSE, as the real gateway sometimes does",
     )
     p.add_argument(
+        "--job-polls",
+        type=int,
+        default=2,
+        help="polls a video/music/slow-image job answers 202 before it completes",
+    )
+    p.add_argument(
+        "--speech-format",
+        default="json",
+        choices=("json", "audio"),
+        help="/v1/audio/speech answers BlockRun's JSON (a hosted URL) or the audio bytes",
+    )
+    p.add_argument(
         "--upto",
         action="store_true",
         help="base: also offer the upto scheme (verified by the official x402 facilitator code)",
@@ -81,6 +93,8 @@ def _gateway(args: argparse.Namespace) -> FakeGateway:
         "event_interval": args.event_interval,
         "event_size": args.event_size,
         "settle_amount_in_response": not args.no_settle_amount,
+        "job_polls": args.job_polls,
+        "speech_format": args.speech_format,
         "record": args.record,
     }
     if args.rail == "solana":

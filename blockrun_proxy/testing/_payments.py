@@ -91,13 +91,23 @@ class Verdict:
     reason: str | None = None
     auth: Authorization | None = None
     payer: str = ""
-    # Solana: the base64 transaction that was verified (what settlement signs and sends).
+    # Solana: the base64 transaction that was verified (what settlement signs and sends)
+    # and the sha256 of its message, which is what makes it unique (its "nonce").
     transaction: str | None = None
+    message_hash: str | None = None
+
+    @property
+    def settleable(self) -> bool:
+        """Whether this verdict carries a well-signed payment a chain would settle."""
+        return self.auth is not None or self.transaction is not None
 
     @property
     def nonce_key(self) -> tuple[str, str]:
-        assert self.auth is not None
-        return (self.auth.from_.lower(), self.auth.nonce.hex())
+        """What a chain settles at most once: (payer, EIP-3009 nonce) or (payer, message hash)."""
+        if self.auth is not None:
+            return (self.auth.from_.lower(), self.auth.nonce.hex())
+        assert self.message_hash is not None, "a verdict without a payment has no nonce"
+        return (self.payer, self.message_hash)
 
 
 class _Invalid(Exception):

@@ -15,6 +15,7 @@ class RecordedRequest:
     headers: CIMultiDict[str]
     body: bytes
     payment: dict[str, Any] | None  # decoded PAYMENT-SIGNATURE / X-PAYMENT, if decodable
+    query: str = ""  # the query as sent, still %-encoded ("alt=sse", "model=xai%2F...")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from blockrun_proxy.testing._calls import Settlement
 from blockrun_proxy.testing._gateway import FakeGateway
 from blockrun_proxy.testing._payments import Outcome, Quote, Verdict
 from blockrun_proxy.testing._records import PaymentRecord, SettledPayment
@@ -141,7 +142,9 @@ def verify_svm_payment(
 class SolanaFakeGateway(FakeGateway):
     """The fake gateway quoting and verifying x402 ``exact`` payments on Solana.
 
-    Same knobs and records as ``FakeGateway``; ``misbehave.extra`` is merged into
+    Same routes, knobs and records as ``FakeGateway``: it overrides only the payment
+    hooks (``quote``, ``verify_payment``, ``settle``, ``describe_payment``), so every
+    paid route, jobs included, is paid in SPL USDC. ``misbehave.extra`` is merged into
     the quote's ``extra`` (e.g. ``{"feePayer": <the payer's own key>}``). The
     gateway's own Solana RPC (``rpc``) is served at ``rpc_url``, as BlockRun serves
     one under ``/api/v1/solana/rpc``. ``svm_verifier`` defaults to the official
@@ -163,8 +166,6 @@ class SolanaFakeGateway(FakeGateway):
         if svm_verifier is None:
             svm_verifier = "official" if official_verifier_available() else "builtin"
         self.svm_verifier: SvmVerifier = svm_verifier
-        # Message hashes (hex sha256) of settled transactions: the replay ledger.
-        self._settled_messages: set[str] = set()
         super().__init__(network, pay_to, **options)
         self.rpc.mount(self.app, f"{self.prefix}{RPC_PATH}")
 
@@ -178,24 +179,16 @@ class SolanaFakeGateway(FakeGateway):
         if not _is_pubkey(pay_to):
             raise ValueError(f"pay_to {pay_to!r} is not a Solana address")
 
-    def _quote(self, price: int) -> Quote:
-        mb = self.misbehave
-        network = mb.network or self.network
-        extra: dict[str, Any] = {"feePayer": self.facilitator.fee_payer}
-        extra.update(mb.extra or {})
-        return Quote(
-            scheme=mb.scheme or "exact",
-            network=network,
-            amount=price,
-            asset=mb.asset or SOLANA_USDC.get(network, SOLANA_USDC[self.network]),
-            pay_to=mb.pay_to or self.pay_to,
-            max_timeout_seconds=mb.max_timeout_seconds or 300,
-            domain_name="",
-            domain_version="",
-            extra=extra,
+    def quote(self, price: int) -> Quote:
+        network = self.misbehave.network or self.network
+        return self._shape_quote(
+            price,
+            network,
+            SOLANA_USDC.get(network, SOLANA_USDC[self.network]),
+            extra={"feePayer": self.facilitator.fee_payer},
         )
 
-    def _verify(self, payment: dict[str, Any], quote: Quote) -> Verdict:
+    def verify_payment(self, payment: dict[str, Any], quote: Quote) -> Verdict:
         transaction = _transaction_of(payment)
         if transaction is None:
             return Verdict(Outcome.INVALID, "payload.transaction is missing")
@@ -203,7 +196,8 @@ class SolanaFakeGateway(FakeGateway):
         if info is None:
             return Verdict(Outcome.INVALID, "transaction could not be decoded")
         message_hash, amount, payer = info
-        if message_hash in self._settled_messages:
+        # The settled-nonce ledger is shared with Base: (payer, message hash) here.
+        if (payer, message_hash) in self._settled_nonces:
             return Verdict(Outcome.REPLAY, "transaction already settled", payer=payer)
         mismatch = _accepted_mismatch(payment.get("accepted"), quote, amount)
         if mismatch is not None:
@@ -213,9 +207,12 @@ class SolanaFakeGateway(FakeGateway):
         )
         if not valid:
             return Verdict(Outcome.INVALID, reason)
-        return Verdict(Outcome.ACCEPTED, None, None, payer, transaction)
+        return Verdict(
+            Outcome.ACCEPTED, None, None, payer, transaction=transaction, message_hash=message_hash
+        )
 
-    def _settle(self, verdict: Verdict, quote: Quote) -> dict[str, Any]:
+    def settle(self, verdict: Verdict, quote: Quote) -> Settlement:
+        """Co-sign as fee payer and "send": the facilitator's ``sent`` lists it."""
         assert verdict.transaction is not None
         signed = self.facilitator.sign_transaction(
             verdict.transaction, self.facilitator.fee_payer, quote.network
@@ -224,23 +221,14 @@ class SolanaFakeGateway(FakeGateway):
         info = _transfer_info(verdict.transaction)
         assert info is not None
         message_hash, amount, payer = info
-        self._settled_messages.add(message_hash)
+        self._settled_nonces.add((payer, message_hash))
         self.settled.append(SettledPayment(amount, message_hash, txid, payer, quote.network))
-        receipt: dict[str, Any] = {
-            "success": True,
-            "transaction": txid,
-            "network": quote.network,
-            "payer": payer,
-        }
-        if self.settle_amount_in_response:
-            receipt["amount"] = str(amount)
-        return receipt
+        return self._settlement(txid, quote.network, payer, amount)
 
-    def _note_payment(
+    def describe_payment(
         self, payment: dict[str, Any] | None, *, accepted: bool, reason: str | None
-    ) -> None:
-        if self.record:
-            self.payments.append(svm_payment_record(payment, accepted=accepted, reason=reason))
+    ) -> PaymentRecord:
+        return svm_payment_record(payment, accepted=accepted, reason=reason)
 
 
 def svm_payment_record(

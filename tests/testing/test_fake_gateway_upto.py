@@ -328,3 +328,60 @@ def test_main_serves_upto_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main(["--upto", "--upto-gas-sponsoring", "--port", "0"]) == 0
     (args,) = seen
     assert args.upto and args.upto_gas_sponsoring and args.upto_auto_fund > 0
+
+
+# ------------------------------------------------------------ the other routes
+
+
+async def test_upto_on_anthropic_messages_settles_the_tokens_produced(
+    client: TestClient, gw: FakeGateway, ledger: UsdcLedger, wallet: Signer
+) -> None:
+    ledger.approve(wallet.address, PERMIT2_ADDRESS, FUNDS)
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    resp = await client.post("/api/v1/messages", json=body)
+    required = b64json(resp.headers["PAYMENT-REQUIRED"])
+    ceiling = int(upto_of(required)["amount"])
+    headers = {"PAYMENT-SIGNATURE": ours(wallet, required)}
+    resp = await client.post("/api/v1/messages", json=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    actual = int(b64json(resp.headers["PAYMENT-RESPONSE"])["amount"])
+    assert 0 < actual < ceiling
+    assert (await resp.json())["type"] == "message"
+    assert [s.amount for s in gw.settled] == [actual]
+
+
+async def test_upto_on_a_flat_route_settles_the_whole_price(
+    client: TestClient, gw: FakeGateway, ledger: UsdcLedger, wallet: Signer
+) -> None:
+    ledger.approve(wallet.address, PERMIT2_ADDRESS, FUNDS)
+    body = {"text": "rain on a tin roof"}
+    resp = await client.post("/api/v1/audio/sound-effects", json=body)
+    required = b64json(resp.headers["PAYMENT-REQUIRED"])
+    headers = {"PAYMENT-SIGNATURE": ours(wallet, required)}
+    resp = await client.post("/api/v1/audio/sound-effects", json=body, headers=headers)
+    assert resp.status == 200
+    assert [s.amount for s in gw.settled] == [int(upto_of(required)["amount"])]
+
+
+async def test_upto_is_not_offered_for_a_job(
+    client: TestClient, gw: FakeGateway, ledger: UsdcLedger, wallet: Signer
+) -> None:
+    # A job settles on a later poll; nothing shows BlockRun taking upto there.
+    ledger.approve(wallet.address, PERMIT2_ADDRESS, FUNDS)
+    body = {"prompt": "an apple"}
+    resp = await client.post("/api/v1/videos/generations", json=body)
+    required = b64json(resp.headers["PAYMENT-REQUIRED"])
+    assert [r["scheme"] for r in required["accepts"]] == ["exact"]
+    chat = await challenge(client, chat_body())
+    forged = {
+        **required,
+        "accepts": [{**upto_of(chat), "amount": required["accepts"][0]["amount"]}],
+    }
+    headers = {"PAYMENT-SIGNATURE": ours(wallet, forged)}
+    resp = await client.post("/api/v1/videos/generations", json=body, headers=headers)
+    assert resp.status == 402 and (await resp.json())["code"] == "PAYMENT_INVALID"
+    assert gw.settled == [] and len(gw.jobs) == 0

@@ -177,7 +177,7 @@ def test_unknown_networks_and_addresses_are_refused_at_construction() -> None:
 def test_builtin_and_official_verifiers_agree() -> None:
     sgw = SolanaFakeGateway()
     payer = OfficialSolanaPayer()
-    req = sgw._quote(2500).to_json()
+    req = sgw.quote(2500).to_json()
     blockhash = sgw.rpc.latest_blockhash()[0]
     good = json.loads(base64.b64decode(payer.header(req, blockhash)))
     cases: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
