@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support.calls import PRICED_MODEL, TEST_NETWORK
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.inprocess import CallError, Core, Stream
 
-PAID = "openai/gpt-5.5"
-NETWORK = "eip155:84532"
-BODY = {"model": PAID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+BODY = {"model": PRICED_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
 @pytest.fixture
 def core(gateway, wallet_key):
-    core = Core(Settings(api_url=gateway.base_url, networks=(NETWORK,), wallet_key=wallet_key))
+    core = Core(Settings(api_url=gateway.base_url, networks=(TEST_NETWORK,), wallet_key=wallet_key))
     yield core
     core.close()
 

@@ -14,15 +14,8 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from paying import (
-    FRACTIONAL,
-    PAID,
-    chat_requests,
-    post,
-    priced,
-    varied,
-    warm_up,
-)
+from support.calls import FRACTIONAL_MODEL, PRICED_MODEL, post
+from support.payments import chat_requests, priced, varied, warm_up
 
 from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.testing import ModelSpec
@@ -44,12 +37,12 @@ async def test_warm_paid_calls_take_one_round_trip_and_pay_exactly_the_price(
 ):
     gateway.pricing = pricing
     proxy = await start_proxy()
-    await warm_up(proxy, PAID)
+    await warm_up(proxy, PRICED_MODEL)
     stats = proxy.app[CORE_KEY].quotes.stats
     hits, misses = stats.hits, stats.misses
     before, paid_before = len(gateway.requests), len(gateway.settled)
     rng = random.Random(1)
-    bodies = [varied(rng, PAID, stream=stream) for _ in range(12)]
+    bodies = [varied(rng, PRICED_MODEL, stream=stream) for _ in range(12)]
     assert len({(len(b["messages"][0]["content"]), b["max_tokens"]) for b in bodies}) > 8
     for body in bodies:
         reply = await post(proxy, body)
@@ -68,10 +61,10 @@ async def test_fractional_prices_never_over_pay_and_mostly_take_one_round_trip(
     start_proxy, gateway
 ):
     proxy = await start_proxy()
-    await warm_up(proxy, FRACTIONAL)
+    await warm_up(proxy, FRACTIONAL_MODEL)
     before, paid_before = len(gateway.requests), len(gateway.settled)
     rng = random.Random(2)
-    bodies = [varied(rng, FRACTIONAL, stream=i % 2 == 0) for i in range(30)]
+    bodies = [varied(rng, FRACTIONAL_MODEL, stream=i % 2 == 0) for i in range(30)]
     for body in bodies:
         assert (await post(proxy, body)).status == 200
     assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, b) for b in bodies]
@@ -81,10 +74,10 @@ async def test_fractional_prices_never_over_pay_and_mostly_take_one_round_trip(
 
 async def test_tolerance_buys_one_round_trip_with_counted_over_payment(start_proxy, gateway):
     proxy = await start_proxy(presign_tolerance_usd=Decimal("0.000002"))
-    await warm_up(proxy, FRACTIONAL)
+    await warm_up(proxy, FRACTIONAL_MODEL)
     before, paid_before = len(gateway.requests), len(gateway.settled)
     rng = random.Random(2)
-    bodies = [varied(rng, FRACTIONAL) for _ in range(30)]
+    bodies = [varied(rng, FRACTIONAL_MODEL) for _ in range(30)]
     for body in bodies:
         assert (await post(proxy, body)).status == 200
     assert len(chat_requests(gateway, before)) == len(bodies)
@@ -109,7 +102,7 @@ async def test_presign_disabled_learns_but_always_probes(start_proxy, gateway):
 
 async def test_budget_refuses_a_presign_and_the_payment_alike(start_proxy, gateway):
     proxy = await start_proxy(budget_usd=Decimal("100"))
-    await warm_up(proxy, PAID)
+    await warm_up(proxy, PRICED_MODEL)
     payer = proxy.app[CORE_KEY].payer
     assert payer.budget is not None
     spent = (await payer.budget.usage()).spent

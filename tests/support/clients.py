@@ -14,13 +14,11 @@ from typing import Any
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
 from blockrun_proxy.testing import FakeGateway, Misbehavior
+from support.calls import TEST_NETWORK
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # The address the README's examples use; tests swap in their own proxy's.
 README_BASE_URL = "http://127.0.0.1:4001/v1"
-TEST_NETWORK = "eip155:84532"  # Base Sepolia, as in tests/conftest.py
-PAID = "openai/gpt-5.5"
-FREE = "nvidia/deepseek-v4-flash"
 
 
 def snippet(name: str) -> str:
