@@ -547,7 +547,7 @@ def forwarded_headers(
 def without_credentials(query: str) -> str:
     """A raw query string without the parameters that carry a client's key (``?key=``);
     every other byte kept as it came (Gemini's ``alt=sse``, a job's ``model``)."""
-    if not query or "key" not in query:
+    if not query or "key" not in query.lower():
         return query
     kept = [
         part

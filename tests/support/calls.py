@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 TEST_NETWORK = "eip155:84532"  # Base Sepolia: every fake gateway of the tests quotes on it
 # Models of the fake gateway's catalogue, named for what a test needs of them.
@@ -74,7 +75,8 @@ async def request(
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Reply:
-    url = (proxy if isinstance(proxy, str) else proxy.url) + path
+    # Sent as written (yarl would otherwise normalise escapes such as a poll URL's %2F).
+    url = URL((proxy if isinstance(proxy, str) else proxy.url) + path, encoded=True)
     async with (
         aiohttp.ClientSession() as session,
         session.request(method, url, data=data, headers=dict(headers or {})) as resp,
