@@ -136,6 +136,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
             quotes=app[QUOTES_KEY],
         )
         app[GATEWAY_KEY] = gateway
+        app[METRICS_KEY].watch_payment_refusals(lambda: gateway.payment_refusals)
         app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
         yield
 

@@ -7,6 +7,7 @@ signing uses coincurve and pycryptodome's Keccak directly.
 from .networks import NETWORKS, Network, network_for
 from .payment import SignedPayment, sign_payment
 from .policy import PayerPolicy, usd
+from .reasons import reason_code, refusal_reason
 from .refusal import Refusal
 from .signer import (
     Authorization,
@@ -42,7 +43,9 @@ __all__ = [
     "network_for",
     "parse_payment_required",
     "parse_payment_response",
+    "reason_code",
     "recover_transfer_signer",
+    "refusal_reason",
     "sign_payment",
     "transfer_digest",
     "usd",
