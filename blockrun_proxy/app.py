@@ -33,6 +33,8 @@ from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
 from blockrun_proxy.quotes import QuoteBook
+from blockrun_proxy.quotes.keeper import QuoteKeeper
+from blockrun_proxy.quotes.store import QuoteStore
 from blockrun_proxy.upstream import PAYMENT_RESPONSE, Answer, Gateway
 
 log = logging.getLogger("blockrun_proxy")
@@ -47,6 +49,7 @@ SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 # Signing up front: .stats has plain int counters (hits, misses, ...) for metrics.
 QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
+KEEPER_KEY = web.AppKey("quote_keeper", QuoteKeeper)
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
 
 # Probes answer without the token: the kubelet has none, and they reveal nothing.
@@ -94,6 +97,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     metrics.watch_quotes(lambda: app[QUOTES_KEY].stats)
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_quote_keeper)
     app.on_response_prepare.append(_stamp_response)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -139,6 +143,22 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         app[METRICS_KEY].watch_payment_refusals(lambda: gateway.payment_refusals)
         app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
         yield
+
+
+async def _quote_keeper(app: web.Application) -> AsyncIterator[None]:
+    """Feed the quote book the catalogue's prices and keep it across restarts."""
+    settings = app[SETTINGS_KEY]
+
+    async def fetch_catalogue() -> bytes:
+        body, _ = await app[MODELS_KEY].get()
+        return body
+
+    store = None if settings.state_dir is None else QuoteStore(settings.state_dir, settings.api_url)
+    keeper = QuoteKeeper(app[QUOTES_KEY], fetch_catalogue=fetch_catalogue, store=store)
+    app[KEEPER_KEY] = keeper
+    await keeper.start()
+    yield
+    await keeper.close()
 
 
 # --- the middleware ---------------------------------------------------------------------------

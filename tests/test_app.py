@@ -83,7 +83,7 @@ async def test_default_max_tokens_is_added_and_nothing_else_changes(proxy, gatew
     )
     resp, _ = await post(proxy, raw)
     assert resp.status == 200
-    assert gateway.requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
+    assert gateway.chat_requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
 
 
 async def test_client_authorization_never_goes_upstream_and_request_id_does(start_proxy, gateway):
@@ -92,7 +92,7 @@ async def test_client_authorization_never_goes_upstream_and_request_id_does(star
     resp, _ = await post(proxy, chat(FREE), headers)
     assert resp.status == 200
     assert resp.headers["x-request-id"] == "req-42"
-    sent = gateway.requests[-1].headers
+    sent = gateway.chat_requests[-1].headers
     assert "Authorization" not in sent
     assert sent["x-request-id"] == "req-42"
 

@@ -109,6 +109,13 @@ class FakeGateway:
         self.app.router.add_post(f"{API_PREFIX}/v1/chat/completions", self._chat_completions)
         self.app.router.add_get(f"{API_PREFIX}/v1/models", self._list_models)
 
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The recorded chat completion calls. ``requests`` also holds catalogue reads
+        (``GET /v1/models``), which the proxy makes on its own to learn prices."""
+        chat = f"{API_PREFIX}/v1/chat/completions"
+        return [r for r in self.requests if r.path == chat]
+
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:

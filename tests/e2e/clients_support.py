@@ -75,7 +75,7 @@ class PaidFailure:
         nonces = {p.nonce for p in gateway.payments}
         assert len(nonces) == 1, f"{len(nonces)} authorizations signed for one call"
         assert len(gateway.settled) == self.settled
-        assert len([r for r in gateway.requests if r.payment is None]) == 1  # one probe
+        assert len([r for r in gateway.chat_requests if r.payment is None]) == 1  # one probe
 
 
 PAID_FAILURES = [
