@@ -73,6 +73,7 @@ class FakeGateway:
         settle_amount_in_response: bool = True,
         *,
         record: bool = True,
+        publish_prices: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if network not in NETWORKS:
@@ -90,6 +91,9 @@ class FakeGateway:
         self.event_interval = event_interval
         self.event_size = event_size
         self.settle_amount_in_response = settle_amount_in_response
+        # False: /v1/models lists the models without their prices (a gateway whose
+        # catalogue says nothing the quote model can use).
+        self.publish_prices = publish_prices
         # Benchmarks turn recording off so a long run does not grow memory; the
         # settlement ledger is always kept because replay detection needs it.
         self.record = record
@@ -193,6 +197,8 @@ class FakeGateway:
         if self.record:
             self._record(request, b"", None)
         listing = [m.listing() for m in self.models.values()]
+        if not self.publish_prices:
+            listing = [{k: v for k, v in m.items() if k != "pricing"} for m in listing]
         return json_response(200, {"object": "list", "data": listing})
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:

@@ -13,6 +13,7 @@ Needs the ``x402`` package (the ``dev`` extra); it is imported when a gateway is
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import time
@@ -189,6 +190,7 @@ class OfficialGateway:
         pay_to: str = DEFAULT_PAY_TO,
         builder_code: bool = True,
         balances: Mapping[str, int] | None = None,
+        delay_seconds: float = 0.0,
     ) -> None:
         from x402 import x402ResourceServer
         from x402.http import x402HTTPResourceServer
@@ -200,6 +202,8 @@ class OfficialGateway:
         self.network = network
         self.pay_to = pay_to
         self.facilitator = StubFacilitator(network, balances=balances)
+        # Every chat request is answered this much later (a network round trip, in benches).
+        self.delay_seconds = delay_seconds
         self.requests: list[tuple[bool, int]] = []  # (carried a payment, status) per chat call
         self.base_url: str | None = None
         self._ids = itertools.count(1)
@@ -272,6 +276,8 @@ class OfficialGateway:
         from x402.http.types import HTTPRequestContext, HTTPTransportContext
 
         body = orjson.loads(await request.read())
+        if self.delay_seconds > 0:
+            await asyncio.sleep(self.delay_seconds)
         adapter = _Adapter(request, body)
         context = HTTPRequestContext(
             adapter=adapter,
