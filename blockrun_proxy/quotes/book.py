@@ -403,12 +403,15 @@ class QuoteBook:
         """
         found = self._range(state, features)
         source = "catalogue" if state.prior is not None else "learned"
+        if found is not None and self.tolerance <= 0:
+            quote, exact = found
+            if exact and quote.low == quote.high:
+                return quote.low, 0, source  # the common case: no need for the bound
         bound = self._bound(state, features)
         if found is not None:
             quote, exact = found
             if self.tolerance <= 0:
-                if exact and quote.low == quote.high:
-                    return quote.low, 0, source
+                pass
             elif exact:
                 low = quote.low if bound is None else max(quote.low, bound)
                 if quote.high - low <= self.tolerance:
