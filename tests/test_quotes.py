@@ -396,3 +396,25 @@ def _json(value: Any) -> bytes:
     import orjson
 
     return orjson.dumps(value)
+
+
+# Importing blockrun_llm warns about its pydantic models: theirs, not ours.
+@pytest.mark.filterwarnings("ignore:Support for class-based:DeprecationWarning")
+def test_cjk_counting_matches_blockrun_estimator():
+    """router_tokens is BlockRun's own estimate (blockrun_llm.router_core.tokens), computed
+    without importing it on the hot path; CJK counted at C speed, as its regex would."""
+    from blockrun_llm.router_core.tokens import estimate_tokens
+
+    from blockrun_proxy.quotes.features import _CJK_CHARS, cjk_count
+    from blockrun_proxy.testing.workloads import mixed_text
+
+    rng = random.Random(8)
+    for _ in range(300):
+        pieces = [
+            chr(rng.choice((rng.randint(32, 0x2FFF), rng.randint(0x3000, 0xFFFF))))
+            for _ in range(rng.randint(0, 120))
+        ]
+        text = "".join(pieces) + mixed_text(rng, rng.randint(0, 400))
+        assert cjk_count(text) == len(_CJK_CHARS.findall(text))
+        features = request_features("m", 1, {"messages": [{"role": "user", "content": text}]})
+        assert features.sizes[4] == estimate_tokens(text)
