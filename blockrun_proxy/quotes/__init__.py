@@ -4,7 +4,8 @@
 - ``prior``: the catalogue's prices as formulas the 402s confirm or refute;
 - ``fit``: exact-rational fitting of the price formula from observations alone;
 - ``book``: per price key, the latest requirement, the formulas and their trust;
-- ``store``: the book on disk, so a restarted sidecar starts warm.
+- ``store``: the book on disk, so a restarted sidecar starts warm;
+- ``keeper``: the async edge: fetches the catalogue, loads and saves the book off the loop.
 """
 
 from blockrun_proxy.quotes.book import Presign, QuoteBook, QuoteStats, Template
