@@ -88,3 +88,30 @@ async def test_tolerance_never_over_pays_more_than_it_per_call(start_proxy, shap
     assert max(outcome.overpaid) <= 100 and min(outcome.overpaid) >= 0, outcome
     if shape != "reserialised":  # a size the proxy cannot see: bounded, not always fast
         assert outcome.share >= REQUIRED_SHARE, outcome
+
+
+async def test_without_catalogue_prices_the_402s_alone_teach_it(start_proxy):
+    """A gateway whose /v1/models lists no prices: the formulas are learned from the 402s
+    (refitted in a worker thread), later, and still never over-pay."""
+    pricing = PRICING_SHAPES["chars"]
+    round_trips, overpaid = [], []
+    async with FakeGateway(
+        network=TEST_NETWORK,
+        models=pricing.models,
+        pricing=pricing.price,
+        verify="fast",
+        publish_prices=False,
+    ) as gateway:
+        proxy = await start_proxy(api_url=gateway.base_url)
+        async with aiohttp.ClientSession() as session:
+            for body in bodies("conversation", SHAPES["chars"]):
+                before, settled = len(gateway.chat_requests), len(gateway.settled)
+                async with session.post(
+                    proxy.base_url + "/chat/completions", data=orjson.dumps(body)
+                ) as resp:
+                    await resp.read()
+                round_trips.append(len(gateway.chat_requests) - before)
+                overpaid.append(gateway.settled[settled].amount - gateway.price_for(body))
+        assert proxy.app[QUOTES_KEY].prior(SHAPES["chars"]) is None
+    assert overpaid == [0] * len(overpaid)
+    assert round_trips[30:].count(1) >= 0.4 * len(round_trips[30:]), round_trips

@@ -135,3 +135,32 @@ def test_catalogue_flat_fee_pins_the_constant_from_the_first_402s() -> None:
     assert all(q is not None and q.low == q.high for q in quotes)
     assert chars_price(MINI, body) in {q.low for q in quotes if q is not None}
     assert prior.price.flat == 1000
+
+
+def test_refits_can_run_elsewhere_and_nothing_is_signed_from_stale_formulas() -> None:
+    """With ``on_refit`` set (the keeper runs it in a worker thread), a 402 asks for a
+    refit instead of fitting on the event loop; until it is back the learned formulas
+    sign nothing, and a refit the window has outrun is dropped."""
+    from blockrun_proxy.quotes.book import compute_fit
+
+    book = QuoteBook()
+    asked: list[tuple[Any, list[Any], int]] = []
+    book.on_refit = lambda key, window, version: asked.append((key, window, version))
+    sent = bodies("conversation", MINI.id)
+    feed(book, MINI, chars_price, sent[:40])
+    assert len(asked) == 40 and book.stats.refits == 0
+    body = sent[40]
+    features = request_features(MINI.id, body["max_tokens"], body)
+    assert book.presign(features) is None  # nothing fitted yet
+    key, window, version = asked[-2]
+    book.refit_done(key, version, compute_fit(window, book.min_observations, False))
+    assert book.stats.refits == 0  # outrun by the 40th 402: dropped
+    key, window, version = asked[-1]
+    book.refit_done(key, version, compute_fit(window, book.min_observations, False))
+    assert book.stats.refits == 1 and book.hypotheses(MINI.id)
+    # Refits that come back at once: the rest of the conversation, as the keeper runs it.
+    book.on_refit = lambda key, window, version: book.refit_done(
+        key, version, compute_fit(window, book.min_observations, False)
+    )
+    log = feed(book, MINI, chars_price, sent[40:])
+    assert log.overpaid == 0 and "O" not in log.marks and "H" in log.marks, log

@@ -135,6 +135,8 @@ class _State:
     prior: Prior | None = None
     refuted: CataloguePrice | None = None  # the catalogue price the 402s contradicted
     fitted: bool = False  # the learned formulas match the window (skipped while the prior holds)
+    refitting: bool = False  # a background refit is on its way
+    version: int = 0  # refits asked for, to drop one that the window has outrun
     streak: int = 0
     required: int = 0  # streak needed to sign: trust, doubled per miss
     clean: int = 0  # presigns accepted since the last miss
@@ -176,6 +178,9 @@ class QuoteBook:
         # model the catalogue does not price yet: the app fetches /v1/models in the
         # background and hands the result to ``set_catalogue``.
         self.on_catalogue_wanted: Callable[[], None] | None = None
+        # Called with (key, window, version) to refit in the background instead of inline;
+        # the result comes back through ``refit_done``.
+        self.on_refit: Callable[[PriceKey, list[Observation], int], None] | None = None
         # Something worth saving changed since the last snapshot.
         self.dirty = False
 
@@ -220,7 +225,7 @@ class QuoteBook:
         state = self._models.get((route, model))
         if state is None:
             return []
-        self._ensure_fitted(state)
+        self._ensure_fitted((route, model), state)
         return list(state.hypotheses)
 
     def prior(self, model: str, route: str = CHAT_ROUTE) -> Prior | None:
@@ -298,7 +303,7 @@ class QuoteBook:
                 self._demote(state)
                 self._ask_catalogue()
         if state.prior is None:
-            self._refit(state)
+            self._refit(features.key, state)
         # Only v2 requirements (``amount``) are reused; v1's maxAmountRequired is not rebuilt.
         template_ok = "amount" in requirement.raw
         state.template = (
@@ -374,7 +379,9 @@ class QuoteBook:
             return None if quote is None else (quote, True)
         if len(state.window) < self.min_observations:
             return None
-        self._ensure_fitted(state)
+        self._ensure_fitted(features.key, state)
+        if not state.fitted:
+            return None  # the formulas are being refitted: nothing to sign from yet
         low = high = None
         for h in state.hypotheses:
             quote = h.quote(max_tokens, features.sizes, features.messages)
@@ -495,37 +502,48 @@ class QuoteBook:
         state.required = min(MAX_REQUIRED_STREAK, 2 * max(state.required, self.trust))
         self.dirty = True
 
-    def _ensure_fitted(self, state: _State) -> None:
-        if not state.fitted:
-            self._refit(state, force=True)
+    def _ensure_fitted(self, key: PriceKey, state: _State) -> None:
+        if not state.fitted and not state.refitting:
+            self._refit(key, state, force=True)
 
-    def _refit(self, state: _State, *, force: bool = False) -> None:
+    def _refit(self, key: PriceKey, state: _State, *, force: bool = False) -> None:
         """Refit from the whole window. A 402 only arrives on the probe path, which already
         costs a round trip, and a fresh fit can bring in a formula the previous
-        candidates missed; while nothing exact fits, refits back off."""
-        state.fitted = True
+        candidates missed; while nothing exact fits, refits back off.
+
+        With ``on_refit`` set (the keeper), the fitting (milliseconds of CPU for a long
+        window of conversations) runs in a worker thread, and nothing is signed from
+        the learned formulas until it is back (``refit_done``)."""
         if state.skip > 0 and not force:
             state.skip -= 1
+            state.fitted = True
             return
-        window = list(state.window)
-        state.hypotheses = fit(window, len(MEASURES), _UNITS_PER_TOKEN)
-        self.stats.refits += 1
-        if self.tolerance > 0:
-            approximate = [h for h in state.hypotheses if not h.exact]
-            state.approximate = (
-                approximate[0] if approximate else fit_approximate(window, len(MEASURES))
+        if self.on_refit is None:
+            self._apply_fit(
+                state, compute_fit(list(state.window), self.min_observations, self.tolerance > 0)
             )
-        if not any(h.exact for h in state.hypotheses) and len(window) > self.min_observations:
-            # The price may have changed inside the window: if the newest 402s alone fit
-            # a formula, the older ones describe another price and are dropped.
-            recent = window[-self.min_observations :]
-            hypotheses = fit(recent, len(MEASURES), _UNITS_PER_TOKEN)
-            if any(h.exact for h in hypotheses):
-                state.hypotheses = hypotheses
-                state.window = deque(recent, maxlen=self._window)
-                # Fine once for a price change; a key that keeps needing it is one
-                # whose prices only look explained over short stretches.
-                self._demote(state)
+            return
+        state.fitted, state.refitting = False, True
+        state.version += 1
+        self.on_refit(key, list(state.window), state.version)
+
+    def refit_done(self, key: PriceKey, version: int, result: FitResult) -> None:
+        """A background refit of ``key``'s window as of ``version`` is back."""
+        state = self._models.get(key)
+        if state is None or state.version != version:
+            return  # the window has moved on since: a newer refit is on its way
+        self._apply_fit(state, result)
+
+    def _apply_fit(self, state: _State, result: FitResult) -> None:
+        state.fitted, state.refitting = True, False
+        state.hypotheses = result.hypotheses
+        state.approximate = result.approximate
+        self.stats.refits += 1
+        if result.recent is not None:
+            # Fine once for a price change; a key that keeps needing it is one whose
+            # prices only look explained over short stretches.
+            state.window = deque(list(state.window)[-result.recent :], maxlen=self._window)
+            self._demote(state)
         if any(h.exact for h in state.hypotheses):
             state.backoff = 0
         elif len(state.window) >= self.min_observations:
@@ -659,10 +677,34 @@ class QuoteBook:
         if route == CHAT_ROUTE:
             self._adopt_price(state, catalogue.get(model))
         if state.prior is None:
-            # Not _refit: this may run in a worker thread, away from the stats.
-            state.hypotheses = fit(list(state.window), len(MEASURES), _UNITS_PER_TOKEN)
+            # Not _refit: this runs in a worker thread, away from the stats.
+            result = compute_fit(list(state.window), self.min_observations, self.tolerance > 0)
+            state.hypotheses, state.approximate = result.hypotheses, result.approximate
             state.fitted = True
         return (route, model), state
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    hypotheses: list[Hypothesis]
+    approximate: Hypothesis | None  # with a tolerance: the least-squares estimate
+    recent: int | None  # only the newest this many 402s still fit: a price change
+
+
+def compute_fit(window: list[Observation], min_observations: int, tolerance: bool) -> FitResult:
+    """The learned formulas for a window of 402s (pure: runs in a worker thread)."""
+    hypotheses = fit(window, len(MEASURES), _UNITS_PER_TOKEN)
+    approximate = None
+    if tolerance:
+        inexact = [h for h in hypotheses if not h.exact]
+        approximate = inexact[0] if inexact else fit_approximate(window, len(MEASURES))
+    if not any(h.exact for h in hypotheses) and len(window) > min_observations:
+        # The price may have changed inside the window: if the newest 402s alone fit a
+        # formula, the older ones describe another price and are dropped.
+        recent = fit(window[-min_observations:], len(MEASURES), _UNITS_PER_TOKEN)
+        if any(h.exact for h in recent):
+            return FitResult(recent, approximate, min_observations)
+    return FitResult(hypotheses, approximate, None)
 
 
 def _observation(row: Any) -> Observation | None:

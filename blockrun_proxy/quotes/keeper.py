@@ -3,6 +3,8 @@
 - When the book wants the catalogue (a 402 named a model it does not price, or a prior
   was refuted), one background task fetches ``/v1/models`` (through the app's cached
   fetch: the gateway rate-limits it) and hands the prices to the book.
+- Refits of formulas learned from the 402s alone (milliseconds of CPU each for long
+  conversations) run in a worker thread instead of on the event loop.
 - At startup, the saved book is read and rebuilt in a worker thread, then adopted: the
   port opens without waiting for it, and until it is in the book is simply cold.
 - While running, the book is saved every ``save_interval`` seconds when it changed, and
@@ -18,7 +20,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from blockrun_proxy.errors import ProxyError
-from blockrun_proxy.quotes.book import QuoteBook
+from blockrun_proxy.quotes.book import QuoteBook, compute_fit
+from blockrun_proxy.quotes.features import PriceKey
+from blockrun_proxy.quotes.fit import Observation
 from blockrun_proxy.quotes.prior import parse_catalogue
 from blockrun_proxy.quotes.store import QuoteStore
 
@@ -49,12 +53,14 @@ class QuoteKeeper:
     async def start(self) -> None:
         if self._fetch is not None:
             self.book.on_catalogue_wanted = self.want_catalogue
+        self.book.on_refit = self.refit
         self._spawn(self._load())
         if self.store is not None:
             self._spawn(self._save_periodically())
 
     async def close(self) -> None:
         self.book.on_catalogue_wanted = None
+        self.book.on_refit = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -65,6 +71,17 @@ class QuoteKeeper:
         """Fetch the catalogue in the background, unless a fetch is already running."""
         if self._catalogue_task is None or self._catalogue_task.done():
             self._catalogue_task = self._spawn(self.refresh_catalogue())
+
+    def refit(self, key: PriceKey, window: list[Observation], version: int) -> None:
+        """Fit ``key``'s learned formulas in a worker thread (book.py waits for them)."""
+        self._spawn(self._refit(key, window, version))
+
+    async def _refit(self, key: PriceKey, window: list[Observation], version: int) -> None:
+        book = self.book
+        result = await asyncio.to_thread(
+            compute_fit, window, book.min_observations, book.tolerance > 0
+        )
+        book.refit_done(key, version, result)
 
     async def refresh_catalogue(self) -> None:
         assert self._fetch is not None
