@@ -164,3 +164,17 @@ def test_refits_can_run_elsewhere_and_nothing_is_signed_from_stale_formulas() ->
     )
     log = feed(book, MINI, chars_price, sent[40:])
     assert log.overpaid == 0 and "O" not in log.marks and "H" in log.marks, log
+
+
+def test_a_new_catalogue_is_taken_key_by_key_when_used() -> None:
+    """Building a prior costs a millisecond or two: a catalogue arriving for a full book
+    is not applied to every key at once on the event loop, but as each is next used."""
+    book = QuoteBook()
+    sent = bodies("random_prompts", MINI.id)
+    feed(book, MINI, chars_price, sent[:5])
+    state = book._models[("/v1/chat/completions", MINI.id)]
+    with_catalogue(book, MINI)
+    assert state.prior is None  # not yet
+    body = sent[5]
+    book.presign(request_features(MINI.id, body["max_tokens"], body))
+    assert state.prior is not None and state.prior.seen == 5

@@ -136,6 +136,7 @@ class _State:
     refuted: CataloguePrice | None = None  # the catalogue price the 402s contradicted
     fitted: bool = False  # the learned formulas match the window (skipped while the prior holds)
     refitting: bool = False  # a background refit is on its way
+    catalogue_version: int = -1  # the book's catalogue this key last took its price from
     version: int = 0  # refits asked for, to drop one that the window has outrun
     streak: int = 0
     required: int = 0  # streak needed to sign: trust, doubled per miss
@@ -174,6 +175,7 @@ class QuoteBook:
         self._models: OrderedDict[PriceKey, _State] = OrderedDict()
         self._catalogue: dict[str, CataloguePrice] = {}
         self._catalogue_asked = float("-inf")
+        self._catalogue_version = 0
         # Called (synchronously, at most every CATALOGUE_RETRY_SECONDS) when a 402 names a
         # model the catalogue does not price yet: the app fetches /v1/models in the
         # background and hands the result to ``set_catalogue``.
@@ -193,7 +195,10 @@ class QuoteBook:
     def presign(self, features: Features) -> Presign | None:
         """What to sign up front for this request, or None to probe first."""
         state = self._models.get(features.key)
-        if not self.enabled or state is None or not self._trusted(state):
+        if not self.enabled or state is None:
+            return None
+        self._catch_up(features.key, state)
+        if not self._trusted(state):
             return None
         template = state.template
         assert template is not None  # _trusted checked it
@@ -230,7 +235,10 @@ class QuoteBook:
 
     def prior(self, model: str, route: str = CHAT_ROUTE) -> Prior | None:
         state = self._models.get((route, model))
-        return None if state is None else state.prior
+        if state is None:
+            return None
+        self._catch_up((route, model), state)
+        return state.prior
 
     # --- outcomes of presigns ---------------------------------------------------------------
 
@@ -280,6 +288,7 @@ class QuoteBook:
         self.stats.probed += 1
         self.dirty = True
         state = self._state(features.key)
+        self._catch_up(features.key, state)
         ceiling = _ceiling(resource)
         if ceiling is not None:
             state.ceiling = ceiling
@@ -326,10 +335,16 @@ class QuoteBook:
     def set_catalogue(self, prices: Mapping[str, CataloguePrice]) -> None:
         """The models' published prices (chat route): priors for the keys they price."""
         self._catalogue = dict(prices)
-        for (route, model), state in self._models.items():
-            if route == CHAT_ROUTE:
-                self._adopt_price(state, self._catalogue.get(model))
+        # Each key takes its price when next used (_catch_up): building a prior costs a
+        # millisecond or two, too much for every key of a full book at once on the loop.
+        self._catalogue_version += 1
         self.dirty = True
+
+    def _catch_up(self, key: PriceKey, state: _State) -> None:
+        if state.catalogue_version != self._catalogue_version:
+            state.catalogue_version = self._catalogue_version
+            if key[0] == CHAT_ROUTE:
+                self._adopt_price(state, self._catalogue.get(key[1]))
 
     @property
     def catalogue(self) -> Mapping[str, CataloguePrice]:
@@ -554,8 +569,6 @@ class QuoteBook:
         state = self._models.get(key)
         if state is None:
             state = _State(deque(maxlen=self._window))
-            if key[0] == CHAT_ROUTE:
-                self._adopt_price(state, self._catalogue.get(key[1]))
             self._adopt(key, state)
         else:
             self._models.move_to_end(key)
@@ -645,8 +658,9 @@ class QuoteBook:
         self, catalogue: Mapping[str, CataloguePrice], states: Iterable[tuple[PriceKey, _State]]
     ) -> None:
         """Take loaded states for keys this book has not seen since it started."""
-        if not self._catalogue:
+        if not self._catalogue and catalogue:
             self._catalogue = dict(catalogue)
+            self._catalogue_version += 1
         for key, state in states:
             if key not in self._models:
                 self._adopt(key, state)
