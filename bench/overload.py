@@ -41,6 +41,7 @@ MODEL = "openai/gpt-4o-mini"
 ROOT = Path(__file__).resolve().parents[1]
 URL_IN_LINE = re.compile(rb"(http://127\.0\.0\.1:\d+(?:/api|/v1))")
 PROBE_EVERY = 0.05
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 # --------------------------------------------------------------------------- processes
@@ -165,7 +166,7 @@ BODY = orjson.dumps(
 async def call(session: aiohttp.ClientSession, url: str, opened: list[int] | None = None) -> Call:
     record = Call(time.monotonic())
     try:
-        async with session.post(url, data=BODY) as resp:
+        async with session.post(url, data=BODY, headers=JSON_HEADERS) as resp:
             record.status, record.headers_at = resp.status, time.monotonic()
             if opened is not None and resp.status == 200:
                 opened[0] += 1

@@ -44,6 +44,8 @@ from blockrun_proxy.testing._models import PRICING_SHAPES
 from blockrun_proxy.testing.workloads import WORKLOADS, bodies
 
 NETWORK = "eip155:84532"
+# The proxy answers only JSON POSTs (a browser cannot send one without asking).
+JSON_HEADERS = {"Content-Type": "application/json"}
 ROOT = Path(__file__).resolve().parents[1]
 WARM_UP = 10  # paid calls of a model before the share is counted
 COST_HEADER = "x-blockrun-cost-usd"
@@ -197,7 +199,7 @@ async def run_workload(api_url: str, formula: Formula, workload: str, *, presign
         for body in bodies(workload, formula.model):
             before = (stats.hits, stats.misses, stats.probed)
             started = time.perf_counter()
-            async with session.post(url, data=orjson.dumps(body)) as resp:
+            async with session.post(url, data=orjson.dumps(body), headers=JSON_HEADERS) as resp:
                 await resp.read()
                 if resp.status != 200:
                     raise RuntimeError(f"paid call failed: {resp.status}")

@@ -5,16 +5,30 @@ naming neither ``max_tokens`` nor ``max_completion_tokens`` gets
 ``"max_tokens": <default>`` spliced in after the opening brace, so the price of
 a call never rests on a gateway default the user cannot see. Splicing (instead
 of re-serialising) keeps every other byte, key order and number format intact.
+
+A ``null`` limit is no limit: ``"max_tokens": null`` (or ``max_completion_tokens``)
+counts as absent, and its ``null`` is replaced in place by the default. Splicing a
+second ``max_tokens`` in front would forward duplicate keys, and the gateway's parser
+would keep the last one, the ``null``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from blockrun_proxy.errors import InvalidRequest
+
+# Model names are short (``openai/gpt-5.5``); a longer one is a mistake or an attack on
+# the logs, and is refused before anything is sent or paid.
+MAX_MODEL_CHARS = 256
+# The output reservation, as the gateway reads it: max_tokens, else max_completion_tokens.
+LIMIT_KEYS = ("max_tokens", "max_completion_tokens")
+# A top-level ``"key": null`` member; a match inside a string is ruled out by re-parsing.
+_NULL_LIMIT = {key: re.compile(rb'"%s"\s*:\s*null' % key.encode()) for key in LIMIT_KEYS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +54,11 @@ def parse_chat_request(raw: bytes, *, default_max_tokens: int) -> ChatRequest:
         raise InvalidRequest(
             "'model' is required and must be a non-empty string", code="missing_model"
         )
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"'model' must be at most {MAX_MODEL_CHARS} characters (got {len(model)})",
+            code="invalid_model",
+        )
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest(
@@ -49,9 +68,18 @@ def parse_chat_request(raw: bytes, *, default_max_tokens: int) -> ChatRequest:
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", code="invalid_stream")
     max_tokens = _max_tokens(data)
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(
+                "each of 'messages' must be an object with a string 'role'",
+                code="invalid_messages",
+            )
     body = raw
-    if "max_tokens" not in data and "max_completion_tokens" not in data:
-        body = _splice_max_tokens(raw, default_max_tokens)
+    if max_tokens is None:
+        if any(key in data for key in LIMIT_KEYS):  # present, and every one is null
+            body, data = _fill_null_limits(raw, data, default_max_tokens)
+        else:
+            body = _splice_max_tokens(raw, default_max_tokens)
         max_tokens = default_max_tokens
     return ChatRequest(
         body=body, model=model, stream=bool(stream), max_tokens=max_tokens, data=data
@@ -67,6 +95,43 @@ def _max_tokens(data: dict[str, Any]) -> int | None:
             raise InvalidRequest(f"'{key}' must be a positive integer", code="invalid_max_tokens")
         return value
     return None
+
+
+def _fill_null_limits(raw: bytes, data: dict[str, Any], value: int) -> tuple[bytes, dict[str, Any]]:
+    """Replace each top-level ``null`` limit by ``value`` in place; the new body and data.
+
+    A regex finds ``"max_tokens": null``; re-parsing the edited body proves the edit hit
+    the top-level member and nothing inside a string. A body where no candidate proves
+    right (a key spelled with escapes, ``"max\\u005ftokens"``) is re-serialised instead:
+    numbers and escapes may then be spelled differently, their values stay the same.
+    """
+    body = raw
+    filled = dict(data)
+    for key in LIMIT_KEYS:
+        if key not in data:
+            continue
+        filled[key] = value  # same position in the dict, so the same key order
+        for match in _NULL_LIMIT[key].finditer(body):
+            edited = b'%s"%s":%d%s' % (
+                body[: match.start()],
+                key.encode(),
+                value,
+                body[match.end() :],
+            )
+            if _parses_to(edited, filled):
+                body = edited
+                break
+        else:
+            filled = {k: value if k in LIMIT_KEYS else v for k, v in data.items()}
+            return orjson.dumps(filled), filled
+    return body, filled
+
+
+def _parses_to(raw: bytes, expected: dict[str, Any]) -> bool:
+    try:
+        return bool(orjson.loads(raw) == expected)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _splice_max_tokens(raw: bytes, value: int) -> bytes:

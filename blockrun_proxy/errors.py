@@ -59,6 +59,31 @@ class BodyTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """A POST whose body is not declared ``application/json``: what a browser form or a
+    ``text/plain`` "simple request" sends cross-site without asking (no CORS preflight)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RequestTimeout(InvalidRequest):
+    """The request body did not arrive in time: nothing was sent upstream or paid."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class Forbidden(ProxyError):
+    """The request comes from somewhere that may not spend the wallet: a web page (its
+    ``Origin``, ``Sec-Fetch-Site``) or a host name the proxy does not answer to (DNS
+    rebinding). Retrying it the same way gets the same answer."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class Unauthorized(ProxyError):
     status = 401
     type = "authentication_error"
@@ -82,6 +107,23 @@ class ShuttingDown(ProxyError):
     status = 503
     type = "server_error"
     code = "proxy_draining"
+
+
+class BudgetStoreUnavailable(ProxyError):
+    """The spend budget's store cannot answer (a shared store is down): without it the
+    proxy cannot tell whether a payment fits, so it signs nothing. Safe to retry."""
+
+    status = 503
+    type = "server_error"
+    code = "budget_store_unavailable"
+
+
+class LedgerUnavailable(ProxyError):
+    """The spend ledger (Redis) could not be read in time: /v1/spend cannot answer."""
+
+    status = 503
+    type = "server_error"
+    code = "spend_ledger_unavailable"
 
 
 # --- payment refusals: the proxy declined to sign (402, nothing paid) -----------------------
@@ -123,6 +165,30 @@ class PaymentNotAccepted(PaymentRefused):
         self.reason = reason
 
 
+class ApiKeyNoCredit(ProxyError):
+    """The API host answered 402 to a call made with BLOCKRUN_API_KEY: the account has
+    no credit for it. On this rail a 402 is a refusal, never a challenge: nothing is
+    signed and nothing was charged."""
+
+    status = 402
+    type = "payment_error"
+    code = "api_key_no_credit"
+
+
+class ApiKeyRejected(ProxyError):
+    """The API host refused the proxy's BLOCKRUN_API_KEY (401/403). The client's own
+    credentials are not in question, so this is not a 401 to the client: the proxy is
+    misconfigured, and retrying will not help until the operator fixes the key."""
+
+    status = 502
+    type = "upstream_error"
+    code = "api_key_rejected"
+
+    def __init__(self, message: str) -> None:
+        # Clients retry a 502 on their own; nothing was charged, but nothing will change.
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
 # --- the gateway's side --------------------------------------------------------------------
 
 
@@ -135,6 +201,17 @@ class UpstreamError(ProxyError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "gateway_timeout"
+
+
+class SolanaRpcUnreachable(ProxyError):
+    """No fresh Solana blockhash: the RPC (``--solana-rpc-url``) has not answered lately.
+
+    Raised before anything is signed, so the call was not paid; 503 (the proxy cannot
+    pay on Solana right now) rather than 502, which would blame the gateway."""
+
+    status = 503
+    type = "server_error"
+    code = "solana_rpc_unreachable"
 
 
 # Every error answered after a payment was sent uses this status. Clients retry 408, 409,

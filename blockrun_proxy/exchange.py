@@ -44,12 +44,22 @@ class Exchange:
     # Response body bytes sent to the client.
     bytes_out: int = 0
     first_byte_at: float | None = None
-    # USDC atomic units paid for this call (settled, else signed), None when free.
+    # USDC atomic units this call cost (what was signed, for exact), None when free.
     cost_atomic: int | None = None
+    # The most this call's payment may have cost, set as soon as a send of it may have
+    # reached the gateway: on a 424 or a client that hung up after paying, this money may
+    # be gone even though no cost was ever reported.
+    signed_atomic: int | None = None
+    # The settlement transaction the gateway reported, if any (for the spend ledger).
+    settlement_tx: str | None = None
     # The ``code`` of an error the proxy answered itself (policy, overload, bad input).
     refusal: str | None = None
     # What went wrong on the gateway's side, e.g. ``gateway_timeout``, ``http_503``.
     upstream_error: str | None = None
+
+    def payment_sent(self, amount_atomic: int) -> None:
+        """``Gateway.send_chat``'s ``on_sent``: a payment of this much may have reached it."""
+        self.signed_atomic = amount_atomic
 
     def ttfb(self) -> float | None:
         """Seconds from the request's arrival to the first relayed body byte."""

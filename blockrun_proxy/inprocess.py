@@ -36,7 +36,7 @@ from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import PAID_FAILURE_STATUS, GatewayAnswer, PaidCallFailed, ProxyError
 from blockrun_proxy.payer import payer_for
 from blockrun_proxy.sse import DONE, SSEDecoder
-from blockrun_proxy.upstream import Answer, Gateway, read_small_body
+from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Answer, Gateway, read_small_body
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,7 @@ class Core:
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding",),
                 headers={"User-Agent": "blockrun-proxy-inprocess"},
+                max_field_size=GATEWAY_MAX_FIELD_SIZE,
             )
         return self._session
 

@@ -32,6 +32,11 @@ POOL_HEADROOM = 2
 # How long an overloaded client should wait before trying again.
 RETRY_AFTER_SECONDS = 1
 MIN_BACKLOG = 1024
+# Client connections besides those of admitted and queued calls: probes, scrapes, /v1/models.
+CONNECTION_HEADROOM = 64
+# Never fewer: a burst past a small --max-concurrent should get the proxy's own 429s, not
+# refused connections. A thousand idle connections cost some 30 MiB and as many descriptors.
+MIN_CONNECTIONS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,10 @@ class Limits:
     # listen() backlog: room for a whole burst of connections to be accepted and answered
     # (served, queued or refused) instead of being dropped by the kernel.
     backlog: int
+    # Open client connections per process; past it, new ones are refused at once. Twice the
+    # calls that can be running or waiting (clients' idle pooled connections fit too), plus
+    # headroom, and at least MIN_CONNECTIONS.
+    max_connections: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -56,6 +65,8 @@ class Limits:
             queue_timeout=settings.queue_timeout_seconds,
             pool_size=settings.max_concurrent + POOL_HEADROOM,
             backlog=max(MIN_BACKLOG, 2 * (settings.max_concurrent + queue)),
+            max_connections=settings.max_connections
+            or max(MIN_CONNECTIONS, 2 * (settings.max_concurrent + queue) + CONNECTION_HEADROOM),
         )
 
 
@@ -88,6 +99,9 @@ class Admission:
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self.active = 0
+        # Requests of any route being handled now (the drain waits for them to finish).
+        self.requests = 0
+        self._no_requests: asyncio.Event | None = None  # made by the first idle() call
         self.draining = False
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._on_change = on_change
@@ -105,6 +119,22 @@ class Admission:
     def start_draining(self) -> None:
         """Refuse every new caller from now on; the admitted and the queued go on."""
         self.draining = True
+
+    def request_started(self) -> None:
+        self.requests += 1
+
+    def request_finished(self) -> None:
+        self.requests -= 1
+        if not self.requests and self._no_requests is not None:
+            self._no_requests.set()
+
+    async def idle(self) -> None:
+        """Return once no request is being handled (the drain waits for this)."""
+        if self._no_requests is None:
+            self._no_requests = asyncio.Event()
+        while self.requests:
+            self._no_requests.clear()
+            await self._no_requests.wait()
 
     def slot(self) -> _Slot:
         """``async with admission.slot():`` holds one slot for the block."""

@@ -109,15 +109,32 @@ class Metrics:
         self.relayed_bytes = self._counter(
             "relayed_bytes", "Upstream response body bytes relayed to clients."
         )
-        self.payments_signed = self._counter("payments_signed", "Payment authorizations signed.")
-        self.signed_micro_usdc = self._counter(
-            "signed_micro_usdc", "USDC signed for, in atomic units (1e-6 USDC)."
+        self.payments_sent = self._counter(
+            "payments_sent",
+            "Paid calls whose payment may have reached the gateway (answered or not), one "
+            "per call however often it was re-signed or replayed. Signatures that never "
+            "left the proxy are not counted.",
+        )
+        self.sent_micro_usdc = self._counter(
+            "sent_micro_usdc",
+            "USDC those calls may have cost, in atomic units (1e-6 USDC): per call, the "
+            "largest amount sent (all of a call's authorizations share one nonce, so at "
+            "most one can settle).",
         )
         self.payments_settled = self._counter(
             "payments_settled", "Paid calls the gateway accepted and answered."
         )
         self.settled_micro_usdc = self._counter(
-            "settled_micro_usdc", "USDC the gateway settled, in atomic units (1e-6 USDC)."
+            "settled_micro_usdc",
+            "What the accepted calls cost, in atomic units (1e-6 USDC): the signed amount, "
+            "never a different amount the gateway claims (see gateway_anomalies).",
+        )
+        self.gateway_anomalies = self._counter(
+            "gateway_anomalies",
+            "Gateway answers that cannot be true, by kind: settled_above_signed, "
+            "settled_below_signed (a settlement report claiming another amount than the "
+            "exact one signed). Logged as warnings with the request id; never a cost.",
+            ("kind",),
         )
         self.refusals = self._counter(
             "refusals",
@@ -142,13 +159,33 @@ class Metrics:
         self.log_lines_dropped = self._counter(
             "log_lines_dropped", "Log lines dropped because the log writer fell behind."
         )
+        self.client_connections = self._gauge("client_connections", "Client connections open now.")
+        self.connections_refused = self._counter(
+            "connections_refused",
+            "Client connections closed at once because --max-connections were open.",
+        )
+        self.connections_timed_out = self._counter(
+            "connections_timed_out",
+            "Client connections closed because their request headers were not complete "
+            "within --headers-timeout.",
+        )
+        self._gauge_sources: list[tuple[Gauge, Callable[[], int]]] = []
+        self.ledger_records_dropped = self._counter(
+            "ledger_records_dropped",
+            "Spend ledger records dropped because the ledger writer fell behind or failed.",
+        )
 
     # ----------------------------------------------------------------- sources
 
     def watch_payer(self, payer: Any) -> None:
-        """Follow ``payer.signatures`` and ``payer.signed_atomic`` (plain ints)."""
-        self.watch(self.payments_signed, lambda: getattr(payer, "signatures", None))
-        self.watch(self.signed_micro_usdc, lambda: getattr(payer, "signed_atomic", None))
+        """Follow ``payer.payments_sent``, ``payer.sent_atomic`` (plain ints) and
+        ``payer.anomalies`` (a dict of plain ints by kind, a fixed set of keys)."""
+        self.watch(self.payments_sent, lambda: getattr(payer, "payments_sent", None))
+        self.watch(self.sent_micro_usdc, lambda: getattr(payer, "sent_atomic", None))
+        anomalies = getattr(payer, "anomalies", None)
+        if isinstance(anomalies, dict):
+            for kind in anomalies:
+                self.watch(self.gateway_anomalies.labels(kind), _reader(anomalies, kind))
 
     def watch_quotes(self, stats: Callable[[], QuoteStats | None]) -> None:
         """Export the quote model's hit/miss counters.
@@ -177,6 +214,38 @@ class Metrics:
         its labels are a bounded set, so they are safe as label values."""
         self._refusal_sources.append(read)
 
+    def watch_connections(self, connections: Any) -> None:
+        """Follow a ``ClientConnections``' plain ints (open, refused, timed_out)."""
+        self.watch(self.connections_refused, lambda: connections.refused)
+        self.watch(self.connections_timed_out, lambda: connections.timed_out)
+        self._gauge_sources.append((self.client_connections, lambda: connections.open))
+
+    def watch_budget_store(self, stats: Any) -> None:
+        """Export the shared budget store's counters (budget_redis.BudgetStoreStats)."""
+        for field, name, doc in (
+            (
+                "unavailable",
+                "budget_store_unavailable",
+                "Paid calls refused (503) because the shared budget store did not answer.",
+            ),
+            (
+                "fail_open",
+                "budget_fail_open",
+                "Reservations granted without the shared budget store (--budget-fail-open).",
+            ),
+            (
+                "settle_failed",
+                "budget_settle_failures",
+                "Commits/releases that never reached the budget store (counted in full).",
+            ),
+            (
+                "settle_dropped",
+                "budget_settle_dropped",
+                "Commits/releases dropped because too many were pending (counted in full).",
+            ),
+        ):
+            self.watch(self._counter(name, doc), _attribute_reader(stats, field))
+
     def watch(self, counter: Counter, read: Callable[[], int | None]) -> None:
         """Make ``counter`` follow an int someone else increments."""
         synced = _Synced(counter, read)
@@ -186,8 +255,10 @@ class Metrics:
     def sync(self) -> None:
         for synced in self._synced:
             synced.sync()
-        for read in self._refusal_sources:
-            for label, count in (read() or {}).items():
+        for gauge, read in self._gauge_sources:
+            gauge.set(read())
+        for source in self._refusal_sources:
+            for label, count in (source() or {}).items():
                 seen = self._refusals_seen.get(label, 0)
                 if count > seen:
                     self.payment_refusals.labels(label).inc(count - seen)
@@ -253,6 +324,14 @@ class Metrics:
     def _gauge(self, name: str, doc: str) -> Gauge:
         # livesum: with --workers, the sum over the workers still running.
         return Gauge(f"{PREFIX}_{name}", doc, registry=self.registry, multiprocess_mode="livesum")
+
+
+def _reader(counts: dict[str, int], key: str) -> Callable[[], int | None]:
+    return lambda: counts.get(key)
+
+
+def _attribute_reader(stats: object, name: str) -> Callable[[], int | None]:
+    return lambda: _field(stats, name)
 
 
 def _field(stats: object | None, name: str) -> int | None:

@@ -12,10 +12,20 @@ one round trip per paid call instead of two. The rules (PROTOCOL.md section 5):
 - a timeout after the paid send is surfaced (the gateway may be serving it);
 - ``PAYMENT_REPLAY`` (the authorization was used and charged) is surfaced, never
   answered with a new signature;
+- redirects are never followed (aiohttp follows them by default, and would carry
+  ``PAYMENT-SIGNATURE``, and on 307/308 the body, to whatever host ``Location``
+  names, whose own 402 would then be signed): a 3xx is the gateway's failure,
+  ``gateway_redirect``;
 - the one exception: a payment signed *up front* that the gateway refuses as
   not used (PAYMENT_INVALID / PAYMENT_UNFUNDED / a fresh 402) charged nothing,
   so the call falls back to probe-then-pay: ask unpaid for a fresh challenge,
   sign it once, send. A refusal of that second payment is surfaced.
+
+One nonce per call: every signature of a call is made through its
+``payer.CallPayment``, which signs them all under one EIP-3009 nonce, so even a
+gateway that kept the refused first payment can settle at most one. The call is
+told whenever a send may have reached the gateway (everything but a connection
+that was never made), which is what the budget and the sent metrics count.
 
 Every error after a paid send is a ``PaidCallFailed``: answered ``424`` with
 ``x-should-retry: false``, a status that client libraries which retry on their
@@ -34,7 +44,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession
+from aiohttp import (
+    ClientConnectorError,
+    ClientError,
+    ClientResponse,
+    ClientResponseError,
+    ClientSession,
+    ConnectionTimeoutError,
+)
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -47,7 +64,7 @@ from blockrun_proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from blockrun_proxy.payer import Payer
+from blockrun_proxy.payer import CallPayment, OnSent, Payer
 from blockrun_proxy.quotes import Features, Presign, QuoteBook, features_from_body, request_features
 from blockrun_proxy.x402 import (
     PaymentRequired,
@@ -58,6 +75,7 @@ from blockrun_proxy.x402 import (
     reason_code,
     refusal_reason,
 )
+from blockrun_proxy.x402.wire import MAX_HEADER_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +86,20 @@ PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
 # anything longer is cut here rather than buffered.
 MAX_CLASSIFIED_BODY = 64 * 1024
 RETRY_DELAYS = (0.05, 0.25, 1.0)
+# PAYMENT-REQUIRED carries a whole offer in one header field, over aiohttp's default
+# limit of 8190 bytes for a few requirements. The gateway session reads fields up to
+# this size; a larger one fails the answer, reported as bad_payment_requirement.
+# Every ClientSession that talks to the gateway passes it as ``max_field_size``.
+GATEWAY_MAX_FIELD_SIZE = MAX_HEADER_CHARS
 # The client's headers that mean something to the gateway. Authorization never
 # goes upstream: it is the proxy's token, not the gateway's.
 FORWARDED_REQUEST_HEADERS = ("accept", "accept-encoding")
 USED_CODES = frozenset({"PAYMENT_REPLAY"})
 NOT_USED_CODES = frozenset({"PAYMENT_INVALID", "PAYMENT_UNFUNDED"})
+# Failures that prove a send never reached the gateway: no connection was ever made
+# (refused, unresolvable, TLS handshake failed, or no connection within the connect
+# timeout). Only these leave a signature unsent; anything later may have delivered it.
+NEVER_CONNECTED = (ClientConnectorError, ConnectionTimeoutError)
 # A PAYMENT-RESPONSE passed on to the client: base64 of a small JSON object, nothing else.
 _HEADER_B64 = re.compile(r"[A-Za-z0-9+/_=-]{1,4096}")
 
@@ -85,15 +112,14 @@ class Answer:
     payment: SignedPayment | None = None
     settlement: PaymentResponse | None = None
     presigned: bool = False  # paid on the first request, from a learned quote
+    # What the call cost (atomic USDC): the signed amount, or less where the scheme
+    # settles at most what was signed; never the gateway's unverifiable claim above it.
+    cost_atomic: int | None = None
 
     @property
     def paid_atomic(self) -> int | None:
-        """What this call cost: the settled amount, else the signed one, else None."""
-        if self.payment is None:
-            return None
-        if self.settlement is not None and self.settlement.amount is not None:
-            return self.settlement.amount
-        return self.payment.amount
+        """What this call cost, None when it was not paid."""
+        return self.cost_atomic if self.payment is not None else None
 
 
 class Gateway:
@@ -121,7 +147,9 @@ class Gateway:
 
     async def get_models(self) -> tuple[int, bytes]:
         try:
-            async with self._session.get(self._models_url) as resp:
+            async with self._session.get(self._models_url, allow_redirects=False) as resp:
+                if is_redirect(resp.status):
+                    raise redirect_error(resp)
                 return resp.status, await resp.read()
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("the gateway did not answer /v1/models in time") from exc
@@ -135,33 +163,50 @@ class Gateway:
         request_id: str,
         *,
         chat: ChatRequest | None = None,
+        on_sent: OnSent | None = None,
     ) -> Answer:
         """Send a chat request, paying if asked. ``chat`` (the parsed request) lets the
-        quote model price it without parsing the body again."""
+        quote model price it without parsing the body again; ``on_sent`` is told the
+        amount as soon as a payment may have reached the gateway."""
         headers = forwarded_headers(client_headers)
         headers["x-request-id"] = request_id
+        call = self._payer.begin_call(request_id, on_sent=on_sent)
+        try:
+            return await self._send_chat(call, body, headers, chat)
+        finally:
+            await call.finish()
+
+    async def _send_chat(
+        self,
+        call: CallPayment,
+        body: bytes,
+        headers: CIMultiDict[str],
+        chat: ChatRequest | None,
+    ) -> Answer:
         features: Features | None = None
         presigned = None
         if self._may_presign(chat):
             features = self._features(body, chat)
-            presigned = self._presign(features)
+            presigned = await self._presign(call, features)
         if presigned is not None:
             quote, payment = presigned
             try:
-                answer = await self._send_paid(body, headers, payment)
+                answer = await self._send_paid(call, body, headers, payment)
             except PaymentNotAccepted as refusal:
                 # Not used, nothing charged. The refusal is not a challenge to trust
-                # (PAYMENT_INVALID carries none), so ask afresh and pay that, once.
+                # (PAYMENT_INVALID carries none), so ask afresh and pay that, once, under
+                # the same nonce: whatever the gateway does with the first, one settles.
                 self._quotes_refused(quote, refusal.reason)
                 del headers[PAYMENT_SIGNATURE]
             else:
                 self._quotes_accepted(quote)
                 answer.presigned = True
                 return answer
-        return await self._probe_then_pay(body, headers, chat, features)
+        return await self._probe_then_pay(call, body, headers, chat, features)
 
     async def _probe_then_pay(
         self,
+        call: CallPayment,
         body: bytes,
         headers: CIMultiDict[str],
         chat: ChatRequest | None,
@@ -188,8 +233,8 @@ class Gateway:
             raise
         if self.quotes is not None and features is not None:
             self.quotes.observe(features, requirement, offer.resource, offer.extensions)
-        payment = self._payer.sign(requirement, network, offer.resource, offer.extensions)
-        return await self._send_paid(body, headers, payment)
+        payment = await call.sign(requirement, network, offer.resource, offer.extensions)
+        return await self._send_paid(call, body, headers, payment)
 
     def _may_presign(self, chat: ChatRequest | None) -> bool:
         """Whether the quote book could sign this up front (it has seen the model priced)."""
@@ -204,7 +249,9 @@ class Gateway:
             return request_features(chat.model, chat.max_tokens, chat.data)
         return features_from_body(body)
 
-    def _presign(self, features: Features | None) -> tuple[Presign, SignedPayment] | None:
+    async def _presign(
+        self, call: CallPayment, features: Features | None
+    ) -> tuple[Presign, SignedPayment] | None:
         """A payment signed from a trusted quote, through the same policy and budget
         checks as any other; None to probe first."""
         if self.quotes is None or features is None or not self._payer.can_sign:
@@ -213,7 +260,7 @@ class Gateway:
         if quote is None:
             return None
         try:
-            payment = self._payer.pay_requirement(
+            payment = await call.pay_requirement(
                 quote.requirement, quote.resource, quote.extensions
             )
         except PaymentRefused as refusal:
@@ -244,11 +291,16 @@ class Gateway:
                 response = await self._post(body, headers)
             except asyncio.TimeoutError as exc:
                 raise UpstreamTimeout("the gateway did not answer in time") from exc
+            except ClientResponseError as exc:
+                raise malformed_answer(exc) from exc  # answered: asking again gets the same
             except ClientError as exc:
                 if last:
                     raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
                 await asyncio.sleep(RETRY_DELAYS[attempt])
                 continue
+            if is_redirect(response.status):
+                response.release()
+                raise redirect_error(response)
             if response.status < 500 or last:
                 return response
             response.release()
@@ -256,7 +308,7 @@ class Gateway:
         raise AssertionError("unreachable")
 
     async def _send_paid(
-        self, body: bytes, headers: CIMultiDict[str], payment: SignedPayment
+        self, call: CallPayment, body: bytes, headers: CIMultiDict[str], payment: SignedPayment
     ) -> Answer:
         headers[PAYMENT_SIGNATURE] = payment.header
         # What the gateway did with the last send that reached it ("503", "dropped"). Once
@@ -265,15 +317,8 @@ class Gateway:
         for attempt in range(self._paid_replays + 1):
             last = attempt == self._paid_replays
             try:
-                response = await self._post(body, headers)
-            except asyncio.TimeoutError as exc:
-                raise PaidCallFailed(
-                    "the gateway timed out after the payment was sent; it may have been "
-                    "charged. Not retried automatically.",
-                    code="paid_call_timeout",
-                    upstream_status="timeout",
-                ) from exc
-            except ClientConnectorError as exc:
+                response = await self._post_paid(call, payment, body, headers)
+            except NEVER_CONNECTED as exc:  # before TimeoutError: a connect timeout is one
                 # Never connected, so this send cannot have used the signature: replay it.
                 if not last:
                     await asyncio.sleep(RETRY_DELAYS[attempt])
@@ -285,6 +330,22 @@ class Gateway:
                     "not be reached to replay it; it may have been charged. Not retried.",
                     code="paid_call_unreachable",
                     upstream_status=delivered,
+                ) from exc
+            except asyncio.TimeoutError as exc:
+                raise PaidCallFailed(
+                    "the gateway timed out after the payment was sent; it may have been "
+                    "charged. Not retried automatically.",
+                    code="paid_call_timeout",
+                    upstream_status="timeout",
+                ) from exc
+            except ClientResponseError as exc:
+                # Answered (so delivered), in a form that cannot be read: not replayed.
+                failure = malformed_answer(exc)
+                raise PaidCallFailed(
+                    f"{failure.message}, after the payment was sent; it may have been "
+                    "charged. Not retried.",
+                    code=failure.code,
+                    upstream_status="malformed",
                 ) from exc
             except ClientError as exc:
                 # Sent, then dropped: replaying the SAME authorization is safe (one nonce).
@@ -303,9 +364,19 @@ class Gateway:
                 response.release()
                 await asyncio.sleep(RETRY_DELAYS[attempt])
                 continue
+            if is_redirect(response.status):
+                response.release()
+                raise PaidCallFailed(
+                    f"the gateway answered the paid send with a redirect ({response.status}); "
+                    "redirects are never followed, so the payment went nowhere else, but the "
+                    "gateway may have used it. Not retried.",
+                    code="gateway_redirect",
+                    upstream_status=response.status,
+                )
             if response.status < 400:
                 settlement = parse_payment_response(response.headers.get(PAYMENT_RESPONSE))
-                return Answer(response, payment, settlement)
+                cost = call.settled(payment, settlement)
+                return Answer(response, payment, settlement, cost_atomic=cost)
             error = await classify_paid_error(response)
             self._note_refusal(error, headers.get("x-request-id"))
             raise error
@@ -326,8 +397,57 @@ class Gateway:
             extra={"fields": {"reason": label}},
         )
 
+    async def _post_paid(
+        self, call: CallPayment, payment: SignedPayment, body: bytes, headers: CIMultiDict[str]
+    ) -> ClientResponse:
+        """One send of ``payment``, telling ``call`` whenever it may have reached the
+        gateway: always, except when no connection was ever made. A timeout, a drop or a
+        cancellation mid-send may have delivered it, so it counts as sent."""
+        try:
+            response = await self._post(body, headers)
+        except NEVER_CONNECTED:
+            raise
+        except BaseException:
+            call.sent(payment)
+            raise
+        call.sent(payment)
+        return response
+
     async def _post(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
-        return await self._session.post(self._chat_url, data=body, headers=headers)
+        # Never follow a redirect: the payment header would go wherever it points.
+        return await self._session.post(
+            self._chat_url, data=body, headers=headers, allow_redirects=False
+        )
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400
+
+
+def malformed_answer(exc: ClientResponseError) -> UpstreamError:
+    """A gateway answer the HTTP client could not read (aiohttp raises these while
+    parsing the status line and headers)."""
+    # aiohttp's LineTooLong: "Got more than N bytes when reading ...". A 402 carries its
+    # offer in PAYMENT-REQUIRED, the one header that grows, so this is an offer too large.
+    if exc.message.startswith("Got more than"):
+        return UpstreamError(
+            f"the gateway's answer carries a header over {GATEWAY_MAX_FIELD_SIZE} bytes "
+            "(a PAYMENT-REQUIRED this large is not a usable payment requirement)",
+            code="bad_payment_requirement",
+        )
+    return UpstreamError(
+        "the gateway's answer is not readable HTTP (bad status line or headers)",
+        code="bad_gateway_answer",
+    )
+
+
+def redirect_error(response: ClientResponse) -> UpstreamError:
+    """A 3xx before any payment was sent: nothing was paid, and nothing is followed."""
+    return UpstreamError(
+        f"the gateway answered with a redirect ({response.status}); the proxy never follows "
+        "redirects from the gateway (a payment would travel to another host)",
+        code="gateway_redirect",
+    )
 
 
 def forwarded_headers(client_headers: Mapping[str, str]) -> CIMultiDict[str]:

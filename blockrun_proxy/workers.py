@@ -7,10 +7,13 @@ It forwards SIGTERM/SIGINT to every child and exits once all have exited: 0 when
 each drained cleanly. A child that dies on its own makes the parent stop the others
 and exit 1: restarting is the container runtime's job (one restart policy, not two).
 
-Secrets are never handed over: each child reads the token and the wallet key from
-the environment or the wallet file exactly as the parent did, so the key appears on
-no command line. The children share a fresh ``PROMETHEUS_MULTIPROC_DIR``, so
-``/metrics`` on any of them reports the sum over all of them (see metrics.py).
+Secrets go through a pipe: the parent read the token and the wallet key (and removed
+them from its environment, keyguard.py), and each child gets its own pipe holding
+them, an inherited descriptor named by ``BLOCKRUN_PROXY_SECRETS_FD`` that it reads once
+and closes. The key is in no child's environment and on no command line. The parent
+turns core dumps off too: it holds the key while it runs. The children share a fresh
+``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` on any of them reports the sum over all of
+them (see metrics.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from blockrun_proxy.config import METRICS_DIR_ENV
+from blockrun_proxy import keyguard
+from blockrun_proxy.config import METRICS_DIR_ENV, SECRETS_FD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +62,22 @@ def worker_environ(environ: Mapping[str, str], metrics_dir: str) -> dict[str, st
     return env
 
 
-def supervise(options: Sequence[str], workers: int) -> int:
-    """Run ``workers`` children with ``options`` until they all exit; the exit code."""
+def supervise(
+    options: Sequence[str],
+    workers: int,
+    secrets: keyguard.Secrets,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> int:
+    """Run ``workers`` children with ``options`` until they all exit; the exit code.
+
+    ``secrets`` reach each child through a pipe; ``extra_env``: settings the children
+    read from their environment instead of their command line (values that may hold a
+    secret, such as a Redis URL with its password)."""
+    keyguard.forbid_core_dumps()
     metrics_dir = tempfile.mkdtemp(prefix="blockrun-proxy-metrics-")
     command = worker_command(options)
-    env = worker_environ(os.environ, metrics_dir)
+    env = worker_environ({**os.environ, **(extra_env or {})}, metrics_dir)
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -81,7 +96,7 @@ def supervise(options: Sequence[str], workers: int) -> int:
         for _ in range(workers):
             if stopping:
                 break
-            child = subprocess.Popen(command, env=env)
+            child = _start_worker(command, env, secrets)
             children[child.pid] = child
         log.info("started %d workers: %s", len(children), " ".join(map(str, children)))
         while children:
@@ -103,6 +118,16 @@ def supervise(options: Sequence[str], workers: int) -> int:
             signal.signal(sig, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 1 if failed else 0
+
+
+def _start_worker(
+    command: Sequence[str], env: Mapping[str, str], secrets: keyguard.Secrets
+) -> subprocess.Popen[bytes]:
+    pipe = keyguard.send_secrets(secrets)
+    try:
+        return subprocess.Popen(command, env={**env, SECRETS_FD_ENV: str(pipe)}, pass_fds=(pipe,))
+    finally:
+        os.close(pipe)  # the child has its own copy now
 
 
 def _forget_worker_metrics(pid: int, metrics_dir: str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiohttp import web
+from paying import assert_one_nonce_per_call
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
@@ -41,6 +42,8 @@ async def gateway() -> AsyncIterator[FakeGateway]:
     await gw.start()
     yield gw
     await gw.close()
+    # Whatever the test did, no client call ever carried two authorizations (issue 9).
+    assert_one_nonce_per_call(gw)
 
 
 StartProxy = Callable[..., Awaitable[Proxy]]
@@ -72,3 +75,16 @@ async def start_proxy(gateway: FakeGateway, wallet_key: str) -> AsyncIterator[St
 @pytest.fixture
 async def proxy(start_proxy: StartProxy) -> Proxy:
     return await start_proxy()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[Any]:
+    """A real redis-server for this test (skips, saying why, without the binary)."""
+    from redis_support import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

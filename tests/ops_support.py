@@ -13,6 +13,8 @@ from aiohttp import web
 FIRST_FRAME = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
 LAST_FRAME = b"data: [DONE]\n\n"
 WORKTREE = Path(__file__).resolve().parents[1]
+# What every OpenAI client declares: the proxy refuses other POST bodies (415).
+JSON = {"Content-Type": "application/json"}
 
 
 class HoldingUpstream:

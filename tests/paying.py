@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from ops_support import JSON
 
 from blockrun_proxy.app import QUOTES_KEY
 from blockrun_proxy.testing import FakeGateway
@@ -51,7 +52,7 @@ async def post(proxy: Any, body: dict[str, Any] | bytes) -> Reply:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     async with (
         aiohttp.ClientSession() as session,
-        session.post(proxy.base_url + "/chat/completions", data=data) as resp,
+        session.post(proxy.base_url + "/chat/completions", data=data, headers=JSON) as resp,
     ):
         try:
             raw = await resp.read()
@@ -94,6 +95,29 @@ def nonces(gateway: FakeGateway, since: int = 0) -> list[str]:
         if record.nonce not in seen:
             seen.append(record.nonce)
     return seen
+
+
+def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
+    """The distinct authorization nonces the gateway received, per client call: requests
+    are grouped by the ``x-request-id`` the proxy forwards (one per client call)."""
+    calls: dict[str, set[str]] = {}
+    for request in chat_requests(gateway, since):
+        call = request.headers.get("x-request-id")
+        if call is None:
+            continue  # not sent by the proxy
+        nonces = calls.setdefault(call, set())
+        payment = request.payment
+        authorization = (payment or {}).get("payload", {}).get("authorization", {})
+        if isinstance(authorization, dict) and "nonce" in authorization:
+            nonces.add(str(authorization["nonce"]))
+    return calls
+
+
+def assert_one_nonce_per_call(gateway: FakeGateway, since: int = 0) -> None:
+    """ "One nonce per call": every authorization signed for one client call carries the
+    same EIP-3009 nonce, so at most one of them can ever settle."""
+    several = {call: n for call, n in nonces_by_call(gateway, since).items() if len(n) > 1}
+    assert not several, f"client calls with several nonces: {several}"
 
 
 def amounts_by_nonce(gateway: FakeGateway, since: int = 0) -> dict[str, int]:

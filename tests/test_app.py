@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 import pytest
+from ops_support import JSON
 
+from blockrun_proxy.config import Settings
 from blockrun_proxy.x402 import usd
 
 PAID = "openai/gpt-4o-mini"
@@ -21,7 +25,7 @@ async def post(proxy, body, headers=None) -> tuple[aiohttp.ClientResponse, bytes
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            proxy.base_url + "/chat/completions", data=data, headers=headers or {}
+            proxy.base_url + "/chat/completions", data=data, headers={**JSON, **(headers or {})}
         ) as resp,
     ):
         return resp, await resp.read()
@@ -86,6 +90,21 @@ async def test_default_max_tokens_is_added_and_nothing_else_changes(proxy, gatew
     assert gateway.chat_requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
 
 
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+async def test_a_null_max_tokens_gets_the_default_in_the_forwarded_bytes(proxy, gateway, key):
+    raw = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "%s": null}' % (
+        PAID.encode(),
+        key.encode(),
+    )
+    resp, _ = await post(proxy, raw)
+    assert resp.status == 200
+    forwarded = [r.body for r in gateway.chat_requests]
+    assert forwarded  # the probe and the paid send carry the same bytes
+    for body in forwarded:
+        assert body == raw.replace(b'"%s": null' % key.encode(), b'"%s":1024' % key.encode())
+    assert gateway.settled[0].amount == gateway.price_for({**chat(), key: 1024})
+
+
 async def test_client_authorization_never_goes_upstream_and_request_id_does(start_proxy, gateway):
     proxy = await start_proxy(token="s3cret")
     headers = {"Authorization": "Bearer s3cret", "x-request-id": "req-42"}
@@ -103,6 +122,13 @@ async def test_client_authorization_never_goes_upstream_and_request_id_does(star
         (b"{not json", 400, "invalid_json"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "missing_model"),
         (b'{"model": "m"}', 400, "missing_messages"),
+        (b'{"model": "m", "messages": [1, 2]}', 400, "invalid_messages"),
+        pytest.param(
+            b'{"model": "%s", "messages": [{"role": "user"}]}' % (b"m" * 4096),
+            400,
+            "invalid_model",
+            id="4k-model",
+        ),
         (b"x" * (2 * 1024 * 1024), 413, "request_too_large"),
     ],
 )
@@ -125,6 +151,50 @@ async def test_token_guard(start_proxy, gateway):
     async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as resp:
         assert resp.status == 200
     assert gateway.requests == []
+
+
+async def test_the_bearer_scheme_is_case_insensitive(start_proxy, gateway):
+    proxy = await start_proxy(token="right")
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        resp, raw = await post(proxy, chat(FREE), {"Authorization": f"{scheme} right"})
+        assert resp.status == 200, raw
+    for header in ("Basic right", "Bearerright", "right Bearer"):
+        resp, _ = await post(proxy, chat(FREE), {"Authorization": header})
+        assert resp.status == 401
+
+
+async def raw_exchange(proxy, request: bytes) -> bytes:
+    """Bytes on a socket, for what HTTP clients refuse to send."""
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return answer
+
+
+async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(start_proxy, gateway):
+    proxy = await start_proxy(token="right")
+    body = orjson.dumps(chat(FREE))
+    answer = await raw_exchange(
+        proxy,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer \xff\xfe\xc3\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    head, _, raw = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer
+    assert error_of(raw)["code"] == "invalid_proxy_token"
+    assert gateway.requests == []
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::"])
+def test_a_short_token_is_refused_for_a_public_bind(host):
+    with pytest.raises(ValueError, match="shorter than 16"):
+        Settings(host=host, token="x" * 15).check()
+    Settings(host=host, token="x" * 16).check()
+    Settings(host="127.0.0.1", token="short").check()  # loopback: the token is extra
 
 
 async def test_unknown_route_is_an_openai_shaped_404(proxy):

@@ -57,3 +57,65 @@ def test_bad_requests_are_400_with_a_code(raw, code):
     assert info.value.code == code
     error = orjson.loads(info.value.to_json())["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+def test_a_null_limit_is_absent_and_replaced_in_place(key):
+    raw = (
+        b'{"model": "m", "%s" : null, "messages": [{"role": "user", '
+        b'"content": "say \\"%s\\": null"}], "x": 1.50}' % (key.encode(), key.encode())
+    )
+    chat = parse(raw)
+    assert chat.max_tokens == 1024
+    # The null became the default where it stood; nothing else moved, no duplicate key.
+    assert chat.body == raw.replace(b'"%s" : null' % key.encode(), b'"%s":1024' % key.encode())
+    assert chat.body.count(b"null") == 1  # the one inside the message text
+    assert chat.data[key] == 1024
+
+
+def test_both_limits_null_get_the_default_and_no_duplicate_keys():
+    raw = (
+        b'{"max_completion_tokens":null,"model":"m","messages":[{"role":"user"}],"max_tokens":null}'
+    )
+    chat = parse(raw)
+    assert chat.body == (
+        b'{"max_completion_tokens":1024,"model":"m","messages":[{"role":"user"}],"max_tokens":1024}'
+    )
+    assert chat.max_tokens == 1024
+
+
+def test_a_null_limit_under_an_escaped_key_is_reserialised_without_the_null():
+    raw = b'{"model":"m","messages":[{"role":"user"}],"max\\u005ftokens":null}'
+    chat = parse(raw)
+    assert chat.body == b'{"model":"m","messages":[{"role":"user"}],"max_tokens":1024}'
+
+
+def test_a_set_limit_beside_a_null_one_is_kept_as_sent():
+    raw = b'{"model":"m","messages":[{"role":"user"}],"max_tokens":null,"max_completion_tokens":9}'
+    chat = parse(raw)
+    assert chat.body is raw
+    assert chat.max_tokens == 9
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"model": "m", "messages": [1, 2]}', "invalid_messages"),
+        (b'{"model": "m", "messages": [{"content": "no role"}]}', "invalid_messages"),
+        (b'{"model": "m", "messages": [{"role": 7}]}', "invalid_messages"),
+        (b'{"model": "m", "messages": [{"role": "user"}, null]}', "invalid_messages"),
+        pytest.param(
+            b'{"model": "%s", "messages": [{"role": "user"}]}' % (b"m" * 257),
+            "invalid_model",
+            id="257-char-model",
+        ),
+    ],
+)
+def test_malformed_messages_and_overlong_models_are_400(raw, code):
+    with pytest.raises(InvalidRequest) as info:
+        parse(raw)
+    assert (info.value.status, info.value.code) == (400, code)
+
+
+def test_a_model_of_256_characters_is_fine():
+    assert parse(orjson.dumps({"model": "m" * 256, "messages": MSGS})).model == "m" * 256

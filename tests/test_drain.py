@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -10,7 +13,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 import pytest
-from ops_support import FIRST_FRAME, LAST_FRAME, HoldingUpstream, proxy_environ
+from ops_support import (
+    FIRST_FRAME,
+    JSON,
+    LAST_FRAME,
+    HoldingUpstream,
+    free_port,
+    proxy_environ,
+)
 from proc_support import ProxyProcess
 
 from blockrun_proxy.app import ADMISSION_KEY
@@ -29,7 +39,7 @@ async def holding() -> AsyncIterator[HoldingUpstream]:
 
 async def open_stream(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
     """POST a streamed chat and read its first frame: the stream is then surely in flight."""
-    response = await session.post(url, data=CHAT)
+    response = await session.post(url, data=CHAT, headers=JSON)
     assert response.status == 200
     assert await response.content.readuntil(b"\n\n") == FIRST_FRAME
     return response
@@ -58,7 +68,9 @@ async def test_draining_turns_readiness_off_and_refuses_new_work(start_proxy, ho
         async with session.get(proxy.url + "/readyz") as resp:
             assert resp.status == 503
             assert (await resp.json())["draining"] is True
-        async with session.post(proxy.base_url + "/chat/completions", data=CHAT) as resp:
+        async with session.post(
+            proxy.base_url + "/chat/completions", data=CHAT, headers=JSON
+        ) as resp:
             assert resp.status == 503
             assert (await resp.json())["error"]["code"] == "proxy_draining"
             assert resp.headers["Connection"] == "close"  # go find a process that stays
@@ -99,7 +111,7 @@ async def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(holdin
             assert proxy.proc.returncode is None  # still draining, not dead
             with pytest.raises(aiohttp.ClientConnectionError):
                 async with aiohttp.ClientSession() as fresh:
-                    await fresh.post(url, data=CHAT)
+                    await fresh.post(url, data=CHAT, headers=JSON)
             holding.release.set()
             for response in streams:
                 assert (await response.read()).endswith(LAST_FRAME)
@@ -130,3 +142,62 @@ async def test_streams_still_open_when_the_grace_ends_are_cut_and_exit_is_0(hold
         await proxy.kill()
     assert 0.9 <= elapsed < 10
     assert [line["status"] for line in proxy.access("/v1/chat/completions")] == [499]
+
+
+async def test_the_grace_bounds_the_whole_exit(holding, tmp_path):
+    """--grace-seconds 2 exited after 4.1 s: aiohttp waits the grace for handlers, then
+    up to the grace again for the cancelled ones."""
+    proxy = await ProxyProcess.start(
+        "--port", "0", "--api-url", holding.url, "--grace-seconds", "2",
+        env=proxy_environ(tmp_path),
+    )  # fmt: skip
+    url = proxy.base_url + "/chat/completions"
+    try:
+        async with aiohttp.ClientSession() as session:
+            streams = [await open_stream(session, url) for _ in range(3)]  # never end
+            started = time.monotonic()
+            proxy.signal()
+            assert await proxy.wait(timeout=20) == 0
+            elapsed = time.monotonic() - started
+            for response in streams:
+                response.close()
+    finally:
+        await proxy.kill()
+    # The drain keeps the grace's last 0.2 s for closing and the exit itself.
+    assert 1.5 <= elapsed < 3.0, elapsed  # it was 4.1 s
+    assert [line["status"] for line in proxy.access("/v1/chat/completions")] == [499] * 3
+
+
+async def test_a_stalled_log_sink_does_not_hold_the_exit(tmp_path):
+    """stderr is a pipe nobody reads: the log writer blocks in a write, and the exit must
+    not wait on it (nor on the interpreter's own flush of stderr)."""
+    port = free_port()
+    # Popen, not asyncio: asyncio waits for the pipes to close, and this one stays full.
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "blockrun_proxy", "serve", "--port", str(port),
+         "--log-format", "json", "--grace-seconds", "1"],
+        env=proxy_environ(tmp_path), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(600):  # each answer is an access line: far past a 64 KiB pipe
+                for attempt in range(200):
+                    try:
+                        async with session.get(url) as resp:
+                            assert resp.status == 200
+                        break
+                    except aiohttp.ClientConnectionError:
+                        assert attempt < 199 and proc.poll() is None, "the proxy never answered"
+                        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert time.monotonic() - started < 1 + 1.5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()

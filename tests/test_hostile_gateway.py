@@ -107,3 +107,37 @@ async def test_a_trusted_model_turning_hostile_never_signs_anything_hostile(
     calls = chat_requests(gateway, before)
     assert [r.payment is not None for r in calls] == [True, False, False]
     assert not any(r.accepted for r in gateway.payments[pay_before:])  # nothing charged
+
+
+ZERO_ADDRESS = "0x" + "0" * 40
+
+
+async def test_the_zero_address_is_never_paid_even_with_no_payto_pinned(start_proxy, gateway):
+    proxy = await start_proxy()  # any payTo allowed ...
+    await warm_up(proxy)
+    gateway.misbehave.pay_to = ZERO_ADDRESS  # ... but not one that burns the money
+    before, pay_before = len(gateway.requests), len(gateway.payments)
+    cold = await post(proxy, chat(PAID))
+    assert_clear_refusal(cold, "pay_to_not_allowed", "zero address")
+    warm = await post(proxy, warm_body(PAID, stream=False))
+    assert_clear_refusal(warm, "pay_to_not_allowed", "zero address")
+    assert not any(r.accepted for r in gateway.payments[pay_before:])
+    assert all(
+        r.payment["payload"]["authorization"]["to"] != ZERO_ADDRESS
+        for r in chat_requests(gateway, before)
+        if r.payment is not None
+    )
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"),
+    [("accepts_copies", 40), ("accepts_copies", 1_000), ("required_padding", 10 * 1024 * 1024)],
+    ids=["40-accepts", "1000-accepts", "10MB-header"],
+)
+async def test_an_oversized_offer_is_a_bad_payment_requirement(proxy, gateway, knob, value):
+    setattr(gateway.misbehave, knob, value)
+    reply = await post(proxy, chat(PAID))
+    assert reply.status == 502 and reply.code == "bad_payment_requirement"
+    assert "x-should-retry" not in reply.headers  # nothing was paid
+    assert gateway.payments == []
+    assert len(chat_requests(gateway)) == 1  # the gateway answered: asking again is pointless

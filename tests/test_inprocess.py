@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from blockrun_proxy.config import Settings
-from blockrun_proxy.inprocess import CallError, Core
+from blockrun_proxy.inprocess import CallError, Core, Stream
 
 PAID = "openai/gpt-5.5"
 NETWORK = "eip155:84532"
@@ -76,3 +76,25 @@ async def test_close_then_use_again(core, gateway):
 async def test_per_call_gateway_url_may_end_in_v1(core, gateway):
     reply = await core.run_async(core.complete(BODY, api_url=gateway.base_url + "/v1"))
     assert reply.cost_usd > 0
+
+
+async def close(stream: Stream) -> None:
+    stream.close()  # on the core's loop, where the stream lives
+
+
+@pytest.mark.parametrize("claim", ["999999999", "0"], ids=["inflated", "zero"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_cost_is_what_was_signed_not_what_the_gateway_claims(
+    core, gateway, claim, stream
+):
+    gateway.misbehave.settlement_claim = claim
+    if stream:
+        opened = await core.run_async(core.open_stream({**BODY, "stream": True}))
+        headers, cost = opened.headers, opened.cost_usd
+        await core.run_async(close(opened))
+    else:
+        reply = await core.run_async(core.complete(BODY))
+        headers, cost = reply.headers, reply.cost_usd
+    (settled,) = gateway.settled
+    assert cost == settled.amount / 1e6
+    assert headers["x-blockrun-cost-usd"] == headers["x-litellm-response-cost"] == f"{cost:.6f}"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 import pytest
-from ops_support import LAST_FRAME, HoldingUpstream, until
+from ops_support import JSON, LAST_FRAME, HoldingUpstream, until
 
 from blockrun_proxy.app import ADMISSION_KEY, SESSION_KEY
 from blockrun_proxy.config import Settings
@@ -166,7 +166,7 @@ async def holding() -> AsyncIterator[HoldingUpstream]:
 
 
 async def stream(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes, dict[str, str]]:
-    async with session.post(url, data=CHAT) as resp:
+    async with session.post(url, data=CHAT, headers=JSON) as resp:
         return resp.status, await resp.read(), dict(resp.headers)
 
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 import pytest
-from ops_support import until
+from ops_support import JSON, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from blockrun_proxy.app import METRICS_KEY
@@ -43,7 +43,7 @@ async def scrape(proxy, token: str | None = None) -> Samples:
 async def post(proxy, body: dict) -> tuple[int, bytes]:
     async with (
         aiohttp.ClientSession() as s,
-        s.post(proxy.base_url + "/chat/completions", data=orjson.dumps(body)) as r,
+        s.post(proxy.base_url + "/chat/completions", data=orjson.dumps(body), headers=JSON) as r,
     ):
         return r.status, await r.read()
 
@@ -66,8 +66,8 @@ async def test_a_paid_stream_then_a_refused_quote(proxy, gateway):
     (settled,) = gateway.settled
     m = await scrape(proxy)
     assert get(m, "blockrun_proxy_requests_total", route=CHAT_ROUTE, status="200") == 1
-    assert get(m, "blockrun_proxy_payments_signed_total") == 1
-    assert get(m, "blockrun_proxy_signed_micro_usdc_total") == settled.amount
+    assert get(m, "blockrun_proxy_payments_sent_total") == 1
+    assert get(m, "blockrun_proxy_sent_micro_usdc_total") == settled.amount
     assert get(m, "blockrun_proxy_payments_settled_total") == 1
     assert get(m, "blockrun_proxy_settled_micro_usdc_total") == settled.amount
     assert get(m, "blockrun_proxy_relayed_bytes_total") == len(raw)
@@ -83,7 +83,7 @@ async def test_a_paid_stream_then_a_refused_quote(proxy, gateway):
     await counted(proxy, 1, status="402")
     m = await scrape(proxy)
     assert get(m, "blockrun_proxy_refusals_total", reason="amount_over_cap") == 1
-    assert get(m, "blockrun_proxy_payments_signed_total") == 1  # unchanged
+    assert get(m, "blockrun_proxy_payments_sent_total") == 1  # unchanged
     assert get(m, "blockrun_proxy_settled_micro_usdc_total") == settled.amount
     assert get(m, "blockrun_proxy_upstream_errors_total", kind="http_402") == 0
 
@@ -105,7 +105,7 @@ async def test_gateway_failures_are_counted_by_kind(start_proxy, gateway):
     m = await scrape(proxy)
     assert get(m, "blockrun_proxy_upstream_errors_total", kind="http_429") == 1
     assert get(m, "blockrun_proxy_upstream_errors_total", kind="stream_broken") == 1
-    assert get(m, "blockrun_proxy_payments_signed_total") == 0
+    assert get(m, "blockrun_proxy_payments_sent_total") == 0
     await counted(dead, 1, status="502")
     m = await scrape(dead)
     assert get(m, "blockrun_proxy_upstream_errors_total", kind="gateway_unreachable") == 1
@@ -128,7 +128,7 @@ async def test_failures_after_payment_count_as_gateway_errors_not_refusals(
     m = await scrape(proxy)
     assert get(m, "blockrun_proxy_upstream_errors_total", kind=kind) == 1
     assert not any(name == "blockrun_proxy_refusals_total" for name, _ in m)
-    assert get(m, "blockrun_proxy_payments_signed_total") == 1
+    assert get(m, "blockrun_proxy_payments_sent_total") == 1
 
 
 async def test_metrics_need_the_token_when_one_is_set_and_never_show_secrets(
@@ -138,7 +138,7 @@ async def test_metrics_need_the_token_when_one_is_set_and_never_show_secrets(
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url + "/metrics") as r:
             assert r.status == 401
-        headers = {"Authorization": "Bearer tok-secret-123"}
+        headers = {"Authorization": "Bearer tok-secret-123", **JSON}
         async with s.post(
             proxy.base_url + "/chat/completions", data=orjson.dumps(chat()), headers=headers
         ) as r:
@@ -147,7 +147,7 @@ async def test_metrics_need_the_token_when_one_is_set_and_never_show_secrets(
         async with s.get(proxy.url + "/metrics", headers=headers) as r:
             assert r.status == 200
             text = (await r.text()).lower()
-    assert "blockrun_proxy_payments_signed_total 1.0" in text
+    assert "blockrun_proxy_payments_sent_total 1.0" in text
     assert wallet_key.lower().removeprefix("0x") not in text
     assert "tok-secret-123" not in text
 

@@ -3,7 +3,9 @@
 "cold": no trusted quote, probe-then-pay (two round trips). "warm": the quote
 model is trusted and the first request carries a payment signed up front. Each
 test counts the distinct authorizations the gateway received (nonces) and what
-they were for. Every failure after a payment was sent is answered 424 (see
+they were for, and every client call must have carried at most one nonce
+(``assert_one_nonce_per_call``; the ``gateway`` fixture checks it after every test).
+Every failure after a payment was sent is answered 424 (see
 ``assert_failed_after_payment``), so that no client's own retries pay again.
 """
 
@@ -20,6 +22,7 @@ from aiohttp import web
 from paying import (
     PAID,
     Reply,
+    assert_one_nonce_per_call,
     chat,
     chat_requests,
     nonces,
@@ -169,7 +172,7 @@ async def test_payment_replay_is_surfaced_never_re_signed(start_proxy, gateway, 
 
 
 @pytest.mark.parametrize("fresh_challenge", [False, True], ids=["PAYMENT_INVALID", "fresh-402"])
-async def test_refused_presign_is_followed_by_one_fresh_signature(
+async def test_refused_presign_is_re_signed_once_under_the_same_nonce(
     start_proxy, gateway, fresh_challenge
 ):
     proxy = await ready(start_proxy, "warm")
@@ -186,7 +189,10 @@ async def test_refused_presign_is_followed_by_one_fresh_signature(
     # presigned (refused, not used) -> re-asked unpaid -> paid the fresh challenge
     assert [r.payment is not None for r in chat_requests(gateway, before)] == [True, False, True]
     records = gateway.payments[pay_before:]
-    assert len(nonces(gateway, pay_before)) == 2
+    # Two authorizations, one nonce: whatever the gateway does with the refused one, at
+    # most one of the two can ever settle.
+    assert len(nonces(gateway, pay_before)) == 1
+    assert records[0].signature != records[1].signature
     assert [r.accepted for r in records] == [False, True]
     assert records[0].amount < records[1].amount == priced(gateway, body)
     assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, body)]
@@ -217,8 +223,9 @@ async def test_a_refused_fresh_payment_is_surfaced_without_a_third_signature(sta
             False,
             True,
         ]
-        assert len(nonces(gateway, pay_before)) == 2
+        assert len(nonces(gateway, pay_before)) == 1  # re-signed under the first one's nonce
         assert not any(r.accepted for r in gateway.payments[pay_before:])
+        assert_one_nonce_per_call(gateway)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -243,6 +250,7 @@ async def when_paid(after: AfterPaid) -> AsyncIterator[tuple[FakeGateway, dict[s
     gateway.app.middlewares.append(intercept)
     async with gateway:
         yield gateway, switch
+    assert_one_nonce_per_call(gateway)
 
 
 def slow_when_paid(seconds: float) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -351,6 +359,7 @@ async def test_a_replay_that_cannot_connect_after_a_delivered_send_is_a_paid_fai
         assert "may have been charged" in error["message"]
         assert [s.amount for s in gateway.settled] == [priced(gateway, body)]
         assert len(received_nonces(gateway, 0)) == 1  # only the first send got through
+        assert_one_nonce_per_call(gateway)
     finally:
         await runner.cleanup()
 
@@ -393,6 +402,19 @@ async def test_a_gateway_error_body_after_payment_that_is_not_openai_shaped_is_w
         assert len(set(sent)) == 1  # one authorization ...
         assert len(sent) == (3 if status >= 500 else 1)  # ... replayed twice after a 5xx
         assert len(gateway.settled) == 1
+
+
+async def test_an_unreadable_answer_to_the_paid_send_is_a_424_not_replayed(start_proxy):
+    async def oversized(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        return web.Response(status=402, headers={"PAYMENT-REQUIRED": "A" * 100_000})
+
+    async with when_paid(oversized) as (gateway, switch):
+        proxy = await start_proxy(api_url=gateway.base_url)
+        switch["on"] = True
+        reply = await post(proxy, body_for("cold"))
+        error = assert_failed_after_payment(reply, "malformed")
+        assert error["code"] == "bad_payment_requirement"
+        assert len(received_nonces(gateway, 0)) == 1  # one send: the gateway did answer
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -3,6 +3,8 @@
 import asyncio
 import os
 import random
+import re
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -91,3 +93,19 @@ async def test_slow_client_holds_back_the_upstream(aiohttp_server):
     assert progress["written"] == stalled_at
     assert stalled_at < 24 * 1024 * 1024, stalled_at
     writer.close()
+
+
+def test_header_coalescing_knob_exists_and_the_pin_guarantees_it() -> None:
+    """``coalesce_headers`` sets ``_send_headers_immediately``, which aiohttp added in 3.12.
+
+    On an older aiohttp the assignment would be silently ignored (headers sent in
+    their own packet again), so the dependency pin is what keeps the saving real.
+    """
+    import tomllib  # Python 3.11+, like this test suite; the package itself supports 3.10
+
+    assert hasattr(web.StreamResponse(), "_send_headers_immediately")
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    [spec] = [d for d in project["project"]["dependencies"] if d.startswith("aiohttp")]
+    floor = re.search(r">=\s*([0-9]+)\.([0-9]+)", spec)
+    assert floor is not None, spec
+    assert (int(floor.group(1)), int(floor.group(2))) >= (3, 12), spec

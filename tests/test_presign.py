@@ -112,7 +112,7 @@ async def test_budget_refuses_a_presign_and_the_payment_alike(start_proxy, gatew
     await warm_up(proxy, PAID)
     payer = proxy.app[PAYER_KEY]
     assert payer.budget is not None
-    spent = payer.budget.spent()
+    spent = (await payer.budget.usage()).spent
     payer.budget.limit = spent + 1  # one more micro-USDC: no call fits
     before, pay_before = len(gateway.requests), len(gateway.payments)
     reply = await post(proxy, varied(random.Random(5)))
@@ -123,7 +123,7 @@ async def test_budget_refuses_a_presign_and_the_payment_alike(start_proxy, gatew
     assert proxy.app[QUOTES_KEY].stats.declined == 1
 
 
-async def test_budget_counts_what_was_signed_over_the_window(start_proxy, gateway):
+async def test_budget_counts_what_was_sent_over_the_window(start_proxy, gateway):
     body = varied(random.Random(6))
     price = priced(gateway, body)
     proxy = await start_proxy(budget_usd=Decimal(2 * price) / 1_000_000)

@@ -19,6 +19,8 @@ pytest.importorskip("x402")
 
 from blockrun_proxy.testing.official import OfficialGateway
 
+# The proxy answers only JSON POSTs.
+JSON = {"Content-Type": "application/json"}
 WARM_UP = 10
 SHAPES = {
     "max_tokens": "openai/gpt-5.5",
@@ -39,7 +41,9 @@ async def test_official_server_accepts_payments_signed_up_front(start_proxy, sha
             for body in sent:
                 before = len(gateway.requests)
                 async with session.post(
-                    proxy.base_url + "/chat/completions", data=orjson.dumps(body)
+                    proxy.base_url + "/chat/completions",
+                    data=orjson.dumps(body),
+                    headers=JSON,
                 ) as resp:
                     assert resp.status == 200, await resp.read()
                 round_trips.append(len(gateway.requests) - before)

@@ -21,6 +21,8 @@ from blockrun_proxy.testing import FakeGateway
 from blockrun_proxy.testing._models import PRICING_SHAPES
 from blockrun_proxy.testing.workloads import WORKLOADS, bodies
 
+# The proxy answers only JSON POSTs.
+JSON = {"Content-Type": "application/json"}
 TEST_NETWORK = "eip155:84532"
 WARM_UP = 10  # the first paid calls of a model, not counted
 REQUIRED_SHARE = 0.9
@@ -57,7 +59,9 @@ async def drive(start_proxy, shape: str, model: str, workload: str, **settings) 
             for body in bodies(workload, model):
                 before, settled = len(gateway.chat_requests), len(gateway.settled)
                 async with session.post(
-                    proxy.base_url + "/chat/completions", data=orjson.dumps(body)
+                    proxy.base_url + "/chat/completions",
+                    data=orjson.dumps(body),
+                    headers=JSON,
                 ) as resp:
                     await resp.read()
                     assert resp.status == 200
@@ -107,7 +111,9 @@ async def test_without_catalogue_prices_the_402s_alone_teach_it(start_proxy):
             for body in bodies("conversation", SHAPES["chars"]):
                 before, settled = len(gateway.chat_requests), len(gateway.settled)
                 async with session.post(
-                    proxy.base_url + "/chat/completions", data=orjson.dumps(body)
+                    proxy.base_url + "/chat/completions",
+                    data=orjson.dumps(body),
+                    headers=JSON,
                 ) as resp:
                     await resp.read()
                 round_trips.append(len(gateway.chat_requests) - before)

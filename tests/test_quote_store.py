@@ -1,136 +1,117 @@
-"""Learned quotes survive a restart: the book's snapshot, the file, a restarted proxy."""
+"""Learned quotes shared through Redis: opaque snapshots per price key, bounded, timed out."""
 
 from __future__ import annotations
 
-import os
-import secrets
+import time
+from collections.abc import AsyncIterator
 
-import aiohttp
-import orjson
 import pytest
-from quoting import feed, with_catalogue
+from redis_support import RedisServer
 
-from blockrun_proxy.app import KEEPER_KEY, QUOTES_KEY
-from blockrun_proxy.config import Settings
-from blockrun_proxy.quotes import QuoteBook, request_features
-from blockrun_proxy.quotes.store import FILE_NAME, MAX_FILE_BYTES, QuoteStore
-from blockrun_proxy.server import running
-from blockrun_proxy.testing import DEFAULT_MODELS, FakeGateway
-from blockrun_proxy.testing._models import PRICING_SHAPES, chars_price
-from blockrun_proxy.testing.workloads import bodies
-
-MINI = {m.id: m for m in DEFAULT_MODELS}["openai/gpt-4o-mini"]
-API = "https://gateway.test/api"
-TEST_NETWORK = "eip155:84532"
+from blockrun_proxy import quote_store
+from blockrun_proxy.quote_store import (
+    MAX_SNAPSHOT_BYTES,
+    SNAPSHOT_TTL_SECONDS,
+    MemoryQuoteStore,
+    RedisQuoteStore,
+    StoreUnavailable,
+)
+from blockrun_proxy.redis_link import RedisLink
 
 
-def warm_book(catalogue: bool = True) -> QuoteBook:
-    book = with_catalogue(QuoteBook(), MINI) if catalogue else QuoteBook()
-    feed(book, MINI, chars_price, bodies("conversation", MINI.id)[:40])
-    return book
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def next_request():
-    body = bodies("conversation", MINI.id)[45]
-    return body, request_features(MINI.id, body["max_tokens"], body)
+@pytest.fixture
+async def link(redis_server: RedisServer) -> AsyncIterator[RedisLink]:
+    link = RedisLink(redis_server.url, timeout=0.3, prefix="test")
+    yield link
+    await link.aclose()
 
 
-@pytest.mark.parametrize("catalogue", [True, False], ids=["catalogue", "learned"])
-def test_a_reloaded_book_presigns_what_the_saved_one_would(tmp_path, catalogue) -> None:
-    saved = warm_book(catalogue)
-    body, features = next_request()
-    expected = saved.presign(features)
-    assert expected is not None and expected.amount == chars_price(MINI, body)
-    store = QuoteStore(tmp_path / "state", API)
-    assert store.save(saved.snapshot())
-    assert (tmp_path / "state" / FILE_NAME).exists()
-    fresh = QuoteBook()
-    doc = store.load()
-    assert doc is not None
-    fresh.adopt_states(*fresh.load_states(doc))
-    presign = fresh.presign(features)
-    assert presign is not None and presign.amount == expected.amount
-    assert presign.requirement.raw == expected.requirement.raw
+@pytest.fixture(params=["memory", "redis"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple]:
+    """Two handles on one store (two replicas), and the clock they share."""
+    clock = Clock()
+    if request.param == "memory":
+        store = MemoryQuoteStore(clock=clock)
+        yield store, store, clock
+        return
+    server = request.getfixturevalue("redis_server")
+    links = [RedisLink(server.url, timeout=0.3, prefix="test") for _ in range(2)]
+    yield RedisQuoteStore(links[0], clock=clock), RedisQuoteStore(links[1], clock=clock), clock
+    for link in links:
+        await link.aclose()
 
 
-def test_templates_age_while_the_file_sits_on_disk() -> None:
-    saved = warm_book()
-    doc = orjson.loads(orjson.dumps(saved.snapshot(wall=1_000_000.0)))
-    _, features = next_request()
-    recent = QuoteBook()
-    recent.adopt_states(*recent.load_states(doc, wall=1_000_000.0 + 60))
-    assert recent.presign(features) is not None
-    stale = QuoteBook()  # 10 minutes later: past the 5-minute TTL, re-checked with a probe
-    stale.adopt_states(*stale.load_states(doc, wall=1_000_000.0 + 600))
-    assert stale.trusted(MINI.id) and stale.presign(features) is None
+async def test_a_snapshot_saved_by_one_replica_is_loaded_by_another(stores: tuple) -> None:
+    first, second, _ = stores
+    assert await second.load() == {}
+    await first.save("openai/gpt-5.5", b"\x00binary\xffsnapshot")
+    await first.save("anthropic/claude", b"v1")
+    await first.save("anthropic/claude", b"v2")  # replaced, not appended
+    assert await second.load() == {
+        "openai/gpt-5.5": b"\x00binary\xffsnapshot",
+        "anthropic/claude": b"v2",
+    }
 
 
-def test_what_is_not_ours_is_ignored(tmp_path) -> None:
-    store = QuoteStore(tmp_path, API)
-    path = tmp_path / FILE_NAME
-    assert store.load() is None  # nothing saved yet
-    path.write_bytes(b"\x00 not json")
-    assert store.load() is None
-    assert QuoteStore(tmp_path, "https://other.test/api").save(warm_book().snapshot())
-    assert store.load() is None  # written for another gateway
-    path.write_bytes(b" " * (MAX_FILE_BYTES + 1))
-    assert store.load() is None
-    book = QuoteBook()
-    snapshot = warm_book().snapshot()
-    assert book.load_states({**snapshot, "format": 999}) == ({}, [])
-    assert book.load_states({**snapshot, "measures": ["bytes"]}) == ({}, [])
-    broken = {**snapshot, "keys": [{"route": 1}, "junk", {"route": "/v1/chat/completions"}]}
-    assert book.load_states(broken)[1] == []
+async def test_snapshots_not_saved_again_expire(stores: tuple) -> None:
+    first, second, clock = stores
+    await first.save("old", b"a")
+    clock.now += SNAPSHOT_TTL_SECONDS / 2
+    await first.save("fresh", b"b")
+    clock.now += SNAPSHOT_TTL_SECONDS / 2 + 1
+    assert await second.load() == {"fresh": b"b"}
 
 
-def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch) -> None:
-    store = QuoteStore(tmp_path, API)
-    assert store.save(warm_book().snapshot())
-    before = (tmp_path / FILE_NAME).read_bytes()
+async def test_sizes_are_bounded(stores: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second, _ = stores
+    with pytest.raises(ValueError, match="exceeds"):
+        await first.save("big", b"x" * (MAX_SNAPSHOT_BYTES + 1))
+    with pytest.raises(ValueError, match="price key"):
+        await first.save("", b"x")
+    monkeypatch.setattr(quote_store, "MAX_KEYS", 3)
+    for index in range(5):
+        await first.save(f"model-{index}", b"x")
+    kept = await second.load()
+    assert len(kept) == 3
+    known = sorted(kept)[0]
+    await first.save(known, b"new")  # a key already stored may always be refreshed
+    assert (await second.load())[known] == b"new"
 
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", broken_replace)
-    assert not store.save(QuoteBook().snapshot())
-    assert (tmp_path / FILE_NAME).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]  # no temporary left behind
+async def test_redis_snapshots_expire_in_redis_too(link: RedisLink) -> None:
+    await RedisQuoteStore(link).save("m", b"x")
+    ttl = await link.client.ttl("test:quotes")
+    assert 0 < ttl <= SNAPSHOT_TTL_SECONDS
 
 
-async def test_a_restarted_proxy_signs_its_first_call_up_front(tmp_path) -> None:
-    shape = PRICING_SHAPES["chars"]
-    sent = bodies("conversation", MINI.id)
-    async with FakeGateway(
-        network=TEST_NETWORK, models=shape.models, pricing=shape.price, verify="fast"
-    ) as gateway:
-        settings = Settings(
-            port=0,
-            api_url=gateway.base_url,
-            networks=(TEST_NETWORK,),
-            wallet_key="0x" + secrets.token_hex(32),
-            state_dir=tmp_path,
-        )
+async def test_a_hung_redis_costs_the_book_at_most_the_timeout(
+    redis_server: RedisServer, link: RedisLink
+) -> None:
+    store = RedisQuoteStore(link)
+    await store.save("m", b"x")
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.load()
+        with pytest.raises(StoreUnavailable):
+            await store.save("m", b"y")
+        assert time.monotonic() - started < 1.0
+    finally:
+        redis_server.resume()
+    assert await store.load() == {"m": b"x"}
 
-        async def call(port: int, body) -> int:
-            before = len(gateway.chat_requests)
-            async with (
-                aiohttp.ClientSession() as session,
-                session.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions", data=orjson.dumps(body)
-                ) as resp,
-            ):
-                await resp.read()
-                assert resp.status == 200
-            return len(gateway.chat_requests) - before
 
-        async with running(settings) as (runner, port):
-            for body in sent[:20]:
-                await call(port, body)
-            assert runner.app[QUOTES_KEY].trusted(MINI.id)
-        assert (tmp_path / FILE_NAME).exists()  # saved at shutdown
-
-        async with running(settings) as (runner, port):
-            await runner.app[KEEPER_KEY].loaded.wait()
-            models_reads = gateway.models_calls
-            assert await call(port, sent[20]) == 1  # warm from the first call
-            assert gateway.models_calls == models_reads  # the catalogue came from the file
+async def test_junk_in_the_hash_is_dropped_not_served(link: RedisLink) -> None:
+    await link.client.hset("test:quotes", "short", b"abc")
+    store = RedisQuoteStore(link)
+    assert await store.load() == {}
+    assert not await link.client.hexists("test:quotes", "short")

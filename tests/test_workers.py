@@ -10,7 +10,7 @@ import re
 import aiohttp
 import orjson
 import pytest
-from ops_support import free_port, proxy_environ, until
+from ops_support import JSON, free_port, proxy_environ, until
 from proc_support import ProxyProcess
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,7 +50,9 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             for _ in range(CALLS):
-                async with session.post(base + "/v1/chat/completions", data=body) as resp:
+                async with session.post(
+                    base + "/v1/chat/completions", data=body, headers=JSON
+                ) as resp:
                     assert resp.status == 200
             key = ("blockrun_proxy_requests_total",
                    (("route", "/v1/chat/completions"), ("status", "200")))  # fmt: skip
@@ -69,7 +71,7 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
             for _ in range(6):
                 values = await scrape()
                 assert values[key] == CALLS
-                assert values[("blockrun_proxy_payments_signed_total", ())] == CALLS
+                assert values[("blockrun_proxy_payments_sent_total", ())] == CALLS
                 settled = sum(s.amount for s in gateway.settled)
                 assert values[("blockrun_proxy_settled_micro_usdc_total", ())] == settled
                 assert values[("blockrun_proxy_max_concurrent", ())] == 2 * 256
@@ -110,12 +112,13 @@ def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_
 
     seen: dict[str, object] = {}
 
-    def fake_supervise(options, workers):
-        seen.update(options=options, workers=workers)
+    def fake_supervise(options, workers, secrets, extra_env=None):
+        seen.update(options=options, workers=workers, secrets=secrets, extra_env=extra_env)
         return 0
 
+    redis_url = "redis://:hunter2@redis:6379/0"  # a password in the URL
     env = {"BLOCKRUN_WALLET_KEY": "0x" + "11" * 32, "BLOCKRUN_PROXY_TOKEN": "tok",
-           "BLOCKRUN_PROXY_MAX_QUEUE": "7"}  # fmt: skip
+           "BLOCKRUN_PROXY_MAX_QUEUE": "7", "BLOCKRUN_PROXY_REDIS_URL": redis_url}  # fmt: skip
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level  # serve sets up the process's logging
     with pytest.MonkeyPatch.context() as mp:
@@ -135,7 +138,11 @@ def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_
     assert options[options.index("--max-queue") + 1] == "7"
     assert [options[i + 1] for i, o in enumerate(options) if o == "--pay-to"] == ["0xA", "0xB"]
     assert "--workers" not in options and "--demo" not in options
-    assert not any("11" * 32 in o or o == "tok" for o in options)
+    assert not any("11" * 32 in o or o == "tok" or "hunter2" in o for o in options)
+    # The secrets travel apart, through the pipe the supervisor gives each child.
+    assert (seen["secrets"].wallet_key, seen["secrets"].token) == ("0x" + "11" * 32, "tok")
+    assert "11" * 32 not in repr(seen["secrets"])
+    assert seen["extra_env"] == {"BLOCKRUN_PROXY_REDIS_URL": redis_url}  # by environment
     command = worker_command(options)
     assert command[-3:] == ["--workers", "1", "--reuse-port"]
     env_for_child = worker_environ({"PYTHONPATH": "/x"}, "/tmp/m")

@@ -24,7 +24,7 @@ from blockrun_proxy.quotes.book import QuoteBook, compute_fit
 from blockrun_proxy.quotes.features import PriceKey
 from blockrun_proxy.quotes.fit import Observation
 from blockrun_proxy.quotes.prior import parse_catalogue
-from blockrun_proxy.quotes.store import QuoteStore
+from blockrun_proxy.quotes.store import QuoteFile
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class QuoteKeeper:
         book: QuoteBook,
         *,
         fetch_catalogue: FetchCatalogue | None = None,
-        store: QuoteStore | None = None,
+        store: QuoteFile | None = None,
         save_interval: float = DEFAULT_SAVE_INTERVAL,
     ) -> None:
         self.book = book

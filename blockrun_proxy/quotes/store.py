@@ -25,7 +25,7 @@ FILE_NAME = "quotes.json"
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
-class QuoteStore:
+class QuoteFile:
     def __init__(self, directory: Path, api_url: str) -> None:
         self.path = directory / FILE_NAME
         # Quotes learned from one gateway say nothing about another (testnet vs mainnet).

@@ -37,6 +37,9 @@ class ModelSpec:
     free: bool = False
     context_window: int = 200_000
     name: str | None = None
+    # Other names the Anthropic and Gemini routes accept for this model, e.g. the
+    # "claude-sonnet-4-6" Claude Code sends for "anthropic/claude-sonnet-4.6".
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_price", _exact(self.input_price))
@@ -75,7 +78,14 @@ def _exact(value: object) -> Fraction:
 
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("openai/gpt-5.5", 5, 40, context_window=400_000, name="GPT-5.5"),
-    ModelSpec("anthropic/claude-sonnet-4.6", 3, 15, max_output=64_000, name="Claude Sonnet 4.6"),
+    ModelSpec(
+        "anthropic/claude-sonnet-4.6",
+        3,
+        15,
+        max_output=64_000,
+        name="Claude Sonnet 4.6",
+        aliases=("claude-sonnet-4-6", "claude-sonnet-4.6"),
+    ),
     ModelSpec(
         "openai/gpt-4o-mini",
         Fraction("0.15"),
@@ -83,6 +93,14 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         max_output=16_384,
         context_window=128_000,
         name="GPT-4o mini",
+    ),
+    ModelSpec(
+        "google/gemini-2.5-flash",
+        Fraction("0.3"),
+        Fraction("2.5"),
+        max_output=65_536,
+        context_window=1_048_576,
+        name="Gemini 2.5 Flash",
     ),
     ModelSpec(
         "nvidia/deepseek-v4-flash",

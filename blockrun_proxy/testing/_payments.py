@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -37,6 +37,8 @@ class Quote:
     max_timeout_seconds: int
     domain_name: str
     domain_version: str
+    # The requirement's ``extra`` when it is not the EIP-712 domain (Solana: the feePayer).
+    extra: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,7 +48,11 @@ class Quote:
             "asset": self.asset,
             "payTo": self.pay_to,
             "maxTimeoutSeconds": self.max_timeout_seconds,
-            "extra": {"name": self.domain_name, "version": self.domain_version},
+            "extra": (
+                dict(self.extra)
+                if self.extra is not None
+                else {"name": self.domain_name, "version": self.domain_version}
+            ),
         }
 
 
@@ -85,11 +91,23 @@ class Verdict:
     reason: str | None = None
     auth: Authorization | None = None
     payer: str = ""
+    # Solana: the base64 transaction that was verified (what settlement signs and sends)
+    # and the sha256 of its message, which is what makes it unique (its "nonce").
+    transaction: str | None = None
+    message_hash: str | None = None
+
+    @property
+    def settleable(self) -> bool:
+        """Whether this verdict carries a well-signed payment a chain would settle."""
+        return self.auth is not None or self.transaction is not None
 
     @property
     def nonce_key(self) -> tuple[str, str]:
-        assert self.auth is not None
-        return (self.auth.from_.lower(), self.auth.nonce.hex())
+        """What a chain settles at most once: (payer, EIP-3009 nonce) or (payer, message hash)."""
+        if self.auth is not None:
+            return (self.auth.from_.lower(), self.auth.nonce.hex())
+        assert self.message_hash is not None, "a verdict without a payment has no nonce"
+        return (self.payer, self.message_hash)
 
 
 class _Invalid(Exception):
@@ -110,6 +128,7 @@ def check_payment(
     authorization that was already settled is a replay, whatever its price or
     expiry now), then price and time window.
     """
+    signed: Authorization | None = None  # once the signature is known to be good
     try:
         accepted, auth, signature = _parse(payment)
         _match_quote(accepted, auth, quote)
@@ -122,6 +141,7 @@ def check_payment(
             raise _Invalid(
                 f"invalid signature: recovered {signer}, authorization.from is {auth.from_}"
             )
+        signed = auth
         if (auth.from_.lower(), auth.nonce.hex()) in settled_nonces:
             return Verdict(Outcome.REPLAY, "nonce already used", auth, auth.from_)
         if auth.value < quote.amount:
@@ -132,7 +152,9 @@ def check_payment(
                 f"[{auth.valid_after}, {auth.valid_before}))"
             )
     except _Invalid as exc:
-        return Verdict(Outcome.INVALID, str(exc))
+        # A refused payment whose signature is good still names its authorization: a
+        # dishonest gateway could keep it and settle it later (Misbehavior.keep_refused).
+        return Verdict(Outcome.INVALID, str(exc), signed, signed.from_ if signed else "")
     return Verdict(Outcome.ACCEPTED, None, auth, auth.from_)
 
 

@@ -15,6 +15,7 @@ class RecordedRequest:
     headers: CIMultiDict[str]
     body: bytes
     payment: dict[str, Any] | None  # decoded PAYMENT-SIGNATURE / X-PAYMENT, if decodable
+    query: str = ""  # the query as sent, still %-encoded ("alt=sse", "model=xai%2F...")
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,21 @@ class SettledPayment:
 def payment_record(
     payment: dict[str, Any] | None, *, accepted: bool, reason: str | None
 ) -> PaymentRecord:
-    """Best-effort summary of a payment payload that may be malformed."""
+    """Best-effort summary of a payment payload that may be malformed.
+
+    An upto payload has ``permit2Authorization`` instead: its nonce (a decimal uint256),
+    its ceiling and its witness's payee fill the same fields.
+    """
     payload = _dict((payment or {}).get("payload"))
     auth = _dict(payload.get("authorization"))
+    permit2 = _dict(payload.get("permit2Authorization"))
+    if permit2 and not auth:
+        auth = {
+            "nonce": permit2.get("nonce", ""),
+            "value": _dict(permit2.get("permitted")).get("amount"),
+            "from": permit2.get("from", ""),
+            "to": _dict(permit2.get("witness")).get("to", ""),
+        }
     value = auth.get("value")
     try:
         amount = int(value) if isinstance(value, (str, int)) else 0

@@ -16,7 +16,7 @@ from typing import Any
 from .networks import Network, canonical_network
 from .refusal import Refusal
 from .signer import Authorization, Signer
-from .wire import Requirement, encode_header
+from .wire import PaymentResponse, Requirement, encode_header
 
 X402_VERSION = 2
 # validAfter is backdated so a gateway whose clock runs behind still accepts it.
@@ -25,6 +25,11 @@ BUILDER_SERVICE_CODE = "blockrun"
 # The official server refuses an echoed builder-code ``s`` list longer than this (its
 # client and server reservations, 5 + 5): with a full list, ours is left out, not theirs.
 MAX_SERVICE_CODES = 10
+# What a gateway's settlement report can claim that cannot be true (a bounded set: these
+# label a metric). The payer never takes either as a cost.
+SETTLED_ABOVE_SIGNED = "settled_above_signed"
+SETTLED_BELOW_SIGNED = "settled_below_signed"
+SETTLEMENT_ANOMALIES = (SETTLED_ABOVE_SIGNED, SETTLED_BELOW_SIGNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,38 @@ def sign_payment(
         requirement=requirement,
         amount=requirement.amount,
     )
+
+
+def settled_cost(
+    payment: SignedPayment, settlement: PaymentResponse | None
+) -> tuple[int, str | None]:
+    """What ``payment`` cost, and the anomaly when the gateway's report cannot be true.
+
+    The amount in ``PAYMENT-RESPONSE`` is the gateway's word, not the chain's, so it is
+    believed only where it could be true. What the signature authorizes bounds what can
+    ever be taken:
+
+    - ``exact`` transfers exactly the signed amount: the cost is that amount, and a
+      report of any other (say 999.999999 USD, or 0) is an anomaly;
+    - a scheme that settles *at most* a signed ceiling (``upto``) costs the settled
+      amount when ``0 <= settled <= signed``; above the ceiling it is an anomaly and
+      the ceiling is the cost.
+
+    A report without an amount costs the signed amount (PROTOCOL.md section 3).
+    """
+    signed = payment.amount
+    claimed = settlement.amount if settlement is not None else None
+    if claimed is None or claimed == signed:
+        return signed, None
+    if claimed > signed:
+        return signed, SETTLED_ABOVE_SIGNED
+    if payment.requirement.scheme in SETTLES_AT_MOST_SIGNED:
+        return claimed, None
+    return signed, SETTLED_BELOW_SIGNED
+
+
+# Schemes whose signature is a ceiling the gateway may settle below (none is signed yet).
+SETTLES_AT_MOST_SIGNED = frozenset({"upto"})
 
 
 def _check_meaning(requirement: Requirement, network: Network) -> None:

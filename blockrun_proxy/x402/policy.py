@@ -4,6 +4,11 @@ PROTOCOL.md section 5 rule 4: network and asset known, payTo allowed, amount wit
 the per-call cap, timeout within a cap, resource on the gateway's own host. The
 cumulative budget is not here (it needs state); the caller checks it around
 ``select``. Every refusal is a ``Refusal`` whose ``code`` names the rule.
+
+An upto requirement passes the same rules (its ``amount`` is the ceiling, held to the
+same cap) plus its own (upto.py ``upto_terms``: Permit2 transfer method, a real
+facilitator address, no foreign spender). Which schemes are paid, and in which order of
+preference, is ``schemes``: ``("exact",)`` unless the operator opts into upto.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from urllib.parse import urlsplit
 from ._abi import is_address
 from .networks import Network, canonical_network, network_for
 from .refusal import Refusal
+from .upto import upto_terms
 from .wire import PaymentRequired, Requirement
+
+# The x402 schemes this payer can sign; PayerPolicy.schemes picks from these.
+KNOWN_SCHEMES = ("exact", "upto")
 
 USDC_DECIMALS = 6
 _USDC_UNIT = 10**USDC_DECIMALS
@@ -38,8 +47,15 @@ class PayerPolicy:
     gateway_host: str
     max_timeout_seconds: int = 600
     pay_to: frozenset[str] = frozenset()  # lowercased; empty = any
+    # Schemes paid, most preferred first: ("exact",), ("upto",) or ("upto", "exact").
+    schemes: tuple[str, ...] = ("exact",)
 
     def __post_init__(self) -> None:
+        if not self.schemes or len(set(self.schemes)) != len(self.schemes):
+            raise ValueError(f"schemes must name each scheme once: {self.schemes!r}")
+        unknown = [s for s in self.schemes if s not in KNOWN_SCHEMES]
+        if unknown:
+            raise ValueError(f"unknown x402 scheme(s) {unknown}; known: {KNOWN_SCHEMES}")
         # Normalize once so checks are plain comparisons; callers may pass any case.
         object.__setattr__(self, "networks", frozenset(map(canonical_network, self.networks)))
         object.__setattr__(self, "pay_to", frozenset(a.lower() for a in self.pay_to))
@@ -48,10 +64,10 @@ class PayerPolicy:
     def check(self, requirement: Requirement, resource: Mapping[str, Any] | None) -> Network:
         """The network to sign under, or Refusal naming the first rule broken."""
         req = requirement
-        if req.scheme != "exact":
+        if req.scheme not in self.schemes:
             _refuse(
                 "scheme_not_supported",
-                f"x402 scheme {_shown(req.scheme)} is not supported (only 'exact')",
+                f"x402 scheme {_shown(req.scheme)} is not supported (only {self._shown_schemes})",
             )
         if canonical_network(req.network) not in self.networks:
             _refuse(
@@ -77,6 +93,9 @@ class PayerPolicy:
             )
         if not is_address(req.pay_to):
             _refuse("pay_to_not_allowed", f"payTo {_shown(req.pay_to)} is not an EVM address")
+        if int(req.pay_to, 16) == 0:
+            # Nobody holds the zero address's key: a transfer there is money destroyed.
+            _refuse("pay_to_not_allowed", "payTo is the zero address (a transfer there is burnt)")
         if self.pay_to and req.pay_to.lower() not in self.pay_to:
             _refuse("pay_to_not_allowed", f"payTo {req.pay_to} is not in the allowed list")
         if not 0 < req.max_timeout_seconds <= self.max_timeout_seconds:
@@ -92,29 +111,38 @@ class PayerPolicy:
                     "resource_host_mismatch",
                     f"resource {_shown(url)} is not on the gateway host {self.gateway_host}",
                 )
+        if req.scheme == "upto":
+            upto_terms(req)  # facilitator, transfer method, spender
         return network
 
     def select(self, offer: PaymentRequired) -> tuple[Requirement, Network]:
-        """The first exact requirement the policy accepts, with its network.
+        """The requirement the policy accepts, with its network, by scheme preference.
 
-        If none passes, raise the refusal of the first exact one (the gateway's
-        preferred option, so the message is about what it actually wanted).
+        ``schemes`` are tried most preferred first; within a scheme, the gateway's order.
+        If none passes, raise the refusal of the first requirement of the most preferred
+        scheme offered (the option we wanted most, so the message is about it).
         """
         first_refusal: Refusal | None = None
-        for req in offer.accepts:
-            if req.scheme != "exact":
-                continue
-            try:
-                return req, self.check(req, offer.resource)
-            except Refusal as refusal:
-                first_refusal = first_refusal or refusal
+        for scheme in self.schemes:
+            for req in offer.accepts:
+                if req.scheme != scheme:
+                    continue
+                try:
+                    return req, self.check(req, offer.resource)
+                except Refusal as refusal:
+                    first_refusal = first_refusal or refusal
         if first_refusal is not None:
             raise first_refusal
         schemes = ", ".join(sorted({_shown(r.scheme) for r in offer.accepts}))
         _refuse(
             "scheme_not_supported",
-            f"the gateway offers only x402 scheme(s) {schemes}; this proxy pays 'exact' only",
+            f"the gateway offers only x402 scheme(s) {schemes}; this proxy pays "
+            f"{self._shown_schemes} only",
         )
+
+    @property
+    def _shown_schemes(self) -> str:
+        return ", ".join(repr(s) for s in self.schemes)
 
 
 def _shown(value: str, limit: int = 80) -> str:

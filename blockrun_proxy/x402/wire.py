@@ -21,6 +21,12 @@ from ._abi import UINT256_MAX
 
 # A 402 body worth parsing is a few KiB; never JSON-parse a large one.
 MAX_BODY_BYTES = 256 * 1024
+# A PAYMENT-REQUIRED header is about 1 KiB per requirement; the proxy's HTTP client
+# reads gateway header fields up to this size (upstream.GATEWAY_MAX_FIELD_SIZE).
+MAX_HEADER_CHARS = 64 * 1024
+# BlockRun offers two requirements (exact, then upto). An offer of more is not one to
+# choose from but work forced on the payer: it is not a usable payment requirement.
+MAX_ACCEPTS = 16
 # Requirements missing maxTimeoutSeconds get the blockrun-llm SDK's default.
 DEFAULT_MAX_TIMEOUT_SECONDS = 300
 
@@ -112,7 +118,7 @@ def parse_payment_required(header_value: str | None, body: bytes | None) -> Paym
     top-level ``{"x402Version", "accepts", ...}``. None when neither yields at
     least one well-formed requirement.
     """
-    if header_value:
+    if header_value and len(header_value) <= MAX_HEADER_CHARS:
         offer = _payment_required(decode_header(header_value), default_version=2)
         if offer is not None:
             return offer
@@ -135,7 +141,7 @@ def _payment_required(doc: object, *, default_version: int) -> PaymentRequired |
     if not isinstance(doc, dict):
         return None
     accepts = doc.get("accepts")
-    if not isinstance(accepts, list):
+    if not isinstance(accepts, list) or len(accepts) > MAX_ACCEPTS:
         return None
     reqs = tuple(r for r in map(_requirement, accepts) if r is not None)
     if not reqs:

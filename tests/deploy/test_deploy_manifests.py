@@ -61,6 +61,14 @@ PROXY_SETTINGS_ENV = {
     "BLOCKRUN_PROXY_LOG_LEVEL",
     "BLOCKRUN_PROXY_DEFAULT_MAX_TOKENS",
     "BLOCKRUN_PROXY_PAY_TO",
+    "BLOCKRUN_PROXY_STATE_DIR",
+    "BLOCKRUN_PROXY_BUDGET_USD",
+    "BLOCKRUN_PROXY_BUDGET_WINDOW",
+    "BLOCKRUN_PROXY_REDIS_URL",
+    "BLOCKRUN_PROXY_REDIS_PREFIX",
+    "BLOCKRUN_PROXY_REDIS_TIMEOUT",
+    "BLOCKRUN_PROXY_BUDGET_FAIL_OPEN",
+    "BLOCKRUN_PROXY_LEDGER_RETENTION",
 }
 PROXY_SECRET_ENV = {"BLOCKRUN_WALLET_KEY", "BLOCKRUN_PROXY_TOKEN"}
 
@@ -72,8 +80,13 @@ K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 # --------------------------------------------------------------------------- loading
 
 
-def _manifest_files() -> list[Path]:
-    return sorted([*K8S.glob("*.yaml"), *K8S.glob("*.yml")])
+def _manifest_files(directory: Path = K8S) -> list[Path]:
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+
+
+def _all_manifest_files() -> list[Path]:
+    """The base and every example beside it (kubernetes/fleet, ...): all schema-checked."""
+    return sorted([*K8S.rglob("*.yaml"), *K8S.rglob("*.yml")])
 
 
 def _load_docs(path: Path) -> list[dict[str, Any]]:
@@ -81,7 +94,9 @@ def _load_docs(path: Path) -> list[dict[str, Any]]:
 
 
 ALL_DOCS: list[tuple[Path, int, dict[str, Any]]] = [
-    (path, index, doc) for path in _manifest_files() for index, doc in enumerate(_load_docs(path))
+    (path, index, doc)
+    for path in _all_manifest_files()
+    for index, doc in enumerate(_load_docs(path))
 ]
 K8S_OBJECTS = [item for item in ALL_DOCS if item[2].get("kind") != "Kustomization"]
 
@@ -260,7 +275,7 @@ def _proxy_grace_seconds() -> float:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize(
     "doc",
-    [pytest.param(doc, id=f"{path.name}#{index}") for path, index, doc in K8S_OBJECTS],
+    [pytest.param(doc, id=f"{path.relative_to(K8S)}#{index}") for path, index, doc in K8S_OBJECTS],
 )
 def test_object_matches_kubernetes_openapi_schema(doc: dict[str, Any], version: str) -> None:
     try:

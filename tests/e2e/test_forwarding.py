@@ -116,7 +116,11 @@ async def test_only_max_tokens_is_ever_added(start_proxy, gateway):
     proxy = await start_proxy()
     raw = json.dumps({"model": PAID, "messages": RICH["messages"]}).encode()
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(proxy.base_url + "/chat/completions", data=raw)
+        resp = await s.post(
+            proxy.base_url + "/chat/completions",
+            data=raw,
+            headers={"Content-Type": "application/json"},
+        )
         assert resp.status == 200
     assert gateway.chat_requests[-1].body == b'{"max_tokens":1024,' + raw[1:]
 

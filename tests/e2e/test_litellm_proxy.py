@@ -36,9 +36,17 @@ pytestmark = pytest.mark.e2e
 START_TIMEOUT = 120.0  # seconds; about 15 on a 2-core machine, mostly imports
 MODEL_NAME = "gpt-5.5"  # the model_name in the README's config
 MESSAGES = [{"role": "user", "content": "Say something nice"}]
-# Variables the LiteLLM Proxy must not see: our wallet, and anything that would make it
-# look for a database.
-WITHHELD_ENV = ("BLOCKRUN_WALLET_KEY", "BASE_CHAIN_WALLET_KEY", "DATABASE_URL", "DIRECT_URL")
+# Variables the LiteLLM Proxy must not see: our wallets and API key, and anything that
+# would make it look for a database.
+WITHHELD_ENV = (
+    "BLOCKRUN_WALLET_KEY",
+    "BASE_CHAIN_WALLET_KEY",
+    "BLOCKRUN_SOLANA_KEY",
+    "SOLANA_WALLET_KEY",
+    "BLOCKRUN_API_KEY",
+    "DATABASE_URL",
+    "DIRECT_URL",
+)
 
 
 @dataclass

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -38,14 +40,41 @@ _DOMAIN_TYPES = [
 ]
 
 
+def chat_body(text: str = "hello", model: str = PAID_MODEL, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+ANTHROPIC_BODY = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+# Every paid route: (route name, path under the API prefix, a body it prices, the
+# dialect its errors use). Shared by the tests that run something over every route,
+# on every rail.
+PAID_ROUTES = [
+    ("chat", "/v1/chat/completions", chat_body(), "openai"),
+    ("messages", "/v1/messages", ANTHROPIC_BODY, "anthropic"),
+    ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent", GEMINI_BODY, "google"),
+    ("images", "/v1/images/generations", {"prompt": "a cat"}, "blockrun"),
+    ("image2image", "/v1/images/image2image", {"prompt": "x", "image": "data:,"}, "blockrun"),
+    ("speech", "/v1/audio/speech", {"input": "hello"}, "blockrun"),
+    ("sound_effects", "/v1/audio/sound-effects", {"text": "rain"}, "blockrun"),
+    ("music", "/v1/audio/generations", {"prompt": "synthwave"}, "blockrun"),
+    ("videos", "/v1/videos/generations", {"prompt": "an apple"}, "blockrun"),
+    ("search", "/v1/search", {"query": "x402"}, "blockrun"),
+    ("exa", "/v1/exa/search", {"query": "x402"}, "blockrun"),
+]
+JOB_ROUTES = {"music", "videos"}  # those answer 202 and settle on a poll
+ROUTE_IDS = [name for name, *_ in PAID_ROUTES]
+
+
 def b64json(value: str) -> dict[str, Any]:
     decoded = json.loads(base64.b64decode(value, validate=True))
     assert isinstance(decoded, dict)
     return decoded
-
-
-def chat_body(text: str = "hello", model: str = PAID_MODEL, **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
 @dataclass
@@ -133,3 +162,35 @@ def requirement_of(response_header: str) -> dict[str, Any]:
     first = accepts[0]
     assert isinstance(first, dict)
     return first
+
+
+async def pay(client: TestClient, path: str, body: dict[str, Any], payer: Payer) -> str:
+    """Probe ``path`` unpaid, check it asks for payment, and sign what it asks for."""
+    resp = await client.post(path, json=body)
+    assert resp.status == 402, await resp.text()
+    return payer.pay(requirement_of(resp.headers["PAYMENT-REQUIRED"]))
+
+
+async def paid_post(
+    client: TestClient, path: str, body: dict[str, Any], payer: Payer
+) -> ClientResponse:
+    """``path`` called the way an x402 client calls it: 402 first, then paid."""
+    header = await pay(client, path, body, payer)
+    return await client.post(path, json=body, headers={"PAYMENT-SIGNATURE": header})
+
+
+def sse_events(raw: bytes) -> list[tuple[str | None, Any]]:
+    """(event name, decoded data) per SSE frame; frames may end in LF LF or CRLF CRLF."""
+    events: list[tuple[str | None, Any]] = []
+    for frame in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        if not frame.strip():
+            continue
+        name = None
+        data: list[bytes] = []
+        for line in frame.split(b"\n"):
+            if line.startswith(b"event: "):
+                name = line[len(b"event: ") :].decode()
+            elif line.startswith(b"data: "):
+                data.append(line[len(b"data: ") :])
+        events.append((name, json.loads(b"\n".join(data))))
+    return events

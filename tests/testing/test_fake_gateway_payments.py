@@ -89,7 +89,7 @@ async def test_payment_up_front_without_a_402(
 ) -> None:
     # The spec lets a client that knows the requirements skip the probe.
     body = chat_body("first try")
-    requirement = gw._quote(gw.price_for(body)).to_json()
+    requirement = gw.quote(gw.price_for(body)).to_json()
     resp = await send(client, body, payer.pay(requirement))
     assert resp.status == 200
     assert len(gw.requests) == 1

@@ -50,7 +50,7 @@ async def test_402_header_and_body(gw: FakeGateway, client: TestClient) -> None:
 
 async def test_base_mainnet_quotes_its_own_usdc_domain() -> None:
     gw = FakeGateway(network="eip155:8453")
-    requirement = gw._quote(1234).to_json()
+    requirement = gw.quote(1234).to_json()
     assert requirement["asset"] == "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
     assert requirement["extra"] == {"name": "USD Coin", "version": "2"}
 

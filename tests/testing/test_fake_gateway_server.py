@@ -68,7 +68,7 @@ def test_import_does_not_load_eth_account() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-async def test_standalone_process() -> None:
+async def test_standalone_process(payer: Payer) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -79,6 +79,8 @@ async def test_standalone_process() -> None:
         "fast",
         "--stream-events",
         "3",
+        "--job-polls",
+        "0",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -91,6 +93,18 @@ async def test_standalone_process() -> None:
             async with session.post(f"{base}/v1/chat/completions", json=body) as resp:
                 raw = await resp.read()
         assert raw.count(b"data: ") == 1 + 3 + 1 + 1
+        async with aiohttp.ClientSession() as session:
+            video = {"prompt": "an apple"}
+            async with session.post(f"{base}/v1/videos/generations", json=video) as resp:
+                header = payer.pay(requirement_of(resp.headers["PAYMENT-REQUIRED"]))
+            paid = {"PAYMENT-SIGNATURE": header}
+            async with session.post(
+                f"{base}/v1/videos/generations", json=video, headers=paid
+            ) as resp:
+                poll_url = (await resp.json())["poll_url"]
+            origin = base.removesuffix("/api")
+            async with session.get(origin + poll_url, headers=paid) as resp:
+                assert resp.status == 200  # --job-polls 0: done on the first poll
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 30) == 0

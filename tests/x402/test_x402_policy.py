@@ -82,6 +82,10 @@ def test_good_requirement_passes() -> None:
         (req(amount=-5), "amount_invalid"),
         (req(pay_to="not-an-address"), "pay_to_not_allowed"),
         (req(pay_to="0x12"), "pay_to_not_allowed"),
+        (req(pay_to="0x" + "0" * 40), "pay_to_not_allowed"),  # the zero address: burnt
+        (req(pay_to="0x" + "0" * 39 + "g"), "pay_to_not_allowed"),
+        (req(pay_to="0x" + "11" * 21), "pay_to_not_allowed"),  # 21 bytes
+        (req(pay_to="11" * 20), "pay_to_not_allowed"),  # no 0x
         (req(max_timeout_seconds=601), "timeout_too_long"),
         (req(max_timeout_seconds=0), "timeout_too_long"),
         (req(max_timeout_seconds=-1), "timeout_too_long"),

@@ -16,6 +16,7 @@ from blockrun_proxy.x402 import (
     parse_payment_required,
     parse_payment_response,
 )
+from blockrun_proxy.x402.wire import MAX_ACCEPTS, MAX_HEADER_CHARS
 
 USDC_BASE = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
 PAY_TO = "0x1111111111111111111111111111111111111111"
@@ -126,6 +127,20 @@ def test_header_wins_over_body() -> None:
     assert parsed is not None and parsed.accepts[0].amount == 1
 
 
+def test_an_offer_of_too_many_requirements_is_not_usable() -> None:
+    assert parse_payment_required(b64(offer(*[requirement()] * MAX_ACCEPTS)), None) is not None
+    assert parse_payment_required(b64(offer(*[requirement()] * (MAX_ACCEPTS + 1))), None) is None
+    assert parse_payment_required(b64(offer(*[requirement()] * 1_000)), None) is None
+    body = orjson.dumps({"x402": offer(*[requirement()] * 1_000)})
+    assert parse_payment_required(None, body) is None
+
+
+def test_a_header_over_the_bound_is_not_parsed() -> None:
+    padded = b64(offer(padding="x" * MAX_HEADER_CHARS))
+    assert len(padded) > MAX_HEADER_CHARS
+    assert parse_payment_required(padded, None) is None
+
+
 @pytest.mark.parametrize("header", [None, "", "%%%garbage%%%", b64([1, 2]), b64({"accepts": []})])
 def test_body_used_when_header_absent_or_unusable(header: str | None) -> None:
     body = orjson.dumps(
@@ -226,9 +241,12 @@ def test_malformed_requirement_alone_gives_none(bad: Any) -> None:
 
 
 def test_malformed_requirements_skipped_among_good_ones() -> None:
-    parsed = parse_payment_required(b64(offer(*MALFORMED, requirement(amount="42"))), None)
-    assert parsed is not None
-    assert [r.amount for r in parsed.accepts] == [42]
+    size = MAX_ACCEPTS - 1  # offers of more are refused whole
+    for start in range(0, len(MALFORMED), size):
+        bad = MALFORMED[start : start + size]
+        parsed = parse_payment_required(b64(offer(*bad, requirement(amount="42"))), None)
+        assert parsed is not None
+        assert [r.amount for r in parsed.accepts] == [42]
 
 
 def test_zero_amount_parses_for_the_policy_to_refuse() -> None:

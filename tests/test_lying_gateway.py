@@ -1,0 +1,107 @@
+"""A dishonest gateway: it keeps the payments it refuses, and lies about what it settled.
+
+What it can take is bounded by what the proxy signs: one nonce per client call means
+at most one settlement per call, however many authorizations the call needed; and
+the cost the proxy reports is what it signed, never the gateway's claim.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from paying import (
+    FRACTIONAL,
+    PAID,
+    assert_one_nonce_per_call,
+    chat,
+    chat_requests,
+    post,
+    priced,
+    warm_body,
+    warm_up,
+)
+
+from blockrun_proxy.app import METRICS_KEY
+from blockrun_proxy.x402 import usd
+
+CALLS = 3
+
+
+def metric(proxy, name: str, **labels: str) -> float | None:
+    metrics = proxy.app[METRICS_KEY]
+    metrics.sync()
+    return metrics.registry.get_sample_value(f"blockrun_proxy_{name}", labels)
+
+
+async def test_refused_payments_kept_and_settled_later_take_one_payment_per_call(
+    start_proxy, gateway
+):
+    # The issue's case: a presigned payment the gateway refuses (here under-priced) is
+    # followed by a second one; a gateway that keeps the first settles both, unless
+    # they share a nonce.
+    proxy = await start_proxy()
+    await warm_up(proxy)
+    before, paid_before = len(gateway.requests), len(gateway.settled)
+    gateway.misbehave.keep_refused = True
+    gateway.misbehave.price_multiplier = 1.5  # the learned price is now too low
+    for _ in range(CALLS):
+        assert (await post(proxy, warm_body(PAID))).status == 200
+    assert gateway.kept  # the refused presign, kept
+    gateway.settle_kept()
+    assert len(gateway.settled) - paid_before <= CALLS
+    assert_one_nonce_per_call(gateway, before)
+
+
+@pytest.mark.parametrize("path", ["cold", "warm"])
+async def test_a_gateway_refusing_good_payments_takes_one_payment_per_call(
+    start_proxy, gateway, path
+):
+    proxy = await start_proxy()
+    if path == "warm":
+        await warm_up(proxy)
+    before, paid_before = len(gateway.requests), len(gateway.settled)
+    gateway.misbehave.keep_refused = True
+    gateway.misbehave.refuse_paid = CALLS  # "not used", every time, and kept
+    statuses = [(await post(proxy, warm_body(PAID))).status for _ in range(CALLS)]
+    assert set(statuses) <= {200, 402}
+    calls = {r.headers["x-request-id"] for r in chat_requests(gateway, before)}
+    assert len(calls) == CALLS
+    gateway.settle_kept()
+    assert len(gateway.settled) - paid_before <= CALLS
+    assert_one_nonce_per_call(gateway, before)
+
+
+@pytest.mark.parametrize(
+    ("claim", "kind"),
+    [("999999999", "settled_above_signed"), ("0", "settled_below_signed")],
+    ids=["inflated", "zero"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_settlement_claiming_another_amount_is_an_anomaly_not_a_cost(
+    proxy, gateway, caplog, claim, kind, stream
+):
+    gateway.misbehave.settlement_claim = claim
+    body = chat(FRACTIONAL, max_tokens=64, stream=stream)
+    signed = priced(gateway, body)
+    with caplog.at_level(logging.WARNING, logger="blockrun_proxy"):
+        reply = await post(proxy, body)
+    assert reply.status == 200
+    assert reply.headers["x-blockrun-cost-usd"] == usd(signed)
+    assert reply.headers["x-litellm-response-cost"] == usd(signed)
+    warnings = [r.getMessage() for r in caplog.records if "gateway anomaly" in r.getMessage()]
+    assert len(warnings) == 1
+    assert kind in warnings[0] and reply.headers["x-request-id"] in warnings[0]
+    assert metric(proxy, "gateway_anomalies_total", kind=kind) == 1
+    assert metric(proxy, "settled_micro_usdc_total") == signed
+    assert metric(proxy, "sent_micro_usdc_total") == signed
+
+
+async def test_an_honest_settlement_is_no_anomaly(proxy, gateway, caplog):
+    body = chat(FRACTIONAL, max_tokens=64)
+    with caplog.at_level(logging.WARNING, logger="blockrun_proxy"):
+        reply = await post(proxy, body)
+    assert reply.headers["x-blockrun-cost-usd"] == usd(priced(gateway, body))
+    assert not [r for r in caplog.records if "gateway anomaly" in r.getMessage()]
+    for kind in ("settled_above_signed", "settled_below_signed"):
+        assert metric(proxy, "gateway_anomalies_total", kind=kind) == 0
