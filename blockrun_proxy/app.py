@@ -39,6 +39,8 @@ from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
 from blockrun_proxy.quote_store import QuoteStore, RedisQuoteStore
 from blockrun_proxy.quotes import QuoteBook
+from blockrun_proxy.quotes.keeper import QuoteKeeper
+from blockrun_proxy.quotes.store import QuoteFile
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
@@ -65,6 +67,7 @@ SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 # Signing up front: .stats has plain int counters (hits, misses, ...) for metrics.
 QUOTES_KEY = web.AppKey("quotes", QuoteBook)
 SETTINGS_KEY = web.AppKey("settings", Settings)
+KEEPER_KEY = web.AppKey("quote_keeper", QuoteKeeper)
 # The fleet store (--redis-url) and what lives in it: the shared budget (with a budget
 # set) and the learned quotes. Absent without Redis.
 REDIS_KEY = web.AppKey("redis", RedisLink)
@@ -135,6 +138,7 @@ def create_app(settings: Settings) -> web.Application:
     metrics.watch_quotes(lambda: app[QUOTES_KEY].stats)
     _add_fleet_stores(app, settings, metrics, link, shared_budget)
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_quote_keeper)
     app.on_response_prepare.append(_stamp_response)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -241,8 +245,25 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
             quotes=app[QUOTES_KEY],
         )
         app[GATEWAY_KEY] = gateway
+        app[METRICS_KEY].watch_payment_refusals(lambda: gateway.payment_refusals)
         app[MODELS_KEY] = ModelsCache(gateway.get_models, settings.models_ttl_seconds)
         yield
+
+
+async def _quote_keeper(app: web.Application) -> AsyncIterator[None]:
+    """Feed the quote book the catalogue's prices and keep it across restarts."""
+    settings = app[SETTINGS_KEY]
+
+    async def fetch_catalogue() -> bytes:
+        body, _ = await app[MODELS_KEY].get()
+        return body
+
+    store = None if settings.state_dir is None else QuoteFile(settings.state_dir, settings.api_url)
+    keeper = QuoteKeeper(app[QUOTES_KEY], fetch_catalogue=fetch_catalogue, store=store)
+    app[KEEPER_KEY] = keeper
+    await keeper.start()
+    yield
+    await keeper.close()
 
 
 # --- the middleware ---------------------------------------------------------------------------
