@@ -1,16 +1,19 @@
-"""``python -m bench.quotes``: what signing up front buys, and what a signature costs.
+"""``python -m bench.quotes``: what signing up front buys on agent traffic, and what a
+signature costs.
 
-1. Paid-call latency (sequential, p50/p90) and throughput (concurrent calls/s)
-   through a real proxy in front of the fake gateway, cold (probe, then pay:
-   two round trips) against warm (the quote model signs the first request), in
-   the same run. The gateway runs in its own process (``--verify fast``) so its
-   CPU is not the proxy's; ``--rtt-ms`` makes it answer every request that much
-   later, standing in for the network round trip to the real gateway.
+1. Per workload (a 60-turn growing conversation, a 40-step tool loop, 60 random
+   prompts of 10 to 10,000 characters; streamed and not) and price formula: the share
+   of paid calls after the first 10 that took one upstream round trip, p50 latency of
+   those calls with the quote model off ("cold": probe, then pay) and on ("warm"), and
+   what was over-paid. Through a real proxy in front of a gateway in its own process
+   (the fake, or one built from the official x402 SDK's resource server), answering
+   every request ``--rtt-ms`` later, standing in for the network round trip.
 2. The signer: microseconds per EIP-3009 signature, ours (precomputed domain,
-   coincurve) against eth_account's ``sign_message(encode_typed_data(...))``,
-   checked byte-identical.
+   coincurve) against eth_account's ``sign_message(encode_typed_data(...))``, checked
+   byte-identical.
 
-Bounded: about 30 s with the defaults. A command, not a test.
+A few minutes with the defaults (``--quick``: one workload pass per formula at a shorter
+round trip). A command, not a test.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import random
 import secrets
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,43 +37,88 @@ import aiohttp
 import orjson
 
 from blockrun_proxy.app import CORE_KEY
-from blockrun_proxy.config import Settings
+from blockrun_proxy.config import Settings, usd_to_atomic
 from blockrun_proxy.quotes import QuoteStats
 from blockrun_proxy.server import running
+from blockrun_proxy.testing._models import PRICING_SHAPES
+from blockrun_proxy.testing.workloads import WORKLOADS, bodies
 
 NETWORK = "eip155:84532"
-MODEL = "openai/gpt-5.5"
+# The proxy answers only JSON POSTs (a browser cannot send one without asking).
 JSON_HEADERS = {"Content-Type": "application/json"}
-WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge".split()  # noqa: SIM905
-MAX_TOKENS = (16, 32, 50, 64, 100, 128, 256, 300, 512, 1000, 1024, 2048, 4000)
-WARM_UP_CALLS = 40
 ROOT = Path(__file__).resolve().parents[1]
+WARM_UP = 10  # paid calls of a model before the share is counted
+COST_HEADER = "x-blockrun-cost-usd"
 
 
-def body(rng: random.Random) -> bytes:
-    content = " ".join(rng.choices(WORDS, k=rng.randint(1, 120)))
-    return orjson.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": rng.choice(MAX_TOKENS),
-        }
-    )
+@dataclass(frozen=True)
+class Formula:
+    """One row group: how the gateway prices, and what the proxy is told."""
+
+    label: str
+    shape: str
+    model: str
+    gateway: str = "fake"  # or "official": the x402 SDK's resource server
+    tolerance_usd: Decimal = Decimal(0)
+    publish_prices: bool = True
+
+
+FORMULAS = (
+    Formula("only max_tokens", "max_tokens", "openai/gpt-5.5"),
+    Formula("chars/4 + 4/msg, $0.15/$0.60", "chars", "openai/gpt-4o-mini"),
+    Formula("catalogue prices, BlockRun estimate", "catalogue", "google/gemini-2.5-pro"),
+    Formula(
+        "chars/4 + 4/msg, no catalogue prices",
+        "chars",
+        "openai/gpt-4o-mini",
+        publish_prices=False,
+    ),
+    Formula(
+        "re-serialised JSON, tolerance $0.0001",
+        "reserialised",
+        "openai/gpt-4o-mini",
+        tolerance_usd=Decimal("0.0001"),
+    ),
+    Formula(
+        "re-serialised JSON, tolerance $0.001",
+        "reserialised",
+        "openai/gpt-4o-mini",
+        tolerance_usd=Decimal("0.001"),
+    ),
+    Formula(
+        "official x402 server, chars/4 + 4/msg", "chars", "openai/gpt-4o-mini", gateway="official"
+    ),
+)
 
 
 # --- the gateway, in its own process ----------------------------------------------------------
 
 
-async def serve_gateway(port: int, delay: float) -> None:
-    from blockrun_proxy.testing import FakeGateway
+async def serve_gateway(args: argparse.Namespace) -> None:
+    shape = PRICING_SHAPES[args.shape]
+    delay = args.rtt_ms[0] / 1000
+    gateway: Any
+    if args.gateway == "official":
+        from blockrun_proxy.testing.official import OfficialGateway
 
-    gateway = FakeGateway(network=NETWORK, verify="fast", record=False)
-    gateway.misbehave.delay_seconds = delay
+        gateway = OfficialGateway(shape.models, shape.price, delay_seconds=delay)
+    else:
+        from blockrun_proxy.testing import FakeGateway
+
+        gateway = FakeGateway(
+            network=NETWORK,
+            models=shape.models,
+            pricing=shape.price,
+            verify="fast",
+            record=False,
+            publish_prices=not args.no_prices,
+        )
+        gateway.misbehave.delay_seconds = delay
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    url = await gateway.start("127.0.0.1", port)
+    url = await gateway.start("127.0.0.1", 0)
     print(f"listening on {url}", flush=True)
     try:
         await stop.wait()
@@ -79,14 +127,27 @@ async def serve_gateway(port: int, delay: float) -> None:
 
 
 @contextlib.contextmanager
-def gateway_process(rtt_ms: float) -> Any:
-    args = [sys.executable, "-m", "bench.quotes", "--serve-gateway", "--rtt-ms", str(rtt_ms)]
+def gateway_process(formula: Formula, rtt_ms: float) -> Iterator[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "bench.quotes",
+        "--serve-gateway",
+        "--rtt-ms",
+        str(rtt_ms),
+        "--shape",
+        formula.shape,
+        "--gateway",
+        formula.gateway,
+    ]
+    if not formula.publish_prices:
+        args.append("--no-prices")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("listening on "):
-            raise RuntimeError(f"fake gateway did not start: {line!r}")
+            raise RuntimeError(f"gateway did not start: {line!r}")
         yield line.split()[-1]
     finally:
         proc.terminate()
@@ -97,73 +158,96 @@ def gateway_process(rtt_ms: float) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def proxy(api_url: str, *, presign: bool) -> AsyncIterator[tuple[str, QuoteStats]]:
+async def proxy(
+    api_url: str, *, presign: bool, tolerance: Decimal
+) -> AsyncIterator[tuple[str, QuoteStats]]:
     settings = Settings(
         port=0,
         api_url=api_url,
         networks=(NETWORK,),
-        wallet_key="0x" + secrets.token_hex(32),  # throwaway: the fake gateway is not a chain
+        wallet_key="0x" + secrets.token_hex(32),  # throwaway: the gateways are not a chain
         presign=presign,
+        presign_tolerance_usd=tolerance,
+        state_dir=None,  # each run starts cold
     )
     async with running(settings) as (runner, port):
         yield f"http://127.0.0.1:{port}/v1/chat/completions", runner.app[CORE_KEY].quotes.stats
 
 
-async def call(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
-    started = time.perf_counter()
-    async with session.post(url, data=data, headers=JSON_HEADERS) as resp:
-        await resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"paid call failed: {resp.status}")
-    return time.perf_counter() - started
+@dataclass
+class Run:
+    latencies_ms: list[float] = field(default_factory=list)
+    round_trips: list[int] = field(default_factory=list)
+    overpaid: list[int] = field(default_factory=list)
+
+    def share(self) -> float:
+        after = self.round_trips[WARM_UP:]
+        return sum(1 for n in after if n == 1) / len(after)
+
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_ms[WARM_UP:])
+
+
+async def run_workload(api_url: str, formula: Formula, workload: str, *, presign: bool) -> Run:
+    shape = PRICING_SHAPES[formula.shape]
+    spec = {m.id: m for m in shape.models}[formula.model]
+    run = Run()
+    async with (
+        proxy(api_url, presign=presign, tolerance=formula.tolerance_usd) as (url, stats),
+        aiohttp.ClientSession() as session,
+    ):
+        for body in bodies(workload, formula.model):
+            before = (stats.hits, stats.misses, stats.probed)
+            started = time.perf_counter()
+            async with session.post(url, data=orjson.dumps(body), headers=JSON_HEADERS) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"paid call failed: {resp.status}")
+                cost = resp.headers[COST_HEADER]
+            run.latencies_ms.append((time.perf_counter() - started) * 1000)
+            # A presign accepted is one request; a probe and its payment two; a presign
+            # refused as not used, then the probe and the payment, three.
+            hits, misses, probed = stats.hits, stats.misses, stats.probed
+            if hits > before[0]:
+                run.round_trips.append(1)
+            else:
+                run.round_trips.append(2 + (misses - before[1]))
+            assert probed >= before[2]
+            run.overpaid.append(usd_to_atomic(Decimal(cost)) - shape.price(spec, body))
+    return run
 
 
 @dataclass
-class Result:
-    p50_ms: float
-    p90_ms: float
-    calls_per_s: float
-    upstream_per_call: float
+class Row:
+    workload: str
+    formula: Formula
+    warm: Run
+    cold: Run | None
 
 
-async def measure(
-    api_url: str, *, warm: bool, calls: int, concurrency: int, seconds: float
-) -> Result:
-    async with (
-        proxy(api_url, presign=warm) as (url, stats),
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session,
-    ):
-        rng = random.Random(0)
-        for _ in range(WARM_UP_CALLS):  # both modes see the same traffic first
-            await call(session, url, body(rng))
-        before = _upstream(stats)
-        latencies = [await call(session, url, body(rng)) for _ in range(calls)]
-        upstream = (_upstream(stats) - before) / calls
-        done = 0
-        deadline = time.perf_counter() + seconds
-
-        async def worker(seed: int) -> None:
-            nonlocal done
-            local = random.Random(seed)
-            while time.perf_counter() < deadline:
-                await call(session, url, body(local))
-                done += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    return Result(
-        statistics.median(latencies) * 1000,
-        latencies[int(0.9 * (len(latencies) - 1))] * 1000,
-        done / elapsed,
-        upstream,
-    )
+async def measure(formula: Formula, workload: str, rtt_ms: float, cold: bool) -> Row:
+    with gateway_process(formula, rtt_ms) as api_url:
+        warm = await run_workload(api_url, formula, workload, presign=True)
+        off = await run_workload(api_url, formula, workload, presign=False) if cold else None
+    return Row(workload, formula, warm, off)
 
 
-def _upstream(stats: QuoteStats) -> int:
-    # A presign is one request; a probe-then-pay is two (a refused presign counts both).
-    return stats.presigned + 2 * stats.probed
+def table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| workload | formula | one round trip (after 10 calls) | p50 cold ms | p50 warm ms "
+        "| over-paid (max per call) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        over, most = sum(row.warm.overpaid), max(row.warm.overpaid)
+        cold = f"{row.cold.p50_ms():.0f}" if row.cold is not None else "-"
+        after = row.warm.round_trips[WARM_UP:]
+        lines.append(
+            f"| {row.workload} | {row.formula.label} | {row.warm.share():.0%} "
+            f"({sum(1 for n in after if n == 1)}/{len(after)}) | {cold} "
+            f"| {row.warm.p50_ms():.0f} | {over} uUSDC ({most}) |"
+        )
+    return "\n".join(lines)
 
 
 # --- the signer ---------------------------------------------------------------------------------
@@ -255,36 +339,19 @@ def _typed(network: Any, auth: Any) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    rtt = args.rtt_ms[0]
     print(
-        f"paid calls through the proxy to the fake gateway ({MODEL}, verify=fast): "
-        f"{WARM_UP_CALLS} warm-up calls per mode,\nthen {args.calls} sequential for latency "
-        f"and {args.seconds:g} s at concurrency {args.concurrency} for throughput\n"
+        f"paid calls through the proxy, each gateway in its own process answering {rtt:g} ms "
+        f"late;\nshare and p50 over the calls after the first {WARM_UP} of each workload\n",
+        flush=True,
     )
-    header = (
-        f"{'rtt':>6} {'mode':>5} {'p50 ms':>8} {'p90 ms':>8} {'calls/s':>8} {'upstream/call':>14}"
-    )
-    print(header)
-    for rtt in args.rtt_ms:
-        with gateway_process(rtt) as api_url:
-            results = {}
-            for mode in ("cold", "warm"):
-                results[mode] = await measure(
-                    api_url,
-                    warm=mode == "warm",
-                    calls=args.calls,
-                    concurrency=args.concurrency,
-                    seconds=args.seconds,
-                )
-                r = results[mode]
-                print(
-                    f"{rtt:>4g}ms {mode:>5} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} "
-                    f"{r.calls_per_s:>8.1f} {r.upstream_per_call:>14.2f}"
-                )
-            cold, warm = results["cold"], results["warm"]
-            print(
-                f"{'':>6} ratio  latency cold/warm {cold.p50_ms / warm.p50_ms:.2f}x, "
-                f"throughput warm/cold {warm.calls_per_s / cold.calls_per_s:.2f}x"
-            )
+    rows = []
+    for workload in WORKLOADS:
+        for formula in FORMULAS:
+            rows.append(await measure(formula, workload, rtt, cold=not args.quick))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(table(rows))
     fast, header_us, reference = bench_signer(args.signatures)
     print(
         f"\nsigner: {fast:.1f} us per signature ({header_us:.1f} us with the PAYMENT-SIGNATURE "
@@ -295,16 +362,16 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quotes", description=__doc__)
-    parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 50.0])
-    parser.add_argument("--calls", type=int, default=60, help="sequential calls per mode")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=3.0, help="throughput run per mode")
+    parser.add_argument("--rtt-ms", type=float, nargs=1, default=[50.0])
+    parser.add_argument("--quick", action="store_true", help="no cold runs")
     parser.add_argument("--signatures", type=int, default=2000)
     parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--gateway", default="fake", help=argparse.SUPPRESS)
+    parser.add_argument("--no-prices", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_gateway:
-        asyncio.run(serve_gateway(args.port, args.rtt_ms[0] / 1000))
+        asyncio.run(serve_gateway(args))
         return 0
     asyncio.run(run(args))
     return 0

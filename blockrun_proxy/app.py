@@ -134,6 +134,7 @@ async def _payment_core(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS_KEY]
         metrics.watch_payer(core.payer)
         metrics.watch_quotes(lambda: core.quotes.stats)
+        metrics.watch_payment_refusals(lambda: core.gateway.payment_refusals)
         if isinstance(core.budget, RedisBudgetStore):
             metrics.watch_budget_store(core.budget.stats)
         recorder = core.recorder

@@ -214,6 +214,10 @@ class RedisBudgetStore:
         # Under --budget-fail-open, what this process signs while Redis is away.
         self._local = MemoryBudgetStore(limit, window_seconds)
         self._pending: set[asyncio.Task[None]] = set()
+        # The last settlement queued per reservation: a later one for the same id waits
+        # for it, so a commit and a release reach Redis in the order they were made
+        # (two pooled connections would otherwise race, and a retry would reorder them).
+        self._tails: dict[str, asyncio.Task[None]] = {}
 
     @property
     def link(self) -> RedisLink:
@@ -304,11 +308,29 @@ class RedisBudgetStore:
         if len(self._pending) >= MAX_PENDING_SETTLEMENTS:
             self.stats.settle_dropped += 1
             return
-        task = asyncio.get_running_loop().create_task(self._settle_soon(op, reservation_id, spent))
+        before = self._tails.get(reservation_id)
+        task = asyncio.get_running_loop().create_task(
+            self._settle_soon(op, reservation_id, spent, after=before)
+        )
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._tails[reservation_id] = task
+        task.add_done_callback(lambda done: self._settled(reservation_id, done))
 
-    async def _settle_soon(self, op: str, reservation_id: str, spent: int | None) -> None:
+    def _settled(self, reservation_id: str, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if self._tails.get(reservation_id) is task:
+            del self._tails[reservation_id]
+
+    async def _settle_soon(
+        self,
+        op: str,
+        reservation_id: str,
+        spent: int | None,
+        *,
+        after: asyncio.Task[None] | None = None,
+    ) -> None:
+        if after is not None:
+            await asyncio.wait({after})  # its outcome is its own; only the order matters here
         args: tuple[int | str, ...] = (
             (reservation_id,) if spent is None else (reservation_id, spent)
         )

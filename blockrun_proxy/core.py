@@ -13,7 +13,8 @@ shared cookie jar, another pool size, no quote book, no request-id check):
   (egress.py);
 - the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
   Redis when the fleet shares one, else in memory), the payer (``payer``), the quote
-  book (``quote_book``), the gateway, the models cache, the job book, and the spend
+  book (``quote_book``) and its keeper (the catalogue's prices, saved across restarts),
+  the gateway, the models cache, the job book, and the spend
   ledger's writer (``Recorder``), which sees every finished request through
   ``PaymentCore.observers``.
 
@@ -41,6 +42,8 @@ from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
 from blockrun_proxy.quote_store import QuoteStore, RedisQuoteStore
 from blockrun_proxy.quotes import QuoteBook
+from blockrun_proxy.quotes.keeper import QuoteKeeper
+from blockrun_proxy.quotes.store import QuoteFile
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
@@ -68,6 +71,7 @@ class PaymentCore:
     jobs: JobBook
     link: RedisLink | None = None  # the fleet store, with --redis-url
     quote_store: QuoteStore | None = None  # the fleet's learned quotes (the book: not yet)
+    keeper: QuoteKeeper | None = None  # feeds the book the catalogue, saves it in state_dir
     recorder: Recorder | None = None  # the spend ledger's writer
     # Told of every finished request (the app calls them after the access log): the spend
     # ledger's recorder, and whatever joins it. Must not block or raise.
@@ -112,6 +116,11 @@ async def open_core(
             stack.push_async_callback(recorder.aclose)
         session = await stack.enter_async_context(upstream_session(settings, limits))
         the_gateway = gateway(settings, session, the_payer, quotes)
+        models = ModelsCache(the_gateway.get_models, settings.models_ttl_seconds)
+        # After the session: closed (the book saved) before the session goes.
+        keeper = quote_keeper(settings, quotes, models)
+        await keeper.start()
+        stack.push_async_callback(keeper.close)
         yield PaymentCore(
             settings=settings,
             limits=limits,
@@ -120,10 +129,11 @@ async def open_core(
             payer=the_payer,
             quotes=quotes,
             gateway=the_gateway,
-            models=ModelsCache(the_gateway.get_models, settings.models_ttl_seconds),
+            models=models,
             jobs=JobBook(),
             link=link,
             quote_store=RedisQuoteStore(link) if link is not None else None,
+            keeper=keeper,
             recorder=recorder,
             observers=[recorder.observe] if recorder is not None else [],
         )
@@ -157,6 +167,18 @@ def quote_book(settings: Settings) -> QuoteBook:
         ttl_seconds=settings.quote_ttl_seconds,
         enabled=settings.presign,
     )
+
+
+def quote_keeper(settings: Settings, quotes: QuoteBook, models: ModelsCache) -> QuoteKeeper:
+    """Feeds the book the catalogue's prices (through the models cache: the gateway
+    rate-limits it) and keeps it across restarts in ``--state-dir``."""
+
+    async def fetch_catalogue() -> bytes:
+        body, _ = await models.get()
+        return body
+
+    store = None if settings.state_dir is None else QuoteFile(settings.state_dir, settings.api_url)
+    return QuoteKeeper(quotes, fetch_catalogue=fetch_catalogue, store=store)
 
 
 def gateway(

@@ -149,9 +149,25 @@ class WalletNotConfigured(PaymentRefused):
 class PaymentNotAccepted(PaymentRefused):
     """The gateway refused a signed payment and said it was NOT used (PROTOCOL.md 3):
     nothing was charged. The only refusal after which a fresh signature is allowed,
-    and only for a payment signed up front from a learned quote."""
+    and only for a payment signed up front from a learned quote.
+
+    ``reason`` is the gateway's own (x402/reasons.py: short, printable); the ``code`` is
+    its known x402 reason code when it names one (``invalid_exact_evm_insufficient_balance``),
+    else ``payment_not_accepted``.
+    """
 
     code = "payment_not_accepted"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, headers=headers)
+        self.reason = reason
 
 
 class ApiKeyNoCredit(ProxyError):
@@ -251,13 +267,26 @@ class GatewayAnswer(PaidCallFailed):
     paid-for result can be fetched (``poll_url``, ``job_id``).
     """
 
-    def __init__(self, upstream_status: int, body: bytes, *, code: str) -> None:
+    def __init__(
+        self,
+        upstream_status: int,
+        body: bytes,
+        *,
+        code: str,
+        reason: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        said = f": {reason}" if reason else ""
         super().__init__(
-            f"the gateway failed after the payment was sent (status {upstream_status}); "
+            f"the gateway failed after the payment was sent (status {upstream_status}{said}); "
             "it may have been charged. Not retried.",
             code=code,
             upstream_status=upstream_status,
         )
+        self.reason = reason
+        # The gateway's failed PAYMENT-RESPONSE, passed on as it came: the client's own
+        # x402 tooling can read the settlement's errorReason from it.
+        self.headers.update(headers or {})
         self.body = body if is_openai_error(body) else self._wrapped(body)
 
     def _wrapped(self, gateway_body: bytes) -> bytes:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -148,6 +148,14 @@ class Metrics:
             "stream), by kind.",
             ("kind",),
         )
+        self.payment_refusals = self._counter(
+            "payment_refusals",
+            "Signed payments the gateway refused (not used, or not settled), by the reason it "
+            "gave: a known x402 reason code, 'other' or 'unspecified'.",
+            ("reason",),
+        )
+        self._refusal_sources: list[Callable[[], Mapping[str, int] | None]] = []
+        self._refusals_seen: dict[str, int] = {}
         self.log_lines_dropped = self._counter(
             "log_lines_dropped", "Log lines dropped because the log writer fell behind."
         )
@@ -201,6 +209,11 @@ class Metrics:
         self.watch(refused, lambda: _field(stats(), "misses"))
         self.watch(overpaid, lambda: _field(stats(), "overpaid_atomic"))
 
+    def watch_payment_refusals(self, read: Callable[[], Mapping[str, int] | None]) -> None:
+        """Follow a ``{reason label: count}`` mapping (the gateway's ``payment_refusals``);
+        its labels are a bounded set, so they are safe as label values."""
+        self._refusal_sources.append(read)
+
     def watch_connections(self, connections: Any) -> None:
         """Follow a ``ClientConnections``' plain ints (open, refused, timed_out)."""
         self.watch(self.connections_refused, lambda: connections.refused)
@@ -244,6 +257,12 @@ class Metrics:
             synced.sync()
         for gauge, read in self._gauge_sources:
             gauge.set(read())
+        for source in self._refusal_sources:
+            for label, count in (source() or {}).items():
+                seen = self._refusals_seen.get(label, 0)
+                if count > seen:
+                    self.payment_refusals.labels(label).inc(count - seen)
+                self._refusals_seen[label] = count
 
     # ----------------------------------------------------------------- events
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ from blockrun_proxy.x402 import (
     SignedPayment,
     parse_payment_required,
     parse_payment_response,
+    reason_code,
+    refusal_reason,
 )
 from blockrun_proxy.x402.wire import MAX_HEADER_CHARS
 
@@ -115,6 +118,8 @@ NOT_USED_CODES = frozenset({"PAYMENT_INVALID", "PAYMENT_UNFUNDED"})
 # (refused, unresolvable, TLS handshake failed, or no connection within the connect
 # timeout). Only these leave a signature unsent; anything later may have delivered it.
 NEVER_CONNECTED = (ClientConnectorError, ConnectionTimeoutError)
+# A PAYMENT-RESPONSE passed on to the client: base64 of a small JSON object, nothing else.
+_HEADER_B64 = re.compile(r"[A-Za-z0-9+/_=-]{1,4096}")
 
 
 @dataclass(slots=True)
@@ -172,6 +177,9 @@ class Gateway:
         self._probe_retries = probe_retries
         self._proxy = proxy  # an egress proxy for this gateway's origin (egress.py)
         self.quotes = quotes
+        # Payments the gateway refused, by reason (a bounded set of labels; see
+        # refusal_label), for the metrics exporter to read.
+        self.payment_refusals: dict[str, int] = {}
 
     def url(self, path: str, query: str = "") -> URL:
         """The gateway URL of a (raw, percent-encoded) path and query string."""
@@ -297,11 +305,11 @@ class Gateway:
             quote, payment = presigned
             try:
                 answer = await self._send_paid(call, out, payment)
-            except PaymentNotAccepted:
+            except PaymentNotAccepted as refusal:
                 # Not used, nothing charged. The refusal is not a challenge to trust
                 # (PAYMENT_INVALID carries none), so ask afresh and pay that, once, under
                 # the same nonce: whatever the gateway does with the first, one settles.
-                self._quotes_refused(quote)
+                self._quotes_refused(quote, refusal.reason)
                 del out.headers[PAYMENT_SIGNATURE]
             else:
                 self._quotes_accepted(quote)
@@ -374,8 +382,12 @@ class Gateway:
         if self.quotes is not None:
             self.quotes.accepted(quote)
 
-    def _quotes_refused(self, quote: Presign) -> None:
-        log.info("payment signed up front for %s was not accepted; re-asking", quote.model)
+    def _quotes_refused(self, quote: Presign, reason: str | None) -> None:
+        log.info(
+            "payment signed up front for %s was not accepted (%s); re-asking",
+            quote.model,
+            reason or "no reason given",
+        )
         if self.quotes is not None:
             self.quotes.refused(quote)
 
@@ -470,8 +482,25 @@ class Gateway:
                 settlement = parse_payment_response(response.headers.get(PAYMENT_RESPONSE))
                 cost = call.settled(payment, settlement)
                 return Answer(response, payment, settlement, cost_atomic=cost)
-            raise await classify_paid_error(response)
+            error = await classify_paid_error(response)
+            self._note_refusal(error, out.headers.get("x-request-id"))
+            raise error
         raise AssertionError("unreachable")
+
+    def _note_refusal(
+        self, error: PaymentNotAccepted | GatewayAnswer, request_id: str | None
+    ) -> None:
+        """Count and log a payment the gateway refused, with its reason."""
+        label = refusal_label(error)
+        if label is None:
+            return
+        self.payment_refusals[label] = self.payment_refusals.get(label, 0) + 1
+        log.info(
+            "the gateway refused a signed payment: %s (request %s)",
+            error.reason or "no reason given",
+            request_id,
+            extra={"fields": {"reason": label}},
+        )
 
     async def _post_paid(
         self, call: CallPayment, payment: SignedPayment, out: Outgoing
@@ -615,21 +644,50 @@ def error_code(body: bytes, status: int = 400) -> str | None:
     return None
 
 
-async def classify_paid_error(response: ClientResponse) -> Exception:
+async def classify_paid_error(response: ClientResponse) -> PaymentNotAccepted | GatewayAnswer:
     """Turn an error answer to a paid send into what the client gets; never signs.
 
-    The gateway's ``Retry-After`` is not passed on: it would invite the retry that a
-    payment already sent makes costly.
+    The gateway's reason (x402/reasons.py) goes into the message, and its known x402 code
+    into the ``code``; a failed ``PAYMENT-RESPONSE`` is passed on. The gateway's
+    ``Retry-After`` is not: it would invite the retry that a payment already sent makes
+    costly.
     """
     status = response.status
     challenge = response.headers.get(PAYMENT_REQUIRED)
     body = await read_small_body(response)
     code = error_code(body, status)
+    reason = refusal_reason(status, response.headers, body)
+    known = reason_code(reason)
+    relayed = relayed_settlement(response.headers.get(PAYMENT_RESPONSE))
     if code in NOT_USED_CODES or (status == 402 and parse_payment_required(challenge, body)):
         return PaymentNotAccepted(
-            f"the gateway refused the signed payment ({code or 'fresh 402'}); nothing was "
-            "charged and the proxy did not sign again."
+            f"the gateway refused the signed payment ({reason or code or 'fresh 402'}); "
+            "nothing was charged and the proxy did not sign again.",
+            reason=reason,
+            code=known,
+            headers=relayed,
         )
+    if code in USED_CODES:
+        return GatewayAnswer(status, body, code="payment_replay", reason=reason, headers=relayed)
     return GatewayAnswer(
-        status, body, code="payment_replay" if code in USED_CODES else "paid_call_failed"
+        status, body, code=known or "paid_call_failed", reason=reason, headers=relayed
     )
+
+
+def relayed_settlement(value: str | None) -> dict[str, str]:
+    """The gateway's PAYMENT-RESPONSE to pass on with an error, if it is a sane header."""
+    if value is None or not _HEADER_B64.fullmatch(value):
+        return {}
+    return {PAYMENT_RESPONSE: value}
+
+
+def refusal_label(error: PaymentNotAccepted | GatewayAnswer) -> str | None:
+    """The metric label of a payment the gateway refused (bounded: a known x402 reason,
+    ``other`` or ``unspecified``), or None when the error was not a refusal of the payment
+    (a 5xx after settling, say)."""
+    settlement_failed = PAYMENT_RESPONSE in error.headers
+    if not isinstance(error, PaymentNotAccepted) and not settlement_failed:
+        return None
+    if error.reason is None:
+        return "unspecified"
+    return reason_code(error.reason) or "other"

@@ -72,7 +72,7 @@ async def test_default_max_tokens_is_added_and_nothing_else_changes(proxy, gatew
     )
     resp = await post(proxy, raw)
     assert resp.status == 200
-    assert gateway.requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
+    assert gateway.chat_requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
 
 
 @pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
@@ -83,7 +83,7 @@ async def test_a_null_max_tokens_gets_the_default_in_the_forwarded_bytes(proxy, 
     )
     resp = await post(proxy, raw)
     assert resp.status == 200
-    forwarded = [r.body for r in gateway.requests]
+    forwarded = [r.body for r in gateway.chat_requests]
     assert forwarded  # the probe and the paid send carry the same bytes
     for body in forwarded:
         assert body == raw.replace(b'"%s": null' % key.encode(), b'"%s":1024' % key.encode())
@@ -96,7 +96,7 @@ async def test_client_authorization_never_goes_upstream_and_request_id_does(star
     resp = await post(proxy, chat(FREE_MODEL), headers=headers)
     assert resp.status == 200
     assert resp.headers["x-request-id"] == "req-42"
-    sent = gateway.requests[-1].headers
+    sent = gateway.chat_requests[-1].headers
     assert "Authorization" not in sent
     assert sent["x-request-id"] == "req-42"
 

@@ -64,3 +64,16 @@ def test_raw_upstream_answer_is_one_chunk_per_event_then_done():
     assert b"Transfer-Encoding: chunked" in head
     assert body.count(b"%x\r\n" % len(frame)) == 3
     assert body.endswith(b"%x\r\n%s\r\n0\r\n\r\n" % (len(DONE), DONE))
+
+
+def test_quote_bench_counts_shares_after_the_warm_up_and_over_payment():
+    from bench.quotes import FORMULAS, WARM_UP, Row, Run, table
+
+    run = Run(
+        latencies_ms=[200.0] * WARM_UP + [50.0, 60.0, 70.0, 400.0],
+        round_trips=[2] * WARM_UP + [1, 1, 1, 3],
+        overpaid=[0] * WARM_UP + [0, 2, 0, 0],
+    )
+    assert run.share() == 0.75 and run.p50_ms() == 65.0
+    line = table([Row("conversation", FORMULAS[0], run, None)]).splitlines()[-1]
+    assert "| 75% (3/4) | - | 65 | 2 uUSDC (2) |" in line

@@ -300,3 +300,26 @@ async def test_the_redis_url_password_never_shows(redis_server: RedisServer) -> 
         assert "s3cret" not in unavailable.value.message
     finally:
         await link.aclose()
+
+
+async def test_settlements_of_one_reservation_reach_redis_in_order(link: RedisLink) -> None:
+    """A commit then a release of the same reservation arrive in that order even when the
+    commit's round trip is the slower one (pooled connections race; retries reorder)."""
+    store = store_for(link)
+    arrived: list[str] = []
+    run = store._run
+
+    async def slow_first(op: str, *args: int | str) -> tuple[int, int, int]:
+        if op == "commit":
+            await asyncio.sleep(0.05)  # the commit's connection is the slow one
+        arrived.append(op)
+        return await run(op, *args)
+
+    kept = await store.reserve(3_000)
+    store._run = slow_first  # type: ignore[method-assign]
+    await store.commit(kept)
+    await store.release(kept)  # too late: it was committed first
+    await store.flush(5)
+    store._run = run  # type: ignore[method-assign]
+    assert arrived == ["commit", "release"]
+    assert await spent(store) == 3_000

@@ -208,7 +208,7 @@ async def test_cors_origins_get_a_proper_preflight_and_readable_answers(start_pr
         resp, raw = await send(proxy, method, "/v1/chat/completions", headers)
         assert resp.status == 403
         assert "Access-Control-Allow-Origin" not in resp.headers
-    assert len(gateway.requests) == 2  # the listed origin's one call: probe and paid send
+    assert len(gateway.chat_requests) == 2  # the listed origin's one call: probe and paid send
 
 
 @pytest.mark.parametrize("origin", ["*", "null", "app.example", "https://app.example/path"])

@@ -56,7 +56,7 @@ async def test_one_access_line_per_request_with_id_model_status_timings_and_cost
     await until(lambda: len(access_records(access)) == 1)
     (line,) = access_records(access)
     assert line["request_id"] == resp.headers["x-request-id"] == "req-7"
-    assert gateway.requests[-1].headers["x-request-id"] == "req-7"
+    assert gateway.chat_requests[-1].headers["x-request-id"] == "req-7"
     assert line["method"] == "POST"
     assert line["route"] == "/v1/chat/completions"
     assert line["model"] == FRACTIONAL_MODEL

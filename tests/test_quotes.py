@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from blockrun_proxy.quotes import QuoteBook, features_from_body, request_features
+from blockrun_proxy.quotes import MEASURES, QuoteBook, features_from_body, request_features
 from blockrun_proxy.quotes.fit import MAX_CANDIDATES, MAX_DENOMINATOR, fractions_in
 from blockrun_proxy.testing import DEFAULT_MODELS, ModelSpec, default_price
 from blockrun_proxy.x402 import Requirement
@@ -345,9 +345,27 @@ def test_features_measure_text_without_a_tokenizer():
         ]
     }
     features = request_features("m", 10, request)
-    # bytes: 4 + 6 + 9; chars: 4 + 5 + 3 of which 3 are CJK.
-    assert features.sizes == (19, 5, 3 + math.ceil(9 / 4))
+    # chars: 4 + 5 + 3 of which 3 are CJK; bytes: 4 + 6 + 9. Without tool calls the
+    # text and the contents alone measure the same.
+    assert MEASURES[:5] == (
+        "text_chars",
+        "text_chars_div4",
+        "text_bytes",
+        "text_bytes_div4",
+        "router_tokens",
+    )
+    assert MEASURES[5:] == tuple(f"content_{m.removeprefix('text_')}" for m in MEASURES[:5])
+    assert features.sizes == (12, 3, 19, 5, 3 + math.ceil(9 / 4)) * 2
     assert features.messages == 4 and features.max_tokens == 10
+    assert features.key == ("/v1/chat/completions", "m") and features.extra == 0
+    # A tool call's name and arguments are text the model reads; tools are "extra".
+    call = {"type": "function", "function": {"name": "get", "arguments": '{"q": 1}'}}
+    request["messages"][3]["tool_calls"] = [call]
+    request["tools"] = [{"type": "function", "function": {"name": "get"}}]
+    with_call = request_features("m", 10, request)
+    assert with_call.sizes[0] == 12 + len("get") + len('{"q": 1}')
+    assert with_call.sizes[5:] == features.sizes[5:]  # the contents alone did not change
+    assert with_call.extra == len(b'[{"type":"function","function":{"name":"get"}}]')
     assert request_features("m", None, request) is None
     assert features_from_body(b'{"model": "m", "messages": [], "max_completion_tokens": 5}')
     assert features_from_body(b"not json") is None
@@ -378,3 +396,25 @@ def _json(value: Any) -> bytes:
     import orjson
 
     return orjson.dumps(value)
+
+
+# Importing blockrun_llm warns about its pydantic models: theirs, not ours.
+@pytest.mark.filterwarnings("ignore:Support for class-based:DeprecationWarning")
+def test_cjk_counting_matches_blockrun_estimator():
+    """router_tokens is BlockRun's own estimate (blockrun_llm.router_core.tokens), computed
+    without importing it on the hot path; CJK counted at C speed, as its regex would."""
+    from blockrun_llm.router_core.tokens import estimate_tokens
+
+    from blockrun_proxy.quotes.features import _CJK_CHARS, cjk_count
+    from blockrun_proxy.testing.workloads import mixed_text
+
+    rng = random.Random(8)
+    for _ in range(300):
+        pieces = [
+            chr(rng.choice((rng.randint(32, 0x2FFF), rng.randint(0x3000, 0xFFFF))))
+            for _ in range(rng.randint(0, 120))
+        ]
+        text = "".join(pieces) + mixed_text(rng, rng.randint(0, 400))
+        assert cjk_count(text) == len(_CJK_CHARS.findall(text))
+        features = request_features("m", 1, {"messages": [{"role": "user", "content": text}]})
+        assert features.sizes[4] == estimate_tokens(text)

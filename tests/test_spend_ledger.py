@@ -93,7 +93,7 @@ def rec(ts: float, model: str, outcome: str = "ok", signed: int = 1000, **kw: An
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
-        link = RedisLink(server.url, timeout=1.0, prefix="test")
+        link = RedisLink(server.url, timeout=5.0, prefix="test")
         yield RedisLedger(link, retention_seconds=RETENTION, max_records=1000)
         await link.aclose()
         return

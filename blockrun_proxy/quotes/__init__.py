@@ -1,8 +1,11 @@
-"""Signing up front: learn each model's price from the 402s seen, sign the first request.
+"""Signing up front: learn each price key's price from the 402s seen, sign the first request.
 
-- ``features``: what we measure of a request (no tokenizer);
-- ``fit``: exact-rational fitting of the price formula from observations;
-- ``book``: per price key (route, model), the latest requirement, the hypothesis and its trust.
+- ``features``: what we measure of a request (no tokenizer), and the price key;
+- ``prior``: the catalogue's prices as formulas the 402s confirm or refute;
+- ``fit``: exact-rational fitting of the price formula from observations alone;
+- ``book``: per price key, the latest requirement, the formulas and their trust;
+- ``store``: the book on disk, so a restarted sidecar starts warm;
+- ``keeper``: the async edge: fetches the catalogue, loads and saves the book off the loop.
 """
 
 from blockrun_proxy.quotes.book import Presign, QuoteBook, QuoteStats, Template
@@ -15,19 +18,23 @@ from blockrun_proxy.quotes.features import (
     request_features,
 )
 from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote
+from blockrun_proxy.quotes.prior import CataloguePrice, Prior, parse_catalogue
 
 __all__ = [
     "CHAT_ROUTE",
     "MEASURES",
+    "CataloguePrice",
     "Features",
     "Hypothesis",
     "Observation",
     "Presign",
     "PriceKey",
+    "Prior",
     "Quote",
     "QuoteBook",
     "QuoteStats",
     "Template",
     "features_from_body",
+    "parse_catalogue",
     "request_features",
 ]

@@ -1,28 +1,41 @@
 """The quote book: per price key, what the gateway last asked for and whether we can predict it.
 
-A price key is ``(route, model)`` (features.py): chat's and Anthropic's prices for one model
-are learned apart.
+A price key is ``(route, model)`` (features.py). For every 402 the proxy sees, the book
 
-For every 402 the proxy sees, the book
+1. asks what it would have signed for that request *before* seeing the amount (a
+   shadow prediction, out of sample), and keeps a streak of the ones that would have
+   been accepted without paying over the tolerance;
+2. narrows its formulas with the new 402 (below);
+3. stores the requirement the payer policy chose as this key's template (scheme,
+   network, asset, payTo, maxTimeoutSeconds, extra, resource): always the one the
+   gateway asked for last.
 
-1. asks its current hypotheses (fit.py) what they would have signed for that
-   request *before* seeing the amount (a shadow prediction, out of sample), and
-   keeps a streak of the ones that would have been accepted without paying over
-   the tolerance;
-2. refits the hypotheses from the window of recent 402s;
-3. stores the requirement the payer policy chose as this model's template
-   (scheme, network, asset, payTo, maxTimeoutSeconds, extra, resource): always
-   the one the gateway asked for last.
+What it predicts from, in order:
 
-A presign (signing the first request, saving the unpaid probe) is offered only
-when the streak has reached ``trust``, at least ``min_observations`` 402s back
-the fit, the template is younger than ``ttl`` (so a price cut is noticed within
-the TTL by an ordinary probe), and every hypothesis still consistent with the
-data pins the same amount for this request. With a user's ``tolerance`` the top
-of their joint range may be signed instead, when the range is that narrow; the
-most that can over-pay is counted in ``stats``.
+- **the catalogue** (prior.py): formulas with the prices ``/v1/models`` publishes, each
+  size measure and per-message overhead, the constant bounded exactly by the 402s.
+  Used while at least one explains every 402; from the second 402 on.
+- **the learner** (fit.py): formulas fitted from the window of recent 402s alone, for
+  models the catalogue does not price or whose 402s refute it; from ``min_observations``
+  on.
+- **the dominance bound**: a request at least as large as a seen one in every feature
+  (max_tokens, message count, every size measure) costs at least what that one did,
+  under any price that grows with its inputs. Signed when the formulas cannot decide
+  and the bound has been the exact price on the last ``trust`` 402s (a price that does
+  not move with the prompt, say).
 
-Memory is bounded: ``window`` observations per model, ``max_models`` models (LRU).
+A presign (signing the first request, saving the unpaid probe) is offered only when
+the streak has reached ``trust``, the template is younger than ``ttl`` (so a price cut
+is noticed within the TTL by an ordinary probe), and, without a tolerance, every
+formula still consistent with the 402s gives this request the same amount: nothing
+consistent with the data makes it an over-payment, and an under-payment is refused as
+not used (one more round trip, no money). With a user's ``tolerance`` the top of their
+joint range may be signed, when the range (raised to the dominance bound) is that
+narrow; the most that can over-pay is counted in ``stats``.
+
+Memory is bounded: ``window`` observations per key, ``max_models`` keys (LRU).
+``snapshot``/``load_states`` turn the book into a small JSON document and back, so a
+restarted sidecar starts warm (store.py writes it).
 """
 
 from __future__ import annotations
@@ -31,28 +44,39 @@ import dataclasses
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURES, Features, PriceKey
-from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote, fit
+from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURE_TOKENS, MEASURES, Features, PriceKey
+from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote, fit, fit_approximate
+from blockrun_proxy.quotes.prior import CataloguePrice, Prior
 from blockrun_proxy.x402 import Requirement
+from blockrun_proxy.x402.wire import parse_requirement
 
 DEFAULT_WINDOW = 32
-# No presign before this many 402s of the model are in the window: simple
-# fractions fitted to a handful of points can fit them and be wrong elsewhere.
+# No presign from learned formulas before this many 402s of the key are in the window:
+# simple fractions fitted to a handful of points can fit them and be wrong elsewhere.
 DEFAULT_MIN_OBSERVATIONS = 16
+# Catalogue formulas have their slopes from the catalogue; two 402s bound the constant.
+PRIOR_MIN_OBSERVATIONS = 2
 # While no exact formula fits (a tokenizer-priced model, say), refits back off
 # exponentially up to every this many 402s, so an unlearnable model costs little CPU.
 MAX_REFIT_BACKOFF = 32
 DEFAULT_MAX_MODELS = 256
-# Each miss doubles the streak a model must show before signing again (up to this);
-# a model that keeps missing is one whose prices our features do not explain.
+# Each miss doubles the streak a key must show before signing again (up to this);
+# a key that keeps missing is one whose prices our features do not explain.
 MAX_REQUIRED_STREAK = 48
+# How often a model the catalogue does not list may ask for a fresh catalogue.
+CATALOGUE_RETRY_SECONDS = 60.0
+# A price change leaves old 402s in the window: a new catalogue price is tried against
+# only the newest this many when the whole window refutes it.
+RECENT_FOR_PRICE_CHANGE = 4
+SNAPSHOT_FORMAT = 1
 # "<model> - 128000 max output tokens": the gateway clamps max_tokens there and
 # prices the clamp, so the feature is clamped the same way.
 _CEILING_RE = re.compile(r"([0-9][0-9,_]*)\s+max output tokens", re.IGNORECASE)
+_UNITS_PER_TOKEN = tuple(int(1 / t) if t < 1 else 1 for t in MEASURE_TOKENS)
 
 
 @dataclass(slots=True)
@@ -66,8 +90,11 @@ class QuoteStats:
     probed: int = 0  # paid calls that went probe-first (cold, stale, or after a miss)
     shadow_checks: int = 0  # 402s compared with the prediction made before seeing them
     shadow_exact: int = 0  # ... where the amount we would have signed was exactly it
-    refits: int = 0  # hypotheses rebuilt from the window
+    refits: int = 0  # learned formulas rebuilt from the window
     overpaid_atomic: int = 0  # at most this much signed above the price (tolerance > 0 only)
+    from_catalogue: int = 0  # presigns priced by catalogue formulas
+    from_bound: int = 0  # presigns priced by the dominance bound
+    refuted: int = 0  # catalogue priors the 402s contradicted
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +114,7 @@ class Presign:
     resource: Mapping[str, Any]
     extensions: Mapping[str, Any] | None
     overpay: int  # the most this amount can be above the price (0 unless tolerance allows)
+    source: str = "learned"  # "catalogue", "learned", "estimate" or "bound"
 
     @property
     def model(self) -> str:
@@ -98,12 +126,23 @@ class Presign:
 
 
 @dataclass(slots=True)
-class _ModelState:
+class _State:
     window: deque[Observation]
     hypotheses: list[Hypothesis] = dataclasses.field(default_factory=list)
+    # With a tolerance: the least-squares formula, for requests the exact ones cannot
+    # price (a gateway measuring prompts in a way the features do not see).
+    approximate: Hypothesis | None = None
+    prior: Prior | None = None
+    refuted: CataloguePrice | None = None  # the catalogue price the 402s contradicted
+    fitted: bool = False  # the learned formulas match the window (skipped while the prior holds)
+    refitting: bool = False  # a background refit is on its way
+    catalogue_version: int = -1  # the book's catalogue this key last took its price from
+    version: int = 0  # refits asked for, to drop one that the window has outrun
     streak: int = 0
     required: int = 0  # streak needed to sign: trust, doubled per miss
     clean: int = 0  # presigns accepted since the last miss
+    bound_streak: int = 0  # consecutive 402s priced exactly at the dominance bound
+    bound_broken: bool = False  # a 402 priced below the bound: prices do not grow with size
     ceiling: int | None = None
     template: Template | None = None
     backoff: int = 0  # refits skipped after the last one that found no exact formula
@@ -133,18 +172,33 @@ class QuoteBook:
         self.min_observations = min_observations
         self._max_models = max_models
         self._clock = clock
-        self._models: OrderedDict[PriceKey, _ModelState] = OrderedDict()
+        self._models: OrderedDict[PriceKey, _State] = OrderedDict()
+        self._catalogue: dict[str, CataloguePrice] = {}
+        self._catalogue_asked = float("-inf")
+        self._catalogue_version = 0
+        # Called (synchronously, at most every CATALOGUE_RETRY_SECONDS) when a 402 names a
+        # model the catalogue does not price yet: the app fetches /v1/models in the
+        # background and hands the result to ``set_catalogue``.
+        self.on_catalogue_wanted: Callable[[], None] | None = None
+        # Called with (key, window, version) to refit in the background instead of inline;
+        # the result comes back through ``refit_done``.
+        self.on_refit: Callable[[PriceKey, list[Observation], int], None] | None = None
+        # Something worth saving changed since the last snapshot.
+        self.dirty = False
 
     # --- asking ---------------------------------------------------------------------------
 
     def knows(self, model: str, route: str = CHAT_ROUTE) -> bool:
-        """Whether a 402 for ``model`` on ``route`` has been observed (and is still here)."""
+        """Whether a 402 for this price key has been observed (and is still in the book)."""
         return (route, model) in self._models
 
     def presign(self, features: Features) -> Presign | None:
         """What to sign up front for this request, or None to probe first."""
         state = self._models.get(features.key)
-        if not self.enabled or state is None or not self._trusted(state):
+        if not self.enabled or state is None:
+            return None
+        self._catch_up(features.key, state)
+        if not self._trusted(state):
             return None
         template = state.template
         assert template is not None  # _trusted checked it
@@ -153,7 +207,7 @@ class QuoteBook:
         decision = self._decide(state, features)
         if decision is None:
             return None
-        amount, overpay = decision
+        amount, overpay, source = decision
         requirement = dataclasses.replace(
             template.requirement,
             amount=amount,
@@ -165,6 +219,7 @@ class QuoteBook:
             template.resource,
             template.extensions,
             overpay=overpay,
+            source=source,
         )
 
     def trusted(self, model: str, route: str = CHAT_ROUTE) -> bool:
@@ -173,7 +228,17 @@ class QuoteBook:
 
     def hypotheses(self, model: str, route: str = CHAT_ROUTE) -> list[Hypothesis]:
         state = self._models.get((route, model))
-        return [] if state is None else list(state.hypotheses)
+        if state is None:
+            return []
+        self._ensure_fitted((route, model), state)
+        return list(state.hypotheses)
+
+    def prior(self, model: str, route: str = CHAT_ROUTE) -> Prior | None:
+        state = self._models.get((route, model))
+        if state is None:
+            return None
+        self._catch_up((route, model), state)
+        return state.prior
 
     # --- outcomes of presigns ---------------------------------------------------------------
 
@@ -183,19 +248,29 @@ class QuoteBook:
     def accepted(self, presign: Presign) -> None:
         self.stats.hits += 1
         self.stats.overpaid_atomic += presign.overpay
+        if presign.source == "catalogue":
+            self.stats.from_catalogue += 1
+        elif presign.source == "bound":
+            self.stats.from_bound += 1
         state = self._models.get(presign.key)
         if state is not None:
             state.clean += 1
             if state.clean >= self._window:  # a long clean run earns back some slack
                 state.required = max(self.trust, state.required // 2)
                 state.clean = 0
+                self.dirty = True
 
     def refused(self, presign: Presign) -> None:
         """The gateway did not use the presigned payment: stop trusting until re-earned."""
         self.stats.misses += 1
         state = self._models.get(presign.key)
         if state is not None:
-            self._demote(state)
+            if presign.source == "bound":
+                state.bound_streak = 0
+            if presign.source == "estimate":
+                state.streak = 0  # an estimate that fell short: see _check
+            else:
+                self._demote(state)
 
     def declined(self, presign: Presign) -> None:
         self.stats.declined += 1
@@ -211,25 +286,40 @@ class QuoteBook:
     ) -> None:
         """A 402 for this request asked for ``requirement`` (already accepted by the policy)."""
         self.stats.probed += 1
+        self.dirty = True
         state = self._state(features.key)
+        self._catch_up(features.key, state)
         ceiling = _ceiling(resource)
         if ceiling is not None:
             state.ceiling = ceiling
         self._check(state, features, requirement.amount)
-        state.window.append(
-            Observation(
-                self._clamped(state, features.max_tokens),
-                features.messages,
-                features.sizes,
-                requirement.amount,
-            )
+        observation = Observation(
+            self._clamped(state, features.max_tokens),
+            features.messages,
+            features.sizes,
+            requirement.amount,
+            features.extra,
         )
-        self._refit(state)
+        state.window.append(observation)
+        state.fitted = False
+        if state.prior is not None:
+            state.prior.admit(observation)
+            if not state.prior.live:
+                # The 402s contradict the catalogue: learn from them alone (and see
+                # whether the catalogue has changed since).
+                state.refuted, state.prior = state.prior.price, None
+                self.stats.refuted += 1
+                self._demote(state)
+                self._ask_catalogue()
+        if state.prior is None:
+            self._refit(features.key, state)
         # Only v2 requirements (``amount``) are reused; v1's maxAmountRequired is not rebuilt.
         template_ok = "amount" in requirement.raw
         state.template = (
             Template(requirement, resource, extensions, self._clock()) if template_ok else None
         )
+        if features.route == CHAT_ROUTE and features.model not in self._catalogue:
+            self._ask_catalogue()
 
     def forget(self, model: str, route: str = CHAT_ROUTE) -> None:
         """The gateway's latest quote was refused by the policy: its old one is no longer
@@ -238,114 +328,427 @@ class QuoteBook:
         if state is not None:
             state.template = None
             state.streak = 0
+            self.dirty = True
+
+    # --- the catalogue ------------------------------------------------------------------------
+
+    def set_catalogue(self, prices: Mapping[str, CataloguePrice]) -> None:
+        """The models' published prices (chat route): priors for the keys they price."""
+        self._catalogue = dict(prices)
+        # Each key takes its price when next used (_catch_up): building a prior costs a
+        # millisecond or two, too much for every key of a full book at once on the loop.
+        self._catalogue_version += 1
+        self.dirty = True
+
+    def _catch_up(self, key: PriceKey, state: _State) -> None:
+        if state.catalogue_version != self._catalogue_version:
+            state.catalogue_version = self._catalogue_version
+            if key[0] == CHAT_ROUTE:
+                self._adopt_price(state, self._catalogue.get(key[1]))
+
+    @property
+    def catalogue(self) -> Mapping[str, CataloguePrice]:
+        return self._catalogue
+
+    def _adopt_price(self, state: _State, price: CataloguePrice | None) -> None:
+        if price is None or price == state.refuted:
+            return
+        if state.prior is not None and state.prior.price == price:
+            return
+        prior = Prior(price, state.window)
+        if not prior.live and len(state.window) > RECENT_FOR_PRICE_CHANGE:
+            # A new price: the older 402s in the window were asked under the old one.
+            prior = Prior(price, list(state.window)[-RECENT_FOR_PRICE_CHANGE:])
+        if prior.live:
+            state.prior, state.refuted = prior, None
+            if state.ceiling is None and price.max_output is not None:
+                state.ceiling = price.max_output
+        else:
+            state.prior, state.refuted = None, price
+
+    def _ask_catalogue(self) -> None:
+        if self.on_catalogue_wanted is None:
+            return
+        now = self._clock()
+        if now - self._catalogue_asked >= CATALOGUE_RETRY_SECONDS:
+            self._catalogue_asked = now
+            self.on_catalogue_wanted()
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _trusted(self, state: _ModelState) -> bool:
-        return (
-            state.streak >= max(self.trust, state.required)
-            and state.template is not None
-            and bool(state.hypotheses)
-            and len(state.window) >= self.min_observations
-        )
+    def _trusted(self, state: _State) -> bool:
+        return state.streak >= max(self.trust, state.required) and state.template is not None
 
-    def _decide(self, state: _ModelState, features: Features) -> tuple[int, int] | None:
-        """(amount to sign, the most it can over-pay) for this request, or None.
-
-        Every hypothesis still consistent with the window must speak for the
-        request. Without tolerance all of them must be exact, pin the amount
-        (low == high) and agree: the amount is then the prediction, over-paying
-        nothing. With tolerance, the top of their joint range is signed if the
-        whole range is within ``tolerance``: whatever the price inside it, the
-        over-payment is at most high - low, and that is what gets counted.
-        """
-        quotes: list[Quote] = []
-        for h in state.hypotheses:
-            quote = h.quote(
-                self._clamped(state, features.max_tokens), features.sizes, features.messages
-            )
-            if quote is None:
-                return None
-            quotes.append(quote)
-        if not quotes:
-            return None
-        low, high = min(q.low for q in quotes), max(q.high for q in quotes)
-        if self.tolerance <= 0:
-            exact = all(h.exact for h in state.hypotheses)
-            return (low, 0) if exact and low == high else None
-        return (high, high - low) if high - low <= self.tolerance else None
-
-    def _check(self, state: _ModelState, features: Features, amount: int) -> None:
-        """Shadow-check the current hypotheses against a 402 they have not seen yet."""
-        if not state.hypotheses:
-            return
-        self.stats.shadow_checks += 1
+    def _range(self, state: _State, features: Features) -> tuple[Quote, bool] | None:
+        """The amounts the formulas in use allow for this request, and whether they are
+        exact (every one reproduces every 402), or None if they cannot say."""
         max_tokens = self._clamped(state, features.max_tokens)
-        quotes = [h.quote(max_tokens, features.sizes, features.messages) for h in state.hypotheses]
-        exact = all(h.exact for h in state.hypotheses)
-        if exact and all(q is not None and not q.low <= amount <= q.high for q in quotes):
-            # Outside everything the model thought possible: a miss even if it would
-            # not have signed. Repeated, it means our features do not explain prices.
-            self._demote(state)
-            return
+        if all(o.extra != features.extra for o in state.window):
+            # Tools or a response format never seen with this key: if the gateway prices
+            # them, no formula fitted without them knows how.
+            return None
+        if state.prior is not None:
+            if state.prior.seen < PRIOR_MIN_OBSERVATIONS:
+                return None
+            quote = state.prior.quote(max_tokens, features.sizes, features.messages)
+            return None if quote is None else (quote, True)
+        if len(state.window) < self.min_observations:
+            return None
+        self._ensure_fitted(features.key, state)
+        if not state.fitted:
+            return None  # the formulas are being refitted: nothing to sign from yet
+        low = high = None
+        for h in state.hypotheses:
+            quote = h.quote(max_tokens, features.sizes, features.messages)
+            if quote is None:
+                low = high = None
+                break
+            low = quote.low if low is None else min(low, quote.low)
+            high = quote.high if high is None else max(high, quote.high)
+        if low is not None and high is not None:
+            return Quote(low, high), all(h.exact for h in state.hypotheses)
+        if self.tolerance > 0 and state.approximate is not None:
+            quote = state.approximate.quote(max_tokens, features.sizes, features.messages)
+            if quote is not None:
+                return quote, False
+        return None
+
+    def _decide(self, state: _State, features: Features) -> tuple[int, int, str] | None:
+        """(amount to sign, the most it can over-pay, where it came from), or None.
+
+        Without tolerance the formulas must be exact and pin the amount (low == high):
+        the amount is then the prediction, over-paying nothing. With tolerance, the top
+        of their joint range is signed if the range, raised to the dominance bound, is
+        within ``tolerance``: whatever the price inside it, the over-payment is at most
+        its width, and that is what gets counted. When the formulas cannot decide, the
+        dominance bound is signed if it has been the price on the last ``trust`` 402s.
+        """
+        found = self._range(state, features)
+        source = "catalogue" if state.prior is not None else "learned"
+        if found is not None and self.tolerance <= 0:
+            quote, exact = found
+            if exact and quote.low == quote.high:
+                return quote.low, 0, source  # the common case: no need for the bound
+        bound = self._bound(state, features)
+        if found is not None:
+            quote, exact = found
+            if self.tolerance <= 0:
+                pass
+            elif exact:
+                low = quote.low if bound is None else max(quote.low, bound)
+                if quote.high - low <= self.tolerance:
+                    return quote.high, quote.high - low, source
+            else:
+                # An estimate: residuals seen so far are a sample, not a bound. Allow for
+                # half the band's width more on either side; sign up to that much above
+                # its top, never more than the tolerance above its (widened) bottom.
+                margin = max(1, (quote.high - quote.low + 1) // 2)
+                low = quote.low - margin if bound is None else max(quote.low - margin, bound)
+                if quote.high - low <= self.tolerance:
+                    amount = min(quote.high + margin, low + self.tolerance)
+                    return amount, amount - low, "estimate"
+            if exact and bound is not None and bound < quote.low:
+                return None  # the bound is surely below the price: it would be refused
+        if bound is not None and state.bound_streak >= self.trust and not state.bound_broken:
+            return bound, 0, "bound"
+        return None
+
+    def _bound(self, state: _State, features: Features) -> int | None:
+        """The most any seen 402 whose request this one dominates in every feature asked:
+        a lower bound on this price under any formula that grows with its inputs."""
+        max_tokens = self._clamped(state, features.max_tokens)
+        messages, sizes, extra = features.messages, features.sizes, features.extra
+        best: int | None = None
+        for o in state.window:
+            if (
+                (best is None or o.amount > best)
+                and o.extra == extra
+                and o.max_tokens <= max_tokens
+                and o.messages <= messages
+                and all(seen <= size for seen, size in zip(o.sizes, sizes, strict=True))
+            ):
+                best = o.amount
+        return best
+
+    def _check(self, state: _State, features: Features, amount: int) -> None:
+        """Shadow-check the current formulas against a 402 they have not seen yet."""
         decision = self._decide(state, features)
+        bound = self._bound(state, features)
+        if bound is not None:
+            if bound == amount:
+                state.bound_streak += 1
+            elif bound < amount:
+                state.bound_streak = 0
+            else:  # cheaper than a smaller request: prices here do not grow with size
+                state.bound_broken = True
+        if state.prior is None and state.hypotheses and state.fitted:
+            max_tokens = self._clamped(state, features.max_tokens)
+            quotes = [
+                h.quote(max_tokens, features.sizes, features.messages) for h in state.hypotheses
+            ]
+            exact = all(h.exact for h in state.hypotheses)
+            if exact and all(q is not None and not q.low <= amount <= q.high for q in quotes):
+                # Outside everything the formulas thought possible: a miss even if they
+                # would not have signed. Repeated, it means our features do not explain
+                # prices.
+                self.stats.shadow_checks += 1
+                self._demote(state)
+                return
         if decision is None:
             return  # too uncertain to sign: neither earns nor costs trust
-        signed, _ = decision
+        self.stats.shadow_checks += 1
+        signed = decision[0]
         if signed == amount:
             self.stats.shadow_exact += 1
         # Would that presign have been accepted, without paying over the tolerance?
         if amount <= signed <= amount + self.tolerance:
             state.streak += 1
+        elif signed < amount and decision[2] == "estimate":
+            # An estimate that fell short: one round trip lost, no money. Expected now and
+            # then; it resets the streak without raising the bar.
+            state.streak = 0
+            self.dirty = True
         else:
             self._demote(state)
 
-    def _demote(self, state: _ModelState) -> None:
+    def _demote(self, state: _State) -> None:
         state.streak = 0
         state.clean = 0
         state.required = min(MAX_REQUIRED_STREAK, 2 * max(state.required, self.trust))
+        self.dirty = True
 
-    def _refit(self, state: _ModelState) -> None:
+    def _ensure_fitted(self, key: PriceKey, state: _State) -> None:
+        if not state.fitted and not state.refitting:
+            self._refit(key, state, force=True)
+
+    def _refit(self, key: PriceKey, state: _State, *, force: bool = False) -> None:
         """Refit from the whole window. A 402 only arrives on the probe path, which already
         costs a round trip, and a fresh fit can bring in a formula the previous
-        candidates missed; while nothing exact fits, refits back off."""
-        if state.skip > 0:
+        candidates missed; while nothing exact fits, refits back off.
+
+        With ``on_refit`` set (the keeper), the fitting (milliseconds of CPU for a long
+        window of conversations) runs in a worker thread, and nothing is signed from
+        the learned formulas until it is back (``refit_done``)."""
+        if state.skip > 0 and not force:
             state.skip -= 1
+            state.fitted = True
             return
-        window = list(state.window)
-        state.hypotheses = fit(window, len(MEASURES))
+        if self.on_refit is None:
+            self._apply_fit(
+                state, compute_fit(list(state.window), self.min_observations, self.tolerance > 0)
+            )
+            return
+        state.fitted, state.refitting = False, True
+        state.version += 1
+        self.on_refit(key, list(state.window), state.version)
+
+    def refit_done(self, key: PriceKey, version: int, result: FitResult) -> None:
+        """A background refit of ``key``'s window as of ``version`` is back."""
+        state = self._models.get(key)
+        if state is None or state.version != version:
+            return  # the window has moved on since: a newer refit is on its way
+        self._apply_fit(state, result)
+
+    def _apply_fit(self, state: _State, result: FitResult) -> None:
+        state.fitted, state.refitting = True, False
+        state.hypotheses = result.hypotheses
+        state.approximate = result.approximate
         self.stats.refits += 1
-        if not any(h.exact for h in state.hypotheses) and len(window) > self.min_observations:
-            # The price may have changed inside the window: if the newest 402s alone fit
-            # a formula, the older ones describe another price and are dropped.
-            recent = window[-self.min_observations :]
-            hypotheses = fit(recent, len(MEASURES))
-            if any(h.exact for h in hypotheses):
-                state.hypotheses = hypotheses
-                state.window = deque(recent, maxlen=self._window)
-                # Fine once for a price change; a model that keeps needing it is one
-                # whose prices only look explained over short stretches.
-                self._demote(state)
+        if result.recent is not None:
+            # Fine once for a price change; a key that keeps needing it is one whose
+            # prices only look explained over short stretches.
+            state.window = deque(list(state.window)[-result.recent :], maxlen=self._window)
+            self._demote(state)
         if any(h.exact for h in state.hypotheses):
             state.backoff = 0
         elif len(state.window) >= self.min_observations:
             state.backoff = min(MAX_REFIT_BACKOFF, max(1, 2 * state.backoff))
             state.skip = state.backoff
 
-    def _state(self, key: PriceKey) -> _ModelState:
+    def _state(self, key: PriceKey) -> _State:
         state = self._models.get(key)
         if state is None:
-            state = _ModelState(deque(maxlen=self._window))
-            self._models[key] = state
-            while len(self._models) > self._max_models:
-                self._models.popitem(last=False)
+            state = _State(deque(maxlen=self._window))
+            self._adopt(key, state)
         else:
             self._models.move_to_end(key)
         return state
 
+    def _adopt(self, key: PriceKey, state: _State) -> None:
+        self._models[key] = state
+        self._models.move_to_end(key)
+        while len(self._models) > self._max_models:
+            self._models.popitem(last=False)
+
     @staticmethod
-    def _clamped(state: _ModelState, max_tokens: int) -> int:
+    def _clamped(state: _State, max_tokens: int) -> int:
         return max_tokens if state.ceiling is None else min(max_tokens, state.ceiling)
+
+    # --- keeping it across restarts -----------------------------------------------------------
+
+    def snapshot(self, *, now: float | None = None, wall: float | None = None) -> dict[str, Any]:
+        """The book as a small JSON-able document (what store.py writes)."""
+        clock = self._clock() if now is None else now
+        self.dirty = False
+        keys = []
+        for (route, model), state in self._models.items():
+            template = state.template
+            keys.append(
+                {
+                    "route": route,
+                    "model": model,
+                    "ceiling": state.ceiling,
+                    "window": [
+                        [o.max_tokens, o.messages, list(o.sizes), o.amount, o.extra]
+                        for o in state.window
+                    ],
+                    "streak": state.streak,
+                    "required": state.required,
+                    "bound_streak": state.bound_streak,
+                    "bound_broken": state.bound_broken,
+                    "refuted": None if state.refuted is None else state.refuted.to_json(),
+                    "template": None
+                    if template is None
+                    else {
+                        "requirement": dict(template.requirement.raw),
+                        "resource": dict(template.resource),
+                        "extensions": None
+                        if template.extensions is None
+                        else dict(template.extensions),
+                        "age": max(0.0, clock - template.seen_at),
+                    },
+                }
+            )
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "saved_at": time.time() if wall is None else wall,
+            "measures": list(MEASURES),
+            "catalogue": {m: p.to_json() for m, p in self._catalogue.items()},
+            "keys": keys,
+        }
+
+    def load_states(
+        self, doc: Mapping[str, Any], *, now: float | None = None, wall: float | None = None
+    ) -> tuple[dict[str, CataloguePrice], list[tuple[PriceKey, _State]]]:
+        """Rebuild states from a snapshot (pure: safe in a worker thread). Entries that do
+        not parse are skipped; a document of another format or measure set gives nothing.
+        Templates age by the time the document spent on disk too."""
+        if doc.get("format") != SNAPSHOT_FORMAT or doc.get("measures") != list(MEASURES):
+            return {}, []
+        saved_at = doc.get("saved_at")
+        if not isinstance(saved_at, int | float) or isinstance(saved_at, bool):
+            return {}, []
+        offline = max(0.0, (time.time() if wall is None else wall) - float(saved_at))
+        clock = (self._clock() if now is None else now) - offline
+        catalogue: dict[str, CataloguePrice] = {}
+        raw_catalogue = doc.get("catalogue")
+        for model, entry in (raw_catalogue if isinstance(raw_catalogue, dict) else {}).items():
+            price = CataloguePrice.from_json(entry)
+            if isinstance(model, str) and price is not None:
+                catalogue[model] = price
+        states: list[tuple[PriceKey, _State]] = []
+        keys = doc.get("keys")
+        for entry in (keys if isinstance(keys, list) else [])[-self._max_models :]:
+            loaded = self._load_state(entry, catalogue, clock)
+            if loaded is not None:
+                states.append(loaded)
+        return catalogue, states
+
+    def adopt_states(
+        self, catalogue: Mapping[str, CataloguePrice], states: Iterable[tuple[PriceKey, _State]]
+    ) -> None:
+        """Take loaded states for keys this book has not seen since it started."""
+        if not self._catalogue and catalogue:
+            self._catalogue = dict(catalogue)
+            self._catalogue_version += 1
+        for key, state in states:
+            if key not in self._models:
+                self._adopt(key, state)
+                self._models.move_to_end(key, last=False)  # older than anything live
+
+    def _load_state(
+        self, entry: Any, catalogue: Mapping[str, CataloguePrice], clock: float
+    ) -> tuple[PriceKey, _State] | None:
+        if not isinstance(entry, dict):
+            return None
+        route, model = entry.get("route"), entry.get("model")
+        if not isinstance(route, str) or not isinstance(model, str):
+            return None
+        state = _State(deque(maxlen=self._window))
+        window = entry.get("window")
+        for row in window if isinstance(window, list) else []:
+            observation = _observation(row)
+            if observation is None:
+                return None
+            state.window.append(observation)
+        state.ceiling = _nonneg(entry.get("ceiling")) or None
+        state.streak = _nonneg(entry.get("streak"))
+        state.required = min(MAX_REQUIRED_STREAK, _nonneg(entry.get("required")))
+        state.bound_streak = _nonneg(entry.get("bound_streak"))
+        state.bound_broken = entry.get("bound_broken") is True
+        state.refuted = CataloguePrice.from_json(entry.get("refuted"))
+        state.template = _template(entry.get("template"), clock)
+        if route == CHAT_ROUTE:
+            self._adopt_price(state, catalogue.get(model))
+        if state.prior is None:
+            # Not _refit: this runs in a worker thread, away from the stats.
+            result = compute_fit(list(state.window), self.min_observations, self.tolerance > 0)
+            state.hypotheses, state.approximate = result.hypotheses, result.approximate
+            state.fitted = True
+        return (route, model), state
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    hypotheses: list[Hypothesis]
+    approximate: Hypothesis | None  # with a tolerance: the least-squares estimate
+    recent: int | None  # only the newest this many 402s still fit: a price change
+
+
+def compute_fit(window: list[Observation], min_observations: int, tolerance: bool) -> FitResult:
+    """The learned formulas for a window of 402s (pure: runs in a worker thread)."""
+    hypotheses = fit(window, len(MEASURES), _UNITS_PER_TOKEN)
+    approximate = None
+    if tolerance:
+        inexact = [h for h in hypotheses if not h.exact]
+        approximate = inexact[0] if inexact else fit_approximate(window, len(MEASURES))
+    if not any(h.exact for h in hypotheses) and len(window) > min_observations:
+        # The price may have changed inside the window: if the newest 402s alone fit a
+        # formula, the older ones describe another price and are dropped.
+        recent = fit(window[-min_observations:], len(MEASURES), _UNITS_PER_TOKEN)
+        if any(h.exact for h in recent):
+            return FitResult(recent, approximate, min_observations)
+    return FitResult(hypotheses, approximate, None)
+
+
+def _observation(row: Any) -> Observation | None:
+    if not isinstance(row, list) or len(row) != 5:
+        return None
+    max_tokens, messages, sizes, amount, extra = row
+    if not isinstance(sizes, list) or len(sizes) != len(MEASURES):
+        return None
+    values = [max_tokens, messages, amount, extra, *sizes]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        return None
+    return Observation(max_tokens, messages, tuple(sizes), amount, extra)
+
+
+def _template(doc: Any, clock: float) -> Template | None:
+    if not isinstance(doc, dict):
+        return None
+    requirement = parse_requirement(doc.get("requirement"))
+    resource, extensions, age = doc.get("resource"), doc.get("extensions"), doc.get("age")
+    if requirement is None or "amount" not in requirement.raw or not isinstance(resource, dict):
+        return None
+    if extensions is not None and not isinstance(extensions, dict):
+        return None
+    if not isinstance(age, int | float) or isinstance(age, bool) or age < 0:
+        return None
+    return Template(requirement, resource, extensions, clock - float(age))
+
+
+def _nonneg(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _ceiling(resource: Mapping[str, Any]) -> int | None:

@@ -3,18 +3,27 @@
 The gateway prices model x (input tokens + a max_tokens reservation) + a flat fee
 (PROTOCOL.md section 3), but its tokenizer is unknown to us. So instead of
 guessing one, each request is described by a few input-size *measures* that a
-gateway could plausibly price by, and the fitter (fit.py) learns per model id
-which measure, if any, explains the 402s exactly:
+gateway could plausibly price by, and the quote model learns per price key which
+one, if any, explains the 402s exactly:
 
-- ``text_bytes``: UTF-8 bytes of the messages' text;
-- ``text_bytes_div4``: the same, divided by 4 and rounded up (the common
-  "4 bytes per token" estimate);
+- ``text_chars``: characters of the messages' text (a quarter of a token each, for
+  gateways that price "characters / 4" without rounding);
+- ``text_chars_div4``: the same, divided by 4 and rounded up;
+- ``text_bytes`` and ``text_bytes_div4``: the same over UTF-8 bytes;
 - ``router_tokens``: BlockRun's own client-side estimate
   (``blockrun_llm.router_core.tokens.estimate_tokens``): one token per CJK
   character, one per four other characters.
 
-All are computed in one pass over the already-parsed request; ASCII text (the
-common case) costs one ``len`` per string.
+The text is what a model reads: string contents, text parts (other parts as JSON),
+and the function name and arguments of assistant ``tool_calls``; each measure is also
+taken over the contents alone (``content_*``), for gateways that do not count tool
+calls. On requests without tool calls the two coincide. The message count
+is a feature of its own (per-message overheads). All measures come from one pass
+over the already-parsed request; ASCII text (the common case) costs one ``len`` per
+string.
+
+A price key is ``(route, model)``: the same model may be priced differently on
+another route (Anthropic messages, images), and each route's quotes are its own.
 """
 
 from __future__ import annotations
@@ -23,15 +32,36 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import orjson
 
-MEASURES = ("text_bytes", "text_bytes_div4", "router_tokens")
-# A price key is (route, model): the same model may be priced differently on another route
-# (Anthropic Messages, images), and each route's quotes are its own.
 CHAT_ROUTE = "/v1/chat/completions"
-PriceKey = tuple[str, str]
+MEASURES = (
+    "text_chars",
+    "text_chars_div4",
+    "text_bytes",
+    "text_bytes_div4",
+    "router_tokens",
+    "content_chars",
+    "content_chars_div4",
+    "content_bytes",
+    "content_bytes_div4",
+    "content_router_tokens",
+)
+# Tokens per unit of each measure, for catalogue prices quoted per token.
+MEASURE_TOKENS: tuple[Fraction, ...] = (
+    Fraction(1, 4),
+    Fraction(1),
+    Fraction(1, 4),
+    Fraction(1),
+    Fraction(1),
+) * 2
+
+PriceKey = tuple[str, str]  # (route, model)
+# Request fields besides the messages that a gateway may count as input.
+EXTRA_FIELDS = ("tools", "functions", "response_format", "tool_choice")
 
 # The same character classes as blockrun_llm's estimate_tokens (Han, kana, Hangul,
 # CJK punctuation, fullwidth forms), copied so the hot path need not import it.
@@ -49,6 +79,9 @@ class Features:
     messages: int
     sizes: tuple[int, ...]  # one per MEASURES entry
     route: str = CHAT_ROUTE
+    # JSON size of what else a gateway might price (tools, functions, response_format):
+    # not a priced feature, but formulas and bounds only speak for values seen.
+    extra: int = 0
 
     @property
     def key(self) -> PriceKey:
@@ -62,17 +95,25 @@ def request_features(
     messages = data.get("messages")
     if max_tokens is None or not isinstance(messages, list):
         return None
-    n_bytes = n_chars = n_cjk = 0
-    for text in _texts(messages):
-        if text.isascii():
-            n_bytes += len(text)
-            n_chars += len(text)
-        else:
-            n_bytes += len(text.encode("utf-8", "surrogatepass"))
-            n_chars += len(text)
-            n_cjk += len(_CJK_CHARS.findall(text))
-    sizes = (n_bytes, -(-n_bytes // 4), n_cjk + math.ceil((n_chars - n_cjk) / 4))
-    return Features(model, max_tokens, len(messages), sizes, route)
+    contents: list[str] = []
+    calls: list[str] = []
+    for message in messages:
+        if isinstance(message, dict):
+            contents += _content_texts(message)
+            if "tool_calls" in message:
+                calls += _call_texts(message)
+    # Counted joined: one pass in C per kind instead of one per message.
+    content = _Counts()
+    content.add("".join(contents))
+    with_calls = _Counts(content.chars, content.bytes, content.cjk)
+    with_calls.add("".join(calls))
+    sizes = with_calls.measures() + content.measures()
+    extra = 0
+    for name in EXTRA_FIELDS:
+        value = data.get(name)
+        if value is not None:
+            extra += len(orjson.dumps(value))
+    return Features(model, max_tokens, len(messages), sizes, route, extra)
 
 
 def features_from_body(body: bytes, route: str = CHAT_ROUTE) -> Features | None:
@@ -92,19 +133,90 @@ def features_from_body(body: bytes, route: str = CHAT_ROUTE) -> Features | None:
     return request_features(data["model"], max_tokens, data, route)
 
 
-def _texts(messages: list[Any]) -> list[str]:
-    """The text a gateway would count: string contents, text parts, other parts as JSON."""
+def message_texts(messages: list[Any]) -> list[str]:
+    """The text a gateway would count: string contents, text parts (other parts as JSON),
+    and each tool call's function name and arguments."""
     texts: list[str] = []
     for message in messages:
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                texts.append(text if isinstance(text, str) else orjson.dumps(part).decode())
-        elif content is not None:
-            texts.append(orjson.dumps(content).decode())
+        if isinstance(message, dict):
+            texts += _content_texts(message)
+            texts += _call_texts(message)
     return texts
+
+
+def _content_texts(message: dict[str, Any]) -> list[str]:
+    content = message.get("content")
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            text = part.get("text") if isinstance(part, dict) else None
+            texts.append(text if isinstance(text, str) else orjson.dumps(part).decode())
+        return texts
+    if content is not None:
+        return [orjson.dumps(content).decode()]
+    return []
+
+
+def _call_texts(message: dict[str, Any]) -> list[str]:
+    calls = message.get("tool_calls")
+    texts: list[str] = []
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts += [
+                v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str)
+            ]
+    return texts
+
+
+# The CJK classes by the high byte of a UTF-16 code unit: rows 0x30, 0x34-0x4D, 0x4E-0x9F,
+# 0xAC-0xD7, 0xF9-0xFA and 0xFF hold them. Rows 0x4D, 0xD7 and 0xFF are partly outside
+# (U+4DC0-4DFF, U+D7B0-D7FF, U+FFF0-FFFF).
+_CJK_ROWS = bytes(
+    1 if r == 0x30 or 0x34 <= r <= 0x9F or 0xAC <= r <= 0xD7 or r in (0xF9, 0xFA, 0xFF) else 0
+    for r in range(256)
+)
+_ROW_SPECIALS = tuple(chr(c) for c in range(0xFFF0, 0x10000))
+
+
+def cjk_count(text: str) -> int:
+    """How many characters of ``text`` the CJK class matches, as the regex would count
+    them, at C speed: a regex ``findall`` costs tens of nanoseconds a character, and a
+    growing conversation in Chinese is tens of thousands of characters per request."""
+    rows = text.encode("utf-16-be", "surrogatepass")[0::2]
+    count = rows.translate(_CJK_ROWS).count(1)
+    if not count:
+        return 0
+    if 0x4D in rows or 0xD7 in rows:
+        return len(_CJK_CHARS.findall(text))  # rare rows: let the regex draw the line
+    if 0xFF in rows:
+        count -= sum(text.count(c) for c in _ROW_SPECIALS)
+    return count
+
+
+class _Counts:
+    """Characters, UTF-8 bytes and CJK characters of some text."""
+
+    __slots__ = ("bytes", "chars", "cjk")
+
+    def __init__(self, chars: int = 0, n_bytes: int = 0, cjk: int = 0) -> None:
+        self.chars, self.bytes, self.cjk = chars, n_bytes, cjk
+
+    def add(self, text: str) -> None:
+        self.chars += len(text)
+        if text.isascii():
+            self.bytes += len(text)
+        else:
+            self.bytes += len(text.encode("utf-8", "surrogatepass"))
+            self.cjk += cjk_count(text)
+
+    def measures(self) -> tuple[int, ...]:
+        return (
+            self.chars,
+            -(-self.chars // 4),
+            self.bytes,
+            -(-self.bytes // 4),
+            self.cjk + math.ceil((self.chars - self.cjk) / 4),
+        )

@@ -50,6 +50,10 @@ SPARE_OBSERVATIONS = 2
 APPROX_DENOMINATOR = 10_000
 
 M_COL, S_COL = 0, 1
+# Per-message overheads tried when the message count is a linear term, in tokens.
+MAX_PER_MESSAGE = 8
+# The one group of a hypothesis linear in the message count.
+LINEAR_GROUP = 0
 
 
 class Quote(NamedTuple):
@@ -65,6 +69,7 @@ class Observation:
     messages: int
     sizes: tuple[int, ...]
     amount: int
+    extra: int = 0  # features.Features.extra: formulas speak only for values seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,10 @@ class Group:
 class Hypothesis:
     measures: tuple[int, ...]  # the input measure used, and its twins on the fitted data
     exact: bool
+    # Linear in the message count: the size column is S + per_message * N (one group);
+    # otherwise each message count has a constant of its own (groups by count).
+    linear: bool = False
+    per_message: int = 0
     fixed: tuple[tuple[int, int], ...] = ()  # columns that never varied: must match
     occam_col: int | None = None
     occam_slope: Fraction = Fraction(0)
@@ -109,9 +118,10 @@ class Hypothesis:
     r_max: Fraction = Fraction(0)
 
     def quote(self, max_tokens: int, sizes: tuple[int, ...], messages: int) -> Quote | None:
-        size = sizes[self.measures[0]]
-        if any(sizes[m] != size for m in self.measures[1:]):
+        raw = sizes[self.measures[0]]
+        if any(sizes[m] != raw for m in self.measures[1:]):
             return None  # the twins part ways here: their fits might not agree
+        size = raw + self.per_message * messages
         x = (max_tokens, size)
         if any(x[col] != value for col, value in self.fixed):
             return None
@@ -119,7 +129,7 @@ class Hypothesis:
             a, b, d = self.slopes
             value = a * max_tokens + b * size + d * messages
             return Quote(math.ceil(value + self.r_min), math.floor(value + self.r_max))
-        group = (self.groups or {}).get(messages)
+        group = (self.groups or {}).get(LINEAR_GROUP if self.linear else messages)
         if group is None:
             return None  # never saw this many messages: its constant is unknown
         base = self.occam_slope * x[self.occam_col] if self.occam_col is not None else 0
@@ -135,23 +145,51 @@ class Hypothesis:
         return Quote(math.floor(base + lo) + 1, math.ceil(base + hi))
 
 
-def fit(observations: Sequence[Observation], measures: int) -> list[Hypothesis]:
+def fit(
+    observations: Sequence[Observation],
+    measures: int,
+    units_per_token: Sequence[int] | None = None,
+) -> list[Hypothesis]:
     """Every exact hypothesis (over all measures) that explains the observations;
     else the single best approximate one; else nothing.
 
     Measures that coincide on every observation (two token estimates agree on
     ASCII text) are fitted once; the hypothesis then speaks only for requests on
     which they still coincide.
+
+    When the message count varies, the message count is first tried as a linear
+    term: a per-message overhead of k tokens (k = 0..MAX_PER_MESSAGE, in the measure's
+    units via ``units_per_token``) folded into the size column, which predicts counts
+    never seen. Only when no such formula fits does each count get a constant of its
+    own (which speaks only for counts already seen).
     """
     distinct: dict[tuple[int, ...], list[int]] = {}
     for m in range(measures):
         distinct.setdefault(tuple(o.sizes[m] for o in observations), []).append(m)
     twins = [tuple(ms) for ms in distinct.values()]
+    if units_per_token is not None and len({o.messages for o in observations}) > 1:
+        linear = [h for t in twins for h in fit_linear(observations, t, units_per_token[t[0]])]
+        if linear:
+            return linear
     exact = [h for t in twins for h in fit_measure(observations, t)]
     if exact:
         return exact
-    approximate = [h for t in twins for h in fit_measure(observations, t, approximate=True)]
-    return sorted(approximate, key=lambda h: h.r_max - h.r_min)[:1]
+    best = fit_approximate(observations, measures)
+    return [] if best is None else [best]
+
+
+def fit_approximate(observations: Sequence[Observation], measures: int) -> Hypothesis | None:
+    """The least-squares formula (over the measure that leaves the narrowest residual
+    band), for a user who allowed a bounded over-payment; None if none can be fitted."""
+    distinct: dict[tuple[int, ...], list[int]] = {}
+    for m in range(measures):
+        distinct.setdefault(tuple(o.sizes[m] for o in observations), []).append(m)
+    found = [
+        h
+        for ms in distinct.values()
+        for h in fit_measure(observations, tuple(ms), approximate=True)
+    ]
+    return min(found, key=lambda h: h.r_max - h.r_min, default=None)
 
 
 Row = tuple[int, int, int, int]  # (M, S, N, amount)
@@ -168,6 +206,33 @@ def fit_measure(
     rows: list[Row] = [
         (o.max_tokens, o.sizes[measures[0]], o.messages, o.amount) for o in observations
     ]
+    return _fit_rows(rows, measures, approximate=approximate)
+
+
+def fit_linear(
+    observations: Sequence[Observation], measures: tuple[int, ...], unit: int
+) -> list[Hypothesis]:
+    """The exact hypotheses in which each message adds k tokens (``unit`` measure units per
+    token) to the size, for every k from 0 to MAX_PER_MESSAGE that fits."""
+    found: list[Hypothesis] = []
+    for k in range(MAX_PER_MESSAGE + 1):
+        per_message = k * unit
+        rows: list[Row] = [
+            (o.max_tokens, o.sizes[measures[0]] + per_message * o.messages, LINEAR_GROUP, o.amount)
+            for o in observations
+        ]
+        found += _fit_rows(rows, measures, per_message=per_message, linear=True)
+    return found
+
+
+def _fit_rows(
+    rows: list[Row],
+    measures: tuple[int, ...],
+    *,
+    approximate: bool = False,
+    per_message: int = 0,
+    linear: bool = False,
+) -> list[Hypothesis]:
     if not rows:
         return []
     varying = [j for j in (M_COL, S_COL) if any(r[j] != rows[0][j] for r in rows)]
@@ -183,10 +248,21 @@ def fit_measure(
     if approximate:
         return [_approximate(measures, rows, beta, fixed)]
     if not varying:
-        h = _exact(measures, rows, fixed, None, Fraction(0), None)
+        h = _exact(
+            measures, rows, fixed, None, Fraction(0), None, per_message=per_message, linear=linear
+        )
         return [] if h is None else [h]
     if len(varying) == 1:
-        h = _exact(measures, rows, fixed, None, Fraction(0), varying[0])
+        h = _exact(
+            measures,
+            rows,
+            fixed,
+            None,
+            Fraction(0),
+            varying[0],
+            per_message=per_message,
+            linear=linear,
+        )
         return [] if h is None else [h]
     # Both vary: the column with the narrower band (fewer candidates) is Occam's.
     bands = {
@@ -204,7 +280,9 @@ def fit_measure(
     exact_col = S_COL if occam == M_COL else M_COL
     found = []
     for slope in candidates:
-        h = _exact(measures, rows, fixed, occam, slope, exact_col)
+        h = _exact(
+            measures, rows, fixed, occam, slope, exact_col, per_message=per_message, linear=linear
+        )
         if h is not None:
             found.append(h)
     return found
@@ -217,6 +295,9 @@ def _exact(
     occam_col: int | None,
     occam_slope: Fraction,
     exact_col: int | None,
+    *,
+    per_message: int = 0,
+    linear: bool = False,
 ) -> Hypothesis | None:
     """The version space for one Occam slope, or None if it is empty.
 
@@ -252,6 +333,8 @@ def _exact(
     return Hypothesis(
         measures,
         True,
+        linear=linear,
+        per_message=per_message,
         fixed=fixed,
         occam_col=occam_col,
         occam_slope=occam_slope,

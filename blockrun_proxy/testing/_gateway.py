@@ -137,6 +137,7 @@ class FakeGateway:
         count_tokens_fee: int = 0,
         speech_format: SpeechFormat = "json",
         record: bool = True,
+        publish_prices: bool = True,
         clock: Callable[[], float] = time.time,
         upto: UptoMode | None = None,
     ) -> None:
@@ -159,6 +160,9 @@ class FakeGateway:
         self.event_interval = event_interval
         self.event_size = event_size
         self.settle_amount_in_response = settle_amount_in_response
+        # False: /v1/models lists the models without their prices (a gateway whose
+        # catalogue says nothing the quote model can use).
+        self.publish_prices = publish_prices
         self.job_polls = job_polls  # polls a slow job answers 202 before it completes
         self.count_tokens_fee = count_tokens_fee  # 0: count_tokens is free, as Anthropic's
         self.speech_format: SpeechFormat = speech_format
@@ -208,6 +212,13 @@ class FakeGateway:
         self.app.router.add_route(
             route.method, self.prefix + route.template, partial(self._handle, route)
         )
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The recorded chat completion calls. ``requests`` also holds catalogue reads
+        (``GET /v1/models``), which the proxy makes on its own to learn prices."""
+        chat = f"{API_PREFIX}/v1/chat/completions"
+        return [r for r in self.requests if r.path == chat]
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -348,6 +359,8 @@ class FakeGateway:
         if self.record:
             self.record_request(request, b"", None)
         listing = [m.listing() for m in self.models.values()]
+        if not self.publish_prices:
+            listing = [{k: v for k, v in m.items() if k != "pricing"} for m in listing]
         return json_response(200, {"object": "list", "data": listing})
 
     async def _handle(self, route: Route, request: web.Request) -> web.StreamResponse:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -159,3 +162,117 @@ def default_price(model: ModelSpec, body: Mapping[str, Any]) -> int:
 def usd_string(amount: int) -> str:
     """Atomic USDC (6 decimals) as a dollar string, e.g. 1234 -> "0.001234"."""
     return f"{amount // 1_000_000}.{amount % 1_000_000:06d}"
+
+
+# --- pricing shapes ---------------------------------------------------------------------------
+#
+# Ways a gateway may price a chat call, each with a catalogue that publishes prices
+# consistent with it (``ModelSpec.listing``). The fake's own formula (``default_price``)
+# is one of them; these are the others the quote model is measured on. Each is written
+# here from its description, independently of the proxy's quotes/ package.
+
+PER_MESSAGE_TOKENS = 4
+_CJK = re.compile(
+    "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
+)
+
+
+def prompt_texts(body: Mapping[str, Any]) -> list[str]:
+    """What a model reads: string contents, text parts (others as JSON), tool calls'
+    function names and arguments."""
+    texts: list[str] = []
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                texts.append(text if isinstance(text, str) else orjson.dumps(part).decode())
+        elif content is not None:
+            texts.append(orjson.dumps(content).decode())
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                texts += [
+                    v
+                    for v in (function.get("name"), function.get("arguments"))
+                    if isinstance(v, str)
+                ]
+    return texts
+
+
+def _message_count(body: Mapping[str, Any]) -> int:
+    messages = body.get("messages")
+    return len(messages) if isinstance(messages, list) else 0
+
+
+def _reserved(model: ModelSpec, body: Mapping[str, Any]) -> int:
+    return min(requested_max_tokens(body), model.max_output)
+
+
+def _priced(model: ModelSpec, input_tokens: int | Fraction, body: Mapping[str, Any]) -> int:
+    if model.free:
+        return 0
+    variable = model.input_price * input_tokens + model.output_price * _reserved(model, body)
+    return math.ceil(variable) + model.flat_fee
+
+
+def max_tokens_price(model: ModelSpec, body: Mapping[str, Any]) -> int:
+    """Only the ``max_tokens`` reservation is priced (the catalogue lists input at 0)."""
+    return _priced(model, 0, body)
+
+
+def chars_price(model: ModelSpec, body: Mapping[str, Any]) -> int:
+    """Input tokens = characters / 4 (rounded up) + PER_MESSAGE_TOKENS per message;
+    the total rounded up once, as for prices that are not whole micro-dollars."""
+    chars = sum(len(t) for t in prompt_texts(body))
+    tokens = -(-chars // 4) + PER_MESSAGE_TOKENS * _message_count(body)
+    return _priced(model, tokens, body)
+
+
+def catalogue_price(model: ModelSpec, body: Mapping[str, Any]) -> int:
+    """The catalogue's per-token prices over BlockRun's own token estimate (one token per
+    CJK character, one per four others), plus its flat fee."""
+    text = "".join(prompt_texts(body))
+    cjk = len(_CJK.findall(text))
+    return _priced(model, cjk + math.ceil((len(text) - cjk) / 4), body)
+
+
+def reserialised_price(model: ModelSpec, body: Mapping[str, Any]) -> int:
+    """What a gateway that re-serialises the messages as JSON (Python's json, ASCII
+    escapes and spaced separators) and counts 4 characters a token charges: a size the
+    proxy cannot measure exactly (escapes, structure)."""
+    size = len(json.dumps(body.get("messages")))
+    return _priced(model, -(-size // 4), body)
+
+
+@dataclass(frozen=True)
+class PricingShape:
+    name: str
+    price: PricingFn
+    models: tuple[ModelSpec, ...]  # the catalogue: prices consistent with ``price``
+
+
+_PAID = tuple(m for m in DEFAULT_MODELS if not m.free)
+PRICING_SHAPES: Mapping[str, PricingShape] = {
+    shape.name: shape
+    for shape in (
+        PricingShape(
+            "max_tokens",
+            max_tokens_price,
+            tuple(dataclasses.replace(m, input_price=0) for m in _PAID),
+        ),
+        PricingShape("chars", chars_price, _PAID),
+        PricingShape(
+            "catalogue",
+            catalogue_price,
+            (*_PAID, ModelSpec("google/gemini-2.5-pro", Fraction("1.25"), 10, flat_fee=2000)),
+        ),
+        PricingShape("default", default_price, _PAID),
+        PricingShape("reserialised", reserialised_price, _PAID),
+    )
+}

@@ -19,6 +19,7 @@ from .permit2 import (
     UptoAuthorization,
 )
 from .policy import KNOWN_SCHEMES, PayerPolicy, usd
+from .reasons import reason_code, refusal_reason
 from .refusal import Refusal
 from .signer import (
     Authorization,
@@ -72,7 +73,9 @@ __all__ = [
     "new_permit2_nonce",
     "parse_payment_required",
     "parse_payment_response",
+    "reason_code",
     "recover_transfer_signer",
+    "refusal_reason",
     "settled_cost",
     "sign_payment",
     "sign_upto_payment",

@@ -22,6 +22,9 @@ X402_VERSION = 2
 # validAfter is backdated so a gateway whose clock runs behind still accepts it.
 CLOCK_SKEW_SECONDS = 600
 BUILDER_SERVICE_CODE = "blockrun"
+# The official server refuses an echoed builder-code ``s`` list longer than this (its
+# client and server reservations, 5 + 5): with a full list, ours is left out, not theirs.
+MAX_SERVICE_CODES = 10
 # What a gateway's settlement report can claim that cannot be true (a bounded set: these
 # label a metric). The payer never takes either as a cost.
 SETTLED_ABOVE_SIGNED = "settled_above_signed"
@@ -136,17 +139,30 @@ def _check_meaning(requirement: Requirement, network: Network) -> None:
 
 
 def with_builder_code(extensions: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The 402's extensions with ``builder-code.info.s = ["blockrun"]`` merged in.
+    """The 402's extensions, echoed, with BlockRun's builder code added to ``builder-code``.
 
-    Keeps whatever else the server put there (e.g. an app code ``a``), as the
-    blockrun-llm SDK does; copies so the parsed 402 is never mutated.
+    The server's declared ``info.s`` list is kept and ``"blockrun"`` appended to it (a bare
+    string counts as a one-entry list), as the official x402 client merges it: the official
+    server rejects an echo that drops or changes a declared entry
+    (``extension_echo_mismatch``), and caps the list at MAX_SERVICE_CODES. Everything else
+    the server put there (an app code ``a``, a ``schema``) is echoed unchanged; copies, so
+    the parsed 402 (which may be kept as a quote template) is never mutated.
     """
     merged = dict(extensions or {})
     builder = merged.get("builder-code")
     builder = dict(builder) if isinstance(builder, Mapping) else {}
     info = builder.get("info")
     info = dict(info) if isinstance(info, Mapping) else {}
-    info["s"] = [BUILDER_SERVICE_CODE]
+    declared = info.get("s")
+    if isinstance(declared, list):
+        codes = list(declared)
+    elif isinstance(declared, str):
+        codes = [declared]
+    else:
+        codes = []
+    if BUILDER_SERVICE_CODE not in codes and len(codes) < MAX_SERVICE_CODES:
+        codes.append(BUILDER_SERVICE_CODE)
+    info["s"] = codes
     builder["info"] = info
     merged["builder-code"] = builder
     return merged

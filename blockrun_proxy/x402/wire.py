@@ -175,6 +175,11 @@ def _resource(value: object, reqs: tuple[Requirement, ...]) -> Mapping[str, Any]
     return resource
 
 
+def parse_requirement(item: object) -> Requirement | None:
+    """One requirement as a gateway (or a saved quote) wrote it, or None if malformed."""
+    return _requirement(item)
+
+
 def _requirement(item: object) -> Requirement | None:
     """A typed Requirement, or None if any field is missing or of the wrong shape."""
     if not isinstance(item, dict):

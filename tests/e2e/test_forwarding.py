@@ -109,7 +109,7 @@ async def test_raw_body_keeps_key_order_spacing_and_numbers(start_proxy, gateway
             headers={"Content-Type": "application/json"},
         )
         assert resp.status == 200
-    assert gateway.requests[-1].body == raw
+    assert gateway.chat_requests[-1].body == raw
 
 
 async def test_only_max_tokens_is_ever_added(start_proxy, gateway):
@@ -122,7 +122,7 @@ async def test_only_max_tokens_is_ever_added(start_proxy, gateway):
             headers={"Content-Type": "application/json"},
         )
         assert resp.status == 200
-    assert gateway.requests[-1].body == b'{"max_tokens":1024,' + raw[1:]
+    assert gateway.chat_requests[-1].body == b'{"max_tokens":1024,' + raw[1:]
 
 
 async def test_authorization_stays_and_request_id_passes_both_ways(start_proxy, gateway):
@@ -137,7 +137,7 @@ async def test_authorization_stays_and_request_id_passes_both_ways(start_proxy, 
         )
     assert capture.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
     assert raw.headers["x-request-id"] == "req-e2e-1"
-    for request in gateway.requests:
+    for request in gateway.chat_requests:
         assert "Authorization" not in request.headers
         assert TOKEN not in str(dict(request.headers))
         assert "X-Custom" not in request.headers
@@ -152,4 +152,4 @@ async def test_a_request_id_is_made_when_the_client_sends_none(proxy, gateway):
         )
         made = resp.headers["x-request-id"]
     assert len(made) >= 16
-    assert {r.headers["x-request-id"] for r in gateway.requests} == {made}
+    assert {r.headers["x-request-id"] for r in gateway.chat_requests} == {made}

@@ -48,7 +48,7 @@ async def test_astream_reassembles_and_gets_usage(proxy, gateway):
     assert "".join(str(c.content) for c in chunks).strip() == "echo: Hello there"
     total = sum(c.usage_metadata["total_tokens"] for c in chunks if c.usage_metadata)
     assert total > 0
-    assert b'"stream_options":{"include_usage":true}' in gateway.requests[-1].body
+    assert b'"stream_options":{"include_usage":true}' in gateway.chat_requests[-1].body
     assert len(gateway.settled) == 1
 
 
@@ -62,7 +62,7 @@ async def test_bind_tools_invoke(proxy, gateway):
             "type": "tool_call",
         }
     ]
-    sent = json.loads(gateway.requests[-1].body)
+    sent = json.loads(gateway.chat_requests[-1].body)
     assert sent["tools"][0]["function"]["name"] == "get_weather"
 
 

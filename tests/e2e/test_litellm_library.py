@@ -80,7 +80,7 @@ async def test_acompletion_and_async_stream(proxy, gateway, cost_log):
 async def test_max_tokens_is_renamed_for_gpt5_and_still_priced(proxy, gateway):
     # LiteLLM sends max_completion_tokens for gpt-5 names; the price must follow it.
     await litellm.acompletion(messages=MESSAGES, max_tokens=16, **kwargs(proxy))
-    body = gateway.requests[-1].body
+    body = gateway.chat_requests[-1].body
     assert b'"max_completion_tokens":16' in body and b'"max_tokens"' not in body
     assert gateway.settled[0].amount == gateway.price_for(
         {"model": PRICED_MODEL, "messages": MESSAGES, "max_completion_tokens": 16}

@@ -144,7 +144,7 @@ async def test_every_parameter_reaches_the_gateway(provider, gateway):
         fallback_models=["anthropic/claude-sonnet-4.6"],
         extra_body={"search": True},
     )
-    sent = json.loads(gateway.requests[-1].body)
+    sent = json.loads(gateway.chat_requests[-1].body)
     assert sent == {
         "model": PRICED_MODEL,
         "messages": MESSAGES,
@@ -161,7 +161,7 @@ async def test_every_parameter_reaches_the_gateway(provider, gateway):
 
 async def test_default_max_tokens_is_added_as_by_the_proxy(provider, gateway):
     await litellm.acompletion(model=MODEL, messages=MESSAGES)
-    assert json.loads(gateway.requests[-1].body)["max_tokens"] == 1024
+    assert json.loads(gateway.chat_requests[-1].body)["max_tokens"] == 1024
 
 
 async def test_over_cap_quote_is_refused_unpaid(provider, gateway):

@@ -134,7 +134,7 @@ def test_plain_call_reports_the_settled_cost(proxy):
     assert raw.parse().choices[0].message.content == "echo: Say something nice"
     (settled,) = gateway.settled
     assert float(raw.headers["x-litellm-response-cost"]) == usd(settled.amount)
-    sent = gateway.requests[-1].body
+    sent = gateway.chat_requests[-1].body
     assert f'"model":"{PRICED_MODEL}"'.encode() in sent  # the BlockRun id, after LiteLLM's prefix
 
 
@@ -148,7 +148,7 @@ def test_streamed_call(proxy):
     assert text.strip() == "echo: Say something nice"
     assert len(gateway.settled) == 1
     # PROTOCOL.md section 6: the LiteLLM Proxy asks for usage on streams.
-    assert b'"stream_options":{"include_usage":true}' in gateway.requests[-1].body
+    assert b'"stream_options":{"include_usage":true}' in gateway.chat_requests[-1].body
 
 
 def test_the_readme_config_has_no_retry_settings():
@@ -189,5 +189,5 @@ def test_a_429_that_cost_nothing_is_retried_by_the_router(proxy):
     with proxy.client(max_retries=0) as c:
         reply = c.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16)
     assert reply.choices[0].message.content
-    assert [r.payment is None for r in gateway.requests] == [True, True, False]
+    assert [r.payment is None for r in gateway.chat_requests] == [True, True, False]
     assert len(gateway.settled) == 1

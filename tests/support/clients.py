@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
 from blockrun_proxy.testing import FakeGateway, Misbehavior
@@ -73,7 +74,7 @@ class PaidFailure:
         nonces = {p.nonce for p in gateway.payments}
         assert len(nonces) == 1, f"{len(nonces)} authorizations signed for one call"
         assert len(gateway.settled) == self.settled
-        assert len([r for r in gateway.requests if r.payment is None]) == 1  # one probe
+        assert len([r for r in gateway.chat_requests if r.payment is None]) == 1  # one probe
 
 
 PAID_FAILURES = [
@@ -148,6 +149,7 @@ class BackgroundStack:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._stack = contextlib.AsyncExitStack()
         self.base_url = ""
+        self._quotes: Any = None  # the running proxy's QuoteBook
 
     def start(self) -> BackgroundStack:
         self._thread.start()
@@ -164,16 +166,26 @@ class BackgroundStack:
             networks=(TEST_NETWORK,),
             wallet_key=self._wallet_key,
             grace_seconds=1.0,
+            state_dir=None,  # tests never write under the user's home
             **self._overrides,
         )
-        _, port = await self._stack.enter_async_context(running(settings))
+        runner, port = await self._stack.enter_async_context(running(settings))
+        self._quotes = runner.app[CORE_KEY].quotes
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     def reset(self) -> None:
+        """Between tests: a well-behaved gateway with empty records, and a proxy that
+        signs nothing up front until it has seen the gateway's prices again (each test
+        starts from a cold call, whatever the module's earlier tests taught it)."""
         gw = self.gateway
         gw.misbehave = Misbehavior()
         for records in (gw.requests, gw.sent_bodies, gw.payments, gw.settled):
             records.clear()
+        asyncio.run_coroutine_threadsafe(self._forget_quotes(), self._loop).result(timeout=10)
+
+    async def _forget_quotes(self) -> None:
+        for model in self.gateway.models:
+            self._quotes.forget(model)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)

@@ -171,7 +171,10 @@ def test_extensions_merge_keeps_server_entries_and_does_not_mutate() -> None:
         extensions=offer.extensions,
     )
     assert decode(payment)["extensions"] == {
-        "builder-code": {"info": {"a": "app-code", "s": ["blockrun"]}, "schema": {"x": 1}},
+        "builder-code": {
+            "info": {"a": "app-code", "s": ["someone-else", "blockrun"]},
+            "schema": {"x": 1},
+        },
         "bazaar": {"info": {"k": "v"}},
     }
     # The parsed offer is unchanged (it may be cached as a quote and reused).
@@ -275,3 +278,59 @@ def test_end_to_end_402_to_header() -> None:
         eth_account_recover(BASE, sent["payload"]["authorization"], sent["payload"]["signature"])
         == signer.address
     )
+
+
+@pytest.mark.parametrize(
+    ("declared", "sent"),
+    [
+        ("svc_gw", ["svc_gw", "blockrun"]),  # a bare string is a one-entry list
+        (["blockrun", "x"], ["blockrun", "x"]),  # already there: not added twice
+        ([f"c{i}" for i in range(10)], [f"c{i}" for i in range(10)]),  # full: theirs stay
+        (None, ["blockrun"]),
+    ],
+)
+def test_builder_code_service_list_is_echoed_then_ours_appended(declared, sent) -> None:
+    info: dict[str, Any] = {"a": "app"}
+    if declared is not None:
+        info["s"] = declared
+    payment = sign_payment(
+        Signer.generate(),
+        parsed().accepts[0],
+        BASE,
+        RESOURCE,
+        now=NOW,
+        extensions={"builder-code": {"info": info}},
+    )
+    assert decode(payment)["extensions"]["builder-code"]["info"] == {"a": "app", "s": sent}
+
+
+def test_official_server_accepts_our_builder_code_echo() -> None:
+    """The official x402 server's own echo check (the one that answers
+    ``extension_echo_mismatch``) passes what we send for a 402 that declared codes."""
+    x402 = pytest.importorskip("x402")
+    from x402.extensions.builder_code import declare_builder_code_extension
+    from x402.schemas import PaymentPayload, PaymentRequired
+
+    declared = {"builder-code": declare_builder_code_extension("bc_app", ["svc_one", "svc_two"])}
+    doc = {"x402Version": 2, "resource": RESOURCE, "accepts": [raw_requirement()]}
+    offer = parse_payment_required(encode_header({**doc, "extensions": declared}), None)
+    assert offer is not None
+    payment = sign_payment(
+        Signer.generate(),
+        offer.accepts[0],
+        BASE,
+        offer.resource,
+        now=NOW,
+        extensions=offer.extensions,
+    )
+    server = x402.x402ResourceServer()
+    required = PaymentRequired.model_validate({**doc, "extensions": declared})
+    ours = PaymentPayload.model_validate(decode(payment))
+    assert server.validate_extensions(required, ours).valid
+    assert ours.extensions["builder-code"]["info"]["s"] == ["svc_one", "svc_two", "blockrun"]
+    # What the proxy used to send (our code instead of theirs) is what it rejects.
+    replaced = ours.model_copy(
+        update={"extensions": {"builder-code": {"info": {"a": "bc_app", "s": ["blockrun"]}}}}
+    )
+    result = server.validate_extensions(required, replaced)
+    assert not result.valid and result.invalid_reason == "extension_echo_mismatch"
