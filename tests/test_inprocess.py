@@ -116,11 +116,11 @@ async def test_the_provider_signs_up_front_like_the_proxy(core, gateway):
         await core.run_async(core.complete(unstreamed(body)))
     payment = await core.run_async(core.payment_core())
     assert payment.quotes.trusted(PRICED_MODEL)
-    before = len(gateway.requests)
+    before = len(gateway.chat_requests)
     reply = await core.run_async(core.complete(unstreamed(warm_body(PRICED_MODEL))))
     assert reply.cost_usd > 0
-    assert len(gateway.requests) - before == 1  # signed up front: no unpaid probe
-    assert gateway.requests[-1].payment is not None
+    assert len(gateway.chat_requests) - before == 1  # signed up front: no unpaid probe
+    assert gateway.chat_requests[-1].payment is not None
 
 
 async def test_the_provider_opens_the_same_session_as_the_proxy(core):
@@ -135,7 +135,7 @@ async def test_the_provider_opens_the_same_session_as_the_proxy(core):
 
 async def test_a_clients_request_id_is_kept_only_if_it_is_sane(core, gateway):
     await core.run_async(core.complete(BODY, headers={"x-request-id": "ok-id.1"}))
-    assert gateway.requests[-1].headers["x-request-id"] == "ok-id.1"
+    assert gateway.chat_requests[-1].headers["x-request-id"] == "ok-id.1"
     await core.run_async(core.complete(BODY, headers={"x-request-id": "bad id\r\nx: y"}))
-    sent = gateway.requests[-1].headers["x-request-id"]
+    sent = gateway.chat_requests[-1].headers["x-request-id"]
     assert sent != "bad id\r\nx: y" and " " not in sent
