@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from blockrun_proxy.app import QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.config import Settings, usd_to_atomic
 from blockrun_proxy.quotes import QuoteStats
 from blockrun_proxy.server import running
@@ -171,7 +171,7 @@ async def proxy(
         state_dir=None,  # each run starts cold
     )
     async with running(settings) as (runner, port):
-        yield f"http://127.0.0.1:{port}/v1/chat/completions", runner.app[QUOTES_KEY].stats
+        yield f"http://127.0.0.1:{port}/v1/chat/completions", runner.app[CORE_KEY].quotes.stats
 
 
 @dataclass

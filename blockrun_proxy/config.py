@@ -1,7 +1,8 @@
-"""Settings: one frozen value filled from CLI flags and the environment.
+"""Settings: one frozen value filled from the environment and the CLI flags over it.
 
-This is the only module that reads ``os.environ``; every other module takes a
-``Settings``. Defaults are module constants so tests and docs can name them.
+``Settings.from_env`` (through the option table, options.py) and the secret readers
+here are the only readers of ``os.environ``; every other module takes a ``Settings``.
+Defaults are module constants so tests and docs can name them.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
@@ -193,6 +193,17 @@ class Settings:
     solana_keypair: Path | None = None
     # The API-key rail's host (no /api segment).
     api_key_url: str = DEFAULT_API_KEY_URL
+    # "all": every path under /v1/ and /v1beta/ is relayed (the gateway decides what it
+    # serves); "table": only the route table's routes (routes.py), anything else is a 404.
+    routes: str = "all"
+    # The gateway as a cluster reaches it: a CA bundle or directory instead of the system's
+    # (SSL_CERT_FILE / SSL_CERT_DIR), and an egress proxy (HTTPS_PROXY, HTTP_PROXY,
+    # NO_PROXY). Proxy URLs may carry a password: out of repr().
+    ssl_cert_file: str | None = None
+    ssl_cert_dir: str | None = None
+    https_proxy: str | None = field(default=None, repr=False)
+    http_proxy: str | None = field(default=None, repr=False)
+    no_proxy: str | None = None
     # The fleet store: the shared budget, learned quotes and the spend ledger live in this
     # Redis (redis://, rediss://, unix://); None keeps them in this process (and state_dir).
     # Kept out of repr(): the URL may carry a password.
@@ -210,6 +221,19 @@ class Settings:
     solana_key: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     redis_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, secrets: bool = True) -> Settings:
+        """Settings from the environment: every variable of the option table (options.py),
+        the same ones ``blockrun-proxy serve`` reads under its flags, and (``secrets``) the
+        wallet keys, API key and token, from the environment or the wallet files. Checked:
+        ValueError (never echoing a secret) for a value that does not parse or cannot work.
+        """
+        from blockrun_proxy.options import from_env
+
+        settings = from_env(environ, secrets=secrets)
+        settings.check()
+        return settings
 
     @property
     def max_amount(self) -> int:
@@ -300,6 +324,8 @@ class Settings:
         if self.solana_rpc_url is not None and not _is_http_url(self.solana_rpc_url):
             # The URL itself is not echoed: it may carry the provider's API key.
             raise ValueError("--solana-rpc-url must be an http(s) URL")
+        if self.routes not in ("all", "table"):
+            raise ValueError(f"--routes must be all or table, got {self.routes!r}")
         if not _is_http_url(self.api_key_url):
             raise ValueError(f"{API_KEY_URL_ENV} must be an http(s) URL, got {self.api_key_url!r}")
         if self.api_key is not None and not self.api_key.startswith(API_KEY_PREFIX):
@@ -386,12 +412,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def env_default(name: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """``BLOCKRUN_PROXY_<NAME>`` from the environment, for click's defaults."""
-    env = os.environ if environ is None else environ
-    return env.get(ENV_PREFIX + name.upper().replace("-", "_"))
-
-
 def read_token(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return env.get(TOKEN_ENV) or None
@@ -423,11 +443,6 @@ def redacted_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return parts._replace(netloc=user + host).geturl()
-
-
-def read_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
-    env = os.environ if environ is None else environ
-    return env.get(METRICS_DIR_ENV) or None
 
 
 def read_wallet_key(environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
@@ -489,67 +504,19 @@ def read_api_key(environ: Mapping[str, str] | None = None) -> str | None:
     return env.get(API_KEY_ENV, "").strip() or None
 
 
-def read_api_key_url(environ: Mapping[str, str] | None = None) -> str:
+def read_secrets(
+    environ: Mapping[str, str] | None = None, *, keypair: Path | None = None
+) -> dict[str, str | None]:
+    """The secrets, by Settings field: the wallet keys (from the environment or the wallet
+    files), the API key and the proxy token. Nothing is removed from the environment here;
+    ``keyguard.take_secrets`` does that for ``serve``."""
     env = os.environ if environ is None else environ
-    return env.get(API_KEY_URL_ENV, "").strip().rstrip("/") or DEFAULT_API_KEY_URL
-
-
-def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings for an in-process payer, from the same variables ``blockrun-proxy serve`` reads.
-
-    Used where there is no command line (the LiteLLM in-process provider): the gateway
-    URL, the networks, the per-call cap, the default ``max_tokens``, pinned ``payTo``
-    addresses and the wallet key. Server-only settings (host, port, token) keep their
-    defaults. Raises ValueError for a value that does not parse.
-    """
-    env = os.environ if environ is None else environ
-    fields: dict[str, Any] = {}
-    chain = (env_default("chain", env) or DEFAULT_CHAIN).strip()
-    fields["chain"] = chain
-    fields["api_url"], fields["networks"] = chain_defaults(chain)
-    if env.get("BLOCKRUN_API_URL"):
-        fields["api_url"] = env["BLOCKRUN_API_URL"].strip()
-    networks = env_default("networks", env)
-    if networks:
-        fields["networks"] = _split(networks)
-    max_price = env_default("max_price_usd", env)
-    if max_price:
-        try:
-            fields["max_price_usd"] = Decimal(max_price.strip())
-        except ArithmeticError:
-            raise ValueError(f"{ENV_PREFIX}MAX_PRICE_USD is not a number: {max_price!r}") from None
-    max_tokens = env_default("default_max_tokens", env)
-    if max_tokens:
-        try:
-            fields["default_max_tokens"] = int(max_tokens)
-        except ValueError:
-            raise ValueError(
-                f"{ENV_PREFIX}DEFAULT_MAX_TOKENS is not an integer: {max_tokens!r}"
-            ) from None
-    pay_to = env_default("pay_to", env)
-    if pay_to:
-        fields["pay_to"] = _split(pay_to)
-    state_dir = env_default("state_dir", env)
-    if state_dir is not None:
-        fields["state_dir"] = parse_state_dir(state_dir)
-    rpc_url = env_default("rpc_url", env)
-    if rpc_url:
-        fields["rpc_url"] = rpc_url.strip()
-    solana_rpc_url = env_default("solana_rpc_url", env)
-    if solana_rpc_url:
-        fields["solana_rpc_url"] = solana_rpc_url.strip()
-    solana_keypair = env_default("solana_keypair", env)
-    if solana_keypair and solana_keypair.strip():
-        fields["solana_keypair"] = Path(solana_keypair.strip()).expanduser()
-    fields["solana_key"], _ = read_solana_key(env, fields.get("solana_keypair"))
-    fields["api_key"] = read_api_key(env)
-    fields["api_key_url"] = read_api_key_url(env)
     wallet_key, _ = read_wallet_key(env)
-    settings = replace(Settings(wallet_key=wallet_key), **fields)
-    settings.check()
-    return settings
-
-
-def _split(value: str) -> tuple[str, ...]:
-    """A list given as one variable: comma- or whitespace-separated, as click splits it."""
-    return tuple(part for part in value.replace(",", " ").split() if part)
+    solana_key, _ = read_solana_key(env, keypair)
+    return {
+        "wallet_key": wallet_key,
+        "solana_key": solana_key,
+        "api_key": read_api_key(env),
+        "token": read_token(env),
+        "redis_password": read_redis_password(env),
+    }

@@ -95,6 +95,11 @@ class NotFound(InvalidRequest):
     code = "not_found"
 
 
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
 class Overloaded(ProxyError):
     """The proxy's own concurrency limit is full; safe to retry (nothing was paid)."""
 

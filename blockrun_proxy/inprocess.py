@@ -1,9 +1,11 @@
 """The proxy's payment core, driven from inside another program (no HTTP hop).
 
 The LiteLLM provider (``blockrun_proxy.litellm``) sits on this; nothing here
-imports litellm. It reuses exactly what the proxy runs: ``Settings``, the
-``Payer`` (``payer_for``), the request guard (``parse_chat_request``), and
-``Gateway.send_chat`` with its one-signature-per-call rules.
+imports litellm. It runs exactly what the proxy runs: the payment core opened by
+``core.open_core`` (the same session settings, payer, budget, quote book, so it signs
+up front like the proxy), the request guard (``parse_chat_request``), the request-id
+rule (``exchange.request_id_from``), and ``Gateway.send_chat`` with its
+one-nonce-per-call rules.
 
 All network I/O runs on one private event loop in a daemon thread, started on
 first use. Sync callers block on a future; async callers await it from their own
@@ -21,10 +23,9 @@ import contextlib
 import hashlib
 import logging
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -32,11 +33,12 @@ import orjson
 
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
+from blockrun_proxy.core import PaymentCore, open_core
 from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import PAID_FAILURE_STATUS, GatewayAnswer, PaidCallFailed, ProxyError
-from blockrun_proxy.payer import payer_for
+from blockrun_proxy.exchange import request_id_from
 from blockrun_proxy.sse import DONE, SSEDecoder
-from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Answer, Gateway, read_small_body
+from blockrun_proxy.upstream import Answer, Gateway, read_small_body
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +127,17 @@ class Stream:
 
 
 class Core:
-    """One process-wide payment core: settings, the loop thread, and gateways per wallet."""
+    """One process-wide payment core (core.py's, opened on a private loop thread), and
+    gateways for the wallets and gateway URLs that calls name."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._payment: PaymentCore | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._opening: asyncio.Lock | None = None  # made on the core's loop
         # Keyed by (gateway URL, SHA-256 of the wallet key): the key itself is never a key here.
         self._gateways: OrderedDict[tuple[str, str], Gateway] = OrderedDict()
 
@@ -184,57 +189,49 @@ class Core:
         atexit.unregister(self.close)
 
     async def _close_session(self) -> None:
-        session, self._session = self._session, None
+        stack, self._stack, self._payment = self._stack, None, None
         self._gateways.clear()
-        if session is not None:
-            await session.close()
+        if stack is not None:
+            await stack.aclose()
 
-    # --- gateways per wallet -------------------------------------------------------------------
+    # --- the payment core and gateways per wallet ------------------------------------------
 
-    def _session_here(self) -> aiohttp.ClientSession:
-        """The shared session, created on (and bound to) the core's loop."""
-        if self._session is None:
-            s = self.settings
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=s.max_concurrent, ttl_dns_cache=300, keepalive_timeout=30
-                ),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=s.connect_timeout_seconds, sock_read=s.idle_timeout_seconds
-                ),
-                # As in the proxy: no Accept-Encoding, so bodies come uncompressed and the
-                # gateway's error bodies can be read as they are.
-                auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding",),
-                headers={"User-Agent": "blockrun-proxy-inprocess"},
-                max_field_size=GATEWAY_MAX_FIELD_SIZE,
-            )
-        return self._session
+    async def payment_core(self) -> PaymentCore:
+        """The core, opened on first use (on the core's loop)."""
+        if self._payment is not None:
+            return self._payment
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._payment is None:
+                stack = contextlib.AsyncExitStack()
+                try:
+                    self.settings.check()
+                    self._payment = await stack.enter_async_context(
+                        open_core(self.settings, record_spend=False)
+                    )
+                except ValueError as exc:
+                    # Written by us and never echoing the key (a wallet key that does not parse).
+                    raise CallError(400, str(exc), code=None, paid=False) from None
+                self._stack = stack
+        assert self._payment is not None
+        return self._payment
 
-    def _gateway(self, api_url: str | None, wallet_key: str | None) -> Gateway:
-        settings = self.settings
-        if api_url:
-            settings = replace(settings, api_url=_gateway_root(api_url))
-        if wallet_key:
-            settings = replace(settings, wallet_key=wallet_key)
-        key_id = hashlib.sha256((settings.wallet_key or "").encode()).hexdigest()
-        cache_key = (settings.api_url, key_id)
+    async def _gateway(self, api_url: str | None, wallet_key: str | None) -> Gateway:
+        core = await self.payment_core()
+        root = _gateway_root(api_url) if api_url else None
+        if (root is None or root == core.settings.api_url.rstrip("/")) and not wallet_key:
+            return core.gateway
+        key_id = hashlib.sha256((wallet_key or "").encode()).hexdigest()
+        cache_key = (root or core.settings.api_url, key_id)
         gateway = self._gateways.get(cache_key)
         if gateway is None:
             try:
-                settings.check()
-                payer = payer_for(settings)
+                gateway = core.gateway_for(root, wallet_key)
             except ValueError as exc:
                 # Both messages are written by us and never echo the key.
                 status = 401 if wallet_key else 400
                 raise CallError(status, str(exc), code=None, paid=False) from None
-            gateway = Gateway(
-                self._session_here(),
-                settings.api_url,
-                payer,
-                paid_replays=settings.paid_replays,
-                probe_retries=settings.probe_retries,
-            )
             self._gateways[cache_key] = gateway
             while len(self._gateways) > MAX_CACHED_GATEWAYS:
                 self._gateways.popitem(last=False)
@@ -290,13 +287,14 @@ class Core:
         wallet_key: str | None,
         headers: Mapping[str, str] | None,
     ) -> Answer:
-        gateway = self._gateway(api_url, wallet_key)
+        gateway = await self._gateway(api_url, wallet_key)
         raw = orjson.dumps(request, default=_jsonable)
         try:
             chat = parse_chat_request(raw, default_max_tokens=self.settings.default_max_tokens)
             client_headers = dict(headers or {})
-            request_id = client_headers.get("x-request-id") or uuid.uuid4().hex
-            return await gateway.send_chat(chat.body, client_headers, request_id)
+            # The proxy's rule: a client's id only if it is a sane one, else a fresh one.
+            request_id = request_id_from(client_headers.get("x-request-id"))
+            return await gateway.send_chat(chat.body, client_headers, request_id, chat=chat)
         except ProxyError as exc:
             raise _call_error(exc) from None
 

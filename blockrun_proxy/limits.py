@@ -1,6 +1,6 @@
 """Admission control: who may start an upstream call, and how every limit derives from one knob.
 
-``Admission`` lets at most ``max_concurrent`` chat calls talk to the gateway at once.
+``Admission`` lets at most ``max_concurrent`` calls (of any route) talk to the gateway at once.
 Callers beyond that wait in a bounded FIFO for at most ``queue_timeout`` seconds; when
 the queue is full, or the wait runs out, they get ``Overloaded`` (429 with
 ``Retry-After``) rather than an ever-growing pile of parked requests. Draining

@@ -19,6 +19,7 @@ header carries), so LiteLLM's spend tracking and budgets see real spend.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
@@ -31,7 +32,7 @@ from litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response impo
 from litellm.llms.custom_llm import CustomLLM, CustomLLMError
 from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
-from blockrun_proxy.config import Settings, settings_from_env
+from blockrun_proxy.config import Settings
 from blockrun_proxy.inprocess import CallError, Core, Reply, Stream
 
 PROVIDER = "blockrun"
@@ -55,7 +56,7 @@ class BlockrunLLM(CustomLLM):
         with self._lock:
             if self._core is None:
                 try:
-                    settings = self._settings or settings_from_env()
+                    settings = self._settings or Settings.from_env(os.environ)
                 except ValueError as exc:
                     raise _error(400, str(exc)) from None
                 self._core = Core(settings)

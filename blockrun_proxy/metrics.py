@@ -98,10 +98,10 @@ class Metrics:
         )
         self.open_streams = self._gauge("open_streams", "Responses being relayed right now.")
         self.upstream_inflight = self._gauge(
-            "upstream_inflight", "Chat calls holding an admission slot."
+            "upstream_inflight", "Calls (any route) holding an admission slot."
         )
         self.admission_queue = self._gauge(
-            "admission_queue", "Chat calls waiting for an admission slot."
+            "admission_queue", "Calls (any route) waiting for an admission slot."
         )
         self.max_concurrent = self._gauge(
             "max_concurrent", "The admission limit (summed over --workers)."

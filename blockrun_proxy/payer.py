@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore, Reservation
+from blockrun_proxy.budget import BudgetStore, Reservation
 from blockrun_proxy.config import WALLET_ENV, WALLET_FILE, Settings
 from blockrun_proxy.errors import BudgetStoreUnavailable, PaymentRefused, WalletNotConfigured
 from blockrun_proxy.x402 import (
@@ -286,12 +286,12 @@ def refusals_as_402() -> Iterator[None]:
 
 
 def payer_for(settings: Settings, *, budget: BudgetStore | None = None) -> Payer:
-    """The payer ``settings`` describe: its wallet (if any) under its policy.
+    """The payer ``settings`` describe: its wallet (if any) under its policy, reserving
+    in ``budget`` (core.budget_store builds the one every rail shares).
 
-    One constructor for the proxy and the in-process LiteLLM provider, so both sign
-    under exactly the same rules. Raises ValueError (never echoing the key) for a
-    wallet key that is not a valid secp256k1 secret. ``budget``: a shared store (the
-    fleet's, in Redis) to reserve in instead of this process's own.
+    Called by the core (core.py) for the proxy and the in-process LiteLLM provider alike,
+    so both sign under exactly the same rules. Raises ValueError (never echoing the key)
+    for a wallet key that is not a valid secp256k1 secret.
     """
     signer = Signer(settings.wallet_key) if settings.wallet_key else None
     policy = PayerPolicy(
@@ -301,6 +301,4 @@ def payer_for(settings: Settings, *, budget: BudgetStore | None = None) -> Payer
         gateway_host=settings.gateway_host,
         pay_to=frozenset(p.lower() for p in settings.pay_to),
     )
-    if budget is None and settings.budget_atomic is not None:
-        budget = MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
     return Payer(signer, policy, budget=budget)

@@ -9,7 +9,7 @@ The drain, in order (``drain``):
 3. in-flight requests, streams included, run for up to ``grace_seconds``;
 4. the connections still open are closed: that cancels their handlers
    (``handler_cancellation``), which close their upstream calls;
-5. ``runner.cleanup`` closes the upstream ClientSession (app cleanup), with nothing left
+5. ``runner.cleanup`` closes the payment core and its upstream session, with nothing left
    to wait for, and ``serve`` returns: exit 0.
 
 Left to aiohttp alone, the cleanup waited the grace for handlers and then up to the grace
@@ -33,9 +33,9 @@ from aiohttp import web
 from blockrun_proxy.app import (
     ADMISSION_KEY,
     BALANCE_KEY,
+    CORE_KEY,
     LIMITS_KEY,
     METRICS_KEY,
-    PAYER_KEY,
     create_app,
 )
 from blockrun_proxy.config import Settings
@@ -89,7 +89,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
     port = runner.addresses[0][1]
     # The port is open: now load what signing needs (Keccak, the wallet address, the
     # domain separators) off the loop, so the first paid call does not pay for it.
-    await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, app[PAYER_KEY])
+    await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, app[CORE_KEY].payer)
     try:
         yield runner, port
     finally:

@@ -1,9 +1,12 @@
 """Talking to the gateway: send, pay, resend, and the rules that keep a payer safe.
 
-``Gateway.send_chat`` returns an open upstream response ready to be piped,
-having done the x402 exchange when the gateway asked for payment. With a warm
-quote model (quotes/) the first request already carries ``PAYMENT-SIGNATURE``:
-one round trip per paid call instead of two. The rules (PROTOCOL.md section 5):
+``Gateway.send`` returns an open upstream response ready to be piped, having done
+the x402 exchange when the gateway asked for payment, for any route: an
+``Outgoing`` says what to send (method, path and query, body, the client's headers
+that may go upstream) and its price key (route, model). With a warm quote model
+(quotes/) the first request already carries ``PAYMENT-SIGNATURE``: one round trip
+per paid call instead of two. ``Gateway.replay`` sends a job's poll with the payment
+its submit was paid with, and never signs. The rules (PROTOCOL.md section 5):
 
 - an unpaid probe that fails with a 5xx or a dropped connection is retried
   unpaid, a bounded number of times (nothing is signed yet, so this is free);
@@ -40,8 +43,9 @@ import asyncio
 import logging
 import re
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from aiohttp import (
@@ -65,7 +69,14 @@ from blockrun_proxy.errors import (
     UpstreamTimeout,
 )
 from blockrun_proxy.payer import CallPayment, OnSent, Payer
-from blockrun_proxy.quotes import Features, Presign, QuoteBook, features_from_body, request_features
+from blockrun_proxy.quotes import (
+    CHAT_ROUTE,
+    Features,
+    Presign,
+    QuoteBook,
+    features_from_body,
+    request_features,
+)
 from blockrun_proxy.x402 import (
     PaymentRequired,
     PaymentResponse,
@@ -91,9 +102,16 @@ RETRY_DELAYS = (0.05, 0.25, 1.0)
 # this size; a larger one fails the answer, reported as bad_payment_requirement.
 # Every ClientSession that talks to the gateway passes it as ``max_field_size``.
 GATEWAY_MAX_FIELD_SIZE = MAX_HEADER_CHARS
-# The client's headers that mean something to the gateway. Authorization never
-# goes upstream: it is the proxy's token, not the gateway's.
-FORWARDED_REQUEST_HEADERS = ("accept", "accept-encoding")
+# The client's headers that mean something to the gateway: an allowlist, so credentials
+# meant for the proxy or for another API (Authorization, x-api-key, x-goog-api-key) never
+# go upstream. Anthropic's version and beta headers select the API's behaviour.
+FORWARDED_REQUEST_HEADERS = ("accept", "accept-encoding", "anthropic-version", "anthropic-beta")
+# Query parameters that carry a client's API key (Google's ?key=): dropped like its headers.
+CREDENTIAL_PARAMETERS = frozenset({"key"})
+# Parsed gateway URLs kept per path (the route table's fixed paths are few; the cache is
+# bounded anyway): aiohttp would otherwise parse the URL string on every call.
+MAX_CACHED_URLS = 256
+JSON_TYPE = "application/json"
 USED_CODES = frozenset({"PAYMENT_REPLAY"})
 NOT_USED_CODES = frozenset({"PAYMENT_INVALID", "PAYMENT_UNFUNDED"})
 # Failures that prove a send never reached the gateway: no connection was ever made
@@ -102,6 +120,21 @@ NOT_USED_CODES = frozenset({"PAYMENT_INVALID", "PAYMENT_UNFUNDED"})
 NEVER_CONNECTED = (ClientConnectorError, ConnectionTimeoutError)
 # A PAYMENT-RESPONSE passed on to the client: base64 of a small JSON object, nothing else.
 _HEADER_B64 = re.compile(r"[A-Za-z0-9+/_=-]{1,4096}")
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One request for the gateway: what to send, and under which price key it is learned."""
+
+    method: str
+    url: URL
+    body: bytes | None
+    headers: CIMultiDict[str]
+    route: str = CHAT_ROUTE  # the price key's route (a route template)
+    model: str | None = None  # the price key's model; None: not signed up front
+    # What the quote model measures of the request, computed only when it is asked for
+    # (free calls never are); None: the request is probed first.
+    measure: Callable[[], Features | None] | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -132,22 +165,57 @@ class Gateway:
         paid_replays: int = 2,
         probe_retries: int = 2,
         quotes: QuoteBook | None = None,
+        proxy: str | None = None,
     ) -> None:
         self._session = session
-        # Parsed once: aiohttp would otherwise parse the URL string on every call.
-        self._chat_url = URL(api_url.rstrip("/") + "/v1/chat/completions")
-        self._models_url = URL(api_url.rstrip("/") + "/v1/models")
+        self._base = api_url.rstrip("/")
+        self.origin = _origin(self._base)
+        self._urls: dict[str, URL] = {}
+        self._models_url = self.url("/v1/models")
         self._payer = payer
         self._paid_replays = paid_replays
         self._probe_retries = probe_retries
+        self._proxy = proxy  # an egress proxy for this gateway's origin (egress.py)
         self.quotes = quotes
         # Payments the gateway refused, by reason (a bounded set of labels; see
         # refusal_label), for the metrics exporter to read.
         self.payment_refusals: dict[str, int] = {}
 
+    def url(self, path: str, query: str = "") -> URL:
+        """The gateway URL of a (raw, percent-encoded) path and query string."""
+        if query:
+            return URL(f"{self._base}{path}?{query}", encoded=True)
+        url = self._urls.get(path)
+        if url is None:
+            url = URL(self._base + path, encoded=True)
+            if len(self._urls) < MAX_CACHED_URLS:
+                self._urls[path] = url
+        return url
+
+    def outgoing(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes | None,
+        client_headers: Mapping[str, str],
+        *,
+        content_type: str | None = JSON_TYPE,
+        route: str = CHAT_ROUTE,
+        model: str | None = None,
+        measure: Callable[[], Features | None] | None = None,
+    ) -> Outgoing:
+        """A request for ``path`` (relative to the gateway base) with the client's
+        headers that may go upstream, and its query without credential parameters."""
+        headers = forwarded_headers(client_headers, content_type)
+        url = self.url(path, without_credentials(query))
+        return Outgoing(method, url, body, headers, route, model, measure)
+
     async def get_models(self) -> tuple[int, bytes]:
         try:
-            async with self._session.get(self._models_url, allow_redirects=False) as resp:
+            async with self._session.get(
+                self._models_url, allow_redirects=False, proxy=self._proxy
+            ) as resp:
                 if is_redirect(resp.status):
                     raise redirect_error(resp)
                 return resp.status, await resp.read()
@@ -165,60 +233,100 @@ class Gateway:
         chat: ChatRequest | None = None,
         on_sent: OnSent | None = None,
     ) -> Answer:
-        """Send a chat request, paying if asked. ``chat`` (the parsed request) lets the
-        quote model price it without parsing the body again; ``on_sent`` is told the
-        amount as soon as a payment may have reached the gateway."""
-        headers = forwarded_headers(client_headers)
-        headers["x-request-id"] = request_id
+        """Send a chat request, paying if asked (``send`` for the chat route). ``chat``
+        (the parsed request) lets the quote model price it without parsing it again."""
+        if chat is not None:
+            request = chat
+
+            def measure() -> Features | None:
+                return request_features(request.model, request.max_tokens, request.data)
+
+        else:
+
+            def measure() -> Features | None:
+                return features_from_body(body)
+
+        out = self.outgoing(
+            "POST",
+            CHAT_ROUTE,
+            "",
+            body,
+            client_headers,
+            model=chat.model if chat is not None else None,
+            measure=measure,
+        )
+        return await self.send(out, request_id, on_sent=on_sent)
+
+    async def send(
+        self, out: Outgoing, request_id: str, *, on_sent: OnSent | None = None
+    ) -> Answer:
+        """Send ``out``, paying if the gateway asks: one ``CallPayment`` (one nonce) for
+        the whole call. ``on_sent`` is told the amount as soon as a payment may have
+        reached the gateway."""
+        out.headers["x-request-id"] = request_id
         call = self._payer.begin_call(request_id, on_sent=on_sent)
         try:
-            return await self._send_chat(call, body, headers, chat)
+            return await self._send(call, out)
         finally:
             await call.finish()
 
-    async def _send_chat(
-        self,
-        call: CallPayment,
-        body: bytes,
-        headers: CIMultiDict[str],
-        chat: ChatRequest | None,
-    ) -> Answer:
+    async def replay(self, out: Outgoing, payment_header: str | None) -> Answer:
+        """A job poll: ``out`` with its submit's payment header (or none), never a new
+        signature (docs/PROTOCOL.md section 5, rule 7). A poll carries no new payment, so
+        failures are retried like the unpaid probe's and passed on free to retry; a 402
+        (the gateway wants a payment the proxy does not have, or refused the one it has)
+        is answered without signing."""
+        if payment_header is not None:
+            out.headers[PAYMENT_SIGNATURE] = payment_header
+        response = await self._send_unpaid(out)
+        if response.status != 402:
+            return Answer(response)
+        response.release()
+        if payment_header is None:
+            raise PaymentRefused(
+                "this job's poll needs the payment it was submitted with, and this proxy "
+                "process holds none for it (submitted elsewhere, or too long ago); polls are "
+                "never signed anew, so nothing was signed",
+                code="job_payment_unknown",
+            )
+        raise PaymentRefused(
+            "the gateway refused the payment this job was submitted with (it may have "
+            "expired); polls are never signed anew, so nothing more was signed",
+            code="job_payment_refused",
+        )
+
+    async def _send(self, call: CallPayment, out: Outgoing) -> Answer:
         features: Features | None = None
         presigned = None
-        if self._may_presign(chat):
-            features = self._features(body, chat)
+        if self._may_presign(out):
+            features = self._features(out)
             presigned = await self._presign(call, features)
         if presigned is not None:
             quote, payment = presigned
             try:
-                answer = await self._send_paid(call, body, headers, payment)
+                answer = await self._send_paid(call, out, payment)
             except PaymentNotAccepted as refusal:
                 # Not used, nothing charged. The refusal is not a challenge to trust
                 # (PAYMENT_INVALID carries none), so ask afresh and pay that, once, under
                 # the same nonce: whatever the gateway does with the first, one settles.
                 self._quotes_refused(quote, refusal.reason)
-                del headers[PAYMENT_SIGNATURE]
+                del out.headers[PAYMENT_SIGNATURE]
             else:
                 self._quotes_accepted(quote)
                 answer.presigned = True
                 return answer
-        return await self._probe_then_pay(call, body, headers, chat, features)
+        return await self._probe_then_pay(call, out, features)
 
     async def _probe_then_pay(
-        self,
-        call: CallPayment,
-        body: bytes,
-        headers: CIMultiDict[str],
-        chat: ChatRequest | None,
-        features: Features | None,
+        self, call: CallPayment, out: Outgoing, features: Features | None
     ) -> Answer:
-        response = await self._send_unpaid(body, headers)
+        response = await self._send_unpaid(out)
         if response.status != 402:
             return Answer(response)
         if features is None:
-            # Measured only now that the model turned out to be paid: free calls and
-            # models the book has never seen priced skip the walk over every message.
-            features = self._features(body, chat)
+            # Measured only now that the call turned out to be paid: free calls and keys
+            # the book has never seen priced skip the walk over every message.
+            features = self._features(out)
         offer = await read_offer(response)
         if offer is None:
             raise UpstreamError(
@@ -229,25 +337,24 @@ class Gateway:
             requirement, network = self._payer.choose(offer)
         except PaymentRefused:
             if self.quotes is not None and features is not None:
-                self.quotes.forget(features.model)  # what it asked for last is not payable
+                # What it asked for last is not payable.
+                self.quotes.forget(features.model, features.route)
             raise
         if self.quotes is not None and features is not None:
             self.quotes.observe(features, requirement, offer.resource, offer.extensions)
         payment = await call.sign(requirement, network, offer.resource, offer.extensions)
-        return await self._send_paid(call, body, headers, payment)
+        return await self._send_paid(call, out, payment)
 
-    def _may_presign(self, chat: ChatRequest | None) -> bool:
-        """Whether the quote book could sign this up front (it has seen the model priced)."""
-        if self.quotes is None:
+    def _may_presign(self, out: Outgoing) -> bool:
+        """Whether the quote book could sign this up front (it has seen its key priced)."""
+        if self.quotes is None or out.measure is None:
             return False
-        return chat is None or self.quotes.knows(chat.model)
+        return out.model is None or self.quotes.knows(out.model, out.route)
 
-    def _features(self, body: bytes, chat: ChatRequest | None) -> Features | None:
-        if self.quotes is None:
+    def _features(self, out: Outgoing) -> Features | None:
+        if self.quotes is None or out.measure is None:
             return None
-        if chat is not None:
-            return request_features(chat.model, chat.max_tokens, chat.data)
-        return features_from_body(body)
+        return out.measure()
 
     async def _presign(
         self, call: CallPayment, features: Features | None
@@ -284,11 +391,11 @@ class Gateway:
         if self.quotes is not None:
             self.quotes.refused(quote)
 
-    async def _send_unpaid(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
+    async def _send_unpaid(self, out: Outgoing) -> ClientResponse:
         for attempt in range(self._probe_retries + 1):
             last = attempt == self._probe_retries
             try:
-                response = await self._post(body, headers)
+                response = await self._request(out)
             except asyncio.TimeoutError as exc:
                 raise UpstreamTimeout("the gateway did not answer in time") from exc
             except ClientResponseError as exc:
@@ -307,17 +414,15 @@ class Gateway:
             await asyncio.sleep(RETRY_DELAYS[attempt])
         raise AssertionError("unreachable")
 
-    async def _send_paid(
-        self, call: CallPayment, body: bytes, headers: CIMultiDict[str], payment: SignedPayment
-    ) -> Answer:
-        headers[PAYMENT_SIGNATURE] = payment.header
+    async def _send_paid(self, call: CallPayment, out: Outgoing, payment: SignedPayment) -> Answer:
+        out.headers[PAYMENT_SIGNATURE] = payment.header
         # What the gateway did with the last send that reached it ("503", "dropped"). Once
         # set, the signature may have been used, so no way this call ends may invite a retry.
         delivered: str | None = None
         for attempt in range(self._paid_replays + 1):
             last = attempt == self._paid_replays
             try:
-                response = await self._post_paid(call, payment, body, headers)
+                response = await self._post_paid(call, payment, out)
             except NEVER_CONNECTED as exc:  # before TimeoutError: a connect timeout is one
                 # Never connected, so this send cannot have used the signature: replay it.
                 if not last:
@@ -378,7 +483,7 @@ class Gateway:
                 cost = call.settled(payment, settlement)
                 return Answer(response, payment, settlement, cost_atomic=cost)
             error = await classify_paid_error(response)
-            self._note_refusal(error, headers.get("x-request-id"))
+            self._note_refusal(error, out.headers.get("x-request-id"))
             raise error
         raise AssertionError("unreachable")
 
@@ -398,13 +503,13 @@ class Gateway:
         )
 
     async def _post_paid(
-        self, call: CallPayment, payment: SignedPayment, body: bytes, headers: CIMultiDict[str]
+        self, call: CallPayment, payment: SignedPayment, out: Outgoing
     ) -> ClientResponse:
         """One send of ``payment``, telling ``call`` whenever it may have reached the
         gateway: always, except when no connection was ever made. A timeout, a drop or a
         cancellation mid-send may have delivered it, so it counts as sent."""
         try:
-            response = await self._post(body, headers)
+            response = await self._request(out)
         except NEVER_CONNECTED:
             raise
         except BaseException:
@@ -413,10 +518,15 @@ class Gateway:
         call.sent(payment)
         return response
 
-    async def _post(self, body: bytes, headers: CIMultiDict[str]) -> ClientResponse:
+    async def _request(self, out: Outgoing) -> ClientResponse:
         # Never follow a redirect: the payment header would go wherever it points.
-        return await self._session.post(
-            self._chat_url, data=body, headers=headers, allow_redirects=False
+        return await self._session.request(
+            out.method,
+            out.url,
+            data=out.body,
+            headers=out.headers,
+            allow_redirects=False,
+            proxy=self._proxy,
         )
 
 
@@ -450,13 +560,35 @@ def redirect_error(response: ClientResponse) -> UpstreamError:
     )
 
 
-def forwarded_headers(client_headers: Mapping[str, str]) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+def forwarded_headers(
+    client_headers: Mapping[str, str], content_type: str | None = JSON_TYPE
+) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    if content_type is not None:
+        headers["Content-Type"] = content_type
     for name in FORWARDED_REQUEST_HEADERS:
         value = client_headers.get(name)
         if value is not None:
             headers[name] = value
     return headers
+
+
+def without_credentials(query: str) -> str:
+    """A raw query string without the parameters that carry a client's key (``?key=``);
+    every other byte kept as it came (Gemini's ``alt=sse``, a job's ``model``)."""
+    if not query or "key" not in query.lower():
+        return query
+    kept = [
+        part
+        for part in query.split("&")
+        if unquote(part.split("=", 1)[0]).lower() not in CREDENTIAL_PARAMETERS
+    ]
+    return "&".join(kept)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def read_small_body(response: ClientResponse) -> bytes:
@@ -478,22 +610,36 @@ async def read_offer(response: ClientResponse) -> PaymentRequired | None:
     return parse_payment_required(header, body)
 
 
-def error_code(body: bytes) -> str | None:
-    """The ``code`` of an error body, or a marker for BlockRun's 'already served' shape."""
+def error_code(body: bytes, status: int = 400) -> str | None:
+    """The refusal code of a gateway error answer, wherever its route's envelope puts it
+    (docs/PROTOCOL.md section 10): ``error.code`` (OpenAI, Anthropic), ``error.reason``
+    (Google), a top-level ``code`` (BlockRun's media and search routes); else
+    ``PAYMENT_INVALID`` for a "Payment verification failed" text in any of them.
+
+    BlockRun's "already served" shape (a body with ``recoverable``, ``poll_url`` or
+    ``job_id``) means ``PAYMENT_REPLAY`` on an error status only: a ``202`` job answer
+    carries ``poll_url`` too, and is a success.
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(data, dict):
         return None
-    if any(k in data for k in ("recoverable", "poll_url", "job_id")):
+    if status >= 400 and any(k in data for k in ("recoverable", "poll_url", "job_id")):
         return "PAYMENT_REPLAY"
     error = data.get("error")
-    if isinstance(error, dict) and isinstance(error.get("code"), str):
-        return str(error["code"])
+    texts = [data.get("message"), data.get("details")]
+    if isinstance(error, dict):
+        for key in ("code", "reason"):
+            if isinstance(error.get(key), str):
+                return str(error[key])
+        texts.append(error.get("message"))
+    else:
+        texts.append(error)
     if isinstance(data.get("code"), str):
         return str(data["code"])
-    if isinstance(error, str) and "payment verification failed" in error.lower():
+    if any(isinstance(t, str) and "payment verification failed" in t.lower() for t in texts):
         return "PAYMENT_INVALID"
     return None
 
@@ -509,7 +655,7 @@ async def classify_paid_error(response: ClientResponse) -> PaymentNotAccepted | 
     status = response.status
     challenge = response.headers.get(PAYMENT_REQUIRED)
     body = await read_small_body(response)
-    code = error_code(body)
+    code = error_code(body, status)
     reason = refusal_reason(status, response.headers, body)
     known = reason_code(reason)
     relayed = relayed_settlement(response.headers.get(PAYMENT_RESPONSE))

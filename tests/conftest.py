@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from paying import assert_one_nonce_per_call
+from support.calls import TEST_NETWORK
+from support.payments import assert_one_nonce_per_call
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
 from blockrun_proxy.testing import FakeGateway
-
-TEST_NETWORK = "eip155:84532"  # Base Sepolia
 
 
 @dataclass
@@ -80,7 +79,7 @@ async def proxy(start_proxy: StartProxy) -> Proxy:
 @pytest.fixture
 def redis_server(tmp_path: Any) -> Iterator[Any]:
     """A real redis-server for this test (skips, saying why, without the binary)."""
-    from redis_support import RedisServer
+    from support.redis_server import RedisServer
 
     server = RedisServer(tmp_path / "redis")
     server.start()

@@ -7,31 +7,13 @@ import asyncio
 import aiohttp
 import orjson
 import pytest
-from ops_support import JSON
+from support.calls import FRACTIONAL_MODEL, FREE_MODEL, Reply, chat, post
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.x402 import usd
 
-PAID = "openai/gpt-4o-mini"
-FREE = "nvidia/deepseek-v4-flash"
 
-
-def chat(model: str = PAID, **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
-
-
-async def post(proxy, body, headers=None) -> tuple[aiohttp.ClientResponse, bytes]:
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            proxy.base_url + "/chat/completions", data=data, headers={**JSON, **(headers or {})}
-        ) as resp,
-    ):
-        return resp, await resp.read()
-
-
-def assert_free_to_retry(resp: aiohttp.ClientResponse) -> None:
+def assert_free_to_retry(resp: Reply) -> None:
     """An error before any payment: its own status, none of the marks of an error after
     a payment (424, x-should-retry: false), since retrying it costs nothing."""
     assert resp.status != 424
@@ -52,7 +34,8 @@ async def test_healthz(proxy, gateway):
 
 
 async def test_free_model_needs_no_payment(proxy, gateway):
-    resp, raw = await post(proxy, chat(FREE))
+    resp = await post(proxy, chat(FREE_MODEL))
+    raw = resp.body
     assert resp.status == 200
     assert orjson.loads(raw)["object"] == "chat.completion"
     assert gateway.payments == []
@@ -60,19 +43,21 @@ async def test_free_model_needs_no_payment(proxy, gateway):
 
 
 async def test_paid_call_signs_once_and_reports_the_settled_cost(proxy, gateway):
-    resp, raw = await post(proxy, chat(max_tokens=50))
+    resp = await post(proxy, chat(FRACTIONAL_MODEL, max_tokens=50))
+    raw = resp.body
     assert resp.status == 200, raw
     assert raw == gateway.sent_bodies[-1]
     assert len(gateway.payments) == 1 and gateway.payments[0].accepted
     (settled,) = gateway.settled
-    assert settled.amount == gateway.price_for(chat(max_tokens=50))
+    assert settled.amount == gateway.price_for(chat(FRACTIONAL_MODEL, max_tokens=50))
     assert resp.headers["x-blockrun-cost-usd"] == usd(settled.amount)
     assert float(resp.headers["x-litellm-response-cost"]) == settled.amount / 1e6
     assert resp.headers["x-blockrun-settlement"] == settled.transaction
 
 
 async def test_paid_stream_relays_the_gateways_bytes_unchanged(proxy, gateway):
-    resp, raw = await post(proxy, chat(stream=True, max_tokens=64))
+    resp = await post(proxy, chat(FRACTIONAL_MODEL, stream=True, max_tokens=64))
+    raw = resp.body
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
     assert raw == gateway.sent_bodies[-1]
@@ -83,9 +68,9 @@ async def test_paid_stream_relays_the_gateways_bytes_unchanged(proxy, gateway):
 
 async def test_default_max_tokens_is_added_and_nothing_else_changes(proxy, gateway):
     raw = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "top_p": 0.50}' % (
-        FREE.encode()
+        FREE_MODEL.encode()
     )
-    resp, _ = await post(proxy, raw)
+    resp = await post(proxy, raw)
     assert resp.status == 200
     assert gateway.chat_requests[-1].body == raw.replace(b'{"model"', b'{"max_tokens":1024,"model"')
 
@@ -93,22 +78,22 @@ async def test_default_max_tokens_is_added_and_nothing_else_changes(proxy, gatew
 @pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
 async def test_a_null_max_tokens_gets_the_default_in_the_forwarded_bytes(proxy, gateway, key):
     raw = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "%s": null}' % (
-        PAID.encode(),
+        FRACTIONAL_MODEL.encode(),
         key.encode(),
     )
-    resp, _ = await post(proxy, raw)
+    resp = await post(proxy, raw)
     assert resp.status == 200
     forwarded = [r.body for r in gateway.chat_requests]
     assert forwarded  # the probe and the paid send carry the same bytes
     for body in forwarded:
         assert body == raw.replace(b'"%s": null' % key.encode(), b'"%s":1024' % key.encode())
-    assert gateway.settled[0].amount == gateway.price_for({**chat(), key: 1024})
+    assert gateway.settled[0].amount == gateway.price_for({**chat(FRACTIONAL_MODEL), key: 1024})
 
 
 async def test_client_authorization_never_goes_upstream_and_request_id_does(start_proxy, gateway):
     proxy = await start_proxy(token="s3cret")
     headers = {"Authorization": "Bearer s3cret", "x-request-id": "req-42"}
-    resp, _ = await post(proxy, chat(FREE), headers)
+    resp = await post(proxy, chat(FREE_MODEL), headers=headers)
     assert resp.status == 200
     assert resp.headers["x-request-id"] == "req-42"
     sent = gateway.chat_requests[-1].headers
@@ -136,7 +121,8 @@ async def test_bad_input_is_answered_without_an_upstream_call(
     start_proxy, gateway, body, status, code
 ):
     proxy = await start_proxy(max_body_bytes=1024 * 1024)
-    resp, raw = await post(proxy, body)
+    resp = await post(proxy, body)
+    raw = resp.body
     assert resp.status == status
     assert error_of(raw)["code"] == code
     assert gateway.requests == []
@@ -145,7 +131,8 @@ async def test_bad_input_is_answered_without_an_upstream_call(
 async def test_token_guard(start_proxy, gateway):
     proxy = await start_proxy(token="right")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "right"}):
-        resp, raw = await post(proxy, chat(FREE), headers)
+        resp = await post(proxy, chat(FREE_MODEL), headers=headers)
+        raw = resp.body
         assert resp.status == 401
         assert error_of(raw)["type"] == "authentication_error"
     async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as resp:
@@ -156,10 +143,11 @@ async def test_token_guard(start_proxy, gateway):
 async def test_the_bearer_scheme_is_case_insensitive(start_proxy, gateway):
     proxy = await start_proxy(token="right")
     for scheme in ("bearer", "BEARER", "Bearer"):
-        resp, raw = await post(proxy, chat(FREE), {"Authorization": f"{scheme} right"})
+        resp = await post(proxy, chat(FREE_MODEL), headers={"Authorization": f"{scheme} right"})
+        raw = resp.body
         assert resp.status == 200, raw
     for header in ("Basic right", "Bearerright", "right Bearer"):
-        resp, _ = await post(proxy, chat(FREE), {"Authorization": header})
+        resp = await post(proxy, chat(FREE_MODEL), headers={"Authorization": header})
         assert resp.status == 401
 
 
@@ -176,7 +164,7 @@ async def raw_exchange(proxy, request: bytes) -> bytes:
 
 async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(start_proxy, gateway):
     proxy = await start_proxy(token="right")
-    body = orjson.dumps(chat(FREE))
+    body = orjson.dumps(chat(FREE_MODEL))
     answer = await raw_exchange(
         proxy,
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -197,17 +185,32 @@ def test_a_short_token_is_refused_for_a_public_bind(host):
     Settings(host="127.0.0.1", token="short").check()  # loopback: the token is extra
 
 
-async def test_unknown_route_is_an_openai_shaped_404(proxy):
-    async with aiohttp.ClientSession() as s, s.get(proxy.base_url + "/nope") as resp:
+async def test_unknown_route_is_an_openai_shaped_404(proxy, gateway):
+    async with aiohttp.ClientSession() as s, s.get(proxy.url + "/nope") as resp:
+        assert resp.status == 404
+        assert error_of(await resp.read())["code"] == "not_found"
+    assert gateway.requests == []
+
+
+async def test_unknown_v1_paths_are_relayed_unless_routes_is_table(start_proxy):
+    # --routes all (the default): the gateway decides what it serves.
+    relaying = await start_proxy()
+    async with aiohttp.ClientSession() as s, s.get(relaying.base_url + "/nope?x=1") as resp:
+        assert resp.status == 404
+        assert await resp.read() == b"404: Not Found"  # the gateway's own answer
+    # --routes table: only the table's routes; anything else is the proxy's own 404.
+    table = await start_proxy(routes="table")
+    async with aiohttp.ClientSession() as s, s.get(table.base_url + "/nope") as resp:
         assert resp.status == 404
         assert error_of(await resp.read())["code"] == "not_found"
 
 
 async def test_without_a_wallet_free_works_and_paid_explains(start_proxy, gateway):
     proxy = await start_proxy(wallet_key=None)
-    resp, _ = await post(proxy, chat(FREE))
+    resp = await post(proxy, chat(FREE_MODEL))
     assert resp.status == 200
-    resp, raw = await post(proxy, chat(PAID))
+    resp = await post(proxy, chat(FRACTIONAL_MODEL))
+    raw = resp.body
     assert resp.status == 402
     error = error_of(raw)
     assert error["code"] == "wallet_not_configured"
@@ -218,7 +221,8 @@ async def test_without_a_wallet_free_works_and_paid_explains(start_proxy, gatewa
 
 async def test_gateway_unreachable_is_502(start_proxy):
     proxy = await start_proxy(api_url="http://127.0.0.1:9/api", probe_retries=0)
-    resp, raw = await post(proxy, chat(FREE))
+    resp = await post(proxy, chat(FREE_MODEL))
+    raw = resp.body
     assert resp.status == 502
     assert error_of(raw)["code"] == "gateway_unreachable"
     assert_free_to_retry(resp)
@@ -227,7 +231,8 @@ async def test_gateway_unreachable_is_502(start_proxy):
 async def test_gateway_error_before_first_byte_keeps_status_body_and_retry_after(proxy, gateway):
     gateway.misbehave.rate_limit = 1
     gateway.misbehave.retry_after = "7"
-    resp, raw = await post(proxy, chat(FREE, stream=True))
+    resp = await post(proxy, chat(FREE_MODEL, stream=True))
+    raw = resp.body
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "7"
     assert "error" in orjson.loads(raw)
@@ -236,7 +241,8 @@ async def test_gateway_error_before_first_byte_keeps_status_body_and_retry_after
 
 async def test_a_refused_quote_is_a_402_free_to_retry(proxy, gateway):
     gateway.misbehave.price_multiplier = 10_000.0  # over the per-call cap
-    resp, raw = await post(proxy, chat())
+    resp = await post(proxy, chat(FRACTIONAL_MODEL))
+    raw = resp.body
     assert resp.status == 402
     assert error_of(raw)["code"] == "amount_over_cap"
     assert_free_to_retry(resp)
@@ -248,7 +254,8 @@ async def test_a_failure_after_payment_is_a_424_that_names_the_gateways_status(
 ):
     proxy = await start_proxy(paid_replays=0)
     gateway.misbehave.fail_after_settle = 1
-    resp, raw = await post(proxy, chat())
+    resp = await post(proxy, chat(FRACTIONAL_MODEL))
+    raw = resp.body
     assert resp.status == 424
     assert resp.headers["x-should-retry"] == "false"
     assert resp.headers["x-blockrun-upstream-status"] == "500"
@@ -258,7 +265,7 @@ async def test_a_failure_after_payment_is_a_424_that_names_the_gateways_status(
 
 async def test_unpaid_probe_5xx_is_retried_without_signing(proxy, gateway):
     gateway.misbehave.fail_unpaid = 2
-    resp, _ = await post(proxy, chat())
+    resp = await post(proxy, chat(FRACTIONAL_MODEL))
     assert resp.status == 200
     assert len(gateway.payments) == 1
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from decimal import Decimal
 from urllib.parse import urlsplit
 
-from paying import FRACTIONAL, post, priced, warm_body, warm_up
+from support.calls import FRACTIONAL_MODEL, post
+from support.payments import priced, warm_body, warm_up
 
-from blockrun_proxy.app import METRICS_KEY, PAYER_KEY, QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY, METRICS_KEY
 
 OUTAGE_CALLS = 40
 
@@ -28,19 +29,19 @@ def sent_metrics(proxy) -> tuple[float | None, float | None]:
 async def test_an_outage_spends_no_budget(start_proxy, gateway):
     # One send per call, no replays: the test needs no retry delays to make its point.
     proxy = await start_proxy(budget_usd=Decimal("0.1"), paid_replays=0)
-    await warm_up(proxy, FRACTIONAL)
-    budget = proxy.app[PAYER_KEY].budget
+    await warm_up(proxy, FRACTIONAL_MODEL)
+    budget = proxy.app[CORE_KEY].payer.budget
     assert budget is not None
     spent = (await budget.usage()).spent
     metrics_before = sent_metrics(proxy)
     assert metrics_before == (40, spent)
-    body = warm_body(FRACTIONAL)
+    body = warm_body(FRACTIONAL_MODEL)
     # The outage would eat the rest of the budget if unsent payments counted.
     assert spent + OUTAGE_CALLS * priced(gateway, body) > 100_000
 
     port = urlsplit(gateway.base_url).port
     await gateway.close()
-    stats = proxy.app[QUOTES_KEY].stats
+    stats = proxy.app[CORE_KEY].quotes.stats
     presigned = stats.presigned
     for _ in range(OUTAGE_CALLS):
         reply = await post(proxy, body)
@@ -62,11 +63,11 @@ async def test_a_payment_that_may_have_reached_the_gateway_counts(start_proxy, g
     # A timeout after the paid send is not proof of anything: the gateway may be serving
     # (and charging) it. Only a connection never made releases a reservation.
     proxy = await start_proxy(budget_usd=Decimal("1"), idle_timeout_seconds=0.3)
-    await warm_up(proxy, FRACTIONAL)
-    budget = proxy.app[PAYER_KEY].budget
+    await warm_up(proxy, FRACTIONAL_MODEL)
+    budget = proxy.app[CORE_KEY].payer.budget
     assert budget is not None
     spent = (await budget.usage()).spent
-    body = warm_body(FRACTIONAL)
+    body = warm_body(FRACTIONAL_MODEL)
     gateway.misbehave.delay_seconds = 1.0
     reply = await post(proxy, body)
     assert reply.status == 424 and reply.code == "paid_call_timeout"

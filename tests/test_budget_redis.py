@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
-from ops_support import WORKTREE
-from redis_support import RedisServer
+from support.redis_server import RedisServer
+from support.servers import WORKTREE
 
 from blockrun_proxy.budget import BUCKETS, Reservation
 from blockrun_proxy.budget_redis import RedisBudgetStore

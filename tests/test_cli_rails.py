@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from solders.keypair import Keypair
 
 from blockrun_proxy import cli, config, server
-from blockrun_proxy.config import Settings, read_solana_key, settings_from_env
+from blockrun_proxy.config import Settings, read_solana_key
 from blockrun_proxy.x402 import Signer
 from blockrun_proxy.x402.svm._base58 import b58encode
 
@@ -210,7 +210,7 @@ def test_address_without_any_wallet_says_how_to_get_one() -> None:
 
 def test_settings_from_env_reads_the_same_variables(tmp_path: Path) -> None:
     key, _ = solana_key()
-    settings = settings_from_env(
+    settings = Settings.from_env(
         {
             "BLOCKRUN_PROXY_CHAIN": "solana",
             "BLOCKRUN_SOLANA_KEY": key,
@@ -226,6 +226,6 @@ def test_settings_from_env_reads_the_same_variables(tmp_path: Path) -> None:
     assert settings.solana_networks == (SOLANA_MAINNET,)
     keypair_file = tmp_path / "id.json"
     keypair_file.write_text(json.dumps(list(bytes(Keypair()))))
-    from_file = settings_from_env({"BLOCKRUN_PROXY_SOLANA_KEYPAIR": str(keypair_file)})
+    from_file = Settings.from_env({"BLOCKRUN_PROXY_SOLANA_KEYPAIR": str(keypair_file)})
     assert from_file.solana_keypair == keypair_file and from_file.solana_key
     assert from_file.chain == "base" and from_file.networks == ("eip155:8453",)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 from click.testing import CliRunner, Result
-from redis_support import RedisServer
+from support.redis_server import RedisServer
 
 from blockrun_proxy import cli
 from blockrun_proxy.budget_redis import RedisBudgetStore

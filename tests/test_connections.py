@@ -10,15 +10,15 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import orjson
-from ops_support import JSON, until
+from support.calls import FREE_MODEL, JSON
+from support.servers import until
 
 from blockrun_proxy.app import ADMISSION_KEY, METRICS_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.connections import OVER_CAP_RESPONSE
 from blockrun_proxy.limits import Limits
 
-FREE = "nvidia/deepseek-v4-flash"
-CHAT = orjson.dumps({"model": FREE, "messages": [{"role": "user", "content": "x"}]})
+CHAT = orjson.dumps({"model": FREE_MODEL, "messages": [{"role": "user", "content": "x"}]})
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 

@@ -53,12 +53,12 @@ async def test_a_write_to_a_client_that_left_is_not_a_server_error(
     """wrk and impatient clients close mid-response; that is a 499, never a 500 traceback."""
     from aiohttp.client_exceptions import ClientConnectionResetError
 
-    from blockrun_proxy import app as app_module
+    from blockrun_proxy import relay as relay_module
 
     async def pump_to_a_closed_client(upstream, downstream, stats):
         raise ClientConnectionResetError("Cannot write to closing transport")
 
-    monkeypatch.setattr(app_module, "pump", pump_to_a_closed_client)
+    monkeypatch.setattr(relay_module, "pump", pump_to_a_closed_client)
     caplog.set_level(logging.INFO)
     proxy = await start_proxy()
     async with aiohttp.ClientSession() as session:

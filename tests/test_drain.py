@@ -13,20 +13,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 import pytest
-from ops_support import (
-    FIRST_FRAME,
-    JSON,
-    LAST_FRAME,
-    HoldingUpstream,
-    free_port,
-    proxy_environ,
-)
-from proc_support import ProxyProcess
+from support.calls import FREE_MODEL, JSON
+from support.process import ProxyProcess
+from support.servers import FIRST_FRAME, LAST_FRAME, HoldingUpstream, free_port, proxy_environ
 
 from blockrun_proxy.app import ADMISSION_KEY
 
-FREE = "nvidia/deepseek-v4-flash"
-CHAT = orjson.dumps({"model": FREE, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+CHAT = orjson.dumps(
+    {"model": FREE_MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+)
 
 
 @pytest.fixture

@@ -17,23 +17,22 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ops_support import proxy_environ
-from paying import PAID, chat
-from proc_support import ProxyProcess
-from redis_support import RedisServer
+from support.calls import PRICED_MODEL, TEST_NETWORK, chat
+from support.process import ProxyProcess
+from support.redis_server import RedisServer
+from support.servers import proxy_environ
 
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.redis_ledger import RedisLedger
 from blockrun_proxy.testing import FakeGateway, default_price
 
-NETWORK = "eip155:84532"
 CALLS = 300
 REPLICAS = 3
 
 
 @pytest.fixture
 async def fast_gateway() -> AsyncIterator[FakeGateway]:
-    gateway = FakeGateway(network=NETWORK, verify="fast")
+    gateway = FakeGateway(network=TEST_NETWORK, verify="fast")
     await gateway.start()
     yield gateway
     await gateway.close()
@@ -49,14 +48,14 @@ async def test_three_replicas_share_one_budget_and_one_ledger(
     redis_server: RedisServer, fast_gateway: FakeGateway, wallet_key: str, tmp_path: Path
 ) -> None:
     gateway = fast_gateway
-    body = chat(PAID, "hello fleet", max_tokens=100)
-    price = default_price(gateway.models[PAID], body)
+    body = chat(PRICED_MODEL, "hello fleet", max_tokens=100)
+    price = default_price(gateway.models[PRICED_MODEL], body)
     budget = 100 * price + price // 2  # room for 100 calls and half of one more
     env = proxy_environ(tmp_path / "home", BLOCKRUN_WALLET_KEY=wallet_key)
     args = [
         "--port", "0",
         "--api-url", str(gateway.base_url),
-        "--networks", NETWORK,
+        "--networks", TEST_NETWORK,
         "--redis-url", redis_server.url,
         "--redis-timeout", "2",
         "--budget-usd", str(Decimal(budget) / 10**6),

@@ -6,14 +6,17 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
-from ops_support import JSON
+from support.calls import FRACTIONAL_MODEL, JSON
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.guard import Guard, host_name
 
-PAID = "openai/gpt-4o-mini"
 BODY = orjson.dumps(
-    {"model": PAID, "max_tokens": 8, "messages": [{"role": "user", "content": "spend it"}]}
+    {
+        "model": FRACTIONAL_MODEL,
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "spend it"}],
+    }
 )
 EVIL = "https://evil.example"
 APP = "http://localhost:3000"

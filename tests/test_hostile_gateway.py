@@ -11,7 +11,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from paying import PAID, chat, chat_requests, post, warm_body, warm_up
+from support.calls import PRICED_MODEL, chat, post
+from support.payments import chat_requests, warm_body, warm_up
 
 from blockrun_proxy.config import DEFAULT_MAX_AUTH_SECONDS, DEFAULT_MAX_PRICE_USD, usd_to_atomic
 
@@ -68,7 +69,7 @@ async def test_hostile_quote_gets_no_signature(
 ):
     proxy = await start_proxy(pay_to=(gateway.pay_to,))  # payTo pinned to the real one
     setattr(gateway.misbehave, knob, value)
-    reply = await post(proxy, chat(PAID, stream=stream))
+    reply = await post(proxy, chat(PRICED_MODEL, stream=stream))
     assert_clear_refusal(reply, code, named)
     assert gateway.payments == []
     assert [r.payment for r in chat_requests(gateway)] == [None]
@@ -77,9 +78,9 @@ async def test_hostile_quote_gets_no_signature(
 async def test_an_unpinned_payto_is_paid_a_pinned_one_is_required(start_proxy, gateway):
     gateway.misbehave.pay_to = STRANGER
     unpinned = await start_proxy()
-    assert (await post(unpinned, chat(PAID))).status == 200  # the user allowed any payTo
+    assert (await post(unpinned, chat(PRICED_MODEL))).status == 200  # the user allowed any payTo
     pinned = await start_proxy(pay_to=(gateway.pay_to.upper().replace("0X", "0x"),))
-    assert_clear_refusal(await post(pinned, chat(PAID)), "pay_to_not_allowed", STRANGER)
+    assert_clear_refusal(await post(pinned, chat(PRICED_MODEL)), "pay_to_not_allowed", STRANGER)
     assert len(gateway.payments) == 1
 
 
@@ -91,8 +92,8 @@ async def test_a_trusted_model_turning_hostile_never_signs_anything_hostile(
     await warm_up(proxy)
     setattr(gateway.misbehave, knob, value)
     before, pay_before = len(gateway.requests), len(gateway.payments)
-    first = await post(proxy, warm_body(PAID, stream=False))
-    second = await post(proxy, warm_body(PAID, stream=False))
+    first = await post(proxy, warm_body(PRICED_MODEL, stream=False))
+    second = await post(proxy, warm_body(PRICED_MODEL, stream=False))
     assert_only_safe_payments(gateway, before)
     if first.status == 200:
         # The gateway still takes the old, safe requirement (the fake does not check the
@@ -117,9 +118,9 @@ async def test_the_zero_address_is_never_paid_even_with_no_payto_pinned(start_pr
     await warm_up(proxy)
     gateway.misbehave.pay_to = ZERO_ADDRESS  # ... but not one that burns the money
     before, pay_before = len(gateway.requests), len(gateway.payments)
-    cold = await post(proxy, chat(PAID))
+    cold = await post(proxy, chat(PRICED_MODEL))
     assert_clear_refusal(cold, "pay_to_not_allowed", "zero address")
-    warm = await post(proxy, warm_body(PAID, stream=False))
+    warm = await post(proxy, warm_body(PRICED_MODEL, stream=False))
     assert_clear_refusal(warm, "pay_to_not_allowed", "zero address")
     assert not any(r.accepted for r in gateway.payments[pay_before:])
     assert all(
@@ -136,7 +137,7 @@ async def test_the_zero_address_is_never_paid_even_with_no_payto_pinned(start_pr
 )
 async def test_an_oversized_offer_is_a_bad_payment_requirement(proxy, gateway, knob, value):
     setattr(gateway.misbehave, knob, value)
-    reply = await post(proxy, chat(PAID))
+    reply = await post(proxy, chat(PRICED_MODEL))
     assert reply.status == 502 and reply.code == "bad_payment_requirement"
     assert "x-should-retry" not in reply.headers  # nothing was paid
     assert gateway.payments == []

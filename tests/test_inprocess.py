@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
+from support.calls import PRICED_MODEL, TEST_NETWORK
+from support.payments import warm_bodies, warm_body
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.inprocess import CallError, Core, Stream
+from blockrun_proxy.limits import Limits
 
-PAID = "openai/gpt-5.5"
-NETWORK = "eip155:84532"
-BODY = {"model": PAID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+BODY = {"model": PRICED_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
 @pytest.fixture
 def core(gateway, wallet_key):
-    core = Core(Settings(api_url=gateway.base_url, networks=(NETWORK,), wallet_key=wallet_key))
+    settings = Settings(
+        api_url=gateway.base_url, networks=(TEST_NETWORK,), wallet_key=wallet_key, state_dir=None
+    )
+    core = Core(settings)
     yield core
     core.close()
 
@@ -98,3 +103,39 @@ async def test_the_cost_is_what_was_signed_not_what_the_gateway_claims(
     (settled,) = gateway.settled
     assert cost == settled.amount / 1e6
     assert headers["x-blockrun-cost-usd"] == headers["x-litellm-response-cost"] == f"{cost:.6f}"
+
+
+def unstreamed(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k != "stream"}
+
+
+async def test_the_provider_signs_up_front_like_the_proxy(core, gateway):
+    """It runs the proxy's payment core, quote book included (it had none, and every paid
+    call took two round trips): once the prices are learned, one request per call."""
+    for body in warm_bodies(PRICED_MODEL):
+        await core.run_async(core.complete(unstreamed(body)))
+    payment = await core.run_async(core.payment_core())
+    assert payment.quotes.trusted(PRICED_MODEL)
+    before = len(gateway.chat_requests)
+    reply = await core.run_async(core.complete(unstreamed(warm_body(PRICED_MODEL))))
+    assert reply.cost_usd > 0
+    assert len(gateway.chat_requests) - before == 1  # signed up front: no unpaid probe
+    assert gateway.chat_requests[-1].payment is not None
+
+
+async def test_the_provider_opens_the_same_session_as_the_proxy(core):
+    payment = await core.run_async(core.payment_core())
+    session = payment.session
+    assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)  # no jar shared by callers
+    assert session.connector is not None
+    assert session.connector.limit == Limits.from_settings(core.settings).pool_size
+    assert session.auto_decompress is False and session.trust_env is False
+    assert payment.recorder is None  # no spend ledger written from inside another program
+
+
+async def test_a_clients_request_id_is_kept_only_if_it_is_sane(core, gateway):
+    await core.run_async(core.complete(BODY, headers={"x-request-id": "ok-id.1"}))
+    assert gateway.chat_requests[-1].headers["x-request-id"] == "ok-id.1"
+    await core.run_async(core.complete(BODY, headers={"x-request-id": "bad id\r\nx: y"}))
+    sent = gateway.chat_requests[-1].headers["x-request-id"]
+    assert sent != "bad id\r\nx: y" and " " not in sent

@@ -15,9 +15,10 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from ops_support import JSON, WORKTREE, free_port, proxy_environ
-from proc_support import ProxyProcess
 from solders.keypair import Keypair
+from support.calls import FRACTIONAL_MODEL, JSON, TEST_NETWORK
+from support.process import ProxyProcess
+from support.servers import WORKTREE, free_port, proxy_environ
 
 from blockrun_proxy import keyguard
 from blockrun_proxy.config import SECRET_ENVS
@@ -26,10 +27,8 @@ from blockrun_proxy.x402.svm._base58 import b58encode
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl")
 
-TEST_NETWORK = "eip155:84532"
-PAID = "openai/gpt-4o-mini"
 CHAT = orjson.dumps(
-    {"model": PAID, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    {"model": FRACTIONAL_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
 )
 
 

@@ -10,15 +10,17 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 import pytest
-from ops_support import JSON, LAST_FRAME, HoldingUpstream, until
+from support.calls import FREE_MODEL, JSON
+from support.servers import LAST_FRAME, HoldingUpstream, until
 
-from blockrun_proxy.app import ADMISSION_KEY, SESSION_KEY
+from blockrun_proxy.app import ADMISSION_KEY, CORE_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.errors import Overloaded, ShuttingDown
 from blockrun_proxy.limits import Admission, Limits
 
-FREE = "nvidia/deepseek-v4-flash"
-CHAT = orjson.dumps({"model": FREE, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+CHAT = orjson.dumps(
+    {"model": FREE_MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+)
 
 
 # --------------------------------------------------------------------------- the gate
@@ -267,4 +269,4 @@ async def test_a_burst_far_past_the_limit_never_wedges(start_proxy, gateway):
 
 async def test_the_upstream_pool_is_never_smaller_than_the_limit(start_proxy, holding):
     proxy = await start_proxy(api_url=holding.url, max_concurrent=7)
-    assert proxy.app[SESSION_KEY].connector.limit >= 7
+    assert proxy.app[CORE_KEY].session.connector.limit >= 7

@@ -15,17 +15,19 @@ from collections.abc import Iterator
 import aiohttp
 import orjson
 import pytest
-from ops_support import JSON, until
-from paying import PAID as PAID_WARM
-from paying import warm_body, warm_up
+from support.calls import FRACTIONAL_MODEL, FREE_MODEL, JSON, PRICED_MODEL
+from support.payments import warm_body, warm_up
+from support.servers import until
 
 from blockrun_proxy import logs
 from blockrun_proxy.exchange import Exchange, request_id_from
 from blockrun_proxy.x402 import usd
 
-PAID = "openai/gpt-4o-mini"
-FREE = "nvidia/deepseek-v4-flash"
-CHAT = {"model": PAID, "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+CHAT = {
+    "model": FRACTIONAL_MODEL,
+    "stream": True,
+    "messages": [{"role": "user", "content": "hello"}],
+}
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -57,7 +59,7 @@ async def test_one_access_line_per_request_with_id_model_status_timings_and_cost
     assert gateway.chat_requests[-1].headers["x-request-id"] == "req-7"
     assert line["method"] == "POST"
     assert line["route"] == "/v1/chat/completions"
-    assert line["model"] == PAID
+    assert line["model"] == FRACTIONAL_MODEL
     assert line["status"] == 200
     assert line["bytes"] == len(raw)
     assert 0 <= line["ttfb_ms"] <= line["latency_ms"]
@@ -112,7 +114,7 @@ def test_a_usable_request_id_is_kept(given):
 
 def sample_exchange() -> Exchange:
     exchange = Exchange("rid-1", "POST", "/v1/chat/completions", started=100.0)
-    exchange.status, exchange.model, exchange.bytes_out = 200, PAID, 512
+    exchange.status, exchange.model, exchange.bytes_out = 200, FRACTIONAL_MODEL, 512
     exchange.first_byte_at, exchange.cost_atomic = 100.25, 1616
     return exchange
 
@@ -140,7 +142,11 @@ def test_json_lines_carry_the_fields_as_keys(root_logger):
     assert first["msg"] == "POST /v1/chat/completions 200"
     assert first["request_id"] == "rid-1"
     assert (first["latency_ms"], first["ttfb_ms"]) == (1000.0, 250.0)
-    assert (first["bytes"], first["cost_usd"], first["model"]) == (512, "0.001616", PAID)
+    assert (first["bytes"], first["cost_usd"], first["model"]) == (
+        512,
+        "0.001616",
+        FRACTIONAL_MODEL,
+    )
     assert {"ts", "level", "pid"} <= set(first)
     assert (second["level"], second["msg"]) == ("warning", "plain message")
 
@@ -155,7 +161,7 @@ def test_text_lines_append_key_values_once(root_logger):
     line = out.getvalue().strip()
     assert line.endswith(
         "INFO blockrun_proxy.access: POST /v1/chat/completions 200 request_id=rid-1 "
-        f"model={PAID} latency_ms=1000.0 ttfb_ms=250.0 bytes=512 cost_usd=0.001616"
+        f"model={FRACTIONAL_MODEL} latency_ms=1000.0 ttfb_ms=250.0 bytes=512 cost_usd=0.001616"
     )
 
 
@@ -205,7 +211,7 @@ async def test_a_client_that_hangs_up_after_the_paid_send_logs_the_amount(
     await warm_up(proxy)  # so the first request carries the payment
     access.clear()
     gateway.misbehave.delay_seconds = 5.0  # the gateway has the payment and thinks a while
-    body = warm_body(PAID_WARM, stream=False)
+    body = warm_body(PRICED_MODEL, stream=False)
     timeout = aiohttp.ClientTimeout(total=0.5)
     async with aiohttp.ClientSession(timeout=timeout) as s:
         with pytest.raises(asyncio.TimeoutError):
@@ -224,7 +230,7 @@ async def test_unpaid_calls_log_no_signed_amount(proxy, access):
         aiohttp.ClientSession() as s,
         s.post(
             proxy.base_url + "/chat/completions",
-            data=orjson.dumps({**CHAT, "model": FREE}),
+            data=orjson.dumps({**CHAT, "model": FREE_MODEL}),
             headers=JSON,
         ) as resp,
     ):

@@ -10,17 +10,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from paying import (
-    FRACTIONAL,
-    PAID,
-    assert_one_nonce_per_call,
-    chat,
-    chat_requests,
-    post,
-    priced,
-    warm_body,
-    warm_up,
-)
+from support.calls import FRACTIONAL_MODEL, PRICED_MODEL, chat, post
+from support.payments import assert_one_nonce_per_call, chat_requests, priced, warm_body, warm_up
 
 from blockrun_proxy.app import METRICS_KEY
 from blockrun_proxy.x402 import usd
@@ -46,7 +37,7 @@ async def test_refused_payments_kept_and_settled_later_take_one_payment_per_call
     gateway.misbehave.keep_refused = True
     gateway.misbehave.price_multiplier = 1.5  # the learned price is now too low
     for _ in range(CALLS):
-        assert (await post(proxy, warm_body(PAID))).status == 200
+        assert (await post(proxy, warm_body(PRICED_MODEL))).status == 200
     assert gateway.kept  # the refused presign, kept
     gateway.settle_kept()
     assert len(gateway.settled) - paid_before <= CALLS
@@ -63,7 +54,7 @@ async def test_a_gateway_refusing_good_payments_takes_one_payment_per_call(
     before, paid_before = len(gateway.requests), len(gateway.settled)
     gateway.misbehave.keep_refused = True
     gateway.misbehave.refuse_paid = CALLS  # "not used", every time, and kept
-    statuses = [(await post(proxy, warm_body(PAID))).status for _ in range(CALLS)]
+    statuses = [(await post(proxy, warm_body(PRICED_MODEL))).status for _ in range(CALLS)]
     assert set(statuses) <= {200, 402}
     calls = {r.headers["x-request-id"] for r in chat_requests(gateway, before)}
     assert len(calls) == CALLS
@@ -82,7 +73,7 @@ async def test_a_settlement_claiming_another_amount_is_an_anomaly_not_a_cost(
     proxy, gateway, caplog, claim, kind, stream
 ):
     gateway.misbehave.settlement_claim = claim
-    body = chat(FRACTIONAL, max_tokens=64, stream=stream)
+    body = chat(FRACTIONAL_MODEL, max_tokens=64, stream=stream)
     signed = priced(gateway, body)
     with caplog.at_level(logging.WARNING, logger="blockrun_proxy"):
         reply = await post(proxy, body)
@@ -98,7 +89,7 @@ async def test_a_settlement_claiming_another_amount_is_an_anomaly_not_a_cost(
 
 
 async def test_an_honest_settlement_is_no_anomaly(proxy, gateway, caplog):
-    body = chat(FRACTIONAL, max_tokens=64)
+    body = chat(FRACTIONAL_MODEL, max_tokens=64)
     with caplog.at_level(logging.WARNING, logger="blockrun_proxy"):
         reply = await post(proxy, body)
     assert reply.headers["x-blockrun-cost-usd"] == usd(priced(gateway, body))

@@ -7,14 +7,13 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 import pytest
-from ops_support import JSON, until
 from prometheus_client.parser import text_string_to_metric_families
+from support.calls import FRACTIONAL_MODEL, FREE_MODEL, JSON, chat, post
+from support.servers import until
 
 from blockrun_proxy.app import METRICS_KEY
 from blockrun_proxy.metrics import Metrics
 
-PAID = "openai/gpt-4o-mini"
-FREE = "nvidia/deepseek-v4-flash"
 CHAT_ROUTE = "/v1/chat/completions"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -40,18 +39,6 @@ async def scrape(proxy, token: str | None = None) -> Samples:
         return parse(await r.text())
 
 
-async def post(proxy, body: dict) -> tuple[int, bytes]:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(proxy.base_url + "/chat/completions", data=orjson.dumps(body), headers=JSON) as r,
-    ):
-        return r.status, await r.read()
-
-
-def chat(model: str = PAID, **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
-
-
 async def counted(proxy, n: int, status: str = "200", route: str = CHAT_ROUTE) -> None:
     """The request is counted just after its last byte went out: wait for it."""
     registry = proxy.app[METRICS_KEY].registry
@@ -60,8 +47,8 @@ async def counted(proxy, n: int, status: str = "200", route: str = CHAT_ROUTE) -
 
 
 async def test_a_paid_stream_then_a_refused_quote(proxy, gateway):
-    status, raw = await post(proxy, chat(stream=True, max_tokens=32))
-    assert status == 200
+    reply = await post(proxy, chat(FRACTIONAL_MODEL, stream=True, max_tokens=32))
+    assert reply.status == 200
     await counted(proxy, 1)
     (settled,) = gateway.settled
     m = await scrape(proxy)
@@ -70,7 +57,7 @@ async def test_a_paid_stream_then_a_refused_quote(proxy, gateway):
     assert get(m, "blockrun_proxy_sent_micro_usdc_total") == settled.amount
     assert get(m, "blockrun_proxy_payments_settled_total") == 1
     assert get(m, "blockrun_proxy_settled_micro_usdc_total") == settled.amount
-    assert get(m, "blockrun_proxy_relayed_bytes_total") == len(raw)
+    assert get(m, "blockrun_proxy_relayed_bytes_total") == len(reply.body)
     assert get(m, "blockrun_proxy_time_to_first_byte_seconds_count", route=CHAT_ROUTE) == 1
     assert get(m, "blockrun_proxy_request_duration_seconds_count", route=CHAT_ROUTE) == 1
     assert get(m, "blockrun_proxy_open_streams") == 0
@@ -78,8 +65,8 @@ async def test_a_paid_stream_then_a_refused_quote(proxy, gateway):
     assert get(m, "blockrun_proxy_max_concurrent") == proxy.settings.max_concurrent
 
     gateway.misbehave.price_multiplier = 10_000.0  # over the per-call cap: no signature
-    status, _ = await post(proxy, chat(stream=True))
-    assert status == 402
+    reply = await post(proxy, chat(FRACTIONAL_MODEL, stream=True))
+    assert reply.status == 402
     await counted(proxy, 1, status="402")
     m = await scrape(proxy)
     assert get(m, "blockrun_proxy_refusals_total", reason="amount_over_cap") == 1
@@ -91,13 +78,13 @@ async def test_a_paid_stream_then_a_refused_quote(proxy, gateway):
 async def test_gateway_failures_are_counted_by_kind(start_proxy, gateway):
     proxy = await start_proxy(probe_retries=0)
     gateway.misbehave.rate_limit = 1
-    assert (await post(proxy, chat(FREE)))[0] == 429
+    assert (await post(proxy, chat(FREE_MODEL))).status == 429
     gateway.misbehave.reset_after_events = 2
-    with pytest.raises(aiohttp.ClientPayloadError):  # cut, not a clean short body
-        await post(proxy, chat(FREE, stream=True))
+    cut = await post(proxy, chat(FREE_MODEL, stream=True))
+    assert isinstance(cut.error, aiohttp.ClientPayloadError)  # cut, not a clean short body
     gateway.misbehave.reset_after_events = None
     dead = await start_proxy(api_url="http://127.0.0.1:9/api", probe_retries=0)
-    assert (await post(dead, chat(FREE)))[0] == 502
+    assert (await post(dead, chat(FREE_MODEL))).status == 502
     await counted(proxy, 1, status="429")
     registry = proxy.app[METRICS_KEY].registry
     broken = {"kind": "stream_broken"}
@@ -122,8 +109,8 @@ async def test_failures_after_payment_count_as_gateway_errors_not_refusals(
     # gateway's failure: what pages someone about the gateway, not about the proxy.
     proxy = await start_proxy(paid_replays=0)
     setattr(gateway.misbehave, knob, 1 if knob == "fail_after_settle" else True)
-    status, _ = await post(proxy, chat())
-    assert status == 424
+    reply = await post(proxy, chat(FRACTIONAL_MODEL))
+    assert reply.status == 424
     await counted(proxy, 1, status="424")
     m = await scrape(proxy)
     assert get(m, "blockrun_proxy_upstream_errors_total", kind=kind) == 1
@@ -140,7 +127,9 @@ async def test_metrics_need_the_token_when_one_is_set_and_never_show_secrets(
             assert r.status == 401
         headers = {"Authorization": "Bearer tok-secret-123", **JSON}
         async with s.post(
-            proxy.base_url + "/chat/completions", data=orjson.dumps(chat()), headers=headers
+            proxy.base_url + "/chat/completions",
+            data=orjson.dumps(chat(FRACTIONAL_MODEL)),
+            headers=headers,
         ) as r:
             assert r.status == 200
         await counted(proxy, 1)
@@ -154,13 +143,15 @@ async def test_metrics_need_the_token_when_one_is_set_and_never_show_secrets(
 
 async def test_unmatched_paths_share_one_route_label(proxy):
     async with aiohttp.ClientSession() as s:
-        for path in ("/a", "/b/c", "/v1/nope"):
+        for path in ("/a", "/b/c", "/v1/nope", "/v1/x/y", "/api/v1/z"):
             async with s.get(proxy.url + path) as r:
                 assert r.status == 404
-    await counted(proxy, 3, status="404", route="other")
+    await counted(proxy, 2, status="404", route="other")
+    # Relayed paths (--routes all) share the relay's template, whatever their path.
+    await counted(proxy, 3, status="404", route="/v1/{path}")
     m = await scrape(proxy)
     routes = {dict(labels).get("route") for name, labels in m if name.endswith("requests_total")}
-    assert routes <= {"other", "/metrics"}
+    assert routes <= {"other", "/v1/{path}", "/metrics"}
 
 
 async def test_quote_stats_are_exported_through_the_hook():

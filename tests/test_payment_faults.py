@@ -19,14 +19,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from paying import (
-    PAID,
-    Reply,
+from support.calls import PRICED_MODEL, TEST_NETWORK, Reply, chat, post
+from support.payments import (
     assert_one_nonce_per_call,
-    chat,
     chat_requests,
     nonces,
-    post,
     priced,
     warm_body,
     warm_up,
@@ -34,7 +31,6 @@ from paying import (
 
 from blockrun_proxy.testing import FakeGateway
 
-TEST_NETWORK = "eip155:84532"
 PATHS = ["cold", "warm"]
 
 
@@ -48,8 +44,8 @@ async def ready(start_proxy, path: str, **settings):
 def body_for(path: str, stream: bool = False):
     """A plain (or streamed) request: one the warm model surely pins, or any."""
     if path == "warm":
-        return warm_body(PAID, stream=stream)
-    return chat(PAID, max_tokens=64, stream=stream)
+        return warm_body(PRICED_MODEL, stream=stream)
+    return chat(PRICED_MODEL, max_tokens=64, stream=stream)
 
 
 def assert_first_request_paid(gateway, before: int, path: str) -> None:
@@ -84,7 +80,7 @@ def assert_not_marked_paid(reply: Reply) -> None:
 
 async def test_5xx_on_the_unpaid_probe_is_retried_unpaid_then_paid_once(proxy, gateway):
     gateway.misbehave.fail_unpaid = 2  # the proxy retries the probe twice by default
-    body = chat(PAID, max_tokens=64)
+    body = chat(PRICED_MODEL, max_tokens=64)
     reply = await post(proxy, body)
     assert reply.status == 200
     assert [r.payment is None for r in chat_requests(gateway)] == [True, True, True, False]
@@ -94,7 +90,7 @@ async def test_5xx_on_the_unpaid_probe_is_retried_unpaid_then_paid_once(proxy, g
 
 async def test_5xx_on_every_probe_is_bounded_and_signs_nothing(proxy, gateway):
     gateway.misbehave.fail_unpaid = 10
-    reply = await post(proxy, chat(PAID))
+    reply = await post(proxy, chat(PRICED_MODEL))
     assert reply.status == 503
     assert_not_marked_paid(reply)
     assert len(chat_requests(gateway)) == 3  # first try + 2 retries

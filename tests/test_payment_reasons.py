@@ -11,7 +11,6 @@ import logging
 import time
 
 import pytest
-from paying import PAID, chat, post
 
 from blockrun_proxy.app import METRICS_KEY
 from blockrun_proxy.testing import FakeGateway
@@ -19,9 +18,9 @@ from blockrun_proxy.x402 import Signer, decode_header
 
 pytest.importorskip("x402")
 
-from blockrun_proxy.testing.official import OfficialGateway
+from support.calls import PRICED_MODEL, TEST_NETWORK, chat, post
 
-TEST_NETWORK = "eip155:84532"
+from blockrun_proxy.testing.official import OfficialGateway
 
 
 def refusals(proxy, reason: str) -> float:
@@ -36,7 +35,7 @@ async def test_unfunded_wallet_gets_the_facilitators_reason(start_proxy, wallet_
     payer = Signer(wallet_key).address
     async with OfficialGateway(balances={payer: 0}) as gateway:
         proxy = await start_proxy(api_url=gateway.base_url)
-        reply = await post(proxy, chat(PAID, max_tokens=64))
+        reply = await post(proxy, chat(PRICED_MODEL, max_tokens=64))
     assert reply.status == 402
     error = reply.json["error"]
     assert error["code"] == "invalid_exact_evm_insufficient_balance"
@@ -50,7 +49,7 @@ async def test_failed_settlement_reason_and_header_are_passed_on(start_proxy):
     async with OfficialGateway() as gateway:
         gateway.facilitator.fail_settlements.append("invalid_exact_evm_nonce_already_used")
         proxy = await start_proxy(api_url=gateway.base_url)
-        reply = await post(proxy, chat(PAID, max_tokens=64))
+        reply = await post(proxy, chat(PRICED_MODEL, max_tokens=64))
     # After the payment was sent: 424, never retried, never signed again.
     assert reply.status == 424 and reply.headers["x-should-retry"] == "false"
     error = reply.json["error"]
@@ -66,7 +65,7 @@ async def test_blockrun_shaped_refusal_keeps_its_generic_code_and_says_why(start
     # A gateway whose clock runs hours ahead finds every authorization expired.
     async with FakeGateway(network=TEST_NETWORK, clock=lambda: time.time() + 10_000) as gateway:
         proxy = await start_proxy(api_url=gateway.base_url)
-        reply = await post(proxy, chat(PAID, max_tokens=64))
+        reply = await post(proxy, chat(PRICED_MODEL, max_tokens=64))
     assert reply.status == 402 and reply.code == "payment_not_accepted"
     message = reply.json["error"]["message"]
     assert "PAYMENT_INVALID" in message and "authorization not valid now" in message

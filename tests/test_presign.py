@@ -14,17 +14,10 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from paying import (
-    FRACTIONAL,
-    PAID,
-    chat_requests,
-    post,
-    priced,
-    varied,
-    warm_up,
-)
+from support.calls import FRACTIONAL_MODEL, PRICED_MODEL, post
+from support.payments import chat_requests, priced, varied, warm_up
 
-from blockrun_proxy.app import PAYER_KEY, QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.testing import ModelSpec
 from blockrun_proxy.x402 import usd
 
@@ -44,12 +37,12 @@ async def test_warm_paid_calls_take_one_round_trip_and_pay_exactly_the_price(
 ):
     gateway.pricing = pricing
     proxy = await start_proxy()
-    await warm_up(proxy, PAID)
-    stats = proxy.app[QUOTES_KEY].stats
+    await warm_up(proxy, PRICED_MODEL)
+    stats = proxy.app[CORE_KEY].quotes.stats
     hits, misses = stats.hits, stats.misses
     before, paid_before = len(gateway.requests), len(gateway.settled)
     rng = random.Random(1)
-    bodies = [varied(rng, PAID, stream=stream) for _ in range(12)]
+    bodies = [varied(rng, PRICED_MODEL, stream=stream) for _ in range(12)]
     assert len({(len(b["messages"][0]["content"]), b["max_tokens"]) for b in bodies}) > 8
     for body in bodies:
         reply = await post(proxy, body)
@@ -68,10 +61,10 @@ async def test_fractional_prices_never_over_pay_and_mostly_take_one_round_trip(
     start_proxy, gateway
 ):
     proxy = await start_proxy()
-    await warm_up(proxy, FRACTIONAL)
+    await warm_up(proxy, FRACTIONAL_MODEL)
     before, paid_before = len(gateway.requests), len(gateway.settled)
     rng = random.Random(2)
-    bodies = [varied(rng, FRACTIONAL, stream=i % 2 == 0) for i in range(30)]
+    bodies = [varied(rng, FRACTIONAL_MODEL, stream=i % 2 == 0) for i in range(30)]
     for body in bodies:
         assert (await post(proxy, body)).status == 200
     assert [s.amount for s in gateway.settled[paid_before:]] == [priced(gateway, b) for b in bodies]
@@ -81,17 +74,17 @@ async def test_fractional_prices_never_over_pay_and_mostly_take_one_round_trip(
 
 async def test_tolerance_buys_one_round_trip_with_counted_over_payment(start_proxy, gateway):
     proxy = await start_proxy(presign_tolerance_usd=Decimal("0.000002"))
-    await warm_up(proxy, FRACTIONAL)
+    await warm_up(proxy, FRACTIONAL_MODEL)
     before, paid_before = len(gateway.requests), len(gateway.settled)
     rng = random.Random(2)
-    bodies = [varied(rng, FRACTIONAL) for _ in range(30)]
+    bodies = [varied(rng, FRACTIONAL_MODEL) for _ in range(30)]
     for body in bodies:
         assert (await post(proxy, body)).status == 200
     assert len(chat_requests(gateway, before)) == len(bodies)
     settled = gateway.settled[paid_before:]
     over = [s.amount - priced(gateway, b) for s, b in zip(settled, bodies, strict=True)]
     assert all(0 <= o <= 2 for o in over)
-    assert proxy.app[QUOTES_KEY].stats.overpaid_atomic >= sum(over)
+    assert proxy.app[CORE_KEY].quotes.stats.overpaid_atomic >= sum(over)
 
 
 async def test_presign_disabled_learns_but_always_probes(start_proxy, gateway):
@@ -103,14 +96,14 @@ async def test_presign_disabled_learns_but_always_probes(start_proxy, gateway):
         [r.payment is None for r in pair] == [True, False]
         for pair in zip(chat_requests(gateway)[::2], chat_requests(gateway)[1::2], strict=True)
     )
-    stats = proxy.app[QUOTES_KEY].stats
+    stats = proxy.app[CORE_KEY].quotes.stats
     assert stats.presigned == 0 and stats.shadow_exact > 0
 
 
 async def test_budget_refuses_a_presign_and_the_payment_alike(start_proxy, gateway):
     proxy = await start_proxy(budget_usd=Decimal("100"))
-    await warm_up(proxy, PAID)
-    payer = proxy.app[PAYER_KEY]
+    await warm_up(proxy, PRICED_MODEL)
+    payer = proxy.app[CORE_KEY].payer
     assert payer.budget is not None
     spent = (await payer.budget.usage()).spent
     payer.budget.limit = spent + 1  # one more micro-USDC: no call fits
@@ -120,7 +113,7 @@ async def test_budget_refuses_a_presign_and_the_payment_alike(start_proxy, gatew
     assert "budget" in reply.json["error"]["message"]
     assert gateway.payments[pay_before:] == []  # nothing signed, up front or after
     assert [r.payment for r in chat_requests(gateway, before)] == [None]  # probe only
-    assert proxy.app[QUOTES_KEY].stats.declined == 1
+    assert proxy.app[CORE_KEY].quotes.stats.declined == 1
 
 
 async def test_budget_counts_what_was_sent_over_the_window(start_proxy, gateway):

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from blockrun_proxy.app import QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.testing import FakeGateway
 from blockrun_proxy.testing._models import PRICING_SHAPES
 from blockrun_proxy.testing.workloads import WORKLOADS, bodies
@@ -68,7 +68,7 @@ async def drive(start_proxy, shape: str, model: str, workload: str, **settings) 
                 outcome.round_trips.append(len(gateway.chat_requests) - before)
                 (payment,) = gateway.settled[settled:]
                 outcome.overpaid.append(payment.amount - gateway.price_for(body))
-        stats = proxy.app[QUOTES_KEY].stats
+        stats = proxy.app[CORE_KEY].quotes.stats
         assert stats.overpaid_atomic >= sum(outcome.overpaid)  # counted, never hidden
     return outcome
 
@@ -118,6 +118,6 @@ async def test_without_catalogue_prices_the_402s_alone_teach_it(start_proxy):
                     await resp.read()
                 round_trips.append(len(gateway.chat_requests) - before)
                 overpaid.append(gateway.settled[settled].amount - gateway.price_for(body))
-        assert proxy.app[QUOTES_KEY].prior(SHAPES["chars"]) is None
+        assert proxy.app[CORE_KEY].quotes.prior(SHAPES["chars"]) is None
     assert overpaid == [0] * len(overpaid)
     assert round_trips[30:].count(1) >= 0.4 * len(round_trips[30:]), round_trips

@@ -8,9 +8,9 @@ import secrets
 import aiohttp
 import orjson
 import pytest
-from quoting import feed, with_catalogue
+from support.quoting import feed, with_catalogue
 
-from blockrun_proxy.app import KEEPER_KEY, QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.quotes import QuoteBook, request_features
 from blockrun_proxy.quotes.store import FILE_NAME, MAX_FILE_BYTES, QuoteFile
@@ -130,11 +130,11 @@ async def test_a_restarted_proxy_signs_its_first_call_up_front(tmp_path) -> None
         async with running(settings) as (runner, port):
             for body in sent[:20]:
                 await call(port, body)
-            assert runner.app[QUOTES_KEY].trusted(MINI.id)
+            assert runner.app[CORE_KEY].quotes.trusted(MINI.id)
         assert (tmp_path / FILE_NAME).exists()  # saved at shutdown
 
         async with running(settings) as (runner, port):
-            await runner.app[KEEPER_KEY].loaded.wait()
+            await runner.app[CORE_KEY].keeper.loaded.wait()
             models_reads = gateway.models_calls
             assert await call(port, sent[20]) == 1  # warm from the first call
             assert gateway.models_calls == models_reads  # the catalogue came from the file

@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 import orjson
-from quoting import feed, requirement, resource, with_catalogue
+from support.quoting import feed, requirement, resource, with_catalogue
 
 from blockrun_proxy.quotes import CataloguePrice, QuoteBook, parse_catalogue, request_features
 from blockrun_proxy.testing import DEFAULT_MODELS, ModelSpec

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from redis_support import RedisServer
+from support.redis_server import RedisServer
 
 from blockrun_proxy import quote_store
 from blockrun_proxy.quote_store import (

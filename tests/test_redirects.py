@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from paying import PAID, chat, chat_requests, nonces, post, warm_body, warm_up
+from support.calls import PRICED_MODEL, TEST_NETWORK, chat, post
+from support.payments import chat_requests, nonces, warm_body, warm_up
 
 from blockrun_proxy.testing import FakeGateway
 
-TEST_NETWORK = "eip155:84532"
 ELSEWHERE_PAY_TO = "0x00000000000000000000000000000000E15E0000"
 STATUSES = [301, 302, 303, 307, 308]
 
@@ -44,7 +44,7 @@ def assert_nothing_went_elsewhere(gateway: FakeGateway, elsewhere: FakeGateway) 
 @pytest.mark.parametrize("status", STATUSES)
 async def test_a_redirected_probe_is_a_502_and_signs_nothing(proxy, gateway, elsewhere, status):
     redirect(gateway, elsewhere, status, paid=False)
-    reply = await post(proxy, chat(PAID))
+    reply = await post(proxy, chat(PRICED_MODEL))
     assert reply.status == 502 and reply.code == "gateway_redirect"
     assert "x-should-retry" not in reply.headers  # nothing was paid: retrying is free
     assert gateway.payments == []
@@ -55,7 +55,7 @@ async def test_a_redirected_probe_is_a_502_and_signs_nothing(proxy, gateway, els
 @pytest.mark.parametrize("status", STATUSES)
 async def test_a_redirected_paid_send_is_a_424(proxy, gateway, elsewhere, status):
     redirect(gateway, elsewhere, status, paid=True)
-    reply = await post(proxy, chat(PAID))
+    reply = await post(proxy, chat(PRICED_MODEL))
     assert reply.status == 424 and reply.code == "gateway_redirect"
     assert reply.headers["x-should-retry"] == "false"
     assert reply.headers["x-blockrun-upstream-status"] == str(status)
@@ -70,7 +70,7 @@ async def test_a_redirected_payment_signed_up_front_is_a_424(start_proxy, gatewa
     for status in STATUSES:
         redirect(gateway, elsewhere, status, paid=True)
         before = len(gateway.requests)
-        reply = await post(proxy, warm_body(PAID))
+        reply = await post(proxy, warm_body(PRICED_MODEL))
         assert reply.status == 424 and reply.code == "gateway_redirect", status
         assert reply.headers["x-blockrun-upstream-status"] == str(status)
         assert [r.payment is not None for r in chat_requests(gateway, before)] == [True]

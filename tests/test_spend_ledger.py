@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_support import RedisServer
+from support.redis_server import RedisServer
 
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange
 from blockrun_proxy.redis_link import RedisLink

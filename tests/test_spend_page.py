@@ -19,10 +19,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ops_support import WORKTREE
-from paying import FRACTIONAL, PAID, chat, post
+from support.calls import FRACTIONAL_MODEL, PRICED_MODEL, chat, post
+from support.servers import WORKTREE
 
-from blockrun_proxy.app import RECORDER_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.spend.records import SpendRecord
 from blockrun_proxy.testing import FakeGateway
@@ -87,13 +87,13 @@ async def test_the_page_renders_the_figures_the_json_has(
     # Earlier hours, as a proxy running since yesterday would have them.
     claude = "anthropic/claude-sonnet-4.6"
     earlier = [
-        (20, FRACTIONAL, 1_800, 3),
-        (17, PAID, 24_000, 2),
+        (20, FRACTIONAL_MODEL, 1_800, 3),
+        (17, PRICED_MODEL, 24_000, 2),
         (13, claude, 31_000, 2),
-        (9, PAID, 12_500, 4),
-        (6, FRACTIONAL, 2_200, 5),
+        (9, PRICED_MODEL, 12_500, 4),
+        (6, FRACTIONAL_MODEL, 2_200, 5),
         (3, claude, 18_000, 3),
-        (1, PAID, 9_000, 2),
+        (1, PRICED_MODEL, 9_000, 2),
     ]
     now = time.time()
     history = [
@@ -113,19 +113,21 @@ async def test_the_page_renders_the_figures_the_json_has(
         for hours_ago, model, amount, calls in earlier
         for n in range(calls)
     ]
-    await proxy.app[RECORDER_KEY].ledger.append(history)
+    await proxy.app[CORE_KEY].recorder.ledger.append(history)
     client_headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=client_headers) as session:
         for index in range(6):
-            model = PAID if index % 3 else FRACTIONAL
+            model = PRICED_MODEL if index % 3 else FRACTIONAL_MODEL
             body = chat(model, "word " * (20 * index + 1), max_tokens=200 * (index + 1))
             async with session.post(proxy.base_url + "/chat/completions", json=body) as resp:
                 assert resp.status == 200, await resp.read()
         gateway.misbehave.fail_after_settle = 1
-        async with session.post(proxy.base_url + "/chat/completions", json=chat(PAID)) as resp:
+        async with session.post(
+            proxy.base_url + "/chat/completions", json=chat(PRICED_MODEL)
+        ) as resp:
             assert resp.status == 424
             failed_id = resp.headers["x-request-id"]
-    assert (await post(proxy, chat(PAID))).status == 401  # a client without the token
+    assert (await post(proxy, chat(PRICED_MODEL))).status == 401  # a client without the token
 
     doc = await spend_json(proxy.url, token)
     totals = doc["totals"]
@@ -219,11 +221,11 @@ async def test_a_model_name_is_shown_as_text_never_run(
     """Model ids are the clients' strings: one that looks like markup stays text."""
     proxy = await start_proxy(budget_usd=Decimal("0.000001"))
     hostile = '<img src=x onerror="document.title=1">'
-    reply = await post(proxy, chat(PAID))
+    reply = await post(proxy, chat(PRICED_MODEL))
     assert reply.status == 402  # the budget refuses: recorded with the model name
     exchange = Exchange("req-x", "POST", "/v1/chat/completions", status=402)
     exchange.model, exchange.refusal = hostile, "budget_exceeded"
-    proxy.app[RECORDER_KEY].observe(exchange)
+    proxy.app[CORE_KEY].recorder.observe(exchange)
     page = await browser.new_page()
     await page.goto(f"{proxy.url}/spend")
     await page.wait_for_selector("body[data-ready]")

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from paying import PAID, chat, post
-from redis_support import RedisServer
+from support.calls import PRICED_MODEL, chat, post
+from support.redis_server import RedisServer
 
-from blockrun_proxy.app import BALANCE_KEY, BUDGET_STORE_KEY, PAYER_KEY, RECORDER_KEY, create_app
+from blockrun_proxy.app import BALANCE_KEY, CORE_KEY, create_app
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import WatchedBalance
 from blockrun_proxy.testing import FakeGateway
@@ -45,10 +45,10 @@ async def test_spend_adds_up_to_what_the_gateway_settled(
 ) -> None:
     proxy = await start_proxy(state_dir=tmp_path / "state", budget_usd=Decimal("5"))
     for index in range(4):
-        reply = await post(proxy, chat(PAID, f"hello {index}", max_tokens=50 * (index + 1)))
+        reply = await post(proxy, chat(PRICED_MODEL, f"hello {index}", max_tokens=50 * (index + 1)))
         assert reply.status == 200
     gateway.misbehave.fail_after_settle = 1
-    failed = await post(proxy, chat(PAID, "this one breaks", max_tokens=10))
+    failed = await post(proxy, chat(PRICED_MODEL, "this one breaks", max_tokens=10))
     assert failed.status == 424
     free = await post(proxy, chat("nvidia/deepseek-v4-flash"))
     assert free.status == 200
@@ -63,7 +63,7 @@ async def test_spend_adds_up_to_what_the_gateway_settled(
     ok_settled = sum(c["settled"] or 0 for c in doc["last_calls"])
     assert totals["settled"] == ok_settled == settled_total(gateway) - gateway.settled[-1].amount
     (model,) = doc["per_model"]
-    assert model["model"] == PAID and model["calls"] == 5
+    assert model["model"] == PRICED_MODEL and model["calls"] == 5
     assert sum(hour["signed"] for hour in doc["per_hour"]) == totals["signed"]
     assert len(doc["per_hour"]) == 24
     first = doc["last_calls"][0]
@@ -78,7 +78,7 @@ async def test_spend_adds_up_to_what_the_gateway_settled(
         "left": 5_000_000 - accepted,
         "shared": False,
     }
-    assert doc["wallet"]["address"] == proxy.app[PAYER_KEY].address
+    assert doc["wallet"]["address"] == proxy.app[CORE_KEY].payer.address
     assert doc["wallet"]["balance"] is None  # no balance provider: "unknown"
     assert doc["ledger"]["backend"] == "sqlite"
     assert (tmp_path / "state" / "spend.sqlite3").is_file()
@@ -86,7 +86,7 @@ async def test_spend_adds_up_to_what_the_gateway_settled(
 
 async def test_the_ledger_survives_a_restart(start_proxy: Any, tmp_path: Path) -> None:
     first = await start_proxy(state_dir=tmp_path)
-    assert (await post(first, chat(PAID))).status == 200
+    assert (await post(first, chat(PRICED_MODEL))).status == 200
     before = (await spend(first))["totals"]
     second = await start_proxy(state_dir=tmp_path)
     assert (await spend(second))["totals"] == before
@@ -96,7 +96,7 @@ async def test_a_refused_payment_is_recorded_with_nothing_signed(
     start_proxy: Any, gateway: FakeGateway
 ) -> None:
     proxy = await start_proxy(budget_usd=Decimal("0.000001"))
-    reply = await post(proxy, chat(PAID))
+    reply = await post(proxy, chat(PRICED_MODEL))
     assert reply.status == 402 and reply.code == "budget_exceeded"
     doc = await spend(proxy)
     (call,) = doc["last_calls"]
@@ -180,13 +180,13 @@ async def test_a_proxy_on_redis_reserves_and_records_there(
 ) -> None:
     proxy = await start_proxy(redis_url=redis_server.url, budget_usd=Decimal("1"))
     for index in range(3):
-        assert (await post(proxy, chat(PAID, f"call {index}"))).status == 200
+        assert (await post(proxy, chat(PRICED_MODEL, f"call {index}"))).status == 200
     doc = await spend(proxy)
     assert doc["ledger"]["backend"] == "redis"
     assert doc["ledger"]["store"] == "redis: ok"
     assert doc["budget"]["shared"] is True
     assert doc["budget"]["spent"] == settled_total(gateway) == doc["totals"]["settled"]
-    assert proxy.app[PAYER_KEY].budget is proxy.app[BUDGET_STORE_KEY]  # the shared one
+    assert proxy.app[CORE_KEY].payer.budget is proxy.app[CORE_KEY].budget  # the shared one
 
 
 async def test_redis_down_means_no_signature_then_service_resumes(
@@ -195,11 +195,11 @@ async def test_redis_down_means_no_signature_then_service_resumes(
     proxy = await start_proxy(
         redis_url=redis_server.url, budget_usd=Decimal("1"), redis_timeout_seconds=0.3
     )
-    assert (await post(proxy, chat(PAID))).status == 200
+    assert (await post(proxy, chat(PRICED_MODEL))).status == 200
     payments = len(gateway.payments)
     redis_server.stop()
     for _ in range(3):
-        reply = await post(proxy, chat(PAID))
+        reply = await post(proxy, chat(PRICED_MODEL))
         assert reply.status == 503 and reply.code == "budget_store_unavailable"
         assert reply.headers["Retry-After"] == "1"
     assert len(gateway.payments) == payments  # not one signature without a reservation
@@ -212,8 +212,8 @@ async def test_redis_down_means_no_signature_then_service_resumes(
     assert b"blockrun_proxy_budget_store_unavailable_total 3.0" in metrics
     assert b'blockrun_proxy_refusals_total{reason="budget_store_unavailable"} 3.0' in metrics
     redis_server.start()
-    assert (await post(proxy, chat(PAID))).status == 200
-    await proxy.app[RECORDER_KEY].flush(5)
+    assert (await post(proxy, chat(PRICED_MODEL))).status == 200
+    await proxy.app[CORE_KEY].recorder.flush(5)
     doc = await spend(proxy)
     outcomes = sorted(c["outcome"] for c in doc["last_calls"])
     assert "ok" in outcomes  # the ledger writes again
@@ -226,12 +226,12 @@ async def test_a_payment_that_may_have_been_charged_stays_in_the_shared_budget(
     never signed: nothing held."""
     proxy = await start_proxy(redis_url=redis_server.url, budget_usd=Decimal("1"))
     gateway.misbehave.fail_after_settle = 1
-    failed = await post(proxy, chat(PAID))
+    failed = await post(proxy, chat(PRICED_MODEL))
     assert failed.status == 424
     signed = gateway.payments[-1].amount
     gateway.misbehave.fail_unpaid = 1  # an error before any payment: nothing to hold
     gateway.misbehave.fail_status = 400
-    assert (await post(proxy, chat(PAID))).status == 400
-    store = proxy.app[BUDGET_STORE_KEY]
+    assert (await post(proxy, chat(PRICED_MODEL))).status == 400
+    store = proxy.app[CORE_KEY].budget
     await store.flush(5)
     assert (await store.usage()).spent == signed

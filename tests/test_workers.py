@@ -10,16 +10,15 @@ import re
 import aiohttp
 import orjson
 import pytest
-from ops_support import JSON, free_port, proxy_environ, until
-from proc_support import ProxyProcess
 from prometheus_client.parser import text_string_to_metric_families
+from support.calls import FRACTIONAL_MODEL, JSON, TEST_NETWORK
+from support.process import ProxyProcess
+from support.servers import free_port, proxy_environ, until
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.testing import FakeGateway
 from blockrun_proxy.workers import PACKAGE_ROOT, worker_command, worker_environ
 
-TEST_NETWORK = "eip155:84532"
-PAID = "openai/gpt-4o-mini"
 CALLS = 24
 
 
@@ -43,7 +42,7 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     body = orjson.dumps(
-        {"model": PAID, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        {"model": FRACTIONAL_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
     )
     try:
         # A fresh connection per call, so the kernel picks a worker for each.

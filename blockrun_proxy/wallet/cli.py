@@ -7,6 +7,7 @@ eth_account load inside the command that needs them, so ``serve`` starts no slow
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, TypeVar
@@ -26,7 +27,9 @@ def _network(value: str | None) -> Network:
     from blockrun_proxy.x402 import network_for
 
     if value is None:
-        listed = (config.env_default("networks") or "").replace(",", " ").split()
+        from blockrun_proxy.options import read_environ
+
+        listed = read_environ(os.environ).get("networks", ())
         value = listed[0] if listed else config.DEFAULT_NETWORKS[0]
     network = network_for(value.strip())
     if network is None:
@@ -42,7 +45,7 @@ network_option = click.option(
 rpc_option = click.option(
     "--rpc-url",
     default=None,
-    envvar=config.ENV_PREFIX + "RPC_URL",
+    envvar=config.ENV_PREFIX + "RPC_URL",  # the option table's row for --rpc-url
     help="EVM JSON-RPC endpoint. [default: the network's public one, e.g. https://mainnet.base.org]",
 )
 

@@ -10,6 +10,7 @@ period, user id, secrets.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -650,8 +651,10 @@ def test_real_cli_accepts_the_proxy_configuration(monkeypatch: pytest.MonkeyPatc
     values the pod spec depends on are the ones the proxy will use."""
     cli = pytest.importorskip("blockrun_proxy.cli")
     config = pytest.importorskip("blockrun_proxy.config")
+    options = pytest.importorskip("blockrun_proxy.options")
     serve = cli.main.commands["serve"]
-    cli_env = {p.envvar for p in serve.params if isinstance(p.envvar, str)}
+    # The variables `serve` reads under its flags: the option table's (options.py).
+    cli_env = {name for o in options.OPTIONS if not o.secret for name in o.env}
     assert cli_env >= PROXY_SETTINGS_ENV, PROXY_SETTINGS_ENV - cli_env
     assert {config.WALLET_ENV, config.TOKEN_ENV} == PROXY_SECRET_ENV
 
@@ -667,9 +670,9 @@ def test_real_cli_accepts_the_proxy_configuration(monkeypatch: pytest.MonkeyPatc
     assert not unknown, f"the proxy does not read {sorted(unknown)}"
 
     ctx = serve.make_context("serve", _effective_args(proxy))
-    params = ctx.params
-    assert not config.is_loopback(params["host"])
-    assert params["port"] == _proxy_port()
-    assert params["grace_seconds"] == _proxy_grace_seconds()
-    assert params["grace_seconds"] < _pod_spec()["terminationGracePeriodSeconds"]
-    assert params["allow_public"] is False
+    settings = options.build({**options.read_environ(os.environ), **options.read_flags(ctx.params)})
+    assert not config.is_loopback(settings.host)
+    assert settings.port == _proxy_port()
+    assert settings.grace_seconds == _proxy_grace_seconds()
+    assert settings.grace_seconds < _pod_spec()["terminationGracePeriodSeconds"]
+    assert settings.allow_public is False

@@ -172,10 +172,11 @@ def test_secret_refs_match_the_example_which_holds_placeholders_only() -> None:
 
 
 def test_the_real_cli_accepts_the_fleet_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    from blockrun_proxy import cli, config
+    from blockrun_proxy import cli, config, options
 
     serve = cli.main.commands["serve"]
-    cli_env = {p.envvar for p in serve.params if isinstance(p.envvar, str)}
+    # The variables `serve` reads under its flags: the option table's (options.py).
+    cli_env = {name for o in options.OPTIONS if not o.secret for name in o.env}
     proxy = _proxy(_fleet())
     env = _proxy_env(proxy)
     for name in [n for n in os.environ if n.startswith("BLOCKRUN_")]:
@@ -186,16 +187,11 @@ def test_the_real_cli_accepts_the_fleet_configuration(monkeypatch: pytest.Monkey
         if isinstance(value, str):
             monkeypatch.setenv(name, value)
     params = serve.make_context("serve", list(proxy["args"])).params
-    assert params["redis_url"] == env["BLOCKRUN_PROXY_REDIS_URL"]
-    assert params["budget_usd"] is not None
-    settings = config.Settings(
-        host=params["host"],
-        token="t" * 32,  # a public bind needs a token of at least 16 characters
-        redis_url=params["redis_url"],
-        redis_timeout_seconds=params["redis_timeout"],
-        budget_usd=params["budget_usd"],
-        budget_window_seconds=params["budget_window"],
-    )
+    values = {**options.read_environ(os.environ), **options.read_flags(params)}
+    # A public bind needs a token of at least 16 characters.
+    settings = options.build(values, {"token": "t" * 32})
+    assert settings.redis_url == env["BLOCKRUN_PROXY_REDIS_URL"]
+    assert settings.budget_usd is not None
     settings.check()
 
 

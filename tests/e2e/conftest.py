@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from clients_support import CostLog
+from support.clients import CostLog
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")

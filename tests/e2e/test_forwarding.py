@@ -13,13 +13,13 @@ import aiohttp
 import httpx
 import openai
 import pytest
-from clients_support import PAID
+from support.calls import PRICED_MODEL
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "proxy-token-not-for-the-gateway"
 RICH = {
-    "model": PAID,
+    "model": PRICED_MODEL,
     "messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather in Paris? ünïcödé"},
@@ -98,7 +98,7 @@ async def test_openai_sdk_body_arrives_byte_for_byte(start_proxy, gateway, strea
 async def test_raw_body_keeps_key_order_spacing_and_numbers(start_proxy, gateway):
     proxy = await start_proxy()
     raw = (
-        b'{ "temperature" : 1.50, "model":"' + PAID.encode() + b'",\n'
+        b'{ "temperature" : 1.50, "model":"' + PRICED_MODEL.encode() + b'",\n'
         b' "messages":[{"role":"user","content":"hi \\u00e9"}], "max_tokens": 8,'
         b' "search_parameters": {"mode":"auto"}, "fallback_models": [] }'
     )
@@ -114,7 +114,7 @@ async def test_raw_body_keeps_key_order_spacing_and_numbers(start_proxy, gateway
 
 async def test_only_max_tokens_is_ever_added(start_proxy, gateway):
     proxy = await start_proxy()
-    raw = json.dumps({"model": PAID, "messages": RICH["messages"]}).encode()
+    raw = json.dumps({"model": PRICED_MODEL, "messages": RICH["messages"]}).encode()
     async with aiohttp.ClientSession() as s:
         resp = await s.post(
             proxy.base_url + "/chat/completions",
@@ -130,7 +130,7 @@ async def test_authorization_stays_and_request_id_passes_both_ways(start_proxy, 
     capture = Capture()
     async with sdk(proxy, capture) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model=PAID,
+            model=PRICED_MODEL,
             messages=RICH["messages"],
             max_tokens=8,
             extra_headers={"x-request-id": "req-e2e-1", "X-Custom": "not-forwarded"},
@@ -148,7 +148,7 @@ async def test_a_request_id_is_made_when_the_client_sends_none(proxy, gateway):
     async with aiohttp.ClientSession() as s:
         resp = await s.post(
             proxy.base_url + "/chat/completions",
-            json={"model": PAID, "messages": RICH["messages"], "max_tokens": 8},
+            json={"model": PRICED_MODEL, "messages": RICH["messages"], "max_tokens": 8},
         )
         made = resp.headers["x-request-id"]
     assert len(made) >= 16

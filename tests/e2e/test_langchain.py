@@ -7,9 +7,10 @@ import json
 
 import openai
 import pytest
-from clients_support import PAID, PAID_FAILURES, run_snippet
 from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
+from support.calls import PRICED_MODEL
+from support.clients import PAID_FAILURES, run_snippet
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +22,7 @@ def get_weather(city: str) -> str:
 
 def chat_model(proxy, **kwargs) -> ChatOpenAI:
     kwargs.setdefault("max_retries", 0)
-    return ChatOpenAI(model=PAID, base_url=proxy.base_url, api_key="unused", **kwargs)
+    return ChatOpenAI(model=PRICED_MODEL, base_url=proxy.base_url, api_key="unused", **kwargs)
 
 
 async def test_readme_example(proxy, gateway):
@@ -82,7 +83,9 @@ async def test_bind_tools_stream_merges_the_split_tool_call(proxy, gateway):
 async def test_default_retries_never_pay_twice(start_proxy, gateway, failure):
     proxy = await start_proxy(paid_replays=failure.paid_replays)
     failure.arm(gateway)
-    llm = ChatOpenAI(model=PAID, base_url=proxy.base_url, api_key="unused")  # default retries
+    llm = ChatOpenAI(
+        model=PRICED_MODEL, base_url=proxy.base_url, api_key="unused"
+    )  # default retries
     assert llm.root_async_client.max_retries == 2  # langchain leaves the SDK's default
     with pytest.raises(openai.APIStatusError) as info:
         await llm.ainvoke("Hello")

@@ -7,11 +7,12 @@ import asyncio
 import litellm
 import openai
 import pytest
-from clients_support import FREE, PAID, PAID_FAILURES, eventually, run_snippet, usd
+from support.calls import FREE_MODEL, PRICED_MODEL
+from support.clients import PAID_FAILURES, eventually, run_snippet, usd
 
 pytestmark = pytest.mark.e2e
 
-MODEL = "openai/" + PAID  # LiteLLM's openai provider + the BlockRun model id
+MODEL = "openai/" + PRICED_MODEL  # LiteLLM's openai provider + the BlockRun model id
 MESSAGES = [{"role": "user", "content": "Say something nice"}]
 
 
@@ -40,7 +41,7 @@ async def test_completion_records_the_settled_cost(proxy, gateway, cost_log):
 
 async def test_a_free_model_records_zero_not_a_catalogue_price(proxy, gateway, cost_log):
     reply = await litellm.acompletion(
-        messages=MESSAGES, max_tokens=16, **kwargs(proxy, model="openai/" + FREE)
+        messages=MESSAGES, max_tokens=16, **kwargs(proxy, model="openai/" + FREE_MODEL)
     )
     assert reply.choices[0].message.content
     assert gateway.payments == []
@@ -82,7 +83,7 @@ async def test_max_tokens_is_renamed_for_gpt5_and_still_priced(proxy, gateway):
     body = gateway.chat_requests[-1].body
     assert b'"max_completion_tokens":16' in body and b'"max_tokens"' not in body
     assert gateway.settled[0].amount == gateway.price_for(
-        {"model": PAID, "messages": MESSAGES, "max_completion_tokens": 16}
+        {"model": PRICED_MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
     )
 
 

@@ -11,7 +11,8 @@ import sys
 import litellm
 import openai
 import pytest
-from clients_support import PAID, PAID_FAILURES, TEST_NETWORK, eventually, run_snippet, usd
+from support.calls import PRICED_MODEL, TEST_NETWORK
+from support.clients import PAID_FAILURES, eventually, run_snippet, usd
 
 from blockrun_proxy.config import Settings
 from blockrun_proxy.litellm import BlockrunLLM, register
@@ -19,7 +20,7 @@ from blockrun_proxy.x402 import Signer
 
 pytestmark = pytest.mark.e2e
 
-MODEL = "blockrun/" + PAID
+MODEL = "blockrun/" + PRICED_MODEL
 MESSAGES = [{"role": "user", "content": "Say something nice"}]
 TOOL = {
     "type": "function",
@@ -145,7 +146,7 @@ async def test_every_parameter_reaches_the_gateway(provider, gateway):
     )
     sent = json.loads(gateway.chat_requests[-1].body)
     assert sent == {
-        "model": PAID,
+        "model": PRICED_MODEL,
         "messages": MESSAGES,
         "max_tokens": 32,
         "temperature": 0.2,

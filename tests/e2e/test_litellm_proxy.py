@@ -22,14 +22,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from clients_support import (
-    PAID,
-    PAID_FAILURES,
-    README_BASE_URL,
-    BackgroundStack,
-    snippet,
-    usd,
-)
+from support.calls import PRICED_MODEL
+from support.clients import PAID_FAILURES, README_BASE_URL, BackgroundStack, snippet, usd
 
 pytestmark = pytest.mark.e2e
 
@@ -141,7 +135,7 @@ def test_plain_call_reports_the_settled_cost(proxy):
     (settled,) = gateway.settled
     assert float(raw.headers["x-litellm-response-cost"]) == usd(settled.amount)
     sent = gateway.chat_requests[-1].body
-    assert f'"model":"{PAID}"'.encode() in sent  # the BlockRun id, after LiteLLM's prefix
+    assert f'"model":"{PRICED_MODEL}"'.encode() in sent  # the BlockRun id, after LiteLLM's prefix
 
 
 def test_streamed_call(proxy):

@@ -7,7 +7,8 @@ import json
 
 import openai
 import pytest
-from clients_support import FREE, PAID, PAID_FAILURES, run_snippet
+from support.calls import FREE_MODEL, PRICED_MODEL
+from support.clients import PAID_FAILURES, run_snippet
 
 MESSAGES = [{"role": "user", "content": "Say something nice"}]
 WEATHER_TOOL = {
@@ -31,15 +32,15 @@ def client(proxy, **kwargs) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=proxy.base_url, api_key="unused", **kwargs)
 
 
-@pytest.mark.parametrize("model", [PAID, FREE])
+@pytest.mark.parametrize("model", [PRICED_MODEL, FREE_MODEL])
 async def test_async_non_stream(proxy, gateway, model):
     async with client(proxy) as c:
         reply = await c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=32)
     assert reply.choices[0].message.content
-    assert len(gateway.payments) == (1 if model == PAID else 0)
+    assert len(gateway.payments) == (1 if model == PRICED_MODEL else 0)
 
 
-@pytest.mark.parametrize("model", [PAID, FREE])
+@pytest.mark.parametrize("model", [PRICED_MODEL, FREE_MODEL])
 async def test_async_stream_gets_the_gateways_bytes_with_one_signature_per_call(
     proxy, gateway, model
 ):
@@ -50,7 +51,7 @@ async def test_async_stream_gets_the_gateways_bytes_with_one_signature_per_call(
             )
             raw = b"".join([chunk async for chunk in stream.http_response.aiter_bytes()])
             assert raw == gateway.sent_bodies[-1]
-    if model == PAID:
+    if model == PRICED_MODEL:
         assert [p.accepted for p in gateway.payments] == [True, True, True]
         assert len({p.nonce for p in gateway.payments}) == 3
     else:
@@ -60,7 +61,7 @@ async def test_async_stream_gets_the_gateways_bytes_with_one_signature_per_call(
 async def test_stream_content_reassembles(proxy, gateway):
     async with client(proxy) as c:
         stream = await c.chat.completions.create(
-            model=PAID, messages=MESSAGES, stream=True, max_tokens=16
+            model=PRICED_MODEL, messages=MESSAGES, stream=True, max_tokens=16
         )
         text = "".join(
             [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
@@ -72,7 +73,7 @@ async def test_stream_content_reassembles(proxy, gateway):
 async def test_streamed_tool_call_arrives_intact(proxy, gateway):
     async with client(proxy) as c:
         stream = await c.chat.completions.create(
-            model=PAID, messages=MESSAGES, tools=[WEATHER_TOOL], stream=True, max_tokens=64
+            model=PRICED_MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], stream=True, max_tokens=64
         )
         chunks = [chunk async for chunk in stream]
     pieces = [t for ch in chunks if ch.choices for t in ch.choices[0].delta.tool_calls or ()]
@@ -87,7 +88,7 @@ async def test_streamed_tool_call_arrives_intact(proxy, gateway):
 async def test_stream_options_include_usage_is_honoured(proxy, gateway, include_usage):
     async with client(proxy) as c:
         stream = await c.chat.completions.create(
-            model=PAID,
+            model=PRICED_MODEL,
             messages=MESSAGES,
             stream=True,
             max_tokens=16,
@@ -105,7 +106,7 @@ async def test_stream_options_include_usage_is_honoured(proxy, gateway, include_
 async def test_sync_client_in_a_thread(proxy, gateway):
     def call() -> str:
         with openai.OpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0) as c:
-            reply = c.chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=8)
+            reply = c.chat.completions.create(model=PRICED_MODEL, messages=MESSAGES, max_tokens=8)
             return reply.choices[0].message.content or ""
 
     assert await asyncio.to_thread(call)
@@ -116,7 +117,7 @@ async def test_sync_stream_in_a_thread(proxy, gateway):
     def call() -> str:
         with openai.OpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0) as c:
             stream = c.chat.completions.create(
-                model=PAID, messages=MESSAGES, max_tokens=8, stream=True
+                model=PRICED_MODEL, messages=MESSAGES, max_tokens=8, stream=True
             )
             return "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
 
@@ -137,7 +138,7 @@ async def test_refused_quote_surfaces_as_a_402_error(proxy, gateway):
     gateway.misbehave.price_multiplier = 10_000.0
     async with client(proxy) as c:
         with pytest.raises(openai.APIStatusError) as info:
-            await c.chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=8)
+            await c.chat.completions.create(model=PRICED_MODEL, messages=MESSAGES, max_tokens=8)
     assert info.value.status_code == 402
     assert info.value.code == "amount_over_cap"
     assert gateway.payments == []
@@ -158,7 +159,7 @@ async def test_default_retries_never_pay_twice_for_a_failure_after_payment(
         assert c.max_retries == 2
         with pytest.raises(openai.APIStatusError) as info:
             await c.chat.completions.create(
-                model=PAID, messages=MESSAGES, max_tokens=8, stream=stream
+                model=PRICED_MODEL, messages=MESSAGES, max_tokens=8, stream=stream
             )
     assert info.value.status_code == 424
     headers = info.value.response.headers
@@ -171,6 +172,6 @@ async def test_default_retries_still_retry_what_was_not_paid(proxy, gateway):
     gateway.misbehave.rate_limit = 1  # the unpaid probe gets a 429, which the proxy passes on
     gateway.misbehave.retry_after = "0"
     async with client(proxy, max_retries=2) as c:
-        reply = await c.chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=8)
+        reply = await c.chat.completions.create(model=PRICED_MODEL, messages=MESSAGES, max_tokens=8)
     assert reply.choices[0].message.content
     assert len(gateway.settled) == 1

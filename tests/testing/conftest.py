@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import Payer
 from pytest_aiohttp import AiohttpClient
+from support.gateway_client import Payer
 
 from blockrun_proxy.testing import FakeGateway
 

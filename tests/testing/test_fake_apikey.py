@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import FREE_MODEL, chat_body
 from pytest_aiohttp import AiohttpClient
+from support.calls import FREE_MODEL
+from support.gateway_client import chat_body
 
 from blockrun_proxy.testing import ApiKeyFakeGateway, Charge
 

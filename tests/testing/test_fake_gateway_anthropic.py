@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import Payer, b64json, paid_post, sse_events
 from pytest_aiohttp import AiohttpClient
+from support.gateway_client import Payer, b64json, paid_post, sse_events
 
 from blockrun_proxy.testing import FakeGateway, ModelSpec
 

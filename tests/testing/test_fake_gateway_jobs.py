@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import Payer, b64json, pay, requirement_of
 from pytest_aiohttp import AiohttpClient
+from support.gateway_client import Payer, b64json, pay, requirement_of
 
 from blockrun_proxy.testing import DEFAULT_MEDIA, FakeGateway, MediaSpec
 

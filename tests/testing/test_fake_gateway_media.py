@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import Payer, b64json, paid_post
 from pytest_aiohttp import AiohttpClient
+from support.gateway_client import Payer, b64json, paid_post
 
 from blockrun_proxy.testing import DEFAULT_MEDIA, FakeGateway, MediaSpec
 

@@ -8,7 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import CHAT, FREE_MODEL, Payer, b64json, chat_body, requirement_of
+from support.calls import FREE_MODEL
+from support.gateway_client import CHAT, Payer, b64json, chat_body, requirement_of
 
 from blockrun_proxy.testing import FakeGateway, Misbehavior
 

@@ -7,8 +7,9 @@ from fractions import Fraction
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import CHAT, FREE_MODEL, MODELS, PAID_MODEL, b64json, chat_body
 from pytest_aiohttp import AiohttpClient
+from support.calls import FRACTIONAL_MODEL, FREE_MODEL
+from support.gateway_client import CHAT, MODELS, b64json, chat_body
 
 from blockrun_proxy.testing import DEFAULT_MODELS, FakeGateway, ModelSpec
 
@@ -26,7 +27,7 @@ async def test_402_header_and_body(gw: FakeGateway, client: TestClient) -> None:
         "error": "Payment required",
         "resource": {
             "url": str(client.make_url(CHAT)),
-            "description": f"{PAID_MODEL} - 16384 max output tokens",
+            "description": f"{FRACTIONAL_MODEL} - 16384 max output tokens",
             "mimeType": "application/json",
         },
         "accepts": [
@@ -57,7 +58,7 @@ async def test_base_mainnet_quotes_its_own_usdc_domain() -> None:
 
 def test_default_price_formula() -> None:
     gw = FakeGateway()
-    mini = {m.id: m for m in DEFAULT_MODELS}[PAID_MODEL]
+    mini = {m.id: m for m in DEFAULT_MODELS}[FRACTIONAL_MODEL]
     text = "é" * 10  # 20 UTF-8 bytes -> 5 tokens, plus 4 for the one message
     expected = math.ceil(Fraction("0.15") * 9 + Fraction("0.6") * 200) + mini.flat_fee
     assert gw.price_for(chat_body(text, max_tokens=200)) == expected
@@ -75,7 +76,7 @@ def test_default_price_formula() -> None:
 def test_price_counts_content_parts_and_every_message() -> None:
     gw = FakeGateway(pricing=None)
     parts = {
-        "model": PAID_MODEL,
+        "model": FRACTIONAL_MODEL,
         "max_tokens": 1,
         "messages": [
             {"role": "system", "content": "abcd"},
@@ -98,7 +99,7 @@ async def test_pricing_callable_is_honoured(aiohttp_client: AiohttpClient) -> No
         resp = await client.post(CHAT, json=chat_body(text, max_tokens=max_tokens))
         amount = b64json(resp.headers["PAYMENT-REQUIRED"])["accepts"][0]["amount"]
         assert amount == str(10 * max_tokens)
-    assert seen == [PAID_MODEL] * 3
+    assert seen == [FRACTIONAL_MODEL] * 3
     assert gw.price_for(chat_body(model=FREE_MODEL)) == 0  # free models never ask
 
 
@@ -120,8 +121,10 @@ async def test_models_listing(gw: FakeGateway, client: TestClient) -> None:
     listing = await resp.json()
     assert listing["object"] == "list"
     by_id = {m["id"]: m for m in listing["data"]}
-    assert {"openai/gpt-5.5", "anthropic/claude-sonnet-4.6", PAID_MODEL, FREE_MODEL} <= set(by_id)
-    mini = by_id[PAID_MODEL]
+    assert {"openai/gpt-5.5", "anthropic/claude-sonnet-4.6", FRACTIONAL_MODEL, FREE_MODEL} <= set(
+        by_id
+    )
+    mini = by_id[FRACTIONAL_MODEL]
     assert mini["object"] == "model"
     assert mini["provider"] == "openai"
     assert mini["pricing"] == {"input": 0.15, "output": 0.6, "flat": 0.001}

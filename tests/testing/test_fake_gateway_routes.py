@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import (
+from support.gateway_client import (
     ANTHROPIC_BODY,
     GEMINI_BODY,
     JOB_ROUTES,

@@ -15,9 +15,9 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-from fake_gateway_support import Payer, requirement_of
 from google import genai
 from google.genai import types
+from support.gateway_client import Payer, requirement_of
 
 from blockrun_proxy.testing import FakeGateway
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import Payer, b64json, paid_post
+from support.gateway_client import Payer, b64json, paid_post
 
 from blockrun_proxy.testing import FakeGateway
 

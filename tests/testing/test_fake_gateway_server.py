@@ -9,7 +9,8 @@ import sys
 
 import aiohttp
 import pytest
-from fake_gateway_support import FREE_MODEL, Payer, b64json, chat_body, requirement_of
+from support.calls import FREE_MODEL
+from support.gateway_client import Payer, b64json, chat_body, requirement_of
 
 from blockrun_proxy.testing import FakeGateway
 

@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import CHAT, FREE_MODEL, Payer, b64json, chat_body, requirement_of
 from pytest_aiohttp import AiohttpClient
+from support.calls import FREE_MODEL
+from support.gateway_client import CHAT, Payer, b64json, chat_body, requirement_of
 
 from blockrun_proxy.testing import FakeGateway
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from eth_account import Account
-from fake_gateway_support import CHAT, Payer, b64json, chat_body
 from pytest_aiohttp import AiohttpClient
+from support.gateway_client import CHAT, Payer, b64json, chat_body
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import PaymentRequirements

@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 from eth_account import Account
-from fake_gateway_support import sign_authorization
+from support.gateway_client import sign_authorization
 
 from blockrun_proxy.testing._eip712 import Authorization, Domain, digest
 from blockrun_proxy.testing._networks import NETWORKS

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import JOB_ROUTES, PAID_ROUTES, ROUTE_IDS, b64json, requirement_of
 from pytest_aiohttp import AiohttpClient
-from solana_support import OfficialSolanaPayer
+from support.gateway_client import JOB_ROUTES, PAID_ROUTES, ROUTE_IDS, b64json, requirement_of
+from support.solana import OfficialSolanaPayer
 
 from blockrun_proxy.testing import ApiKeyFakeGateway, Charge, SolanaFakeGateway
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_gateway_support import CHAT, FREE_MODEL, b64json, chat_body, requirement_of
 from pytest_aiohttp import AiohttpClient
-from solana_support import OfficialSolanaPayer
 from solders.hash import Hash
 from solders.keypair import Keypair
+from support.calls import FREE_MODEL
+from support.gateway_client import CHAT, b64json, chat_body, requirement_of
+from support.solana import OfficialSolanaPayer
 
 from blockrun_proxy.testing import (
     DEFAULT_SOLANA_PAY_TO,

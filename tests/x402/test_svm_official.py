@@ -17,7 +17,7 @@ import pytest
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
-from svm_support import (
+from support.svm import (
     DEVNET,
     MAINNET,
     RESOURCE,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from svm_support import (
+from support.svm import (
     CAP,
     DEVNET,
     MAINNET,

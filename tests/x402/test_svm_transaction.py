@@ -13,7 +13,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
-from svm_support import (
+from support.svm import (
     MAINNET,
     RESOURCE,
     CountingSigner,

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 import pytest
-from eip712_reference import typed_data
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from support.eip712 import typed_data
 
 from blockrun_proxy.x402 import (
     NETWORKS,

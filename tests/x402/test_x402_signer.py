@@ -12,10 +12,10 @@ import secrets
 
 import coincurve
 import pytest
-from eip712_reference import typed_data
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_utils.address import to_checksum_address
+from support.eip712 import typed_data
 
 from blockrun_proxy.x402 import (
     NETWORKS,

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ops_support import free_port
+
+from support.servers import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 MISSING = "redis-server is not installed (apt-get install -y redis-server; .ci/run does it)"

@@ -1,4 +1,5 @@
-"""Helpers for the fake gateway's tests: an eth_account payer and small decoders.
+"""An x402 client for testing the fake gateway directly: an eth_account payer, the routes'
+bodies, small decoders.
 
 The payer signs with eth_account's own EIP-712 path, not with anything in
 blockrun_proxy, so these tests check the fake against the reference library.
@@ -19,10 +20,10 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
+from support.calls import FRACTIONAL_MODEL
+
 CHAT = "/api/v1/chat/completions"
 MODELS = "/api/v1/models"
-PAID_MODEL = "openai/gpt-4o-mini"
-FREE_MODEL = "nvidia/deepseek-v4-flash"
 
 _TRANSFER_TYPES = [
     {"name": "from", "type": "address"},
@@ -40,7 +41,7 @@ _DOMAIN_TYPES = [
 ]
 
 
-def chat_body(text: str = "hello", model: str = PAID_MODEL, **extra: Any) -> dict[str, Any]:
+def chat_body(text: str = "hello", model: str = FRACTIONAL_MODEL, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 

@@ -1,4 +1,5 @@
-"""Helpers for the operations tests: a gateway stand-in that holds streams open, polling."""
+"""Servers and waiting: a gateway stand-in that holds streams open, free ports, a
+subprocess's environment, and waiting on shared state (never on time passing)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from aiohttp import web
 
 FIRST_FRAME = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
 LAST_FRAME = b"data: [DONE]\n\n"
-WORKTREE = Path(__file__).resolve().parents[1]
-# What every OpenAI client declares: the proxy refuses other POST bodies (415).
-JSON = {"Content-Type": "application/json"}
+WORKTREE = Path(__file__).resolve().parents[2]
 
 
 class HoldingUpstream:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from ops_support import WORKTREE
+
+from support.servers import WORKTREE
 
 START_TIMEOUT = 30.0
 

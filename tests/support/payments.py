@@ -1,85 +1,44 @@
-"""Helpers for the payment tests: requests, warm-up of the quote model, what was signed."""
+"""What was signed and sent, per client call; warming the quote model up."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import orjson
-from ops_support import JSON
-
-from blockrun_proxy.app import QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.testing import FakeGateway
+from support.calls import PRICED_MODEL, chat, post
 
-PAID = "openai/gpt-5.5"  # whole micro-USDC per token
-FRACTIONAL = "openai/gpt-4o-mini"  # 0.15 / 0.6 micro-USDC per token
-FREE = "nvidia/deepseek-v4-flash"
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge".split()  # noqa: SIM905
 MAX_TOKENS = (16, 32, 50, 64, 100, 128, 256, 300, 512, 1000, 1024, 2048, 4000)
 CHAT_PATH = "/api/v1/chat/completions"
 
 
-def chat(model: str = PAID, content: str = "hello there", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-
-
-def varied(rng: random.Random, model: str = PAID, **extra: Any) -> dict[str, Any]:
+def varied(rng: random.Random, model: str = PRICED_MODEL, **extra: Any) -> dict[str, Any]:
     """A request with a random prompt and max_tokens, from one fixed distribution."""
     content = " ".join(rng.choices(WORDS, k=rng.randint(1, 120)))
     return chat(model, content, max_tokens=rng.choice(MAX_TOKENS), **extra)
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-    error: Exception | None = None
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-    @property
-    def code(self) -> str | None:
-        error = self.json.get("error")
-        return error.get("code") if isinstance(error, dict) else None
-
-
-async def post(proxy: Any, body: dict[str, Any] | bytes) -> Reply:
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(proxy.base_url + "/chat/completions", data=data, headers=JSON) as resp,
-    ):
-        try:
-            raw = await resp.read()
-        except aiohttp.ClientPayloadError as exc:  # the proxy cut a broken stream
-            return Reply(resp.status, resp.headers, b"", exc)
-        return Reply(resp.status, resp.headers, raw)
-
-
 WARM_UP_CALLS = 40
 
 
-def warm_bodies(model: str = PAID, *, seed: int = 0) -> list[dict[str, Any]]:
+def warm_bodies(model: str = PRICED_MODEL, *, seed: int = 0) -> list[dict[str, Any]]:
     """The requests ``warm_up`` sends: varied, streamed and plain, as clients mix them."""
     rng = random.Random(seed)
     return [varied(rng, model, stream=i % 2 == 1) for i in range(WARM_UP_CALLS)]
 
 
-async def warm_up(proxy: Any, model: str = PAID, *, seed: int = 0) -> None:
+async def warm_up(proxy: Any, model: str = PRICED_MODEL, *, seed: int = 0) -> None:
     """Paid calls until the quote model has seen the range of traffic a test then sends
     (amounts outside it are extrapolations it rightly will not pin) and trusts it."""
     for body in warm_bodies(model, seed=seed):
         reply = await post(proxy, body)
         assert reply.status == 200, reply.body
-    assert proxy.app[QUOTES_KEY].trusted(model)
+    assert proxy.app[CORE_KEY].quotes.trusted(model)
 
 
-def warm_body(model: str = PAID, **extra: Any) -> dict[str, Any]:
+def warm_body(model: str = PRICED_MODEL, **extra: Any) -> dict[str, Any]:
     """A request the warm model surely pins: the same features as one it has seen."""
     return {**warm_bodies(model)[-1], **extra}
 
@@ -98,10 +57,11 @@ def nonces(gateway: FakeGateway, since: int = 0) -> list[str]:
 
 
 def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
-    """The distinct authorization nonces the gateway received, per client call: requests
-    are grouped by the ``x-request-id`` the proxy forwards (one per client call)."""
+    """The distinct authorization nonces the gateway received, per client call, on every
+    route: requests are grouped by the ``x-request-id`` the proxy forwards (one per client
+    call)."""
     calls: dict[str, set[str]] = {}
-    for request in chat_requests(gateway, since):
+    for request in gateway.requests[since:]:  # every route: the rule is per call
         call = request.headers.get("x-request-id")
         if call is None:
             continue  # not sent by the proxy

@@ -11,17 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blockrun_proxy.app import QUOTES_KEY
+from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
 from blockrun_proxy.testing import FakeGateway, Misbehavior
+from support.calls import TEST_NETWORK
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # The address the README's examples use; tests swap in their own proxy's.
 README_BASE_URL = "http://127.0.0.1:4001/v1"
-TEST_NETWORK = "eip155:84532"  # Base Sepolia, as in tests/conftest.py
-PAID = "openai/gpt-5.5"
-FREE = "nvidia/deepseek-v4-flash"
 
 
 def snippet(name: str) -> str:
@@ -172,7 +170,7 @@ class BackgroundStack:
             **self._overrides,
         )
         runner, port = await self._stack.enter_async_context(running(settings))
-        self._quotes = runner.app[QUOTES_KEY]
+        self._quotes = runner.app[CORE_KEY].quotes
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     def reset(self) -> None:

@@ -1,0 +1,193 @@
+"""Per route: what the proxy adds to time to first byte and to a relayed call, vs chat.
+
+    python -m bench.routes [--calls 300] [--concurrency 16] [--seconds 5]
+
+Starts the fake gateway and the proxy as their own processes on loopback (the proxy
+with a throwaway wallet), then for each route family sends the same request
+
+- directly to the gateway and through the proxy, one at a time: p50 time to first
+  byte and p50 latency (free models only: a direct call cannot pay);
+- through the proxy from ``--concurrency`` clients for ``--seconds``: calls per second
+  and the proxy's CPU per call (paid routes included; the quote book is warmed first).
+
+Every route goes through the same signed pipe, so the per-route differences are the
+gateway's answer sizes and the body guard's parse; chat is the reference row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.procs import LOOPBACK, REPO_DIR, free_port
+
+JSON = {"Content-Type": "application/json"}
+MESSAGES = [{"role": "user", "content": "hello there, how are you"}]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    body: dict[str, Any]
+    free: bool
+
+
+CASES = (
+    Case("chat", "/v1/chat/completions",
+         {"model": "nvidia/deepseek-v4-flash", "messages": MESSAGES, "max_tokens": 64}, True),
+    Case("chat stream", "/v1/chat/completions",
+         {"model": "nvidia/deepseek-v4-flash", "messages": MESSAGES, "stream": True}, True),
+    Case("messages", "/v1/messages",
+         {"model": "nvidia/deepseek-v4-flash", "max_tokens": 64, "messages": MESSAGES}, True),
+    Case("messages stream", "/v1/messages",
+         {"model": "nvidia/deepseek-v4-flash", "max_tokens": 64, "messages": MESSAGES,
+          "stream": True}, True),
+    Case("gemini", "/v1beta/models/nvidia/deepseek-v4-flash:generateContent",
+         {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}, True),
+    Case("gemini stream", "/v1beta/models/nvidia/deepseek-v4-flash:streamGenerateContent?alt=sse",
+         {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}, True),
+    Case("chat (paid)", "/v1/chat/completions",
+         {"model": "openai/gpt-5.5", "messages": MESSAGES, "max_tokens": 64}, False),
+    Case("messages (paid)", "/v1/messages",
+         {"model": "anthropic/claude-sonnet-4.6", "max_tokens": 64, "messages": MESSAGES}, False),
+    Case("images (paid)", "/v1/images/generations", {"prompt": "a cat"}, False),
+    Case("speech (paid)", "/v1/audio/speech", {"input": "hello there"}, False),
+    Case("search (paid)", "/v1/search", {"query": "x402", "max_results": 2}, False),
+    Case("exa (paid)", "/v1/exa/search", {"query": "x402"}, False),
+)  # fmt: skip
+
+
+async def start(*args: str, env: dict[str, str], marker: bytes) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, cwd=REPO_DIR,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while marker not in (line := await asyncio.wait_for(proc.stdout.readline(), 30)):
+        if not line:
+            raise RuntimeError(f"{args[1]} exited before it was ready")
+    asyncio.get_running_loop().create_task(_drain(proc.stdout))
+    return proc
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass
+
+
+async def call(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, float]:
+    """(time to first body byte, total) in seconds."""
+    started = time.perf_counter()
+    async with session.post(url, data=body, headers=JSON) as resp:
+        first = None
+        async for _ in resp.content.iter_any():
+            first = first or time.perf_counter()
+        if resp.status >= 400:
+            raise RuntimeError(f"{url}: {resp.status}")
+    end = time.perf_counter()
+    return (first or end) - started, end - started
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sequential(url: str, body: bytes, calls: int) -> tuple[float, float]:
+    ttfb, total = [], []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(calls):
+            first, whole = await call(session, url, body)
+            ttfb.append(first)
+            total.append(whole)
+    return statistics.median(ttfb) * 1000, statistics.median(total) * 1000
+
+
+async def concurrent(
+    url: str, body: bytes, clients: int, seconds: float, pid: int
+) -> tuple[float, float]:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await call(session, url, body)
+            done += 1
+
+    cpu = cpu_seconds(pid)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    return done / elapsed, (cpu_seconds(pid) - cpu) / max(done, 1) * 1e6
+
+
+async def main(args: argparse.Namespace) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO_DIR), "HOME": "/tmp"}
+    gateway_port, proxy_port = free_port(), free_port()
+    gateway = await start(
+        "-m", "blockrun_proxy.testing", "--port", str(gateway_port), "--verify", "fast",
+        env=env, marker=b"listening on",
+    )  # fmt: skip
+    api = f"http://{LOOPBACK}:{gateway_port}/api"
+    proxy = await start(
+        "-m", "blockrun_proxy", "serve", "--port", str(proxy_port), "--api-url", api,
+        "--networks", "eip155:84532", "--state-dir", "", "--max-concurrent", "64",
+        env={**env, "BLOCKRUN_WALLET_KEY": "0x" + secrets.token_hex(32)},
+        marker=b"listening on",
+    )  # fmt: skip
+    base = f"http://{LOOPBACK}:{proxy_port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(base + "/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    rows = []
+    try:
+        for case in CASES:
+            body = orjson.dumps(case.body)
+            via = base + case.path
+            await sequential(via, body, 40)  # warm: connections, and the quote book
+            direct = (0.0, 0.0)
+            if case.free:
+                direct = await sequential(api + case.path, body, args.calls)
+            proxied = await sequential(via, body, args.calls)
+            rps, cpu_us = await concurrent(via, body, args.concurrency, args.seconds, proxy.pid)
+            rows.append((case, direct, proxied, rps, cpu_us))
+    finally:
+        for proc in (proxy, gateway):
+            proc.terminate()
+            await proc.wait()
+    print("| route | p50 TTFB added | p50 latency added | calls/s (x16) | proxy CPU/call |")
+    print("|---|---:|---:|---:|---:|")
+    for case, direct, proxied, rps, cpu_us in rows:
+        added = (
+            f"{proxied[0] - direct[0]:+.2f} ms | {proxied[1] - direct[1]:+.2f} ms"
+            if case.free
+            else f"({proxied[0]:.2f} ms) | ({proxied[1]:.2f} ms)"
+        )
+        print(f"| {case.name} | {added} | {rps:,.0f} | {cpu_us:,.0f} µs |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.routes", description=__doc__)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,78 @@
+"""The payment core: built once, by ``open_core``, for the proxy and the in-process provider."""
+
+from __future__ import annotations
+
+import ast
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+from support.calls import TEST_NETWORK, post
+from support.gateway_client import ANTHROPIC_BODY
+
+import blockrun_proxy
+from blockrun_proxy.budget import MemoryBudgetStore
+from blockrun_proxy.config import Settings
+from blockrun_proxy.core import open_core
+from blockrun_proxy.limits import Limits
+from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE
+
+PACKAGE = Path(blockrun_proxy.__file__).parent
+
+
+def calls_to(name: str) -> set[str]:
+    """The modules of blockrun_proxy (outside the fake gateway) that call ``name(...)``."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        if "testing" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called == name:
+                    found.add(path.relative_to(PACKAGE).as_posix())
+    return found
+
+
+def test_the_gateway_and_its_session_are_assembled_in_one_place() -> None:
+    assert calls_to("Gateway") == {"core.py"}
+    assert calls_to("payer_for") == {"core.py"}
+    assert calls_to("QuoteBook") == {"core.py"}
+    # The other sessions are the RPC clients' own (chain reads, Solana blockhashes).
+    assert calls_to("ClientSession") == {"core.py", "evm_rpc.py", "blockhash.py"}
+    assert calls_to("open_core") == {"app.py", "inprocess.py"}
+
+
+async def test_the_upstream_session_as_the_core_builds_it(tmp_path) -> None:
+    settings = Settings(
+        api_url="https://blockrun.ai/api",
+        networks=(TEST_NETWORK,),
+        max_concurrent=7,
+        idle_timeout_seconds=123.0,
+        budget_usd=Decimal("1"),
+        state_dir=tmp_path,
+    )
+    async with open_core(settings) as core:
+        session = core.session
+        assert session.connector is not None
+        assert session.connector.limit == Limits.from_settings(settings).pool_size >= 7
+        assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+        assert session.auto_decompress is False
+        assert session.trust_env is False  # the egress proxy comes from Settings (egress.py)
+        assert session.timeout.total is None and session.timeout.sock_read == 123.0
+        assert "Accept-Encoding" in session.skip_auto_headers
+        assert session._max_field_size == GATEWAY_MAX_FIELD_SIZE
+        assert isinstance(core.budget, MemoryBudgetStore)
+        assert core.payer.budget is core.budget  # every rail reserves in this one
+        assert core.gateway.quotes is core.quotes
+        assert core.recorder is not None and core.observers == [core.recorder.observe]
+    assert session.closed
+
+
+async def test_a_redirected_call_on_any_route_is_not_followed(proxy, gateway) -> None:
+    gateway.misbehave.redirect_to = "http://127.0.0.1:9/api/v1/messages"
+    gateway.misbehave.redirect_unpaid = True
+    reply = await post(proxy, ANTHROPIC_BODY, path="/v1/messages")
+    assert reply.status == 502 and reply.code == "gateway_redirect"
+    assert gateway.payments == []
