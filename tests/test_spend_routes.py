@@ -178,7 +178,13 @@ async def test_readyz_and_spend_show_the_balance_the_watcher_read(
 async def test_a_proxy_on_redis_reserves_and_records_there(
     start_proxy: Any, gateway: FakeGateway, redis_server: RedisServer
 ) -> None:
-    proxy = await start_proxy(redis_url=redis_server.url, budget_usd=Decimal("1"))
+    proxy = await start_proxy(
+        # A generous bound: these tests are about where things are recorded, and the first
+        # call on a loaded machine (connect, load the script) can take more than 0.5 s.
+        redis_url=redis_server.url,
+        budget_usd=Decimal("1"),
+        redis_timeout_seconds=2.0,
+    )
     for index in range(3):
         assert (await post(proxy, chat(PRICED_MODEL, f"call {index}"))).status == 200
     doc = await spend(proxy)
@@ -193,7 +199,7 @@ async def test_redis_down_means_no_signature_then_service_resumes(
     start_proxy: Any, gateway: FakeGateway, redis_server: RedisServer
 ) -> None:
     proxy = await start_proxy(
-        redis_url=redis_server.url, budget_usd=Decimal("1"), redis_timeout_seconds=0.3
+        redis_url=redis_server.url, budget_usd=Decimal("1"), redis_timeout_seconds=1.0
     )
     assert (await post(proxy, chat(PRICED_MODEL))).status == 200
     payments = len(gateway.payments)
@@ -224,7 +230,13 @@ async def test_a_payment_that_may_have_been_charged_stays_in_the_shared_budget(
 ) -> None:
     """Failed after payment: committed (it may have been charged); refused by the proxy or
     never signed: nothing held."""
-    proxy = await start_proxy(redis_url=redis_server.url, budget_usd=Decimal("1"))
+    proxy = await start_proxy(
+        # A generous bound: these tests are about where things are recorded, and the first
+        # call on a loaded machine (connect, load the script) can take more than 0.5 s.
+        redis_url=redis_server.url,
+        budget_usd=Decimal("1"),
+        redis_timeout_seconds=2.0,
+    )
     gateway.misbehave.fail_after_settle = 1
     failed = await post(proxy, chat(PRICED_MODEL))
     assert failed.status == 424
