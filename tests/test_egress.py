@@ -94,6 +94,9 @@ async def test_no_proxy_goes_direct(start_proxy, tls, egress_proxy) -> None:
         ("blockrun.ai:443", "blockrun.ai", 443, True),
         (" , localhost", "localhost", 80, True),
         ("[::1]", "::1", 443, True),
+        ("[::1]:443", "[::1]", 443, True),
+        ("localhost:8443", "localhost", 8443, True),
+        ("::1", "::1", 443, True),
         ("", "blockrun.ai", 443, False),
     ],
 )
