@@ -77,6 +77,11 @@ DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5
 # The spend ledger keeps hourly totals this long, and the last LEDGER_RECORDS calls.
 DEFAULT_LEDGER_RETENTION_SECONDS = 30 * 86400.0
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# The HTTP client that talks to the gateway: "h1" (blockrun_proxy/h1, the relay's own
+# HTTP/1.1 client over httptools: the cheaper per relayed chunk and per request) or
+# "aiohttp" (its ClientSession). Both keep the same rules (core.py, upstream.py).
+UPSTREAM_CLIENTS = ("h1", "aiohttp")
+DEFAULT_UPSTREAM_CLIENT = "h1"
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
@@ -204,6 +209,7 @@ class Settings:
     https_proxy: str | None = field(default=None, repr=False)
     http_proxy: str | None = field(default=None, repr=False)
     no_proxy: str | None = None
+    upstream_client: str = DEFAULT_UPSTREAM_CLIENT
     # The fleet store: the shared budget, learned quotes and the spend ledger live in this
     # Redis (redis://, rediss://, unix://); None keeps them in this process (and state_dir).
     # Kept out of repr(): the URL may carry a password.
@@ -324,6 +330,11 @@ class Settings:
         if self.solana_rpc_url is not None and not _is_http_url(self.solana_rpc_url):
             # The URL itself is not echoed: it may carry the provider's API key.
             raise ValueError("--solana-rpc-url must be an http(s) URL")
+        if self.upstream_client not in UPSTREAM_CLIENTS:
+            raise ValueError(
+                f"--upstream-client must be one of {', '.join(UPSTREAM_CLIENTS)}, "
+                f"got {self.upstream_client!r}"
+            )
         if self.routes not in ("all", "table"):
             raise ValueError(f"--routes must be all or table, got {self.routes!r}")
         if not _is_http_url(self.api_key_url):

@@ -5,10 +5,12 @@ the proxy (``app.py`` holds the core under one key) and for the in-process LiteL
 provider (``inprocess.py``) alike, so the two cannot drift apart again (they had: a
 shared cookie jar, another pool size, no quote book, no request-id check):
 
-- the upstream HTTP session (``upstream_session``): pool sized from the limits, no total
-  timeout but an idle one, redirects never followed (``Gateway`` passes
-  ``allow_redirects=False`` on every request), no cookies kept, no decompression (a byte
-  pipe: the client's own Accept-Encoding is forwarded), header fields as large as a
+- the upstream HTTP client (``upstream_client``, ``--upstream-client``): the proxy's own
+  HTTP/1.1 client (``h1``, the default: the cheaper relay) or aiohttp's session
+  (``upstream_session``), built alike: pool sized from the limits, no total timeout but
+  an idle one, redirects never followed (h1 never does; ``Gateway`` passes
+  ``allow_redirects=False`` to aiohttp), no cookies kept, no decompression (a byte pipe:
+  the client's own Accept-Encoding is forwarded), header fields as large as a
   ``PAYMENT-REQUIRED`` may be, an egress proxy and CA bundle from the environment
   (egress.py);
 - the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
@@ -19,19 +21,20 @@ shared cookie jar, another pool size, no quote book, no request-id check):
   ``PaymentCore.observers``.
 
 Each is one small function so the next rail or store is a few lines here: a Solana or
-API-key rail joins in ``payer``, another HTTP client replaces ``upstream_session``,
+API-key rail joins in ``payer``, another HTTP client joins ``upstream_client``,
 and anything else that must see every finished request is appended to ``observers``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
 
-from blockrun_proxy import egress
+from blockrun_proxy import egress, h1
 from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
 from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import Settings
@@ -47,13 +50,16 @@ from blockrun_proxy.quotes.store import QuoteFile
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
-from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway
+from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway, UpstreamClient
 
 USER_AGENT = "blockrun-proxy"
 # Idle pooled connections to the gateway are closed after this (aiohttp's default is 15 s;
 # a busy sidecar reuses them long before).
 POOL_KEEPALIVE_SECONDS = 30.0
 DNS_CACHE_SECONDS = 300
+# h1 bounds a whole answer head, aiohttp each header field: room for the largest field
+# aiohttp takes (a PAYMENT-REQUIRED) and the gateway's other headers.
+MAX_HEAD_BYTES = GATEWAY_MAX_FIELD_SIZE + 16 * 1024
 
 
 @dataclass(slots=True)
@@ -62,7 +68,7 @@ class PaymentCore:
 
     settings: Settings
     limits: Limits
-    session: aiohttp.ClientSession
+    session: UpstreamClient  # the upstream HTTP client, of either kind
     budget: BudgetStore | None
     payer: Payer
     quotes: QuoteBook
@@ -114,7 +120,8 @@ async def open_core(
             recorder = Recorder(open_ledger(settings, link), replica=replica_name())
             recorder.start()
             stack.push_async_callback(recorder.aclose)
-        session = await stack.enter_async_context(upstream_session(settings, limits))
+        session = upstream_client(settings, limits)
+        stack.push_async_callback(session.close)
         the_gateway = gateway(settings, session, the_payer, quotes)
         models = ModelsCache(the_gateway.get_models, settings.models_ttl_seconds)
         # After the session: closed (the book saved) before the session goes.
@@ -182,7 +189,7 @@ def quote_keeper(settings: Settings, quotes: QuoteBook, models: ModelsCache) -> 
 
 
 def gateway(
-    settings: Settings, session: aiohttp.ClientSession, payer: Payer, quotes: QuoteBook | None
+    settings: Settings, session: UpstreamClient, payer: Payer, quotes: QuoteBook | None
 ) -> Gateway:
     return Gateway(
         session,
@@ -195,8 +202,31 @@ def gateway(
     )
 
 
+def upstream_client(settings: Settings, limits: Limits) -> UpstreamClient:
+    """The one HTTP client every gateway call goes through, of the kind
+    ``--upstream-client`` names (``close()`` it when done)."""
+    if settings.upstream_client == "aiohttp":
+        return upstream_session(settings, limits)
+    return upstream_h1(settings, limits)
+
+
+def upstream_h1(settings: Settings, limits: Limits) -> h1.Client:
+    """The proxy's own HTTP/1.1 client, with the session's pool, timeouts and proxy rules."""
+    return h1.Client(
+        # Above --max-concurrent (limits.py): an admitted call never waits for a socket.
+        h1.Limits(max_connections=limits.pool_size, keepalive_expiry=POOL_KEEPALIVE_SECONDS),
+        h1.Timeouts(connect=settings.connect_timeout_seconds, read=settings.idle_timeout_seconds),
+        # Per origin, as egress decides it (HTTPS_PROXY, NO_PROXY), once per origin.
+        proxy_for=functools.partial(egress.proxy_for, settings),
+        # SSL_CERT_FILE / SSL_CERT_DIR when set; else the default verifying context.
+        ssl_context=egress.ssl_context(settings),
+        user_agent=USER_AGENT,
+        max_head_bytes=MAX_HEAD_BYTES,
+    )
+
+
 def upstream_session(settings: Settings, limits: Limits) -> aiohttp.ClientSession:
-    """The one HTTP session every gateway call goes through (use it with ``async with``)."""
+    """aiohttp's session for the gateway (``--upstream-client aiohttp``)."""
     connector = aiohttp.TCPConnector(
         # Above --max-concurrent (limits.py): an admitted call never waits for a socket.
         limit=limits.pool_size,

@@ -218,6 +218,11 @@ OPTIONS: tuple[Option, ...] = (
            "seconds the gateway may stay silent (before its first byte or mid-stream) before "
            "the call is given up; streams have no total limit",
            f"`{config.DEFAULT_IDLE_TIMEOUT_SECONDS:g}`", _float, render=repr),
+    Option("upstream_client", "--upstream-client", (_P + "UPSTREAM_CLIENT",), "the HTTP "
+           "client that talks to the gateway: `h1`, the proxy's own HTTP/1.1 client "
+           "(httptools; the cheaper relay), or `aiohttp`'s; both keep the same payment "
+           "rules, proxy and CA settings", f"`{config.DEFAULT_UPSTREAM_CLIENT}`",
+           _choice(config.UPSTREAM_CLIENTS), choices=config.UPSTREAM_CLIENTS),
     Option("grace_seconds", "--grace-seconds", (_P + "GRACE_SECONDS",), "on SIGTERM, how long "
            "in-flight requests may finish", f"`{config.DEFAULT_GRACE_SECONDS:g}`", _float,
            render=repr),

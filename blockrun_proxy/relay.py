@@ -28,6 +28,7 @@ from functools import partial
 
 from aiohttp import ClientError, web
 
+from blockrun_proxy import h1
 from blockrun_proxy.appkeys import ADMISSION_KEY, CORE_KEY, EXCHANGE_KEY, METRICS_KEY
 from blockrun_proxy.bodies import guard_body
 from blockrun_proxy.costs import cost_headers
@@ -192,7 +193,7 @@ async def job_answer(request: web.Request, answer: Answer) -> web.StreamResponse
     try:
         async with upstream:
             body = await upstream.content.read()  # bounded by the Content-Length checked above
-    except (ClientError, asyncio.TimeoutError) as exc:
+    except (ClientError, h1.HTTPError, asyncio.TimeoutError) as exc:
         raise PaidCallFailed(
             "the gateway's job answer broke after the payment was sent; the job may have been "
             "submitted. Not retried.",

@@ -17,6 +17,9 @@ from blockrun_proxy import egress
 from blockrun_proxy.config import Settings
 from blockrun_proxy.testing import FakeGateway
 
+# The payment rules hold whichever HTTP client talks to the gateway.
+pytestmark = pytest.mark.both_clients
+
 
 @pytest.fixture
 async def tls(tmp_path) -> AsyncIterator[TLSGateway]:

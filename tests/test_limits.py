@@ -13,6 +13,7 @@ import pytest
 from support.calls import FREE_MODEL, JSON
 from support.servers import LAST_FRAME, HoldingUpstream, until
 
+from blockrun_proxy import h1
 from blockrun_proxy.app import ADMISSION_KEY, CORE_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.errors import Overloaded, ShuttingDown
@@ -267,6 +268,11 @@ async def test_a_burst_far_past_the_limit_never_wedges(start_proxy, gateway):
         assert status == 200
 
 
+@pytest.mark.both_clients
 async def test_the_upstream_pool_is_never_smaller_than_the_limit(start_proxy, holding):
     proxy = await start_proxy(api_url=holding.url, max_concurrent=7)
-    assert proxy.app[CORE_KEY].session.connector.limit >= 7
+    session = proxy.app[CORE_KEY].session
+    if isinstance(session, h1.Client):
+        assert session.limits.max_connections >= 7
+    else:
+        assert session.connector is not None and session.connector.limit >= 7

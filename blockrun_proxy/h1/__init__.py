@@ -11,6 +11,7 @@ from blockrun_proxy.h1.connection import Body, Response
 from blockrun_proxy.h1.errors import (
     ConnectError,
     ConnectionDropped,
+    ConnectTimeout,
     HeadTooLarge,
     HTTPError,
     ReadTimeout,
@@ -21,6 +22,7 @@ __all__ = [
     "Body",
     "Client",
     "ConnectError",
+    "ConnectTimeout",
     "ConnectionDropped",
     "HTTPError",
     "HeadTooLarge",

@@ -11,7 +11,7 @@ What it does and what it leaves out, on purpose:
 - one request at a time per connection (no pipelining); connections are reused LIFO
   (the warmest first) and closed after ``keepalive_expiry`` idle seconds;
 - at most ``max_connections`` open at once; a caller beyond waits its turn (FIFO) for
-  at most the connect timeout, then gets ``ConnectError`` (nothing was sent);
+  at most the connect timeout, then gets ``ConnectTimeout`` (nothing was sent);
 - bodies with Content-Length, chunked, or delimited by the connection's end; the bytes
   are handed over as received: no decompression (Content-Encoding passes through), no
   Accept-Encoding added, no redirects followed, no cookies;
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -47,8 +48,15 @@ from blockrun_proxy.h1.connection import (
     Response,
     read_buffer,
 )
-from blockrun_proxy.h1.errors import ConnectError
+from blockrun_proxy.h1.errors import ConnectError, ConnectTimeout
 from blockrun_proxy.h1.route import Proxy, ProxyFor, origin_url
+
+# Not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as the awaited
+# connection completes, leaving a cancelled caller waiting on an answer (seen at shutdown).
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as deadline
+else:  # aiohttp depends on async-timeout below 3.11
+    from async_timeout import timeout as deadline
 
 DNS_TTL = 300.0
 # How often idle connections past their expiry are swept (while any are idle).
@@ -91,6 +99,7 @@ class Client:
         self._max_head = max_head_bytes
         self._idle: dict[Origin, list[Connection]] = {}
         self._open = 0  # connections open or being opened
+        self._conns: set[Connection] = set()  # the open ones, idle or in use
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._dns: dict[tuple[str, int], tuple[float, tuple[int, tuple[Any, ...]]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -102,6 +111,10 @@ class Client:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
 
     async def __aenter__(self) -> Client:
         return self
@@ -199,11 +212,15 @@ class Client:
             queued = True
         self._open += 1
         try:
-            return await self._connect(origin)
+            conn = await self._connect(origin)
         except BaseException:
             self._open -= 1
             self._pass_room_on()
             raise
+        # Counted from here: its loss frees the room.
+        conn.on_lost = self._lost
+        self._conns.add(conn)
+        return conn
 
     def _pop_idle(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
@@ -236,12 +253,19 @@ class Client:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, self._timeouts.connect)
-        except asyncio.TimeoutError:
-            raise ConnectError(
-                f"no free upstream connection within {self._timeouts.connect:g}s "
-                f"(limit {self._limits.max_connections})"
-            ) from None
+            async with deadline(self._timeouts.connect):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Woken with room, then timed out or cancelled before taking it: the next
+                # waiter looks instead, or the room would sit unused.
+                self._pass_room_on()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise ConnectTimeout(
+                    f"no free upstream connection within {self._timeouts.connect:g}s "
+                    f"(limit {self._limits.max_connections})"
+                ) from None
+            raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -267,6 +291,7 @@ class Client:
         """A counted connection is gone: its room in the pool is free (it may still be
         listed as idle; ``_pop_idle`` and the sweep skip closed ones)."""
         self._open -= 1
+        self._conns.discard(conn)
         self._pass_room_on()
 
     def _sweep(self) -> None:
@@ -303,20 +328,24 @@ class Client:
                 read_buffer=self._read_buffer,
                 read_timeout=self._timeouts.read,
                 on_idle=self._idle_again,
-                on_lost=self._lost,
                 max_head_bytes=self._max_head,
             )
 
+        conn: Connection | None = None
         try:
-            return await asyncio.wait_for(
-                self._open_connection(loop, factory, origin, proxy), self._timeouts.connect
-            )
-        except asyncio.TimeoutError:
-            raise ConnectError(
-                f"could not connect to {host}:{port} within {self._timeouts.connect:g}s"
-            ) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"could not connect to {host}:{port}: {exc}") from exc
+            async with deadline(self._timeouts.connect):
+                conn = await self._open_connection(loop, factory, origin, proxy)
+            return conn
+        except BaseException as exc:
+            if conn is not None:
+                conn.abort()  # made, then timed out or cancelled: not handed to anyone
+            if isinstance(exc, asyncio.TimeoutError):
+                raise ConnectTimeout(
+                    f"could not connect to {host}:{port} within {self._timeouts.connect:g}s"
+                ) from None
+            if isinstance(exc, (OSError, ssl.SSLError)):
+                raise ConnectError(f"could not connect to {host}:{port}: {exc}") from exc
+            raise
 
     async def _open_connection(
         self,
@@ -359,7 +388,10 @@ class Client:
         if origin in self._proxies:
             return self._proxies[origin]
         url = self._proxy_for(origin_url(*origin)) if self._proxy_for is not None else None
-        proxy = Proxy.parse(url) if url else None
+        try:
+            proxy = Proxy.parse(url) if url else None
+        except ValueError as exc:  # a proxy this client cannot use: nothing can be sent
+            raise ConnectError(f"the egress proxy cannot be used: {exc}") from None
         self._proxies[origin] = proxy
         return proxy
 
@@ -378,14 +410,14 @@ class Client:
         return cached[1]
 
     async def close(self) -> None:
-        """Close every idle connection; connections in use close when released."""
+        """Close every connection, in use or idle (as aiohttp's session does): an answer
+        still being read fails with ``ConnectionDropped``."""
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.abort()
+        for conn in list(self._conns):
+            conn.abort()
         self._idle.clear()
         await asyncio.sleep(0)  # let connection_lost run
 

@@ -201,13 +201,13 @@ class Connection(asyncio.BufferedProtocol):
         "_has_length",
         "_head",
         "_head_bytes",
+        "_head_received",
         "_header_pairs",
         "_informational",
         "_keep_alive",
         "_last_read",
         "_max_head",
         "_on_idle",
-        "_on_lost",
         "_parser",
         "_paused_for_body",
         "_pieces",
@@ -221,6 +221,7 @@ class Connection(asyncio.BufferedProtocol):
         "idle_since",
         "loop",
         "on_body",
+        "on_lost",
         "origin",
         "transport",
     )
@@ -234,7 +235,6 @@ class Connection(asyncio.BufferedProtocol):
         read_buffer: memoryview,
         read_timeout: float | None,
         on_idle: OnIdle,
-        on_lost: OnIdle,
         max_head_bytes: int = MAX_HEAD_BYTES,
     ) -> None:
         self.loop = loop
@@ -248,7 +248,9 @@ class Connection(asyncio.BufferedProtocol):
         self._read_timeout = read_timeout
         self._max_head = max_head_bytes
         self._on_idle = on_idle
-        self._on_lost: OnIdle | None = on_lost
+        # Set by the pool once it counts the connection (so one that fails while being
+        # opened is never counted twice).
+        self.on_lost: OnIdle | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -257,6 +259,7 @@ class Connection(asyncio.BufferedProtocol):
         self._head: asyncio.Future[Response] | None = None
         self._header_pairs: list[tuple[str, str]] = []
         self._head_bytes = 0
+        self._head_received = 0
         self._reason = ""
         self._has_length = False  # Content-Length or Transfer-Encoding seen
         self._keep_alive = False
@@ -291,15 +294,21 @@ class Connection(asyncio.BufferedProtocol):
             self._parser.feed_data(data)
         except Exception as exc:  # httptools' HttpParserError and its subclasses
             self._pieces.clear()
-            self._fail(RemoteProtocolError(f"invalid HTTP from the server: {exc}"))
+            # A callback's own refusal (the head's bound) arrives wrapped by httptools.
+            ours = exc.__cause__ or exc.__context__
+            if isinstance(ours, HTTPError):
+                self._fail(ours)
+            else:
+                self._fail(RemoteProtocolError(f"invalid HTTP from the server: {exc}"))
             return
         head = self._head
         if head is not None and not head.done():
-            # Still no complete head: llhttp keeps a header's pieces until its end, so the
-            # bound is on the bytes received, which also covers one endless header line.
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_head:
-                self._fail(HeadTooLarge(f"response head longer than {self._max_head} bytes"))
+            # Still no complete head. llhttp keeps a header line's pieces until it ends, so
+            # the headers counted as they complete (on_header) miss one endless line: the
+            # bytes received while waiting are bounded too (one read past the bound).
+            self._head_received += len(data)
+            if self._head_received > self._max_head:
+                self._fail(self._head_too_large())
                 return
         if self._pieces:
             self._flush_body()
@@ -316,7 +325,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._ended(exc)
-        on_lost, self._on_lost = self._on_lost, None
+        on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost(self)
         self._cancel_timer()
@@ -335,14 +344,25 @@ class Connection(asyncio.BufferedProtocol):
     # --- llhttp callbacks ----------------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
+        self._count_head(len(reason))
         self._reason += reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         key = name.decode("latin-1")
         self._header_pairs.append((key, value.decode("latin-1")))
         lowered = key.lower()
         if lowered == "content-length" or lowered == "transfer-encoding":
             self._has_length = True
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._max_head:
+            # Raised inside the parser: data_received fails the exchange with it.
+            raise self._head_too_large()
+
+    def _head_too_large(self) -> HeadTooLarge:
+        return HeadTooLarge(f"response head longer than {self._max_head} bytes")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -382,6 +402,7 @@ class Connection(asyncio.BufferedProtocol):
         self._released = False
         self._reason = ""
         self._head_bytes = 0
+        self._head_received = 0
         self._has_length = False
         self._keep_alive = False
         self.body = Body(self)

@@ -20,6 +20,12 @@ class ConnectError(HTTPError):
     """No connection to the server (or through the proxy): the request was not sent."""
 
 
+class ConnectTimeout(ConnectError, TimeoutError):
+    """No connection (or no free pooled one) within the connect timeout: nothing was sent.
+    A TimeoutError too, as aiohttp's ConnectionTimeoutError is: callers that answer a
+    timeout as such do so for either client."""
+
+
 class ConnectionDropped(HTTPError):
     """The connection closed or reset after the request was (maybe partly) sent."""
 

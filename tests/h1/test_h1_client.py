@@ -300,3 +300,48 @@ async def test_content_length_only_where_a_body_is_expected(serve, client):
     await (await client.request("DELETE", url(server))).read()
     lengths = [r.headers.get("content-length") for r in server.requests]
     assert lengths == [None, "0", "0"]  # as aiohttp's client sends them
+
+
+async def test_a_head_over_the_bound_is_refused_even_when_it_arrives_in_one_read(serve):
+    # Whole header lines, all in the first read: counted as llhttp completes them.
+    big = b"HTTP/1.1 402 Payment Required\r\nPAYMENT-REQUIRED: " + b"A" * 6000 + b"\r\n"
+    server = await serve(lambda r: big + b"Content-Length: 0\r\n\r\n")
+    async with h1.Client(max_head_bytes=4096) as client:
+        with pytest.raises(h1.HeadTooLarge):
+            await client.request("GET", url(server))
+
+
+async def test_close_ends_an_answer_still_awaited_and_frees_the_pool(serve):
+    server = await serve(lambda r: b"")  # never answers
+    client = h1.Client(h1.Limits(max_connections=1))
+    task = asyncio.create_task(client.request("GET", url(server)))
+    await asyncio.sleep(0.1)
+    await client.close()  # as aiohttp's session closes its connections in use
+    with pytest.raises(h1.ConnectionDropped):
+        await asyncio.wait_for(task, 2)
+    assert client._open == 0 and not client._conns
+
+
+async def test_a_cancellation_as_the_connection_completes_is_not_lost(serve, client):
+    # asyncio.wait_for on 3.11 returned the new connection instead of the cancellation
+    # that arrived with it; the caller then waited on an answer nobody would send (the
+    # in-process provider's shutdown hung on a catalogue fetch that way).
+    server = await serve(lambda r: b"")  # never answers
+    open_connection = client._open_connection
+    task: asyncio.Task[h1.Response] | None = None
+
+    async def then_cancelled(*args):
+        conn = await open_connection(*args)
+        assert task is not None
+        asyncio.get_running_loop().call_soon(task.cancel)
+        return conn
+
+    client._open_connection = then_cancelled
+    task = asyncio.create_task(client.request("GET", url(server)))
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    for _ in range(50):
+        if client._open == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert client._open == 0

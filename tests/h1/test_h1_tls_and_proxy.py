@@ -126,3 +126,9 @@ def test_proxy_urls():
     assert Proxy.parse("proxy.internal:3128") == Proxy("proxy.internal", 3128, None)
     with pytest.raises(ValueError, match="only http://"):
         Proxy.parse("socks5://proxy:1080")
+
+
+async def test_a_proxy_it_cannot_use_is_a_connect_error_before_anything_is_sent():
+    async with h1.Client(proxy_for=proxies(https_proxy="socks5://proxy:1080")) as client:
+        with pytest.raises(h1.ConnectError, match="only http://"):
+            await client.request("POST", "https://gateway.invalid/api", body=b"{}")
