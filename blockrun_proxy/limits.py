@@ -104,7 +104,8 @@ class Admission:
         self._no_requests: asyncio.Event | None = None  # made by the first idle() call
         self.draining = False
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._on_change = on_change
+        # Told (active, queued) on every change; None when nobody needs pushing to.
+        self.on_change = on_change
 
     @classmethod
     def from_limits(cls, limits: Limits, *, on_change: OnChange | None = None) -> Admission:
@@ -189,8 +190,8 @@ class Admission:
         self._changed()
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self.active, len(self._waiters))
+        if self.on_change is not None:
+            self.on_change(self.active, len(self._waiters))
 
     def _overloaded(self, code: str, message: str) -> Overloaded:
         return Overloaded(message, code=code, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

@@ -247,7 +247,7 @@ async def pipe_answer(request: web.Request, answer: Answer) -> web.StreamRespons
             response.content_length = upstream.content_length
         coalesce_headers(upstream, response)
         await response.prepare(request)
-        metrics.open_streams.inc()
+        metrics.stream_opened()
         try:
             await pump(upstream, response, stats)
         except UpstreamBroke as exc:
@@ -267,8 +267,7 @@ async def pipe_answer(request: web.Request, answer: Answer) -> web.StreamRespons
             # nobody is left to answer, and leaving this block closes the upstream.
             exchange.status = CLIENT_CLOSED
         finally:
-            metrics.open_streams.dec()
-            metrics.relayed_bytes.inc(stats.bytes_sent)
+            metrics.stream_closed(stats.bytes_sent)
             _account(exchange, stats)
     return response
 
