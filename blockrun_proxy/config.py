@@ -45,10 +45,14 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
 # x402 asks for validBefore = now + maxTimeoutSeconds; a gateway asking for an
 # authorization valid for hours gets refused.
 DEFAULT_MAX_AUTH_SECONDS = 900
-DEFAULT_MAX_CONCURRENT = 256
-# How long a call waits for a free slot before it gets a 429. Short on purpose: the
-# queue smooths bursts, it is not a place to park a backlog (clients retry on 429).
-DEFAULT_QUEUE_TIMEOUT_SECONDS = 2.0
+# None: sized at start from the open-files limit (limits.auto_max_concurrent), so a sidecar
+# carries thousands of streams without flags; a number pins it.
+DEFAULT_MAX_CONCURRENT: int | None = None
+# How long a call waits for a free slot before it gets a 429. Long enough that a burst of
+# streams (each a few seconds) is served from the queue rather than refused (with 2 s, 400
+# two-second streams got 143 429s): a queued call holds one socket and what aiohttp
+# buffers of its unread body, and clients' own timeouts (openai: 600 s) are longer still.
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
 DEFAULT_GRACE_SECONDS = 30.0
 # Client connections (aiohttp sets none of these). A client sends its request headers in one
 # write, within milliseconds: 10 s is generous for a slow link and bounds header-dripping
@@ -148,7 +152,8 @@ class Settings:
     idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
     connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
     max_auth_seconds: int = DEFAULT_MAX_AUTH_SECONDS
-    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    # None: sized from the open-files limit at start (limits.Limits.from_settings).
+    max_concurrent: int | None = DEFAULT_MAX_CONCURRENT
     # Calls allowed to wait for a slot; None means "as many as max_concurrent".
     max_queue: int | None = None
     queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
@@ -295,7 +300,7 @@ class Settings:
             raise ValueError("--presign-tolerance-usd must be between 0 and --max-price-usd")
         if self.quote_trust < 1:
             raise ValueError("quote_trust must be at least 1")
-        if self.max_concurrent < 1:
+        if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ValueError("--max-concurrent must be at least 1")
         if self.max_queue is not None and self.max_queue < 0:
             raise ValueError("--max-queue must not be negative")

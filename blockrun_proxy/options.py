@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from blockrun_proxy import config
 from blockrun_proxy.config import Settings
+from blockrun_proxy.limits import FDS_PER_SLOT, MAX_AUTO_CONCURRENT
 
 Kind = Literal["value", "flag", "list"]
 ROUTE_MODES = ("all", "table")
@@ -192,8 +193,9 @@ OPTIONS: tuple[Option, ...] = (
            "[Routes](#routes), anything else is a `404`", "`all`", _choice(ROUTE_MODES),
            choices=ROUTE_MODES),
     Option("max_concurrent", "--max-concurrent", (_P + "MAX_CONCURRENT",), "calls in flight "
-           "at once, streams included (sizes the connection pool and backlog)",
-           f"`{config.DEFAULT_MAX_CONCURRENT}`", _at_least(1)),
+           "at once, streams included (sizes the connection pool and backlog); logged at "
+           "start", f"from the open-files limit: {FDS_PER_SLOT} descriptors a call, at most "
+           f"{MAX_AUTO_CONCURRENT} (about 22 KiB of memory per held stream)", _at_least(1)),
     Option("max_queue", "--max-queue", (_P + "MAX_QUEUE",), "calls that may wait for a slot; "
            "past it, `429` at once", "`--max-concurrent`", _at_least(0)),
     Option("queue_timeout_seconds", "--queue-timeout", (_P + "QUEUE_TIMEOUT",),
@@ -201,7 +203,8 @@ OPTIONS: tuple[Option, ...] = (
            f"`{config.DEFAULT_QUEUE_TIMEOUT_SECONDS:g}`", _float, render=repr),
     Option("max_connections", "--max-connections", (_P + "MAX_CONNECTIONS",), "open client "
            "connections per process; past it, new ones get `503 too_many_connections` and are "
-           "closed at once", "2 \u00d7 (`--max-concurrent` + `--max-queue`) + 64, at least 1024",
+           "closed at once", "2 \u00d7 (`--max-concurrent` + `--max-queue`) + 64, at least 1024 "
+           "(sized from the open-files limit: what the gateway sockets leave)",
            _at_least(1)),
     Option("headers_timeout_seconds", "--headers-timeout", (_P + "HEADERS_TIMEOUT",),
            "seconds a connection has to send complete request headers, from connecting or "
