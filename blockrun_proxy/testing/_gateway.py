@@ -485,6 +485,11 @@ class FakeGateway:
             return dialect.refuse(invalid_payment(reason))
         requirement = upto_requirement(self.quote(call.price).to_json(), mode)
         verdict = await asyncio.to_thread(verify_upto, mode, payment, requirement)
+        if verdict.outcome is UptoOutcome.ACCEPTED and self.misbehave.refuse_paid > 0:
+            self.misbehave.refuse_paid -= 1  # a good payment, refused as not used all the same
+            verdict = dataclasses.replace(
+                verdict, outcome=UptoOutcome.INVALID, reason="injected refusal"
+            )
         self.note_payment(
             payment, accepted=verdict.outcome is UptoOutcome.ACCEPTED, reason=verdict.reason
         )
