@@ -202,6 +202,8 @@ async def test_auto_pays_exact_when_the_allowance_is_short_and_no_permit_is_spon
     assert reply.headers["x-blockrun-cost-source"] == "signed"
     assert "x-blockrun-ceiling-usd" not in reply.headers
     assert proxy.app[CORE_KEY].payer.upto_fallbacks == 1
+    async with aiohttp.ClientSession() as session, session.get(proxy.url + "/metrics") as resp:
+        assert "blockrun_proxy_upto_fallbacks_total 1.0" in await resp.text()
 
 
 async def test_auto_pays_upto_once_the_allowance_is_approved(

@@ -53,7 +53,7 @@ from typing import Any
 from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURE_TOKENS, MEASURES, Features, PriceKey
 from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote, fit, fit_approximate
 from blockrun_proxy.quotes.prior import CataloguePrice, Prior
-from blockrun_proxy.x402 import Requirement
+from blockrun_proxy.x402 import UPTO_SCHEME, Requirement
 from blockrun_proxy.x402.wire import parse_requirement
 
 DEFAULT_WINDOW = 32
@@ -214,6 +214,11 @@ class QuoteBook:
         if decision is None:
             return None
         amount, overpay, source = decision
+        if overpay > 0 and template.requirement.scheme == UPTO_SCHEME:
+            # A ceiling must equal the gateway's own quote (the official server matches it
+            # exactly), so one that may lie above the price would only be refused: under
+            # upto, --presign-tolerance-usd buys nothing, and the call is probed instead.
+            return None
         return Presign(
             features.key,
             _priced(template.requirement, amount),
