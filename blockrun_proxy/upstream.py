@@ -27,10 +27,10 @@ its submit was paid with, and never signs. The rules (PROTOCOL.md section 5):
 One nonce per call: every signature of a call is made through its
 ``payer.CallPayment``, which signs them all under one nonce (EIP-3009 for exact, Permit2
 for upto, never both), so even a gateway that kept the refused first payment can settle
-at most one. The call is also told what became of each payment (``settled``, ``not_used``)
-so an upto payment's Permit2 allowance hold is booked or freed. The call is
-told whenever a send may have reached the gateway (everything but a connection
-that was never made), which is what the budget and the sent metrics count.
+at most one. The call is told whenever a send may have reached the gateway
+(everything but a connection that was never made), which is what the budget and the
+sent metrics count, and what became of each payment (``settled``, ``not_used``), which
+books or frees an upto payment's hold on the Permit2 allowance.
 
 Every error after a paid send is a ``PaidCallFailed``: answered ``424`` with
 ``x-should-retry: false``, a status that client libraries which retry on their
