@@ -18,20 +18,25 @@ What it predicts from, in order:
 - **the learner** (fit.py): formulas fitted from the window of recent 402s alone, for
   models the catalogue does not price or whose 402s refute it; from ``min_observations``
   on.
-- **the dominance bound**: a request at least as large as a seen one in every feature
-  (max_tokens, message count, every size measure) costs at least what that one did,
-  under any price that grows with its inputs. Signed when the formulas cannot decide
-  and the bound has been the exact price on the last ``trust`` 402s (a price that does
-  not move with the prompt, say).
+- **the prefix bound**: a request that extends a seen one (the same body with messages
+  appended, ``max_tokens`` at least as large) costs at least what that one did, under
+  any price of input tokens + reservation + fee, however the gateway counts tokens.
+  Signed when the formulas cannot decide and the bound has been the exact price on the
+  last ``trust`` 402s (a price that does not move with the prompt, say).
 
 A presign (signing the first request, saving the unpaid probe) is offered only when
 the streak has reached ``trust``, the template is younger than ``ttl`` (so a price cut
 is noticed within the TTL by an ordinary probe), and, without a tolerance, every
 formula still consistent with the 402s gives this request the same amount: nothing
 consistent with the data makes it an over-payment, and an under-payment is refused as
-not used (one more round trip, no money). With a user's ``tolerance`` the top of their
-joint range may be signed, when the range (raised to the dominance bound) is that
-narrow; the most that can over-pay is counted in ``stats``.
+not used (one more round trip, no money). With a user's ``tolerance`` an amount is
+signed only if it is at most the tolerance above a lower bound of the price: the
+exact formulas' lowest amount, or the prefix bound. Inside that span the least-squares
+estimate picks the amount, but never lowers the floor: an estimate is a sample, and a
+floor from sizes alone (a larger request in every measure costs at least as much) is
+not one either, for a gateway that measures what the features do not see (escapes in
+re-serialised JSON). With no lower bound, the request is probed. The most that can be
+over-paid is counted in ``stats``.
 
 Memory is bounded: ``window`` observations per key, ``max_models`` keys (LRU).
 ``snapshot``/``load_states`` turn the book into a small JSON document and back, so a
@@ -93,7 +98,7 @@ class QuoteStats:
     refits: int = 0  # learned formulas rebuilt from the window
     overpaid_atomic: int = 0  # at most this much signed above the price (tolerance > 0 only)
     from_catalogue: int = 0  # presigns priced by catalogue formulas
-    from_bound: int = 0  # presigns priced by the dominance bound
+    from_bound: int = 0  # presigns priced by the prefix bound
     refuted: int = 0  # catalogue priors the 402s contradicted
 
 
@@ -141,8 +146,8 @@ class _State:
     streak: int = 0
     required: int = 0  # streak needed to sign: trust, doubled per miss
     clean: int = 0  # presigns accepted since the last miss
-    bound_streak: int = 0  # consecutive 402s priced exactly at the dominance bound
-    bound_broken: bool = False  # a 402 priced below the bound: prices do not grow with size
+    bound_streak: int = 0  # consecutive 402s priced exactly at the prefix bound
+    bound_broken: bool = False  # a 402 cheaper than one it extends: the bound is none here
     ceiling: int | None = None
     template: Template | None = None
     backoff: int = 0  # refits skipped after the last one that found no exact formula
@@ -506,7 +511,7 @@ class QuoteBook:
                 state.bound_streak += 1
             elif bound < amount:
                 state.bound_streak = 0
-            else:  # cheaper than a smaller request: prices here do not grow with size
+            else:  # cheaper than a request it extends: no floor for this key any more
                 state.bound_broken = True
         if state.prior is None and state.hypotheses and state.fitted:
             max_tokens = self._clamped(state, features.max_tokens)
