@@ -164,7 +164,8 @@ def request_features(
         if value is not None:
             extra += len(orjson.dumps(value))
     rest = {k: v for k, v in data.items() if k not in UNDIGESTED_FIELDS}
-    return Features(model, max_tokens, len(messages), sizes, route, extra, Prefixes(messages, rest))
+    prefixes = Prefixes(messages, rest)
+    return Features(model, max_tokens, len(messages), sizes, route, extra, prefixes=prefixes)
 
 
 def features_from_body(body: bytes, route: str = CHAT_ROUTE) -> Features | None:
