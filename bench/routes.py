@@ -8,10 +8,14 @@ with a throwaway wallet), then for each route family sends the same request
 - directly to the gateway and through the proxy, one at a time: p50 time to first
   byte and p50 latency (free models only: a direct call cannot pay);
 - through the proxy from ``--concurrency`` clients for ``--seconds``: calls per second
-  and the proxy's CPU per call (paid routes included; the quote book is warmed first).
+  and the proxy's CPU per call (paid routes included; the quote book is warmed first),
+  and for paid routes the share of calls signed up front (one gateway round trip), read
+  from the proxy's own metrics.
 
 Every route goes through the same signed pipe, so the per-route differences are the
-gateway's answer sizes and the body guard's parse; chat is the reference row.
+gateway's answer sizes and the body guard's parse; chat is the reference row: free rows
+are compared with ``chat``, paid rows with ``chat (paid)`` (a paid call cannot be made
+directly, so a paid row's time to first byte is the proxy's, compared with chat's).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -61,11 +66,26 @@ CASES = (
          {"model": "openai/gpt-5.5", "messages": MESSAGES, "max_tokens": 64}, False),
     Case("messages (paid)", "/v1/messages",
          {"model": "anthropic/claude-sonnet-4.6", "max_tokens": 64, "messages": MESSAGES}, False),
+    Case("messages stream (paid)", "/v1/messages",
+         {"model": "anthropic/claude-sonnet-4.6", "max_tokens": 64, "messages": MESSAGES,
+          "stream": True}, False),
+    Case("gemini (paid)", "/v1beta/models/gemini-2.5-flash:generateContent",
+         {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}],
+          "generationConfig": {"maxOutputTokens": 64}}, False),
+    Case("gemini stream (paid)",
+         "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+         {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}],
+          "generationConfig": {"maxOutputTokens": 64}}, False),
     Case("images (paid)", "/v1/images/generations", {"prompt": "a cat"}, False),
     Case("speech (paid)", "/v1/audio/speech", {"input": "hello there"}, False),
+    Case("sound effects (paid)", "/v1/audio/sound-effects", {"text": "rain"}, False),
     Case("search (paid)", "/v1/search", {"query": "x402", "max_results": 2}, False),
     Case("exa (paid)", "/v1/exa/search", {"query": "x402"}, False),
+    Case("exa contents (paid)", "/v1/exa/contents", {"urls": ["https://example.com"]}, False),
 )  # fmt: skip
+# The proxy's counters that say how paid calls went (metrics.py).
+HITS = "blockrun_proxy_quote_hits_total"
+PAID = "blockrun_proxy_payments_sent_total"
 
 
 async def start(*args: str, env: dict[str, str], marker: bytes) -> asyncio.subprocess.Process:
@@ -113,6 +133,17 @@ async def sequential(url: str, body: bytes, calls: int) -> tuple[float, float]:
             ttfb.append(first)
             total.append(whole)
     return statistics.median(ttfb) * 1000, statistics.median(total) * 1000
+
+
+async def counters(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The proxy's quote hits and paid calls so far, from its /metrics."""
+    async with session.get(base + "/metrics") as resp:
+        text = await resp.text()
+    found = {}
+    for name in (HITS, PAID):
+        match = re.search(rf"^{name} ([0-9.e+]+)$", text, flags=re.MULTILINE)
+        found[name] = float(match.group(1)) if match else 0.0
+    return found
 
 
 async def concurrent(
@@ -168,21 +199,46 @@ async def main(args: argparse.Namespace) -> None:
             if case.free:
                 direct = await sequential(api + case.path, body, args.calls)
             proxied = await sequential(via, body, args.calls)
-            rps, cpu_us = await concurrent(via, body, args.concurrency, args.seconds, proxy.pid)
-            rows.append((case, direct, proxied, rps, cpu_us))
+            async with aiohttp.ClientSession() as session:
+                before = await counters(session, base)
+                rps, cpu_us = await concurrent(via, body, args.concurrency, args.seconds, proxy.pid)
+                after = await counters(session, base)
+            paid = after[PAID] - before[PAID]
+            up_front = (after[HITS] - before[HITS]) / paid if paid else None
+            rows.append((case, direct, proxied, rps, cpu_us, up_front))
     finally:
         for proc in (proxy, gateway):
             proc.terminate()
             await proc.wait()
-    print("| route | p50 TTFB added | p50 latency added | calls/s (x16) | proxy CPU/call |")
-    print("|---|---:|---:|---:|---:|")
-    for case, direct, proxied, rps, cpu_us in rows:
-        added = (
-            f"{proxied[0] - direct[0]:+.2f} ms | {proxied[1] - direct[1]:+.2f} ms"
-            if case.free
-            else f"({proxied[0]:.2f} ms) | ({proxied[1]:.2f} ms)"
-        )
-        print(f"| {case.name} | {added} | {rps:,.0f} | {cpu_us:,.0f} µs |")
+    print(table(rows, args.concurrency))
+
+
+Row = tuple[Case, tuple[float, float], tuple[float, float], float, float, float | None]
+
+
+def table(rows: list[Row], clients: int) -> str:
+    """Free rows: what the proxy adds over a direct call, and vs chat's; paid rows: the
+    proxy's own p50 (a paid call cannot be made directly), vs paid chat's."""
+    reference = {free: next(r for r in rows if r[0].free is free) for free in (True, False)}
+    lines = [
+        f"| route | p50 TTFB | TTFB vs chat | p50 latency | calls/s (x{clients}) "
+        "| vs chat | proxy CPU/call | signed up front |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case, direct, proxied, rps, cpu_us, up_front in rows:
+        chat = reference[case.free]
+        if case.free:
+            ttfb, latency = proxied[0] - direct[0], proxied[1] - direct[1]
+            chat_ttfb = chat[2][0] - chat[1][0]
+            cells = [f"{ttfb:+.2f} ms added", f"{ttfb - chat_ttfb:+.2f} ms"]
+            cells.append(f"{latency:+.2f} ms added")
+        else:
+            ttfb, latency = proxied
+            cells = [f"{ttfb:.2f} ms", f"{ttfb - chat[2][0]:+.2f} ms", f"{latency:.2f} ms"]
+        cells += [f"{rps:,.0f}", f"{rps / chat[3]:.2f}x", f"{cpu_us:,.0f} µs"]
+        cells.append("-" if up_front is None else f"{up_front:.0%}")
+        lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
