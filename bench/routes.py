@@ -1,6 +1,6 @@
 """Per route: what the proxy adds to time to first byte and to a relayed call, vs chat.
 
-    python -m bench.routes [--calls 300] [--concurrency 16] [--seconds 5]
+    python -m bench.routes [--calls 300] [--concurrency 16] [--seconds 5] [--rounds 3]
 
 Starts the fake gateway and the proxy as their own processes on loopback (the proxy
 with a throwaway wallet), then for each route family sends the same request
@@ -11,6 +11,10 @@ with a throwaway wallet), then for each route family sends the same request
   and the proxy's CPU per call (paid routes included; the quote book is warmed first),
   and for paid routes the share of calls signed up front (one gateway round trip), read
   from the proxy's own metrics.
+
+The calls and seconds are split over ``--rounds`` passes over every route, so a machine
+whose load changes during the run (other work on shared cores) skews no route more than
+another; the p50s are over all of a route's calls.
 
 Every route goes through the same signed pipe, so the per-route differences are the
 gateway's answer sizes and the body guard's parse; chat is the reference row: free rows
@@ -28,7 +32,7 @@ import secrets
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -125,14 +129,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def sequential(url: str, body: bytes, calls: int) -> tuple[float, float]:
-    ttfb, total = [], []
+@dataclass
+class Samples:
+    """One route's measurements, gathered over the rounds."""
+
+    direct: list[tuple[float, float]] = field(default_factory=list)  # (ttfb, total) s
+    proxied: list[tuple[float, float]] = field(default_factory=list)
+    done: int = 0
+    elapsed: float = 0.0
+    cpu: float = 0.0  # proxy CPU seconds during the concurrent phases
+    hits: float = 0.0
+    paid: float = 0.0
+
+    @staticmethod
+    def p50_ms(calls: list[tuple[float, float]]) -> tuple[float, float]:
+        if not calls:
+            return 0.0, 0.0
+        return (
+            statistics.median(c[0] for c in calls) * 1000,
+            statistics.median(c[1] for c in calls) * 1000,
+        )
+
+    def row(self, case: Case) -> Row:
+        up_front = self.hits / self.paid if self.paid else None
+        return (
+            case,
+            self.p50_ms(self.direct),
+            self.p50_ms(self.proxied),
+            self.done / self.elapsed if self.elapsed else 0.0,
+            self.cpu / max(self.done, 1) * 1e6,
+            up_front,
+        )
+
+
+async def sequential(url: str, body: bytes, calls: int) -> list[tuple[float, float]]:
     async with aiohttp.ClientSession() as session:
-        for _ in range(calls):
-            first, whole = await call(session, url, body)
-            ttfb.append(first)
-            total.append(whole)
-    return statistics.median(ttfb) * 1000, statistics.median(total) * 1000
+        return [await call(session, url, body) for _ in range(calls)]
 
 
 async def counters(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
@@ -148,7 +180,8 @@ async def counters(session: aiohttp.ClientSession, base: str) -> dict[str, float
 
 async def concurrent(
     url: str, body: bytes, clients: int, seconds: float, pid: int
-) -> tuple[float, float]:
+) -> tuple[int, float, float]:
+    """(calls done, seconds elapsed, proxy CPU seconds) from ``clients`` at once."""
     done = 0
     stop = time.perf_counter() + seconds
 
@@ -163,7 +196,7 @@ async def concurrent(
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(client(session) for _ in range(clients)))
     elapsed = time.perf_counter() - started
-    return done / elapsed, (cpu_seconds(pid) - cpu) / max(done, 1) * 1e6
+    return done, elapsed, cpu_seconds(pid) - cpu
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -189,28 +222,43 @@ async def main(args: argparse.Namespace) -> None:
                         break
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
-    rows = []
+    samples = {case.name: Samples() for case in CASES}
     try:
-        for case in CASES:
-            body = orjson.dumps(case.body)
-            via = base + case.path
-            await sequential(via, body, 40)  # warm: connections, and the quote book
-            direct = (0.0, 0.0)
-            if case.free:
-                direct = await sequential(api + case.path, body, args.calls)
-            proxied = await sequential(via, body, args.calls)
-            async with aiohttp.ClientSession() as session:
-                before = await counters(session, base)
-                rps, cpu_us = await concurrent(via, body, args.concurrency, args.seconds, proxy.pid)
-                after = await counters(session, base)
-            paid = after[PAID] - before[PAID]
-            up_front = (after[HITS] - before[HITS]) / paid if paid else None
-            rows.append((case, direct, proxied, rps, cpu_us, up_front))
+        for round_ in range(args.rounds):
+            for case in CASES:
+                await measure(case, samples[case.name], base, api, proxy.pid, args, round_)
     finally:
         for proc in (proxy, gateway):
             proc.terminate()
             await proc.wait()
+    rows = [samples[case.name].row(case) for case in CASES]
     print(table(rows, args.concurrency))
+
+
+async def measure(
+    case: Case, into: Samples, base: str, api: str, pid: int, args: argparse.Namespace, round_: int
+) -> None:
+    """One round of one route: sequential calls (direct too for free models), then
+    ``--concurrency`` clients; the first round warms connections and the quote book."""
+    body = orjson.dumps(case.body)
+    via = base + case.path
+    calls = max(1, args.calls // args.rounds)
+    if round_ == 0:
+        await sequential(via, body, 40)
+    if case.free:
+        into.direct += await sequential(api + case.path, body, calls)
+    into.proxied += await sequential(via, body, calls)
+    async with aiohttp.ClientSession() as session:
+        before = await counters(session, base)
+        done, elapsed, cpu = await concurrent(
+            via, body, args.concurrency, args.seconds / args.rounds, pid
+        )
+        after = await counters(session, base)
+    into.done += done
+    into.elapsed += elapsed
+    into.cpu += cpu
+    into.hits += after[HITS] - before[HITS]
+    into.paid += after[PAID] - before[PAID]
 
 
 Row = tuple[Case, tuple[float, float], tuple[float, float], float, float, float | None]
@@ -246,4 +294,5 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     asyncio.run(main(parser.parse_args()))
