@@ -16,10 +16,13 @@ What it predicts from, in order:
 
 - **the catalogue** (prior.py): formulas with the prices ``/v1/models`` publishes, each
   size measure and per-message overhead, the constant bounded exactly by the 402s.
-  Used while at least one explains every 402; from the second 402 on.
+  Used while at least one explains every 402; from the second 402 on. A key is priced by
+  the catalogue id its requests name (``Features.catalogue``: chat's model, the model of an
+  Anthropic or Gemini request); keys of routes priced otherwise have none.
 - **the learner** (fit.py): formulas fitted from the window of recent 402s alone, for
   models the catalogue does not price or whose 402s refute it; from ``min_observations``
-  on.
+  on, or from the key's own smaller minimum (``Features.min_observations``: routes priced
+  flat or per unit) when no formula rests on a guessed slope.
 - **the prefix bound**: a request that extends a seen one (the same body with messages
   appended, ``max_tokens`` at least as large) costs at least what that one did, under
   any price of input tokens + reservation + fee, however the gateway counts tokens.
@@ -156,6 +159,7 @@ class _State:
     bound_broken: bool = False  # a 402 cheaper than one it extends: the bound is none here
     ceiling: int | None = None
     template: Template | None = None
+    catalogue_id: str | None = None  # whose catalogue prices apply (Features.catalogue)
     backoff: int = 0  # refits skipped after the last one that found no exact formula
     skip: int = 0  # 402s left to skip before the next refit
 
@@ -303,6 +307,9 @@ class QuoteBook:
         self.stats.probed += 1
         self.dirty = True
         state = self._state(features.key)
+        if state.catalogue_id != features.catalogue:
+            state.catalogue_id = features.catalogue
+            state.catalogue_version = -1  # take that catalogue price (if any) now
         self._catch_up(features.key, state)
         ceiling = _ceiling(resource)
         if ceiling is not None:
@@ -341,7 +348,7 @@ class QuoteBook:
             if template_ok
             else None
         )
-        if features.route == CHAT_ROUTE and features.model not in self._catalogue:
+        if features.catalogue is not None and features.catalogue not in self._catalogue:
             self._ask_catalogue()
 
     def forget(self, model: str, route: str = CHAT_ROUTE) -> None:
@@ -366,8 +373,8 @@ class QuoteBook:
     def _catch_up(self, key: PriceKey, state: _State) -> None:
         if state.catalogue_version != self._catalogue_version:
             state.catalogue_version = self._catalogue_version
-            if key[0] == CHAT_ROUTE:
-                self._adopt_price(state, self._catalogue.get(key[1]))
+            if state.catalogue_id is not None:
+                self._adopt_price(state, self._catalogue.get(state.catalogue_id))
 
     @property
     def catalogue(self) -> Mapping[str, CataloguePrice]:
@@ -415,11 +422,20 @@ class QuoteBook:
                 return None
             quote = state.prior.quote(max_tokens, features.sizes, features.messages)
             return None if quote is None else (quote, True)
-        if len(state.window) < self.min_observations:
+        needed = self.min_observations
+        if features.min_observations is not None:
+            needed = min(needed, features.min_observations)
+        if len(state.window) < needed:
             return None
         self._ensure_fitted(features.key, state)
         if not state.fitted:
             return None  # the formulas are being refitted: nothing to sign from yet
+        if len(state.window) < self.min_observations and not all(
+            h.exact and h.occam_col is None for h in state.hypotheses
+        ):
+            # A slope chosen among round fractions (Occam) from a few 402s can fit them and
+            # be wrong elsewhere; formulas with no such guess are pinned by the 402s alone.
+            return None
         low = high = None
         for h in state.hypotheses:
             quote = h.quote(max_tokens, features.sizes, features.messages)
@@ -654,6 +670,7 @@ class QuoteBook:
                     "bound_streak": state.bound_streak,
                     "bound_broken": state.bound_broken,
                     "refuted": None if state.refuted is None else state.refuted.to_json(),
+                    "catalogue_id": state.catalogue_id,
                     "template": None
                     if template is None
                     else {
@@ -736,8 +753,13 @@ class QuoteBook:
         state.bound_broken = entry.get("bound_broken") is True
         state.refuted = CataloguePrice.from_json(entry.get("refuted"))
         state.template = _template(entry.get("template"), clock)
-        if route == CHAT_ROUTE:
-            self._adopt_price(state, catalogue.get(model))
+        # Snapshots from before keys named their catalogue id: chat's is its model.
+        catalogue_id = entry.get("catalogue_id", model if route == CHAT_ROUTE else None)
+        if catalogue_id is not None and not isinstance(catalogue_id, str):
+            return None
+        state.catalogue_id = catalogue_id
+        if catalogue_id is not None:
+            self._adopt_price(state, catalogue.get(catalogue_id))
         if state.prior is None:
             # Not _refit: this runs in a worker thread, away from the stats.
             result = compute_fit(list(state.window), self.min_observations, self.tolerance > 0)

@@ -23,7 +23,12 @@ over the already-parsed request; ASCII text (the common case) costs one ``len`` 
 string.
 
 A price key is ``(route, model)``: the same model may be priced differently on
-another route (Anthropic messages, images), and each route's quotes are its own.
+another route (Anthropic messages, images), and each route's quotes are its own. Routes
+priced like chat (Anthropic Messages, Gemini) are measured over their own request shapes
+turned into chat messages, and name the catalogue id whose per-token prices apply
+(``Features.catalogue``); routes priced flat or per unit (images, audio, search) put the
+unit count where chat has its reservation and the text they may price in the size
+measures (measures.py builds both).
 """
 
 from __future__ import annotations
@@ -132,6 +137,13 @@ class Features:
     extra: int = 0
     # Which requests this one extends (the quote book's sound lower bound).
     prefixes: Prefixes = field(default_factory=Prefixes, compare=False, repr=False, hash=False)
+    # The catalogue id whose per-token prices this key is priced by (chat's model; the
+    # model an Anthropic or Gemini request names), None where the catalogue does not apply.
+    catalogue: str | None = None
+    # 402s the learned formulas need before they may sign, when none of them rests on a
+    # guessed slope (fit.py's Occam column); None: the book's own minimum. Routes priced flat
+    # or per unit set it low: their formula has one varying input at most, pinned exactly.
+    min_observations: int | None = None
 
     @property
     def key(self) -> PriceKey:
@@ -139,9 +151,17 @@ class Features:
 
 
 def request_features(
-    model: str, max_tokens: int | None, data: Mapping[str, Any], route: str = CHAT_ROUTE
+    model: str,
+    max_tokens: int | None,
+    data: Mapping[str, Any],
+    route: str = CHAT_ROUTE,
+    *,
+    catalogue: str | None = None,
 ) -> Features | None:
-    """Features of a parsed chat request; None when it cannot be priced by us."""
+    """Features of a parsed chat request; None when it cannot be priced by us. On the chat
+    route the model is its own catalogue id; other routes name theirs (``catalogue``)."""
+    if catalogue is None and route == CHAT_ROUTE:
+        catalogue = model
     messages = data.get("messages")
     if max_tokens is None or not isinstance(messages, list):
         return None
@@ -165,7 +185,25 @@ def request_features(
             extra += len(orjson.dumps(value))
     rest = {k: v for k, v in data.items() if k not in UNDIGESTED_FIELDS}
     prefixes = Prefixes(messages, rest)
-    return Features(model, max_tokens, len(messages), sizes, route, extra, prefixes=prefixes)
+    return Features(
+        model,
+        max_tokens,
+        len(messages),
+        sizes,
+        route,
+        extra,
+        prefixes=prefixes,
+        catalogue=catalogue,
+    )
+
+
+def text_sizes(text: str) -> tuple[int, ...]:
+    """The size measures of one text (as the contents alone and with tool calls: the same),
+    for routes that price a text field rather than messages."""
+    counts = _Counts()
+    counts.add(text)
+    measures = counts.measures()
+    return measures + measures
 
 
 def features_from_body(body: bytes, route: str = CHAT_ROUTE) -> Features | None:
