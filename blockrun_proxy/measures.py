@@ -209,6 +209,7 @@ def units(
         text_sizes(text),
         route.label,
         min_observations=UNIT_MIN_OBSERVATIONS,
+        sizes_exact=True,
     )
 
 

@@ -514,6 +514,8 @@ class QuoteBook:
         """
         max_tokens = self._clamped(state, features.max_tokens)
         now = self._clock()
+        if features.sizes_exact:
+            return self._dominance_bound(state, features, max_tokens, now)
         digests: tuple[bytes, ...] | None = None
         best: int | None = None
         for o in state.window:
@@ -530,6 +532,28 @@ class QuoteBook:
             if digests is None:
                 digests = features.prefixes.digests()  # hashed only when a 402 may match
             if o.messages < len(digests) and digests[o.messages] == o.digest:
+                best = o.amount
+        return best
+
+    def _dominance_bound(
+        self, state: _State, features: Features, max_tokens: int, now: float
+    ) -> int | None:
+        """For keys whose price depends only on what the proxy measures exactly
+        (``Features.sizes_exact``: a unit-priced route's count and text): the most a 402
+        asked, within the TTL, for a request this one is at least as large as in every
+        measure. A price that grows with its inputs, plus a minimum charge (speech's), never
+        falls below it."""
+        best: int | None = None
+        for o in state.window:
+            if (
+                (best is None or o.amount > best)
+                and o.seen_at is not None
+                and now - o.seen_at <= self.ttl
+                and o.extra == features.extra
+                and o.max_tokens <= max_tokens
+                and o.messages <= features.messages
+                and all(seen <= size for seen, size in zip(o.sizes, features.sizes, strict=True))
+            ):
                 best = o.amount
         return best
 

@@ -144,6 +144,11 @@ class Features:
     # guessed slope (fit.py's Occam column); None: the book's own minimum. Routes priced flat
     # or per unit set it low: their formula has one varying input at most, pinned exactly.
     min_observations: int | None = None
+    # The gateway prices exactly what ``sizes`` and ``max_tokens`` measure (a unit-priced
+    # route's count and text, read by measures.py), so a request at least as large in every
+    # one costs at least as much: the quote book may bound by dominance, which it may not
+    # where prompts are measured in ways the proxy cannot see (chat: re-serialised JSON).
+    sizes_exact: bool = False
 
     @property
     def key(self) -> PriceKey:
