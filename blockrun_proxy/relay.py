@@ -36,7 +36,7 @@ from blockrun_proxy.errors import MethodNotAllowed, PaidCallFailed, RequestTimeo
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange
 from blockrun_proxy.jobs import MAX_JOB_ANSWER_BYTES, poll_path, poll_url_of, rewrite_poll_url
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
-from blockrun_proxy.routes import RELAY_METHODS, Body, Route, Serve, upstream_path
+from blockrun_proxy.routes import RELAY_METHODS, Body, Measure, Route, Serve, upstream_path
 from blockrun_proxy.upstream import JSON_TYPE, PAYMENT_RESPONSE, Answer
 
 if sys.version_info >= (3, 11):
@@ -131,8 +131,8 @@ async def signed(request: web.Request, route: Route) -> web.StreamResponse:
             request.headers,
             content_type=content_type,
             route=route.label,
-            model=guarded.model,
-            measure=partial(guarded.features, route),
+            model=guarded.key_model(route),
+            measure=None if route.measure is Measure.NONE else partial(guarded.features, route),
         )
         del raw
         answer = await gateway.send(out, exchange.request_id, on_sent=exchange.payment_sent)
