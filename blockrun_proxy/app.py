@@ -347,8 +347,13 @@ async def readyz(request: web.Request) -> web.Response:
         "wallet": "loaded" if core is not None and core.payer.address else "none: free models only",
     }
     if core is not None and core.payer.can_sign:
-        latest = app[BALANCE_KEY].latest()
+        balance = app[BALANCE_KEY]
+        latest = balance.latest()
         body["balance_usd"] = "unknown" if latest is None else usd(latest[0])
+        if core.settings.low_balance_usd is not None:
+            # Informational, like the balance: a low wallet still serves free models and
+            # what it can pay for, so it does not make the proxy unready.
+            body["balance_low"] = balance.low()
     if core is not None and core.link is not None:
         # From the last call's outcome, never a Redis call per probe. Redis being away
         # does not make the proxy unready: free models work, and every replica shares

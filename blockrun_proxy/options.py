@@ -243,8 +243,9 @@ OPTIONS: tuple[Option, ...] = (
            "reads (wallet balance, Permit2 allowance); with a wallet, the balance is read every "
            "minute", "none", str.strip, by_environment=True),
     Option("low_balance_usd", "--low-balance-usd", (_P + "LOW_BALANCE_USD",), "with "
-           "`--rpc-url`: log one warning when the wallet's USDC falls below this", "none",
-           _decimal),
+           "`--rpc-url`: when the wallet's USDC falls below this, log one warning and set "
+           "`blockrun_proxy_wallet_balance_low` to 1 (shown in `/readyz` and on `/spend` too)",
+           "none", _decimal),
     Option("solana_rpc_url", "--solana-rpc-url", (_P + "SOLANA_RPC_URL",), "the Solana "
            "JSON-RPC endpoint recent blockhashes come from", "the public RPC of the Solana "
            "networks allowed", str.strip, by_environment=True),

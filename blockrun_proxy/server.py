@@ -40,6 +40,7 @@ from blockrun_proxy.app import (
 )
 from blockrun_proxy.config import Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
+from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.payer import Payer
@@ -109,6 +110,22 @@ class WatchedBalance:
             return None
         return reading.atomic, time.time() - age
 
+    def low(self) -> bool:
+        return self._watcher.low
+
+
+def plug_balance(app: web.Application, watcher: BalanceWatcher) -> None:
+    """Show ``watcher``'s readings in /readyz, the spend page and /metrics, and have it
+    read the balance again soon after each paid call (coalesced by the watcher)."""
+    app[BALANCE_KEY].source = WatchedBalance(watcher)
+    app[METRICS_KEY].watch_balance(watcher)
+
+    def after_spending(exchange: Exchange) -> None:
+        if exchange.signed_atomic:
+            watcher.request_refresh()
+
+    app[CORE_KEY].observers.append(after_spending)
+
 
 def warm_up_signing(payer: Payer) -> None:
     payer.address  # noqa: B018 (derives and caches it)
@@ -157,11 +174,11 @@ async def serve(settings: Settings) -> None:
         if settings.demo:
             settings = await stack.enter_async_context(demo_gateway(settings))
         runner, port = await stack.enter_async_context(running(settings))
-        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns),
-        # and shown by /readyz and the spend page.
+        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns
+        # and flips a metric), and shown by /readyz, the spend page and /metrics.
         watcher = await stack.enter_async_context(watching(settings))
         if watcher is not None:
-            runner.app[BALANCE_KEY].source = WatchedBalance(watcher)
+            plug_balance(runner.app, watcher)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"
         # Tests and supervisors read the bound port from this line (--port 0).
