@@ -14,7 +14,8 @@ shared cookie jar, another pool size, no quote book, no request-id check):
 - the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
   Redis when the fleet shares one, else in memory), the payer (``payer``), the quote
   book (``quote_book``) and its keeper (the catalogue's prices, saved across restarts),
-  the gateway, the models cache, the job book, and the spend
+  the gateway, the models cache, the jobs' payments (``job_payments``: this process,
+  and the fleet's Redis), and the spend
   ledger's writer (``Recorder``), which sees every finished request through
   ``PaymentCore.observers``.
 
@@ -36,7 +37,7 @@ from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
 from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import Settings
 from blockrun_proxy.exchange import Exchange
-from blockrun_proxy.jobs import JobBook
+from blockrun_proxy.jobs import JOB_TTL_SECONDS, JobPayments
 from blockrun_proxy.limits import Limits
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import Payer, payer_for
@@ -68,7 +69,7 @@ class PaymentCore:
     quotes: QuoteBook
     gateway: Gateway
     models: ModelsCache
-    jobs: JobBook
+    jobs: JobPayments
     link: RedisLink | None = None  # the fleet store, with --redis-url
     quote_store: QuoteStore | None = None  # the fleet's learned quotes (the book: not yet)
     keeper: QuoteKeeper | None = None  # feeds the book the catalogue, saves it in state_dir
@@ -130,13 +131,23 @@ async def open_core(
             quotes=quotes,
             gateway=the_gateway,
             models=models,
-            jobs=JobBook(),
+            jobs=job_payments(link),
             link=link,
             quote_store=RedisQuoteStore(link) if link is not None else None,
             keeper=keeper,
             recorder=recorder,
             observers=[recorder.observe] if recorder is not None else [],
         )
+
+
+def job_payments(link: RedisLink | None) -> JobPayments:
+    """Where a job's submit payment waits for its polls: this process, and the fleet's
+    Redis with ``--redis-url`` (a poll may land on any replica)."""
+    if link is None:
+        return JobPayments()
+    from blockrun_proxy.jobs_redis import RedisJobPayments
+
+    return JobPayments(shared=RedisJobPayments(link, ttl_seconds=JOB_TTL_SECONDS))
 
 
 def budget_store(settings: Settings, link: RedisLink | None = None) -> BudgetStore | None:
