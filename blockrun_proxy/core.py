@@ -12,7 +12,8 @@ shared cookie jar, another pool size, no quote book, no request-id check):
   ``PAYMENT-REQUIRED`` may be, an egress proxy and CA bundle from the environment
   (egress.py);
 - the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
-  Redis when the fleet shares one, else in memory), the payer (``payer``), the quote
+  Redis when the fleet shares one, else in memory), the EVM JSON-RPC client the upto
+  scheme reads the Permit2 allowance through (``evm_rpc``), the payer (``payer``), the quote
   book (``quote_book``) and its keeper (the catalogue's prices, saved across restarts),
   the gateway, the models cache, the jobs' payments (``job_payments``: this process,
   and the fleet's Redis), and the spend
@@ -36,6 +37,7 @@ from blockrun_proxy import egress
 from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
 from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import Settings
+from blockrun_proxy.evm_rpc import EvmRpc
 from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.jobs import JOB_TTL_SECONDS, JobPayments
 from blockrun_proxy.limits import Limits
@@ -49,6 +51,7 @@ from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway
+from blockrun_proxy.x402 import UPTO_SCHEME
 
 USER_AGENT = "blockrun-proxy"
 # Idle pooled connections to the gateway are closed after this (aiohttp's default is 15 s;
@@ -74,6 +77,7 @@ class PaymentCore:
     quote_store: QuoteStore | None = None  # the fleet's learned quotes (the book: not yet)
     keeper: QuoteKeeper | None = None  # feeds the book the catalogue, saves it in state_dir
     recorder: Recorder | None = None  # the spend ledger's writer
+    rpc: EvmRpc | None = None  # --rpc-url, when the payer signs upto (the allowance)
     # Told of every finished request (the app calls them after the access log): the spend
     # ledger's recorder, and whatever joins it. Must not block or raise.
     observers: list[Callable[[Exchange], None]] = field(default_factory=list)
@@ -89,7 +93,8 @@ class PaymentCore:
         if wallet_key:
             settings = replace(settings, wallet_key=wallet_key)
         settings.check()
-        return gateway(settings, self.session, payer(settings, self.budget), quote_book(settings))
+        the_payer = payer(settings, self.budget, self.rpc)
+        return gateway(settings, self.session, the_payer, quote_book(settings))
 
 
 @contextlib.asynccontextmanager
@@ -103,11 +108,14 @@ async def open_core(
     limits = limits or Limits.from_settings(settings)
     link = RedisLink.from_settings(settings)
     budget = budget_store(settings, link)
-    the_payer = payer(settings, budget)
+    rpc = evm_rpc(settings)
+    the_payer = payer(settings, budget, rpc)
     quotes = quote_book(settings)
     async with contextlib.AsyncExitStack() as stack:
         if link is not None:
             stack.push_async_callback(link.aclose)
+        if rpc is not None:
+            stack.push_async_callback(rpc.close)
         if isinstance(budget, RedisBudgetStore):
             stack.push_async_callback(budget.aclose)
         recorder = None
@@ -136,6 +144,7 @@ async def open_core(
             quote_store=RedisQuoteStore(link) if link is not None else None,
             keeper=keeper,
             recorder=recorder,
+            rpc=rpc,
             observers=[recorder.observe] if recorder is not None else [],
         )
 
@@ -165,10 +174,20 @@ def budget_store(settings: Settings, link: RedisLink | None = None) -> BudgetSto
     return MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
 
 
-def payer(settings: Settings, budget: BudgetStore | None) -> Payer:
+def evm_rpc(settings: Settings) -> EvmRpc | None:
+    """The JSON-RPC client the upto scheme reads the wallet's Permit2 allowance through:
+    with ``--rpc-url`` when upto may be signed (``--scheme upto|auto``), else None. Its
+    session is its own (the gateway's carries the egress settings of the gateway's
+    origin) and opens on the first read."""
+    if not settings.rpc_url or UPTO_SCHEME not in settings.schemes:
+        return None
+    return EvmRpc(settings.rpc_url)
+
+
+def payer(settings: Settings, budget: BudgetStore | None, rpc: EvmRpc | None = None) -> Payer:
     """The payer of the configured wallet, under the policy; the other rails (Solana, the
     API key) join here behind the same interface."""
-    return payer_for(settings, budget=budget)
+    return payer_for(settings, budget=budget, rpc=rpc)
 
 
 def quote_book(settings: Settings) -> QuoteBook:

@@ -38,14 +38,13 @@ from blockrun_proxy.app import (
     METRICS_KEY,
     create_app,
 )
-from blockrun_proxy.config import Settings
+from blockrun_proxy.config import DEFAULT_MAX_TOKENS, Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
-from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.payer import Payer
 from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
-from blockrun_proxy.x402 import NETWORKS
+from blockrun_proxy.x402 import NETWORKS, usd
 
 log = logging.getLogger("blockrun_proxy")
 # Sockets the process needs besides relayed streams: logs, the listener, DNS, models.
@@ -116,15 +115,10 @@ class WatchedBalance:
 
 def plug_balance(app: web.Application, watcher: BalanceWatcher) -> None:
     """Show ``watcher``'s readings in /readyz, the spend page and /metrics, and have it
-    read the balance again soon after each paid call (coalesced by the watcher)."""
+    read the balance again soon after each settled payment (coalesced by the watcher)."""
     app[BALANCE_KEY].source = WatchedBalance(watcher)
     app[METRICS_KEY].watch_balance(watcher)
-
-    def after_spending(exchange: Exchange) -> None:
-        if exchange.signed_atomic:
-            watcher.request_refresh()
-
-    app[CORE_KEY].observers.append(after_spending)
+    app[CORE_KEY].payer.after_settlement = watcher.request_refresh
 
 
 def warm_up_signing(payer: Payer) -> None:
@@ -179,6 +173,7 @@ async def serve(settings: Settings) -> None:
         watcher = await stack.enter_async_context(watching(settings))
         if watcher is not None:
             plug_balance(runner.app, watcher)
+        _log_schemes(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"
         # Tests and supervisors read the bound port from this line (--port 0).
@@ -189,7 +184,7 @@ async def serve(settings: Settings) -> None:
             extra={"fields": {"url": url}, "in_message": ("url",)},
         )
         if settings.demo:
-            print_demo_help(settings.host, port)
+            print_demo_help(settings.host, port, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -197,6 +192,23 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info(
             "shutting down: no new connections, draining for up to %gs", settings.grace_seconds
+        )
+
+
+def _log_schemes(settings: Settings) -> None:
+    """Say which x402 schemes the EVM payer signs (``--scheme``), and why when ``auto``
+    cannot sign upto at all."""
+    schemes = settings.schemes
+    if settings.scheme == "auto" and "upto" not in schemes:
+        log.warning(
+            "--scheme auto without --rpc-url pays exact only: the Permit2 allowance an upto "
+            "payment draws on cannot be read"
+        )
+    elif "upto" in schemes:
+        log.info(
+            "paying x402 %s; the Permit2 allowance is read through --rpc-url",
+            " or ".join(schemes),
+            extra={"fields": {"schemes": list(schemes)}},
         )
 
 
@@ -215,37 +227,98 @@ def _check_fd_limit(settings: Settings) -> None:
         )
 
 
+# The demo wallet's funds and Permit2 allowance on the fake chain (--scheme upto|auto).
+DEMO_FUNDS = 100_000_000  # $100
+DEMO_MODEL = "openai/gpt-5.5"
+DEMO_PROMPT = "Hello"
+
+
 @contextlib.asynccontextmanager
 async def demo_gateway(settings: Settings) -> AsyncIterator[Settings]:
-    """Start the fake x402 gateway in-process and a throwaway wallet to pay it."""
+    """Start the fake x402 gateway in-process and a throwaway wallet to pay it. With
+    ``--scheme upto|auto`` the gateway offers upto too (verified and settled by the
+    official x402 facilitator code against an in-memory chain), and a fake JSON-RPC node
+    serves that chain as ``--rpc-url``, the wallet funded and its Permit2 allowance set."""
     import secrets
 
-    from blockrun_proxy.testing import FakeGateway
+    from blockrun_proxy.testing import FakeGateway, FakeRpc, UptoMode, UsdcLedger
+    from blockrun_proxy.x402 import PERMIT2_ADDRESS, Signer
 
     network = "eip155:84532"  # Base Sepolia: a testnet, and a fake gateway anyway
+    wallet_key = secrets.token_hex(32)
+    upto = None
+    if settings.scheme != "exact":
+        _need_official_x402()
+        ledger = UsdcLedger(network)
+        address = Signer(wallet_key).address
+        ledger.fund(address, usdc=DEMO_FUNDS)
+        ledger.approve(address, PERMIT2_ADDRESS, DEMO_FUNDS)
+        upto = UptoMode(ledger)
     # "fast" verification (its own digest + coincurve) spares the demo eth_account's
     # one-second import on the first paid call; tests verify with eth_account.
-    gateway = FakeGateway(network=network, event_interval=0.05, verify="fast")
-    api_url = await gateway.start(host="127.0.0.1", port=0)
-    try:
+    gateway = FakeGateway(network=network, event_interval=0.05, verify="fast", upto=upto)
+    async with contextlib.AsyncExitStack() as stack:
+        api_url = await gateway.start(host="127.0.0.1", port=0)
+        stack.push_async_callback(gateway.close)
+        rpc_url = settings.rpc_url
+        if upto is not None:
+            rpc = FakeRpc(upto.ledger)
+            rpc_url = await rpc.start()
+            stack.push_async_callback(rpc.close)
         yield replace(
             settings,
             api_url=api_url,
             networks=(network,),
-            wallet_key=secrets.token_hex(32),
+            wallet_key=wallet_key,
+            rpc_url=rpc_url,
             state_dir=None,  # a throwaway wallet's quotes and spend are not worth keeping
         )
-    finally:
-        await gateway.close()
 
 
-def print_demo_help(host: str, port: int) -> None:
+def _need_official_x402() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("x402") is None:
+        raise SystemExit(
+            "serve --demo --scheme upto|auto needs the official x402 package (the demo's fake "
+            "gateway verifies upto payments with its facilitator code): "
+            "pip install 'x402[evm]', or the dev extra"
+        )
+
+
+def print_demo_help(host: str, port: int, settings: Settings | None = None) -> None:
     base = f"http://{host}:{port}/v1"
     print(
         f"\nDemo mode: a fake x402 gateway runs in this process and a throwaway wallet pays it.\n"
         f"Try a paid, streamed completion:\n\n"
         f"  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\\n"
-        f'    -d \'{{"model": "openai/gpt-5.5", "stream": true, '
-        f'"messages": [{{"role": "user", "content": "Hello"}}]}}\'\n',
+        f'    -d \'{{"model": "{DEMO_MODEL}", "stream": true, '
+        f'"messages": [{{"role": "user", "content": "{DEMO_PROMPT}"}}]}}\'\n',
         flush=True,
     )
+    if settings is None or settings.scheme == "exact":
+        return
+    max_tokens = settings.default_max_tokens
+    exact, actual = demo_prices(max_tokens)
+    print(
+        f"Paying with --scheme {settings.scheme}: the gateway prices the call on its max_tokens "
+        f"({max_tokens}, added by the proxy)\nbut settles only the tokens the answer has. See "
+        f"it in the "
+        f"headers (curl -i):\n"
+        f"  x-blockrun-ceiling-usd: {usd(exact)}   what exact would have paid\n"
+        f"  x-blockrun-cost-usd:    {usd(actual)}   what upto settled "
+        f"(saved ${usd(exact - actual)}, {1 - actual / exact:.0%})\n",
+        flush=True,
+    )
+
+
+def demo_prices(max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[int, int]:
+    """(the exact price, the upto cost) of the demo's curl call, as the fake prices them."""
+    from blockrun_proxy.testing import DEFAULT_MODELS, default_price
+    from blockrun_proxy.testing._replies import ECHO_PREFIX, count_tokens
+
+    model = {m.id: m for m in DEFAULT_MODELS}[DEMO_MODEL]
+    body = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": DEMO_PROMPT}]}
+    exact = default_price(model, {**body, "max_tokens": max_tokens})
+    produced = count_tokens(ECHO_PREFIX + DEMO_PROMPT)
+    return exact, default_price(model, {**body, "max_tokens": produced})

@@ -25,10 +25,12 @@ its submit was paid with, and never signs. The rules (PROTOCOL.md section 5):
   sign it once, send. A refusal of that second payment is surfaced.
 
 One nonce per call: every signature of a call is made through its
-``payer.CallPayment``, which signs them all under one EIP-3009 nonce, so even a
-gateway that kept the refused first payment can settle at most one. The call is
-told whenever a send may have reached the gateway (everything but a connection
-that was never made), which is what the budget and the sent metrics count.
+``payer.CallPayment``, which signs them all under one nonce (EIP-3009 for exact, Permit2
+for upto, never both), so even a gateway that kept the refused first payment can settle
+at most one. The call is told whenever a send may have reached the gateway
+(everything but a connection that was never made), which is what the budget and the
+sent metrics count, and what became of each payment (``settled``, ``not_used``), which
+books or frees an upto payment's hold on the Permit2 allowance.
 
 Every error after a paid send is a ``PaidCallFailed``: answered ``424`` with
 ``x-should-retry: false``, a status that client libraries which retry on their
@@ -80,7 +82,7 @@ from blockrun_proxy.quotes import (
 from blockrun_proxy.x402 import (
     PaymentRequired,
     PaymentResponse,
-    SignedPayment,
+    SignedEvmPayment,
     parse_payment_required,
     parse_payment_response,
     reason_code,
@@ -142,12 +144,15 @@ class Answer:
     """An open gateway response and what was paid for it. Release ``response`` when done."""
 
     response: ClientResponse
-    payment: SignedPayment | None = None
+    payment: SignedEvmPayment | None = None
     settlement: PaymentResponse | None = None
     presigned: bool = False  # paid on the first request, from a learned quote
     # What the call cost (atomic USDC): the signed amount, or less where the scheme
     # settles at most what was signed; never the gateway's unverifiable claim above it.
     cost_atomic: int | None = None
+    # What ``cost_atomic`` rests on: "signed" (exact), "settled" (upto: the amount the
+    # gateway reports) or "ceiling" (upto: it did not say, so the ceiling stands in).
+    cost_source: str | None = None
 
     @property
     def paid_atomic(self) -> int | None:
@@ -334,15 +339,17 @@ class Gateway:
                 code="bad_payment_requirement",
             )
         try:
-            requirement, network = self._payer.choose(offer)
+            choices = self._payer.choices(offer)
         except PaymentRefused:
             if self.quotes is not None and features is not None:
                 # What it asked for last is not payable.
                 self.quotes.forget(features.model, features.route)
             raise
         if self.quotes is not None and features is not None:
-            self.quotes.observe(features, requirement, offer.resource, offer.extensions)
-        payment = await call.sign(requirement, network, offer.resource, offer.extensions)
+            others = [requirement for requirement, _ in choices[1:]]
+            self.quotes.observe(features, choices[0][0], offer.resource, offer.extensions, others)
+        # The preferred scheme, or (auto) exact when upto's allowance cannot take it.
+        payment = await call.sign_first(choices, offer.resource, offer.extensions)
         return await self._send_paid(call, out, payment)
 
     def _may_presign(self, out: Outgoing) -> bool:
@@ -358,7 +365,7 @@ class Gateway:
 
     async def _presign(
         self, call: CallPayment, features: Features | None
-    ) -> tuple[Presign, SignedPayment] | None:
+    ) -> tuple[Presign, SignedEvmPayment] | None:
         """A payment signed from a trusted quote, through the same policy and budget
         checks as any other; None to probe first."""
         if self.quotes is None or features is None or not self._payer.can_sign:
@@ -368,7 +375,7 @@ class Gateway:
             return None
         try:
             payment = await call.pay_requirement(
-                quote.requirement, quote.resource, quote.extensions
+                quote.requirement, quote.resource, quote.extensions, quote.alternatives
             )
         except PaymentRefused as refusal:
             # Probe instead: the gateway's own quote decides, and refusing *that* is final.
@@ -414,7 +421,9 @@ class Gateway:
             await asyncio.sleep(RETRY_DELAYS[attempt])
         raise AssertionError("unreachable")
 
-    async def _send_paid(self, call: CallPayment, out: Outgoing, payment: SignedPayment) -> Answer:
+    async def _send_paid(
+        self, call: CallPayment, out: Outgoing, payment: SignedEvmPayment
+    ) -> Answer:
         out.headers[PAYMENT_SIGNATURE] = payment.header
         # What the gateway did with the last send that reached it ("503", "dropped"). Once
         # set, the signature may have been used, so no way this call ends may invite a retry.
@@ -481,9 +490,13 @@ class Gateway:
             if response.status < 400:
                 settlement = parse_payment_response(response.headers.get(PAYMENT_RESPONSE))
                 cost = call.settled(payment, settlement)
-                return Answer(response, payment, settlement, cost_atomic=cost)
+                return Answer(
+                    response, payment, settlement, cost_atomic=cost, cost_source=call.cost_source
+                )
             error = await classify_paid_error(response)
             self._note_refusal(error, out.headers.get("x-request-id"))
+            if isinstance(error, PaymentNotAccepted):
+                call.not_used(payment)
             raise error
         raise AssertionError("unreachable")
 
@@ -503,7 +516,7 @@ class Gateway:
         )
 
     async def _post_paid(
-        self, call: CallPayment, payment: SignedPayment, out: Outgoing
+        self, call: CallPayment, payment: SignedEvmPayment, out: Outgoing
     ) -> ClientResponse:
         """One send of ``payment``, telling ``call`` whenever it may have reached the
         gateway: always, except when no connection was ever made. A timeout, a drop or a

@@ -7,8 +7,10 @@ A price key is ``(route, model)`` (features.py). For every 402 the proxy sees, t
    been accepted without paying over the tolerance;
 2. narrows its formulas with the new 402 (below);
 3. stores the requirement the payer policy chose as this key's template (scheme,
-   network, asset, payTo, maxTimeoutSeconds, extra, resource): always the one the
-   gateway asked for last.
+   network, asset, payTo, maxTimeoutSeconds, extra, resource, the declared extensions):
+   always the one the gateway asked for last. Beside it, the other requirements of that
+   402 the policy also accepts at the same amount (``auto``: the exact one next to the
+   upto one), so a payment signed up front can fall back as one answering a 402 does.
 
 What it predicts from, in order:
 
@@ -51,7 +53,7 @@ from typing import Any
 from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURE_TOKENS, MEASURES, Features, PriceKey
 from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote, fit, fit_approximate
 from blockrun_proxy.quotes.prior import CataloguePrice, Prior
-from blockrun_proxy.x402 import Requirement
+from blockrun_proxy.x402 import UPTO_SCHEME, Requirement
 from blockrun_proxy.x402.wire import parse_requirement
 
 DEFAULT_WINDOW = 32
@@ -103,6 +105,9 @@ class Template:
     resource: Mapping[str, Any]
     extensions: Mapping[str, Any] | None
     seen_at: float
+    # Requirements of the same 402, in the payer's order of preference, the payer may sign
+    # instead of ``requirement`` (same amount: the prediction prices them all).
+    alternatives: tuple[Requirement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,7 @@ class Presign:
     extensions: Mapping[str, Any] | None
     overpay: int  # the most this amount can be above the price (0 unless tolerance allows)
     source: str = "learned"  # "catalogue", "learned", "estimate" or "bound"
+    alternatives: tuple[Requirement, ...] = ()  # the template's, at the same amount
 
     @property
     def model(self) -> str:
@@ -208,18 +214,19 @@ class QuoteBook:
         if decision is None:
             return None
         amount, overpay, source = decision
-        requirement = dataclasses.replace(
-            template.requirement,
-            amount=amount,
-            raw={**template.requirement.raw, "amount": str(amount)},
-        )
+        if overpay > 0 and template.requirement.scheme == UPTO_SCHEME:
+            # A ceiling must equal the gateway's own quote (the official server matches it
+            # exactly), so one that may lie above the price would only be refused: under
+            # upto, --presign-tolerance-usd buys nothing, and the call is probed instead.
+            return None
         return Presign(
             features.key,
-            requirement,
+            _priced(template.requirement, amount),
             template.resource,
             template.extensions,
             overpay=overpay,
             source=source,
+            alternatives=tuple(_priced(r, amount) for r in template.alternatives),
         )
 
     def trusted(self, model: str, route: str = CHAT_ROUTE) -> bool:
@@ -283,8 +290,11 @@ class QuoteBook:
         requirement: Requirement,
         resource: Mapping[str, Any],
         extensions: Mapping[str, Any] | None,
+        alternatives: Iterable[Requirement] = (),
     ) -> None:
-        """A 402 for this request asked for ``requirement`` (already accepted by the policy)."""
+        """A 402 for this request asked for ``requirement`` (already accepted by the policy).
+        ``alternatives``: the 402's other requirements the policy accepts, most preferred
+        first; only those at the same amount are kept (a presign prices them alike)."""
         self.stats.probed += 1
         self.dirty = True
         state = self._state(features.key)
@@ -315,8 +325,13 @@ class QuoteBook:
             self._refit(features.key, state)
         # Only v2 requirements (``amount``) are reused; v1's maxAmountRequired is not rebuilt.
         template_ok = "amount" in requirement.raw
+        others = tuple(
+            r for r in alternatives if r.amount == requirement.amount and "amount" in r.raw
+        )
         state.template = (
-            Template(requirement, resource, extensions, self._clock()) if template_ok else None
+            Template(requirement, resource, extensions, self._clock(), others)
+            if template_ok
+            else None
         )
         if features.route == CHAT_ROUTE and features.model not in self._catalogue:
             self._ask_catalogue()
@@ -616,6 +631,7 @@ class QuoteBook:
                         if template.extensions is None
                         else dict(template.extensions),
                         "age": max(0.0, clock - template.seen_at),
+                        "alternatives": [dict(r.raw) for r in template.alternatives],
                     },
                 }
             )
@@ -744,7 +760,21 @@ def _template(doc: Any, clock: float) -> Template | None:
         return None
     if not isinstance(age, int | float) or isinstance(age, bool) or age < 0:
         return None
-    return Template(requirement, resource, extensions, clock - float(age))
+    alternatives = []
+    raw_alternatives = doc.get("alternatives")
+    for raw in raw_alternatives if isinstance(raw_alternatives, list) else []:
+        alternative = parse_requirement(raw)
+        if alternative is None or alternative.amount != requirement.amount:
+            return None
+        alternatives.append(alternative)
+    return Template(requirement, resource, extensions, clock - float(age), tuple(alternatives))
+
+
+def _priced(requirement: Requirement, amount: int) -> Requirement:
+    """``requirement`` asking for ``amount`` instead (a template's, at the predicted price)."""
+    return dataclasses.replace(
+        requirement, amount=amount, raw={**requirement.raw, "amount": str(amount)}
+    )
 
 
 def _nonneg(value: Any) -> int:

@@ -56,26 +56,40 @@ def nonces(gateway: FakeGateway, since: int = 0) -> list[str]:
     return seen
 
 
+def payment_nonce(payment: dict[str, Any] | None) -> str | None:
+    """The nonce a payment spends on chain, named by its kind: ``eip3009:<hex>`` for an
+    exact authorization, ``permit2:<uint256>`` for an upto one (two different nonces: a
+    call that sent one of each could have both settle)."""
+    payload = (payment or {}).get("payload", {})
+    if not isinstance(payload, dict):
+        return None
+    for kind, key in (("eip3009", "authorization"), ("permit2", "permit2Authorization")):
+        authorization = payload.get(key)
+        if isinstance(authorization, dict) and "nonce" in authorization:
+            return f"{kind}:{authorization['nonce']}"
+    return None
+
+
 def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
-    """The distinct authorization nonces the gateway received, per client call, on every
-    route: requests are grouped by the ``x-request-id`` the proxy forwards (one per client
-    call)."""
+    """The distinct nonces (EIP-3009 and Permit2) the gateway received, per client call, on
+    every route: requests are grouped by the ``x-request-id`` the proxy forwards (one per
+    client call)."""
     calls: dict[str, set[str]] = {}
     for request in gateway.requests[since:]:  # every route: the rule is per call
         call = request.headers.get("x-request-id")
         if call is None:
             continue  # not sent by the proxy
         nonces = calls.setdefault(call, set())
-        payment = request.payment
-        authorization = (payment or {}).get("payload", {}).get("authorization", {})
-        if isinstance(authorization, dict) and "nonce" in authorization:
-            nonces.add(str(authorization["nonce"]))
+        nonce = payment_nonce(request.payment)
+        if nonce is not None:
+            nonces.add(nonce)
     return calls
 
 
 def assert_one_nonce_per_call(gateway: FakeGateway, since: int = 0) -> None:
     """ "One nonce per call": every authorization signed for one client call carries the
-    same EIP-3009 nonce, so at most one of them can ever settle."""
+    same nonce (EIP-3009 for exact, Permit2 for upto, never one of each), so at most one of
+    them can ever settle."""
     several = {call: n for call, n in nonces_by_call(gateway, since).items() if len(n) > 1}
     assert not several, f"client calls with several nonces: {several}"
 
