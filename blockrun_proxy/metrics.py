@@ -232,6 +232,27 @@ class Metrics:
         self.watch(refused, lambda: _field(stats(), "misses"))
         self.watch(overpaid, lambda: _field(stats(), "overpaid_atomic"))
 
+    def watch_quote_store(self, keeper: Any) -> None:
+        """Follow the quote keeper's store counters (quotes/keeper.py QuoteKeeper)."""
+        for field, name, doc in (
+            (
+                "entries_loaded",
+                "quote_store_keys_loaded",
+                "Price keys taken from the quote store (at start, and other replicas' since).",
+            ),
+            (
+                "load_failures",
+                "quote_store_load_failures",
+                "Quote store loads that failed (at start: the replica started cold).",
+            ),
+            (
+                "save_failures",
+                "quote_store_save_failures",
+                "Quote store saves that failed (what changed is offered again next time).",
+            ),
+        ):
+            self.watch(self._counter(name, doc), _attribute_reader(keeper, field))
+
     def watch_payment_refusals(self, read: Callable[[], Mapping[str, int] | None]) -> None:
         """Follow a ``{reason label: count}`` mapping (the gateway's ``payment_refusals``);
         its labels are a bounded set, so they are safe as label values."""
