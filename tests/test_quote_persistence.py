@@ -3,6 +3,7 @@ proxy warm from its file."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -272,3 +273,28 @@ async def test_keepers_save_what_changed_and_pick_up_each_others_on_their_own() 
     finally:
         for keeper in keepers:
             await keeper.close()
+
+
+async def test_a_load_slower_than_its_bound_serves_meanwhile_and_finishes() -> None:
+    """Readiness waits for the load at most load_timeout; a large book (seconds of CPU
+    on a busy machine) goes on loading in the background and is merged when ready."""
+    release = asyncio.Event()
+
+    class Slow(MemoryQuoteStore):
+        async def load(self, known: Any = None) -> Any:
+            await release.wait()
+            return await super().load(known)
+
+    store = Slow()
+    await MemoryQuoteStore.save(store, encode(warm_book().take_changes(), API))
+    book = QuoteBook()
+    keeper = QuoteKeeper(book, store=store, api_url=API, save_delay=3600, load_timeout=0.01)
+    await keeper.start()
+    try:
+        await keeper.loaded.wait()
+        assert "loading" in keeper.status and book.stamps() == {}
+        release.set()
+        await until(lambda: keeper.status == "memory: 1 price keys loaded")
+        assert book.presign(next_request()[1]) is not None
+    finally:
+        await keeper.close()

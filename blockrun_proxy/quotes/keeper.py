@@ -6,15 +6,16 @@
 - Refits of formulas learned from the 402s alone (milliseconds of CPU each for long
   conversations) run in a worker thread instead of on the event loop.
 - The book is kept in a ``QuoteStore`` (quote_store.py): the fleet's Redis with
-  ``--redis-url``, else a file under ``--state-dir``. At start, one load, bounded by
-  ``load_timeout``: the port opens without waiting for it, ``loaded`` is set when it has
-  ended (``/readyz`` waits for that), and a store that fails or is slow means a cold
-  start, nothing worse. Then, every ``save_delay`` seconds, what changed is saved (so a
-  burst of 402s is one write, never one per request), and every ``reload_interval``
-  seconds the entries other replicas (or ``--workers`` processes) saved since are loaded
-  and merged by newest (``QuoteBook.merge``). Once more at shutdown, what changed is
-  saved. Encoding the changed keys is small and happens on the loop; decoding (formulas
-  are rebuilt) and file I/O happen in worker threads.
+  ``--redis-url``, else a file under ``--state-dir``. At start, one load: the port opens
+  without waiting for it, ``loaded`` is set when it has ended or after ``load_timeout``
+  (``/readyz`` waits for that; a large book goes on loading in the background), and a
+  store that cannot be read means a cold start, nothing worse. Then, every
+  ``save_delay`` seconds, what changed is saved (so a burst of 402s is one write, never
+  one per request), and every ``reload_interval`` seconds the entries other replicas (or
+  ``--workers`` processes) saved since are loaded and merged by newest
+  (``QuoteBook.merge``). Once more at shutdown, what changed is saved. Encoding the
+  changed keys is small and happens on the loop; decoding (formulas are rebuilt, a chunk
+  at a time) and file I/O happen in worker threads.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SAVE_DELAY = 15.0
 DEFAULT_RELOAD_INTERVAL = 60.0
-# The one load at start: past this the replica starts cold (Redis calls are bounded by
-# the link's own timeout; this also bounds decoding a large book on a busy machine).
+# How long readiness waits for the one load at start (reading the store is bounded by
+# the link's own timeout; decoding a full book takes seconds of CPU on a busy machine and
+# goes on in the background past this).
 DEFAULT_LOAD_TIMEOUT = 5.0
+# Entries decoded per trip to the worker thread (a few tens of milliseconds of CPU).
+DECODE_CHUNK = 8
 
 FetchCatalogue = Callable[[], Awaitable[bytes]]
 
@@ -144,27 +148,35 @@ class QuoteKeeper:
 
     async def reload(self) -> int:
         """Merge what the store holds newer than this book's; how many price keys were
-        taken. StoreUnavailable when the store cannot be read."""
+        taken. StoreUnavailable when the store cannot be read.
+
+        Rebuilding a key's formulas costs milliseconds of CPU (a full book, seconds):
+        the entries are decoded in a worker thread a chunk at a time, the catalogue and
+        the most recently learned keys first, and each chunk is merged as soon as it is
+        ready, so the book warms up progressively and the loop is never held."""
         assert self.store is not None
         entries = await self.store.load(self._known())
         self._recovered()
-        if not entries:
-            return 0
-        book = self.book
-        decoded = await asyncio.to_thread(
-            decode,
-            book,
-            entries,
-            self._api_url,
-            dict(book.catalogue),
-            now=time.monotonic(),
-            wall=time.time(),
-        )
-        self._seen.update(decoded.stamps)
-        taken = book.merge(decoded.catalogue, decoded.catalogue_at, decoded.states)
+        names = sorted(entries, key=lambda name: (name != CATALOGUE, -entries[name][0]))
+        taken = dropped = 0
+        for start in range(0, len(names), DECODE_CHUNK):
+            book = self.book
+            chunk = {name: entries[name] for name in names[start : start + DECODE_CHUNK]}
+            decoded = await asyncio.to_thread(
+                decode,
+                book,
+                chunk,
+                self._api_url,
+                dict(book.catalogue),
+                now=time.monotonic(),
+                wall=time.time(),
+            )
+            self._seen.update(decoded.stamps)
+            taken += book.merge(decoded.catalogue, decoded.catalogue_at, decoded.states)
+            dropped += decoded.dropped
         self.entries_loaded += taken
-        if decoded.dropped:
-            log.info("ignored %d stored quote entries: not ours or unreadable", decoded.dropped)
+        if dropped:
+            log.info("ignored %d stored quote entries: not ours or unreadable", dropped)
         return taken
 
     def _known(self) -> dict[str, float]:
@@ -193,17 +205,26 @@ class QuoteKeeper:
                 next_reload = loop.time() + self._reload_interval
 
     async def _load_at_start(self) -> None:
-        assert self.store is not None
+        """One load. Readiness (``loaded``) waits for it at most ``load_timeout``: past
+        that the proxy serves (probing what it cannot sign yet) while the rest of a large
+        book is decoded. A store that cannot be read means a cold start."""
+        store = self.store
+        assert store is not None
+        load = asyncio.ensure_future(self.reload())
+        done, _ = await asyncio.wait({load}, timeout=self._load_timeout)
+        if not done:
+            self.status = f"{store.name}: loading (serving meanwhile)"
+            log.info("learned quotes still loading after %gs; serving", self._load_timeout)
+            self.loaded.set()
         try:
-            taken = await asyncio.wait_for(self.reload(), self._load_timeout)
-        except (StoreUnavailable, asyncio.TimeoutError) as exc:
+            taken = await load
+        except StoreUnavailable as exc:
             self.load_failures += 1
-            reason = str(exc) or f"no answer within {self._load_timeout:g}s"
-            self.status = f"{self.store.name}: starting cold ({reason})"
-            log.warning("learned quotes not loaded, starting cold: %s", reason)
+            self.status = f"{store.name}: starting cold ({exc})"
+            log.warning("learned quotes not loaded, starting cold: %s", exc)
         else:
-            self.status = f"{self.store.name}: {taken} price keys loaded"
-            log.info("loaded learned quotes for %d price keys from %s", taken, self.store.name)
+            self.status = f"{store.name}: {taken} price keys loaded"
+            log.info("loaded learned quotes for %d price keys from %s", taken, store.name)
         finally:
             self.loaded.set()
 
