@@ -131,6 +131,9 @@ async def test_the_page_renders_the_figures_the_json_has(
             failed_id = resp.headers["x-request-id"]
     assert (await post(proxy, chat(PRICED_MODEL))).status == 401  # a client without the token
 
+    # /v1/spend waits at most 0.5 s for queued records; on a loaded machine the ledger's
+    # write can take longer. The JSON here and the page's own read must see the same.
+    assert await proxy.app[CORE_KEY].recorder.flush(10)
     doc = await spend_json(proxy.url, token)
     totals = doc["totals"]
     assert totals["calls"] == 7 + len(history) and totals["failed_after_payment"] == 1
