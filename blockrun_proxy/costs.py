@@ -23,6 +23,10 @@ def cost_headers(answer: Answer) -> dict[str, str]:
     it LiteLLM prices the call from its own catalogue by model name, which for a
     BlockRun id it either does not know (no cost recorded) or prices as someone else's.
     """
+    if answer.rail_cost_headers is not None:
+        # A rail that is not x402 (the API key): what it can say of the cost, and nothing
+        # invented (no x-litellm-response-cost when it reports none).
+        return dict(answer.rail_cost_headers)
     paid = answer.paid_atomic
     if paid is None:
         return {LITELLM_COST_HEADER: usd(0)}

@@ -42,7 +42,7 @@ from blockrun_proxy.config import Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
-from blockrun_proxy.payer import Payer
+from blockrun_proxy.rails import Rails
 from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
 from blockrun_proxy.x402 import NETWORKS
 
@@ -87,9 +87,12 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
     )
     await site.start()
     port = runner.addresses[0][1]
+    core = app[CORE_KEY]
     # The port is open: now load what signing needs (Keccak, the wallet address, the
-    # domain separators) off the loop, so the first paid call does not pay for it.
-    await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, app[CORE_KEY].payer)
+    # domain separators, solders) off the loop, so the first paid call does not pay for
+    # it, and start fetching Solana blockhashes.
+    core.start_background()
+    await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, core.payer)
     try:
         yield runner, port
     finally:
@@ -110,8 +113,8 @@ class WatchedBalance:
         return reading.atomic, time.time() - age
 
 
-def warm_up_signing(payer: Payer) -> None:
-    payer.address  # noqa: B018 (derives and caches it)
+def warm_up_signing(payer: Rails) -> None:
+    payer.warm_up()
     for network in NETWORKS.values():
         network.domain_separator  # noqa: B018 (hashes and caches it)
 
@@ -172,7 +175,7 @@ async def serve(settings: Settings) -> None:
             extra={"fields": {"url": url}, "in_message": ("url",)},
         )
         if settings.demo:
-            print_demo_help(settings.host, port)
+            print_demo_help(settings.host, port, runner.app[CORE_KEY].rail)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -200,32 +203,62 @@ def _check_fd_limit(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def demo_gateway(settings: Settings) -> AsyncIterator[Settings]:
-    """Start the fake x402 gateway in-process and a throwaway wallet to pay it."""
+    """Start a fake gateway in-process and a throwaway wallet to pay it, on the rail the
+    settings ask for: an API-key host (``--rail apikey``), Solana (``--chain solana``,
+    with the gateway's own fake RPC for blockhashes), else Base Sepolia."""
     import secrets
 
-    from blockrun_proxy.testing import FakeGateway
+    from blockrun_proxy.testing import ApiKeyFakeGateway, FakeGateway, SolanaFakeGateway
 
-    network = "eip155:84532"  # Base Sepolia: a testnet, and a fake gateway anyway
-    # "fast" verification (its own digest + coincurve) spares the demo eth_account's
-    # one-second import on the first paid call; tests verify with eth_account.
-    gateway = FakeGateway(network=network, event_interval=0.05, verify="fast")
-    api_url = await gateway.start(host="127.0.0.1", port=0)
-    try:
-        yield replace(
+    # Quotes and spend of a throwaway wallet are not worth keeping.
+    settings = replace(settings, state_dir=None, wallet_key=None, solana_key=None, api_key=None)
+    if settings.rail == "apikey":
+        host = ApiKeyFakeGateway(event_interval=0.05, verify="fast")
+        url = await host.start(host="127.0.0.1", port=0)
+        demo = replace(settings, api_key_url=url, api_key=host.new_key())
+        gateway: FakeGateway = host
+    elif settings.chain == "solana":
+        from solders.keypair import Keypair
+
+        from blockrun_proxy.x402.svm import SOLANA_DEVNET
+        from blockrun_proxy.x402.svm._base58 import b58encode
+
+        solana = SolanaFakeGateway(network=SOLANA_DEVNET.caip2, event_interval=0.05)
+        api_url = await solana.start(host="127.0.0.1", port=0)
+        demo = replace(
             settings,
             api_url=api_url,
-            networks=(network,),
-            wallet_key=secrets.token_hex(32),
-            state_dir=None,  # a throwaway wallet's quotes and spend are not worth keeping
+            networks=(SOLANA_DEVNET.caip2,),
+            solana_rpc_url=solana.rpc_url,
+            solana_key=b58encode(bytes(Keypair())),  # a throwaway wallet, in memory only
         )
+        gateway = solana
+    else:
+        network = "eip155:84532"  # Base Sepolia: a testnet, and a fake gateway anyway
+        # "fast" verification (its own digest + coincurve) spares the demo eth_account's
+        # one-second import on the first paid call; tests verify with eth_account.
+        gateway = FakeGateway(network=network, event_interval=0.05, verify="fast")
+        api_url = await gateway.start(host="127.0.0.1", port=0)
+        demo = replace(
+            settings, api_url=api_url, networks=(network,), wallet_key=secrets.token_hex(32)
+        )
+    try:
+        yield demo
     finally:
         await gateway.close()
 
 
-def print_demo_help(host: str, port: int) -> None:
+DEMO_PAYERS = {
+    "base": "a throwaway Base Sepolia wallet pays it",
+    "solana": "a throwaway Solana devnet wallet pays it (blockhashes from the fake's own RPC)",
+    "apikey": "a throwaway API key's prepaid credit pays it (nothing is signed)",
+}
+
+
+def print_demo_help(host: str, port: int, rail: str = "base") -> None:
     base = f"http://{host}:{port}/v1"
     print(
-        f"\nDemo mode: a fake x402 gateway runs in this process and a throwaway wallet pays it.\n"
+        f"\nDemo mode: a fake BlockRun gateway runs in this process and {DEMO_PAYERS[rail]}.\n"
         f"Try a paid, streamed completion:\n\n"
         f"  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\\n"
         f'    -d \'{{"model": "openai/gpt-5.5", "stream": true, '
