@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -57,27 +58,32 @@ def nonces(gateway: FakeGateway, since: int = 0) -> list[str]:
 
 
 def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
-    """The distinct authorization nonces the gateway received, per client call, on every
-    route: requests are grouped by the ``x-request-id`` the proxy forwards (one per client
-    call)."""
+    """What could settle of each client call, as the gateway received it, on every route:
+    the distinct EIP-3009 nonces (Base) and the distinct signed transactions (Solana: each
+    one could land on its own). Requests are grouped by the ``x-request-id`` the proxy
+    forwards (one per client call)."""
     calls: dict[str, set[str]] = {}
     for request in gateway.requests[since:]:  # every route: the rule is per call
         call = request.headers.get("x-request-id")
         if call is None:
             continue  # not sent by the proxy
         nonces = calls.setdefault(call, set())
-        payment = request.payment
-        authorization = (payment or {}).get("payload", {}).get("authorization", {})
+        payload = (request.payment or {}).get("payload", {})
+        authorization = payload.get("authorization", {})
         if isinstance(authorization, dict) and "nonce" in authorization:
             nonces.add(str(authorization["nonce"]))
+        if isinstance(payload.get("transaction"), str):
+            digest = hashlib.sha256(payload["transaction"].encode()).hexdigest()
+            nonces.add("solana transaction " + digest[:16])
     return calls
 
 
 def assert_one_nonce_per_call(gateway: FakeGateway, since: int = 0) -> None:
     """ "One nonce per call": every authorization signed for one client call carries the
-    same EIP-3009 nonce, so at most one of them can ever settle."""
+    same EIP-3009 nonce, and on Solana a call sends one signed transaction at most (every
+    replay the same bytes), so at most one payment per call can ever settle."""
     several = {call: n for call, n in nonces_by_call(gateway, since).items() if len(n) > 1}
-    assert not several, f"client calls with several nonces: {several}"
+    assert not several, f"client calls with several payments: {several}"
 
 
 def amounts_by_nonce(gateway: FakeGateway, since: int = 0) -> dict[str, int]:
