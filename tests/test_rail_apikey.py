@@ -273,3 +273,22 @@ async def test_the_key_never_reaches_a_client_a_log_or_a_metric(
     seen.extend(repr(record.__dict__).encode() for record in caplog.records)
     leaks = [chunk for chunk in seen if key.encode() in chunk or key[4:].encode() in chunk]
     assert not leaks
+
+
+async def test_the_in_process_provider_redacts_the_key_too(echoing: EchoingHost) -> None:
+    from blockrun_proxy.config import Settings
+    from blockrun_proxy.inprocess import CallError, Core
+
+    key = "brk_live_" + secrets.token_hex(24)
+    core = Core(Settings(api_key=key, api_key_url=echoing.url, state_dir=None))
+    try:
+        stream = await core.run_async(core.open_stream(chat(PRICED_MODEL, "stream please")))
+        events = []
+        while (event := await core.run_async(stream.next_event())) is not None:
+            events.append(event)
+        assert events == [{"echo": "Bearer brk_[redacted]"}]
+        with pytest.raises(CallError) as exc:
+            await core.run_async(core.complete(chat(PRICED_MODEL, "400")))
+        assert "brk_[redacted]" in str(exc.value) and key not in str(exc.value)
+    finally:
+        core.close()
