@@ -217,11 +217,12 @@ def payer(
 ) -> Rails:
     """The payers of the configured wallets, each under its rail's policy, sharing the
     budget and the anomaly counts: EVM always, Solana with a blockhash cache."""
-    from blockrun_proxy.solana_payer import solana_payer_for
-
     evm = payer_for(settings, budget=budget)
     solana = None
     if blockhashes is not None:
+        # Imported here: a proxy paying only on Base never loads Solana's signing code.
+        from blockrun_proxy.solana_payer import solana_payer_for
+
         solana = solana_payer_for(settings, blockhashes, budget, anomalies=evm.anomalies)
     return Rails(evm, solana, prefer=SOLANA if settings.chain == SOLANA else BASE)
 

@@ -21,8 +21,9 @@ of its own (apikey_gateway.py).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from blockrun_proxy.budget import BudgetStore
 from blockrun_proxy.errors import PaymentRefused
@@ -34,11 +35,12 @@ from blockrun_proxy.x402 import (
     Requirement,
     SignedPayment,
 )
-from blockrun_proxy.x402.svm import SignedSvmPayment, SolanaNetwork, is_solana_network
+from blockrun_proxy.x402.svm.networks import SolanaNetwork, is_solana_network
 
 if TYPE_CHECKING:
     from blockrun_proxy.quotes import Presign
     from blockrun_proxy.solana_payer import SolanaCallPayment, SolanaPayer
+    from blockrun_proxy.x402.svm.payment import SignedSvmPayment
 
 BASE = "base"
 SOLANA = "solana"
@@ -62,7 +64,14 @@ def settles_optimistically(payment: Payment) -> bool:
     transaction stays valid until its blockhash expires, and Solana gateways settle in
     parallel with the work (PROTOCOL.md section 3). Such a payment is never followed by
     another signature, and every failure after it is sent is a ``424``."""
-    return isinstance(payment, SignedSvmPayment)
+    return _is_solana_payment(payment)
+
+
+def _is_solana_payment(payment: Payment) -> TypeGuard[SignedSvmPayment]:
+    # A Solana payment can only exist once its module was loaded: a proxy paying only on
+    # Base never loads it (x402/svm/__init__.py), and never will for this check.
+    module = sys.modules.get("blockrun_proxy.x402.svm.payment")
+    return module is not None and isinstance(payment, module.SignedSvmPayment)
 
 
 class Rails:
@@ -220,14 +229,14 @@ class RailsCall:
         return await self._evm_call().sign(requirement, network, resource, extensions)
 
     def sent(self, payment: Payment) -> None:
-        if isinstance(payment, SignedSvmPayment):
+        if _is_solana_payment(payment):
             self._solana_call().sent(payment)
         else:
             assert isinstance(payment, SignedPayment)
             self._evm_call().sent(payment)
 
     def settled(self, payment: Payment, settlement: PaymentResponse | None) -> int:
-        if isinstance(payment, SignedSvmPayment):
+        if _is_solana_payment(payment):
             return self._solana_call().settled(payment, settlement)
         assert isinstance(payment, SignedPayment)
         return self._evm_call().settled(payment, settlement)

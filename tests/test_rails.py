@@ -177,3 +177,23 @@ def test_addresses_and_counters_span_the_rails(cache: WarmCache) -> None:
     assert rails(cache, prefer=SOLANA).address != both.evm.address
     assert both.anomalies is both.evm.anomalies
     assert both.solana is not None and both.solana.anomalies is both.anomalies
+
+
+def test_a_proxy_paying_on_base_loads_none_of_solanas_signing_code() -> None:
+    """Startup is measured: the Solana policy, transaction and signer modules (and
+    solders) load only for a proxy that pays on Solana."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, blockrun_proxy.server, blockrun_proxy.core, blockrun_proxy.rails\n"
+        "from blockrun_proxy.config import Settings\n"
+        "from blockrun_proxy.core import payer\n"
+        "payer(Settings(), None).choose\n"
+        "print(sorted(m for m in sys.modules if 'svm.' in m or m.startswith('solders')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert (
+        out.stdout.strip()
+        == "['blockrun_proxy.x402.svm._base58', 'blockrun_proxy.x402.svm.networks']"
+    )
