@@ -71,7 +71,7 @@ class Reply:
 
     data: dict[str, Any]
     headers: dict[str, str]
-    cost_usd: float
+    cost_usd: float | None  # None: the rail reports no cost (the API key)
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ class Stream:
 
     answer: Answer
     headers: dict[str, str]
-    cost_usd: float
+    cost_usd: float | None  # None: the rail reports no cost (the API key)
     _decoder: SSEDecoder = field(default_factory=SSEDecoder)
     _pending: list[str] = field(default_factory=list)
     _done: bool = False
@@ -325,7 +325,9 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"cannot send a {type(value).__name__} to the gateway")
 
 
-def _cost(answer: Answer) -> float:
+def _cost(answer: Answer) -> float | None:
+    if answer.rail_cost_headers is not None:
+        return None  # a rail that reports no cost: none is invented (costs.py)
     paid = answer.paid_atomic
     return 0.0 if paid is None else paid / 1_000_000
 

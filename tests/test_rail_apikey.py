@@ -283,6 +283,8 @@ async def test_the_in_process_provider_redacts_the_key_too(echoing: EchoingHost)
     core = Core(Settings(api_key=key, api_key_url=echoing.url, state_dir=None))
     try:
         stream = await core.run_async(core.open_stream(chat(PRICED_MODEL, "stream please")))
+        assert stream.cost_usd is None  # the host reports none: LiteLLM gets none invented
+        assert "x-litellm-response-cost" not in stream.headers
         events = []
         while (event := await core.run_async(stream.next_event())) is not None:
             events.append(event)
