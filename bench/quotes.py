@@ -12,6 +12,12 @@ signature costs.
    coincurve) against eth_account's ``sign_message(encode_typed_data(...))``, checked
    byte-identical.
 
+``--scheme upto``: the same through a proxy paying upto (the fake gateway in upto mode,
+its chain served by a fake JSON-RPC node as ``--rpc-url``, the wallet funded there): the
+ceilings are signed up front from the same quotes, and what was paid is what the official
+x402 facilitator code settled ("paid": the settled total against the exact prices of the
+same calls). The official server offers no upto: its rows are skipped.
+
 A few minutes with the defaults (``--quick``: one workload pass per formula at a shorter
 round trip). A command, not a test.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import signal
 import statistics
@@ -42,6 +49,7 @@ from blockrun_proxy.quotes import QuoteStats
 from blockrun_proxy.server import running
 from blockrun_proxy.testing._models import PRICING_SHAPES
 from blockrun_proxy.testing.workloads import WORKLOADS, bodies
+from blockrun_proxy.x402 import Signer
 
 NETWORK = "eip155:84532"
 # The proxy answers only JSON POSTs (a browser cannot send one without asking).
@@ -49,6 +57,8 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 ROOT = Path(__file__).resolve().parents[1]
 WARM_UP = 10  # paid calls of a model before the share is counted
 COST_HEADER = "x-blockrun-cost-usd"
+CEILING_HEADER = "x-blockrun-ceiling-usd"
+FUNDS = 10**12  # the wallet's USDC and Permit2 allowance on the fake chain (--scheme upto)
 
 
 @dataclass(frozen=True)
@@ -98,13 +108,22 @@ async def serve_gateway(args: argparse.Namespace) -> None:
     shape = PRICING_SHAPES[args.shape]
     delay = args.rtt_ms[0] / 1000
     gateway: Any
+    rpc: Any = None
     if args.gateway == "official":
         from blockrun_proxy.testing.official import OfficialGateway
 
         gateway = OfficialGateway(shape.models, shape.price, delay_seconds=delay)
     else:
-        from blockrun_proxy.testing import FakeGateway
+        from blockrun_proxy.testing import FakeGateway, FakeRpc, UptoMode, UsdcLedger
+        from blockrun_proxy.x402 import PERMIT2_ADDRESS
 
+        upto = None
+        if args.upto_wallet:
+            ledger = UsdcLedger(NETWORK)
+            ledger.fund(args.upto_wallet, usdc=FUNDS)
+            ledger.approve(args.upto_wallet, PERMIT2_ADDRESS, FUNDS)
+            upto = UptoMode(ledger)
+            rpc = FakeRpc(ledger)
         gateway = FakeGateway(
             network=NETWORK,
             models=shape.models,
@@ -112,6 +131,7 @@ async def serve_gateway(args: argparse.Namespace) -> None:
             verify="fast",
             record=False,
             publish_prices=not args.no_prices,
+            upto=upto,
         )
         gateway.misbehave.delay_seconds = delay
     stop = asyncio.Event()
@@ -119,15 +139,21 @@ async def serve_gateway(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     url = await gateway.start("127.0.0.1", 0)
-    print(f"listening on {url}", flush=True)
+    rpc_url = await rpc.start() if rpc is not None else "-"
+    print(f"listening on {url} {rpc_url}", flush=True)
     try:
         await stop.wait()
     finally:
         await gateway.close()
+        if rpc is not None:
+            await rpc.close()
 
 
 @contextlib.contextmanager
-def gateway_process(formula: Formula, rtt_ms: float) -> Iterator[str]:
+def gateway_process(
+    formula: Formula, rtt_ms: float, upto_wallet: str | None = None
+) -> Iterator[tuple[str, str | None]]:
+    """The gateway's URL, and its chain's JSON-RPC URL when it offers upto."""
     args = [
         sys.executable,
         "-m",
@@ -142,13 +168,16 @@ def gateway_process(formula: Formula, rtt_ms: float) -> Iterator[str]:
     ]
     if not formula.publish_prices:
         args.append("--no-prices")
+    if upto_wallet is not None:
+        args += ["--upto-wallet", upto_wallet]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("listening on "):
             raise RuntimeError(f"gateway did not start: {line!r}")
-        yield line.split()[-1]
+        url, rpc_url = line.split()[-2:]
+        yield url, None if rpc_url == "-" else rpc_url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -157,15 +186,27 @@ def gateway_process(formula: Formula, rtt_ms: float) -> Iterator[str]:
 # --- the proxy and the client -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Payment:
+    """How the proxy pays: the scheme, and for upto the wallet funded on the fake chain."""
+
+    scheme: str = "exact"
+    # Throwaway under exact: the gateways are not a chain.
+    wallet_key: str = field(default_factory=lambda: "0x" + secrets.token_hex(32))
+    rpc_url: str | None = None
+
+
 @contextlib.asynccontextmanager
 async def proxy(
-    api_url: str, *, presign: bool, tolerance: Decimal
+    api_url: str, *, presign: bool, tolerance: Decimal, payment: Payment
 ) -> AsyncIterator[tuple[str, QuoteStats]]:
     settings = Settings(
         port=0,
         api_url=api_url,
         networks=(NETWORK,),
-        wallet_key="0x" + secrets.token_hex(32),  # throwaway: the gateways are not a chain
+        wallet_key=payment.wallet_key,
+        scheme=payment.scheme,
+        rpc_url=payment.rpc_url,
         presign=presign,
         presign_tolerance_usd=tolerance,
         state_dir=None,  # each run starts cold
@@ -178,7 +219,9 @@ async def proxy(
 class Run:
     latencies_ms: list[float] = field(default_factory=list)
     round_trips: list[int] = field(default_factory=list)
-    overpaid: list[int] = field(default_factory=list)
+    overpaid: list[int] = field(default_factory=list)  # signed (the ceiling) - the price
+    paid: list[int] = field(default_factory=list)  # the cost reported (upto: settled)
+    priced: list[int] = field(default_factory=list)  # the gateway's price of each call
 
     def share(self) -> float:
         after = self.round_trips[WARM_UP:]
@@ -188,12 +231,17 @@ class Run:
         return statistics.median(self.latencies_ms[WARM_UP:])
 
 
-async def run_workload(api_url: str, formula: Formula, workload: str, *, presign: bool) -> Run:
+async def run_workload(
+    api_url: str, formula: Formula, workload: str, *, presign: bool, payment: Payment
+) -> Run:
     shape = PRICING_SHAPES[formula.shape]
     spec = {m.id: m for m in shape.models}[formula.model]
     run = Run()
     async with (
-        proxy(api_url, presign=presign, tolerance=formula.tolerance_usd) as (url, stats),
+        proxy(api_url, presign=presign, tolerance=formula.tolerance_usd, payment=payment) as (
+            url,
+            stats,
+        ),
         aiohttp.ClientSession() as session,
     ):
         for body in bodies(workload, formula.model):
@@ -204,6 +252,7 @@ async def run_workload(api_url: str, formula: Formula, workload: str, *, presign
                 if resp.status != 200:
                     raise RuntimeError(f"paid call failed: {resp.status}")
                 cost = resp.headers[COST_HEADER]
+                signed = resp.headers.get(CEILING_HEADER, cost)
             run.latencies_ms.append((time.perf_counter() - started) * 1000)
             # A presign accepted is one request; a probe and its payment two; a presign
             # refused as not used, then the probe and the payment, three.
@@ -213,7 +262,10 @@ async def run_workload(api_url: str, formula: Formula, workload: str, *, presign
             else:
                 run.round_trips.append(2 + (misses - before[1]))
             assert probed >= before[2]
-            run.overpaid.append(usd_to_atomic(Decimal(cost)) - shape.price(spec, body))
+            price = shape.price(spec, body)
+            run.overpaid.append(usd_to_atomic(Decimal(signed)) - price)
+            run.paid.append(usd_to_atomic(Decimal(cost)))
+            run.priced.append(price)
     return run
 
 
@@ -225,28 +277,40 @@ class Row:
     cold: Run | None
 
 
-async def measure(formula: Formula, workload: str, rtt_ms: float, cold: bool) -> Row:
-    with gateway_process(formula, rtt_ms) as api_url:
-        warm = await run_workload(api_url, formula, workload, presign=True)
-        off = await run_workload(api_url, formula, workload, presign=False) if cold else None
+async def measure(
+    formula: Formula, workload: str, rtt_ms: float, cold: bool, scheme: str = "exact"
+) -> Row:
+    payment = Payment(scheme)
+    wallet = Signer(payment.wallet_key).address if scheme != "exact" else None
+    with gateway_process(formula, rtt_ms, wallet) as (api_url, rpc_url):
+        payment = dataclasses.replace(payment, rpc_url=rpc_url)
+        warm = await run_workload(api_url, formula, workload, presign=True, payment=payment)
+        off = None
+        if cold:
+            off = await run_workload(api_url, formula, workload, presign=False, payment=payment)
     return Row(workload, formula, warm, off)
 
 
-def table(rows: Sequence[Row]) -> str:
+def table(rows: Sequence[Row], scheme: str = "exact") -> str:
+    signed = "ceiling over the price" if scheme == "upto" else "over-paid"
     lines = [
         "| workload | formula | one round trip (after 10 calls) | p50 cold ms | p50 warm ms "
-        "| over-paid (max per call) |",
-        "|---|---|---|---|---|---|",
+        f"| {signed} (max per call) |" + (" paid / exact price |" if scheme == "upto" else ""),
+        "|---|---|---|---|---|---|" + ("---|" if scheme == "upto" else ""),
     ]
     for row in rows:
         over, most = sum(row.warm.overpaid), max(row.warm.overpaid)
         cold = f"{row.cold.p50_ms():.0f}" if row.cold is not None else "-"
         after = row.warm.round_trips[WARM_UP:]
-        lines.append(
+        line = (
             f"| {row.workload} | {row.formula.label} | {row.warm.share():.0%} "
             f"({sum(1 for n in after if n == 1)}/{len(after)}) | {cold} "
             f"| {row.warm.p50_ms():.0f} | {over} uUSDC ({most}) |"
         )
+        if scheme == "upto":
+            paid, priced = sum(row.warm.paid), sum(row.warm.priced)
+            line += f" {paid / priced:.0%} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -346,12 +410,14 @@ async def run(args: argparse.Namespace) -> None:
         flush=True,
     )
     rows = []
+    formulas = [f for f in FORMULAS if args.scheme == "exact" or f.gateway == "fake"]
     for workload in WORKLOADS:
-        for formula in FORMULAS:
-            rows.append(await measure(formula, workload, rtt, cold=not args.quick))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+        for formula in formulas:
+            row = await measure(formula, workload, rtt, not args.quick, args.scheme)
+            rows.append(row)
+            print(table(rows[-1:], args.scheme).splitlines()[-1], flush=True)
     print()
-    print(table(rows))
+    print(table(rows, args.scheme))
     fast, header_us, reference = bench_signer(args.signatures)
     print(
         f"\nsigner: {fast:.1f} us per signature ({header_us:.1f} us with the PAYMENT-SIGNATURE "
@@ -365,10 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rtt-ms", type=float, nargs=1, default=[50.0])
     parser.add_argument("--quick", action="store_true", help="no cold runs")
     parser.add_argument("--signatures", type=int, default=2000)
+    parser.add_argument("--scheme", choices=("exact", "upto"), default="exact")
     parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--gateway", default="fake", help=argparse.SUPPRESS)
     parser.add_argument("--no-prices", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--upto-wallet", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_gateway:
         asyncio.run(serve_gateway(args))

@@ -78,9 +78,15 @@ class Permit2Allowance:
         self,
         *,
         read_ttl: float = DEFAULT_READ_TTL_SECONDS,
+        reread_gap: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.read_ttl = read_ttl
+        # ``acquire`` reads the chain again before refusing for want of allowance (the
+        # operator may just have approved), at most once per this many seconds: a payer
+        # that falls back to exact on every call (auto, allowance short) would otherwise
+        # add an RPC round trip to each of them.
+        self.reread_gap = reread_gap
         self._clock = clock
         self.reading: ChainAllowance | None = None
         self._read_at = 0.0
@@ -93,6 +99,10 @@ class Permit2Allowance:
     def stale(self) -> bool:
         """True when the next reserve should read the chain first."""
         return self.reading is None or self._clock() - self._read_at >= self.read_ttl
+
+    def may_reread(self) -> bool:
+        """Whether a refusal for want of allowance may read the chain once more first."""
+        return self.reading is None or self._clock() - self._read_at >= self.reread_gap
 
     def update(self, reading: ChainAllowance) -> None:
         """A fresh chain reading. A permit whose nonce the chain has moved past has landed
@@ -204,7 +214,8 @@ async def acquire(
     sponsoring: bool,
 ) -> AllowanceHold:
     """``tracker.reserve``, reading the chain first when stale, and once more before
-    refusing for want of allowance (the operator may just have approved). RpcError
+    refusing for want of allowance (the operator may just have approved; at most once
+    per ``tracker.reread_gap``). RpcError
     propagates: with no reading the caller cannot know, and pays exact or refuses."""
     if tracker.stale():
         tracker.update(await read_allowance(rpc, network, owner, with_nonce=sponsoring))
@@ -212,7 +223,7 @@ async def acquire(
     try:
         return tracker.reserve(ceiling, deadline=deadline, sponsoring=sponsoring)
     except Refusal as refusal:
-        if refusal.code != ALLOWANCE_REQUIRED:
+        if refusal.code != ALLOWANCE_REQUIRED or not tracker.may_reread():
             raise
     tracker.update(await read_allowance(rpc, network, owner, with_nonce=sponsoring))
     return tracker.reserve(ceiling, deadline=deadline, sponsoring=sponsoring)

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from blockrun_proxy.config import API_KEY_ENV, Settings
+from blockrun_proxy.costs import COST_SOURCE_HEADER
 from blockrun_proxy.errors import ApiKeyNoCredit, ApiKeyRejected
 
-COST_SOURCE_HEADER = "x-blockrun-cost-source"
 # How much of the host's own refusal text an error passes on.
 MAX_DETAIL_CHARS = 300
 REDACTED = "brk_[redacted]"

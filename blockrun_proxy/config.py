@@ -40,6 +40,15 @@ DEFAULT_RAIL = "auto"
 # hostile gateway from quoting dollars per call.
 DEFAULT_MAX_PRICE_USD = Decimal("0.50")
 DEFAULT_MAX_TOKENS = 1024
+# --scheme: which x402 schemes the EVM payer signs. "exact" pays the quote (the gateway
+# prices max_tokens); "upto" signs a ceiling and pays what the call actually cost; "auto"
+# prefers upto and pays exact when upto cannot be signed (no Permit2 allowance). The
+# default stays exact: see the README's "Pay what you use" for why.
+SCHEMES = ("exact", "upto", "auto")
+DEFAULT_SCHEME = "exact"
+SCHEME_PREFERENCE: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"exact": ("exact",), "upto": ("upto",), "auto": ("upto", "exact")}
+)
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MODELS_TTL_SECONDS = 300.0
 # Streams have no total timeout (reasoning models think for minutes before the first
@@ -178,6 +187,8 @@ class Settings:
     # Sign the first request when the quote model is trusted; 0 tolerance = exact amounts only.
     presign: bool = True
     presign_tolerance_usd: Decimal = Decimal(0)
+    # The x402 schemes paid on EVM networks (SCHEMES); upto needs rpc_url (the allowance).
+    scheme: str = DEFAULT_SCHEME
     quote_trust: int = DEFAULT_QUOTE_TRUST
     quote_ttl_seconds: float = DEFAULT_QUOTE_TTL_SECONDS
     allow_public: bool = False
@@ -259,6 +270,15 @@ class Settings:
         return usd_to_atomic(self.presign_tolerance_usd)
 
     @property
+    def schemes(self) -> tuple[str, ...]:
+        """The x402 schemes the EVM payer signs, most preferred first. ``auto`` without
+        ``rpc_url`` is exact alone: no allowance can be read, so upto could never be signed
+        and every call would only try it to fall back."""
+        if self.scheme == "auto" and not self.rpc_url:
+            return SCHEME_PREFERENCE["exact"]
+        return SCHEME_PREFERENCE[self.scheme]
+
+    @property
     def gateway_host(self) -> str:
         return (urlsplit(self.api_url).hostname or "").lower()
 
@@ -323,6 +343,14 @@ class Settings:
             # Only the scheme is shown: hosted RPC URLs carry an API key in their path.
             scheme = urlsplit(self.rpc_url).scheme or "none"
             raise ValueError(f"--rpc-url must be an http(s) URL, got scheme {scheme!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"--scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        if self.scheme == "upto" and not self.rpc_url and not self.demo:
+            raise ValueError(
+                "--scheme upto needs --rpc-url: an upto payment draws on the wallet's Permit2 "
+                "allowance, which is read from the chain (or use --scheme auto, which pays "
+                "exact when upto cannot be signed)"
+            )
         if self.low_balance_usd is not None and self.low_balance_usd < 0:
             raise ValueError("--low-balance-usd must not be negative")
         if self.chain not in CHAINS:

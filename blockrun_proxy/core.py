@@ -12,7 +12,8 @@ shared cookie jar, another pool size, no quote book, no request-id check):
   ``PAYMENT-REQUIRED`` may be, an egress proxy and CA bundle from the environment
   (egress.py);
 - the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
-  Redis when the fleet shares one, else in memory), the payer (``payer``), the quote
+  Redis when the fleet shares one, else in memory), the EVM JSON-RPC client the upto
+  scheme reads the Permit2 allowance through (``evm_rpc``), the payer (``payer``), the quote
   book (``quote_book``) and its keeper (the catalogue's prices, saved across restarts),
   the gateway, the models cache, the job book, and the spend
   ledger's writer (``Recorder``), which sees every finished request through
@@ -46,6 +47,7 @@ from blockrun_proxy.blockhash import BlockhashCache
 from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
 from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import API_KEY_PREFIX, Settings
+from blockrun_proxy.evm_rpc import EvmRpc
 from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.jobs import JobBook
 from blockrun_proxy.limits import Limits
@@ -60,6 +62,7 @@ from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway
+from blockrun_proxy.x402 import UPTO_SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class PaymentCore:
     recorder: Recorder | None = None  # the spend ledger's writer
     # Solana's recent blockhashes, when the Solana rail can sign.
     blockhashes: BlockhashCache | None = None
+    rpc: EvmRpc | None = None  # --rpc-url, when the payer signs upto (the allowance)
     # Told of every finished request (the app calls them after the access log): the spend
     # ledger's recorder, and whatever joins it. Must not block or raise.
     observers: list[Callable[[Exchange], None]] = field(default_factory=list)
@@ -119,7 +123,7 @@ class PaymentCore:
         elif wallet_key:
             settings = replace(settings, wallet_key=wallet_key, api_key=None)
         settings.check()
-        the_payer = payer(settings, self.budget, self.blockhashes)
+        the_payer = payer(settings, self.budget, self.rpc, self.blockhashes)
         return gateway(settings, self.session, the_payer, quote_book(settings))
 
 
@@ -134,8 +138,9 @@ async def open_core(
     limits = limits or Limits.from_settings(settings)
     link = RedisLink.from_settings(settings)
     budget = budget_store(settings, link)
+    rpc = evm_rpc(settings)
     blockhashes = blockhash_cache(settings)
-    the_payer = payer(settings, budget, blockhashes)
+    the_payer = payer(settings, budget, rpc, blockhashes)
     if blockhashes is not None and (the_payer.solana is None or not the_payer.solana.can_sign):
         blockhashes = None  # nothing will sign on Solana: never ask its RPC
     quotes = quote_book(settings)
@@ -145,6 +150,8 @@ async def open_core(
             stack.push_async_callback(link.aclose)
         if blockhashes is not None:
             stack.push_async_callback(blockhashes.close)
+        if rpc is not None:
+            stack.push_async_callback(rpc.close)
         if isinstance(budget, RedisBudgetStore):
             stack.push_async_callback(budget.aclose)
         recorder = None
@@ -173,6 +180,7 @@ async def open_core(
             quote_store=RedisQuoteStore(link) if link is not None else None,
             keeper=keeper,
             recorder=recorder,
+            rpc=rpc,
             observers=[recorder.observe] if recorder is not None else [],
             blockhashes=blockhashes,
         )
@@ -201,6 +209,16 @@ def rail_of(settings: Settings) -> str:
     return SOLANA if settings.chain == SOLANA else BASE
 
 
+def evm_rpc(settings: Settings) -> EvmRpc | None:
+    """The JSON-RPC client the upto scheme reads the wallet's Permit2 allowance through:
+    with ``--rpc-url`` when upto may be signed (``--scheme upto|auto``), else None. Its
+    session is its own (the gateway's carries the egress settings of the gateway's
+    origin) and opens on the first read."""
+    if not settings.rpc_url or UPTO_SCHEME not in settings.schemes:
+        return None
+    return EvmRpc(settings.rpc_url)
+
+
 def blockhash_cache(settings: Settings) -> BlockhashCache | None:
     """Solana's recent blockhashes (from ``--solana-rpc-url``, through the egress proxy),
     when Solana networks are allowed; not started (``PaymentCore.start_background``)."""
@@ -213,11 +231,15 @@ def blockhash_cache(settings: Settings) -> BlockhashCache | None:
 
 
 def payer(
-    settings: Settings, budget: BudgetStore | None, blockhashes: BlockhashCache | None = None
+    settings: Settings,
+    budget: BudgetStore | None,
+    rpc: EvmRpc | None = None,
+    blockhashes: BlockhashCache | None = None,
 ) -> Rails:
     """The payers of the configured wallets, each under its rail's policy, sharing the
-    budget and the anomaly counts: EVM always, Solana with a blockhash cache."""
-    evm = payer_for(settings, budget=budget)
+    budget and the anomaly counts: EVM always (``rpc`` for upto's allowance), Solana with
+    a blockhash cache."""
+    evm = payer_for(settings, budget=budget, rpc=rpc)
     solana = None
     if blockhashes is not None:
         # Imported here: a proxy paying only on Base never loads Solana's signing code.

@@ -3,17 +3,24 @@
 One place for the proxy's answers and the in-process LiteLLM provider, so both
 report the same numbers: ``x-litellm-response-cost`` is what LiteLLM records as
 the spend of a call (USD), ``x-blockrun-cost-usd`` says the same for everyone
-else, and ``x-blockrun-settlement`` names the settlement transaction.
+else, ``x-blockrun-cost-source`` what that figure rests on (``signed``: an exact
+payment; ``settled``: the amount an upto payment settled; ``ceiling``: an upto
+settlement that did not say, so its ceiling stands in; ``none``: the API-key rail, whose
+host reports no cost, so no figure is given at all), ``x-blockrun-ceiling-usd`` the
+ceiling an upto payment signed (what exact would have charged), and
+``x-blockrun-settlement`` names the settlement transaction.
 """
 
 from __future__ import annotations
 
 from blockrun_proxy.upstream import Answer
-from blockrun_proxy.x402 import usd
+from blockrun_proxy.x402 import UPTO_SCHEME, usd
 
 COST_HEADER = "x-blockrun-cost-usd"
 LITELLM_COST_HEADER = "x-litellm-response-cost"
 SETTLEMENT_HEADER = "x-blockrun-settlement"
+COST_SOURCE_HEADER = "x-blockrun-cost-source"
+CEILING_HEADER = "x-blockrun-ceiling-usd"
 
 
 def cost_headers(answer: Answer) -> dict[str, str]:
@@ -32,6 +39,11 @@ def cost_headers(answer: Answer) -> dict[str, str]:
         return {LITELLM_COST_HEADER: usd(0)}
     cost = usd(paid)
     headers = {COST_HEADER: cost, LITELLM_COST_HEADER: cost}
+    if answer.cost_source is not None:
+        headers[COST_SOURCE_HEADER] = answer.cost_source
+    payment = answer.payment
+    if payment is not None and payment.requirement.scheme == UPTO_SCHEME:
+        headers[CEILING_HEADER] = usd(payment.amount)
     if answer.settlement is not None and answer.settlement.transaction:
         headers[SETTLEMENT_HEADER] = answer.settlement.transaction
     return headers

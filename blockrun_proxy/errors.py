@@ -219,6 +219,16 @@ class SolanaRpcUnreachable(ProxyError):
     code = "solana_rpc_unreachable"
 
 
+class AllowanceUnknown(ProxyError):
+    """The wallet's Permit2 allowance could not be read from ``--rpc-url`` for an upto
+    payment (``--scheme upto``; ``auto`` pays exact instead). Raised before anything is
+    signed; 503 like the other chain reads the proxy cannot do right now."""
+
+    status = 503
+    type = "server_error"
+    code = "permit2_allowance_unknown"
+
+
 # Every error answered after a payment was sent uses this status. Clients retry 408, 409,
 # 429 and 5xx on their own (the openai SDK and so langchain; LiteLLM's ``should_retry`` and so
 # its Router and the LiteLLM Proxy), and a retry there is a NEW paid call (PROTOCOL.md

@@ -52,8 +52,9 @@ CORS_METHODS = "GET, POST, OPTIONS"
 CORS_HEADERS = ("Authorization", "Content-Type", "X-Request-Id")
 # What a browser app may read from an answer: the request id and what the call cost.
 CORS_EXPOSED = (
-    "x-request-id, x-blockrun-cost-usd, x-blockrun-settlement, x-litellm-response-cost, "
-    "x-should-retry, x-blockrun-upstream-status, Retry-After"
+    "x-request-id, x-blockrun-cost-usd, x-blockrun-cost-source, x-blockrun-ceiling-usd, "
+    "x-blockrun-settlement, x-litellm-response-cost, x-should-retry, "
+    "x-blockrun-upstream-status, Retry-After"
 )
 # What local clients send, checked before any address parsing.
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

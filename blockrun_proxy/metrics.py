@@ -126,8 +126,14 @@ class Metrics:
         )
         self.settled_micro_usdc = self._counter(
             "settled_micro_usdc",
-            "What the accepted calls cost, in atomic units (1e-6 USDC): the signed amount, "
-            "never a different amount the gateway claims (see gateway_anomalies).",
+            "What the accepted calls cost, in atomic units (1e-6 USDC): the signed amount "
+            "(exact), the settled amount up to the signed ceiling (upto), never a different "
+            "amount the gateway claims (see gateway_anomalies).",
+        )
+        self.upto_fallbacks = self._counter(
+            "upto_fallbacks",
+            "Calls paid exact under --scheme auto because the Permit2 allowance could not take "
+            "the upto ceiling (short, busy with a permit, or unreadable).",
         )
         self.gateway_anomalies = self._counter(
             "gateway_anomalies",
@@ -178,10 +184,12 @@ class Metrics:
     # ----------------------------------------------------------------- sources
 
     def watch_payer(self, payer: Any) -> None:
-        """Follow ``payer.payments_sent``, ``payer.sent_atomic`` (plain ints) and
+        """Follow ``payer.payments_sent``, ``payer.sent_atomic``, ``payer.upto_fallbacks``
+        (plain ints) and
         ``payer.anomalies`` (a dict of plain ints by kind, a fixed set of keys)."""
         self.watch(self.payments_sent, lambda: getattr(payer, "payments_sent", None))
         self.watch(self.sent_micro_usdc, lambda: getattr(payer, "sent_atomic", None))
+        self.watch(self.upto_fallbacks, lambda: getattr(payer, "upto_fallbacks", None))
         anomalies = getattr(payer, "anomalies", None)
         if isinstance(anomalies, dict):
             for kind in anomalies:

@@ -187,6 +187,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("presign_tolerance_usd", "--presign-tolerance-usd", (_P + "PRESIGN_TOLERANCE_USD",),
            "when signing up front, over-pay at most this per call to skip the probe (counted)",
            "`0`", _decimal),
+    Option("scheme", "--scheme", (_P + "SCHEME",), "x402 scheme on Base: `exact` pays the "
+           "quote (priced on `max_tokens`); `upto` signs that quote as a ceiling and pays what "
+           "the call actually cost (needs `--rpc-url` and a Permit2 allowance, see "
+           "[Pay what you use](#pay-what-you-use)); `auto`: upto when it can be signed, else "
+           "exact", f"`{config.DEFAULT_SCHEME}`", _choice(config.SCHEMES),
+           choices=config.SCHEMES),
     Option("routes", "--routes", (_P + "ROUTES",), "`all`: relay every path under `/v1/` "
            "and `/v1beta/` (the gateway decides what it serves); `table`: only the routes of "
            "[Routes](#routes), anything else is a `404`", "`all`", _choice(ROUTE_MODES),

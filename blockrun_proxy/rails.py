@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from blockrun_proxy.budget import BudgetStore
 from blockrun_proxy.errors import PaymentRefused
-from blockrun_proxy.payer import CallPayment, OnSent, Payer
+from blockrun_proxy.payer import COST_SIGNED, CallPayment, OnSent, Payer
 from blockrun_proxy.x402 import (
     Network,
     PaymentRequired,
     PaymentResponse,
     Requirement,
-    SignedPayment,
+    SignedEvmPayment,
 )
 from blockrun_proxy.x402.svm.networks import SolanaNetwork, is_solana_network
 
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 BASE = "base"
 SOLANA = "solana"
+# A requirement the policy of its rail accepted, with the network to sign it on.
+Choice = tuple[Requirement, Network | SolanaNetwork]
 
 
 class Payment(Protocol):
@@ -118,8 +120,26 @@ class Rails:
     def anomalies(self) -> dict[str, int]:
         return self.evm.anomalies  # shared with the Solana payer (core.payer)
 
-    def choose(self, offer: PaymentRequired) -> tuple[Requirement, Network | SolanaNetwork]:
-        """The requirement we would pay, and on which network, after every policy check.
+    @property
+    def upto_fallbacks(self) -> int:
+        return self.evm.upto_fallbacks  # an EVM matter (--scheme auto)
+
+    @property
+    def after_settlement(self) -> Callable[[], None] | None:
+        """Told after a payment settled (the balance watcher, which reads the EVM wallet)."""
+        return self.evm.after_settlement
+
+    @after_settlement.setter
+    def after_settlement(self, callback: Callable[[], None] | None) -> None:
+        self.evm.after_settlement = callback
+
+    def choose(self, offer: PaymentRequired) -> Choice:
+        """The requirement we would pay, and on which network, after every policy check."""
+        return self.choices(offer)[0]
+
+    def choices(self, offer: PaymentRequired) -> list[Choice]:
+        """What one rail would pay of ``offer``, most preferred first (on EVM, one
+        requirement per scheme: ``Payer.choices``), after every policy check.
 
         Each rail judges only its own requirements. When none passes, the refusal is the
         first rail's that had something to judge, so the client reads why the rail it
@@ -131,7 +151,9 @@ class Rails:
             if not accepts:
                 continue
             try:
-                return rail.choose(_with_accepts(offer, accepts))
+                if isinstance(rail, Payer):
+                    return list(rail.choices(_with_accepts(offer, accepts)))
+                return [rail.choose(_with_accepts(offer, accepts))]
             except PaymentRefused as refusal:
                 refusals.append(refusal)
         if refusals:
@@ -205,16 +227,42 @@ class RailsCall:
                 return call.sent_atomic
         return None
 
+    @property
+    def cost_source(self) -> str | None:
+        """What the cost of the accepted payment rests on (payer.COST_*): on Solana, always
+        the amount signed (an exact transfer)."""
+        if self._solana is not None and self._solana.payment is not None:
+            return COST_SIGNED
+        return self._evm.cost_source if self._evm is not None else None
+
     async def pay_requirement(
         self,
         requirement: Requirement,
         resource: Mapping[str, Any],
         extensions: Mapping[str, Any] | None = None,
+        alternatives: Sequence[Requirement] = (),
     ) -> Payment:
-        """Check one requirement (e.g. built from a learned quote) and sign it."""
+        """Check one requirement (e.g. built from a learned quote) and sign it (on EVM, or
+        one of ``alternatives``: ``CallPayment.pay_requirement``)."""
         if is_solana_network(requirement.network):
             return await self._solana_call().pay_requirement(requirement, resource, extensions)
-        return await self._evm_call().pay_requirement(requirement, resource, extensions)
+        return await self._evm_call().pay_requirement(
+            requirement, resource, extensions, alternatives
+        )
+
+    async def sign_first(
+        self,
+        choices: Sequence[Choice],
+        resource: Mapping[str, Any],
+        extensions: Mapping[str, Any] | None = None,
+    ) -> Payment:
+        """Sign the first of ``choices`` (``Rails.choices``: all on one rail) that can be
+        signed now, by that rail's rules."""
+        requirement, network = choices[0]
+        if isinstance(network, SolanaNetwork):
+            return await self._solana_call().sign(requirement, network, resource, extensions)
+        evm = [(r, n) for r, n in choices if not isinstance(n, SolanaNetwork)]
+        return await self._evm_call().sign_first(evm, resource, extensions)
 
     async def sign(
         self,
@@ -224,22 +272,24 @@ class RailsCall:
         extensions: Mapping[str, Any] | None = None,
     ) -> Payment:
         """Sign a requirement that already passed ``Rails.choose`` on its rail."""
-        if isinstance(network, SolanaNetwork):
-            return await self._solana_call().sign(requirement, network, resource, extensions)
-        return await self._evm_call().sign(requirement, network, resource, extensions)
+        return await self.sign_first([(requirement, network)], resource, extensions)
 
     def sent(self, payment: Payment) -> None:
         if _is_solana_payment(payment):
             self._solana_call().sent(payment)
         else:
-            assert isinstance(payment, SignedPayment)
-            self._evm_call().sent(payment)
+            self._evm_call().sent(_evm_payment(payment))
+
+    def not_used(self, payment: Payment) -> None:
+        """The gateway said ``payment`` was not used. On EVM that frees what it held (the
+        upto allowance); a Solana transaction may land all the same, so nothing changes."""
+        if not _is_solana_payment(payment):
+            self._evm_call().not_used(_evm_payment(payment))
 
     def settled(self, payment: Payment, settlement: PaymentResponse | None) -> int:
         if _is_solana_payment(payment):
             return self._solana_call().settled(payment, settlement)
-        assert isinstance(payment, SignedPayment)
-        return self._evm_call().settled(payment, settlement)
+        return self._evm_call().settled(_evm_payment(payment), settlement)
 
     async def finish(self) -> None:
         """Settle the call's account with the budget (idempotent)."""
@@ -269,6 +319,11 @@ def _rail_changed(signed: str, asked: str) -> PaymentRefused:
         "payments on two chains could both settle, so nothing more was signed",
         code="rail_changed",
     )
+
+
+def _evm_payment(payment: Payment) -> SignedEvmPayment:
+    assert isinstance(payment, SignedEvmPayment)
+    return payment
 
 
 def _kind(rail: object) -> str:

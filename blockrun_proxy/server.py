@@ -38,13 +38,13 @@ from blockrun_proxy.app import (
     METRICS_KEY,
     create_app,
 )
-from blockrun_proxy.config import Settings
+from blockrun_proxy.config import DEFAULT_MAX_TOKENS, Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.rails import Rails
 from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
-from blockrun_proxy.x402 import NETWORKS
+from blockrun_proxy.x402 import NETWORKS, usd
 
 log = logging.getLogger("blockrun_proxy")
 # Sockets the process needs besides relayed streams: logs, the listener, DNS, models.
@@ -165,6 +165,9 @@ async def serve(settings: Settings) -> None:
         watcher = await stack.enter_async_context(watching(settings))
         if watcher is not None:
             runner.app[BALANCE_KEY].source = WatchedBalance(watcher)
+            # A settled payment moved the balance: read it again soon (coalesced).
+            runner.app[CORE_KEY].payer.after_settlement = watcher.request_refresh
+        _log_schemes(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"
         # Tests and supervisors read the bound port from this line (--port 0).
@@ -175,7 +178,7 @@ async def serve(settings: Settings) -> None:
             extra={"fields": {"url": url}, "in_message": ("url",)},
         )
         if settings.demo:
-            print_demo_help(settings.host, port, runner.app[CORE_KEY].rail)
+            print_demo_help(settings.host, port, settings, runner.app[CORE_KEY].rail)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -183,6 +186,23 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info(
             "shutting down: no new connections, draining for up to %gs", settings.grace_seconds
+        )
+
+
+def _log_schemes(settings: Settings) -> None:
+    """Say which x402 schemes the EVM payer signs (``--scheme``), and why when ``auto``
+    cannot sign upto at all."""
+    schemes = settings.schemes
+    if settings.scheme == "auto" and "upto" not in schemes:
+        log.warning(
+            "--scheme auto without --rpc-url pays exact only: the Permit2 allowance an upto "
+            "payment draws on cannot be read"
+        )
+    elif "upto" in schemes:
+        log.info(
+            "paying x402 %s; the Permit2 allowance is read through --rpc-url",
+            " or ".join(schemes),
+            extra={"fields": {"schemes": list(schemes)}},
         )
 
 
@@ -201,51 +221,99 @@ def _check_fd_limit(settings: Settings) -> None:
         )
 
 
+# The demo wallet's funds and Permit2 allowance on the fake chain (--scheme upto|auto).
+DEMO_FUNDS = 100_000_000  # $100
+DEMO_MODEL = "openai/gpt-5.5"
+DEMO_PROMPT = "Hello"
+
+
 @contextlib.asynccontextmanager
 async def demo_gateway(settings: Settings) -> AsyncIterator[Settings]:
     """Start a fake gateway in-process and a throwaway wallet to pay it, on the rail the
     settings ask for: an API-key host (``--rail apikey``), Solana (``--chain solana``,
-    with the gateway's own fake RPC for blockhashes), else Base Sepolia."""
-    import secrets
-
-    from blockrun_proxy.testing import ApiKeyFakeGateway, FakeGateway, SolanaFakeGateway
-
+    with the gateway's own fake RPC for blockhashes), else Base Sepolia. On Base, with
+    ``--scheme upto|auto`` the gateway offers upto too (verified and settled by the
+    official x402 facilitator code against an in-memory chain), and a fake JSON-RPC node
+    serves that chain as ``--rpc-url``, the wallet funded and its Permit2 allowance set."""
     # Quotes and spend of a throwaway wallet are not worth keeping.
     settings = replace(settings, state_dir=None, wallet_key=None, solana_key=None, api_key=None)
-    if settings.rail == "apikey":
-        host = ApiKeyFakeGateway(event_interval=0.05, verify="fast")
-        url = await host.start(host="127.0.0.1", port=0)
-        demo = replace(settings, api_key_url=url, api_key=host.new_key())
-        gateway: FakeGateway = host
-    elif settings.chain == "solana":
-        from solders.keypair import Keypair
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.rail == "apikey":
+            yield await _demo_api_host(settings, stack)
+        elif settings.chain == "solana":
+            yield await _demo_solana(settings, stack)
+        else:
+            yield await _demo_base(settings, stack)
 
-        from blockrun_proxy.x402.svm import SOLANA_DEVNET
-        from blockrun_proxy.x402.svm._base58 import b58encode
 
-        solana = SolanaFakeGateway(network=SOLANA_DEVNET.caip2, event_interval=0.05)
-        api_url = await solana.start(host="127.0.0.1", port=0)
-        demo = replace(
-            settings,
-            api_url=api_url,
-            networks=(SOLANA_DEVNET.caip2,),
-            solana_rpc_url=solana.rpc_url,
-            solana_key=b58encode(bytes(Keypair())),  # a throwaway wallet, in memory only
+async def _demo_api_host(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    from blockrun_proxy.testing import ApiKeyFakeGateway
+
+    host = ApiKeyFakeGateway(event_interval=0.05, verify="fast")
+    url = await host.start(host="127.0.0.1", port=0)
+    stack.push_async_callback(host.close)
+    return replace(settings, api_key_url=url, api_key=host.new_key())
+
+
+async def _demo_solana(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    from solders.keypair import Keypair
+
+    from blockrun_proxy.testing import SolanaFakeGateway
+    from blockrun_proxy.x402.svm import SOLANA_DEVNET
+    from blockrun_proxy.x402.svm._base58 import b58encode
+
+    gateway = SolanaFakeGateway(network=SOLANA_DEVNET.caip2, event_interval=0.05)
+    api_url = await gateway.start(host="127.0.0.1", port=0)
+    stack.push_async_callback(gateway.close)
+    return replace(
+        settings,
+        api_url=api_url,
+        networks=(SOLANA_DEVNET.caip2,),
+        solana_rpc_url=gateway.rpc_url,
+        solana_key=b58encode(bytes(Keypair())),  # a throwaway wallet, in memory only
+    )
+
+
+async def _demo_base(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    import secrets
+
+    from blockrun_proxy.testing import FakeGateway, FakeRpc, UptoMode, UsdcLedger
+    from blockrun_proxy.x402 import PERMIT2_ADDRESS, Signer
+
+    network = "eip155:84532"  # Base Sepolia: a testnet, and a fake gateway anyway
+    wallet_key = secrets.token_hex(32)
+    upto = None
+    if settings.scheme != "exact":
+        _need_official_x402()
+        ledger = UsdcLedger(network)
+        address = Signer(wallet_key).address
+        ledger.fund(address, usdc=DEMO_FUNDS)
+        ledger.approve(address, PERMIT2_ADDRESS, DEMO_FUNDS)
+        upto = UptoMode(ledger)
+    # "fast" verification (its own digest + coincurve) spares the demo eth_account's
+    # one-second import on the first paid call; tests verify with eth_account.
+    gateway = FakeGateway(network=network, event_interval=0.05, verify="fast", upto=upto)
+    api_url = await gateway.start(host="127.0.0.1", port=0)
+    stack.push_async_callback(gateway.close)
+    rpc_url = settings.rpc_url
+    if upto is not None:
+        rpc = FakeRpc(upto.ledger)
+        rpc_url = await rpc.start()
+        stack.push_async_callback(rpc.close)
+    return replace(
+        settings, api_url=api_url, networks=(network,), wallet_key=wallet_key, rpc_url=rpc_url
+    )
+
+
+def _need_official_x402() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("x402") is None:
+        raise SystemExit(
+            "serve --demo --scheme upto|auto needs the official x402 package (the demo's fake "
+            "gateway verifies upto payments with its facilitator code): "
+            "pip install 'x402[evm]', or the dev extra"
         )
-        gateway = solana
-    else:
-        network = "eip155:84532"  # Base Sepolia: a testnet, and a fake gateway anyway
-        # "fast" verification (its own digest + coincurve) spares the demo eth_account's
-        # one-second import on the first paid call; tests verify with eth_account.
-        gateway = FakeGateway(network=network, event_interval=0.05, verify="fast")
-        api_url = await gateway.start(host="127.0.0.1", port=0)
-        demo = replace(
-            settings, api_url=api_url, networks=(network,), wallet_key=secrets.token_hex(32)
-        )
-    try:
-        yield demo
-    finally:
-        await gateway.close()
 
 
 DEMO_PAYERS = {
@@ -255,13 +323,41 @@ DEMO_PAYERS = {
 }
 
 
-def print_demo_help(host: str, port: int, rail: str = "base") -> None:
+def print_demo_help(
+    host: str, port: int, settings: Settings | None = None, rail: str = "base"
+) -> None:
     base = f"http://{host}:{port}/v1"
     print(
         f"\nDemo mode: a fake BlockRun gateway runs in this process and {DEMO_PAYERS[rail]}.\n"
         f"Try a paid, streamed completion:\n\n"
         f"  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\\n"
-        f'    -d \'{{"model": "openai/gpt-5.5", "stream": true, '
-        f'"messages": [{{"role": "user", "content": "Hello"}}]}}\'\n',
+        f'    -d \'{{"model": "{DEMO_MODEL}", "stream": true, '
+        f'"messages": [{{"role": "user", "content": "{DEMO_PROMPT}"}}]}}\'\n',
         flush=True,
     )
+    if settings is None or settings.scheme == "exact" or rail != "base":
+        return
+    max_tokens = settings.default_max_tokens
+    exact, actual = demo_prices(max_tokens)
+    print(
+        f"Paying with --scheme {settings.scheme}: the gateway prices the call on its max_tokens "
+        f"({max_tokens}, added by the proxy)\nbut settles only the tokens the answer has. See "
+        f"it in the "
+        f"headers (curl -i):\n"
+        f"  x-blockrun-ceiling-usd: {usd(exact)}   what exact would have paid\n"
+        f"  x-blockrun-cost-usd:    {usd(actual)}   what upto settled "
+        f"(saved ${usd(exact - actual)}, {1 - actual / exact:.0%})\n",
+        flush=True,
+    )
+
+
+def demo_prices(max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[int, int]:
+    """(the exact price, the upto cost) of the demo's curl call, as the fake prices them."""
+    from blockrun_proxy.testing import DEFAULT_MODELS, default_price
+    from blockrun_proxy.testing._replies import ECHO_PREFIX, count_tokens
+
+    model = {m.id: m for m in DEFAULT_MODELS}[DEMO_MODEL]
+    body = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": DEMO_PROMPT}]}
+    exact = default_price(model, {**body, "max_tokens": max_tokens})
+    produced = count_tokens(ECHO_PREFIX + DEMO_PROMPT)
+    return exact, default_price(model, {**body, "max_tokens": produced})

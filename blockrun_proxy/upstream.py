@@ -29,13 +29,15 @@ its submit was paid with, and never signs. The rules (PROTOCOL.md section 5):
   signs again, up front or not (``rails.settles_optimistically``).
 
 One payment per call: every signature of a call is made through its
-``rails.RailsCall``, which keeps the call on one rail. On EVM it signs them all
-under one EIP-3009 nonce (``payer.CallPayment``), so even a gateway that kept the
-refused first payment can settle at most one; on Solana it signs one transaction
-(``solana_payer.SolanaCallPayment``), which replays resend unchanged. The call is
-told whenever a send may have reached the gateway (everything but a connection
-that was never made), which is what the budget and the sent metrics count. The
-API-key rail signs nothing and sends each call once (apikey_gateway.py).
+``rails.RailsCall``, which keeps the call on one rail. On EVM (``payer.CallPayment``)
+it signs them all under one nonce (EIP-3009 for exact, Permit2 for upto, never both),
+so even a gateway that kept the refused first payment can settle at most one; on
+Solana it signs one transaction (``solana_payer.SolanaCallPayment``), which replays
+resend unchanged. The call is told whenever a send may have reached the gateway
+(everything but a connection that was never made), which is what the budget and the
+sent metrics count, and what became of each payment (``settled``, ``not_used``), which
+books or frees an upto payment's hold on the Permit2 allowance. The API-key rail signs
+nothing and sends each call once (apikey_gateway.py).
 
 Every error after a paid send is a ``PaidCallFailed``: answered ``424`` with
 ``x-should-retry: false``, a status that client libraries which retry on their
@@ -157,6 +159,9 @@ class Answer:
     # What the call cost (atomic USDC): the signed amount, or less where the scheme
     # settles at most what was signed; never the gateway's unverifiable claim above it.
     cost_atomic: int | None = None
+    # What ``cost_atomic`` rests on: "signed" (exact), "settled" (upto: the amount the
+    # gateway reports) or "ceiling" (upto: it did not say, so the ceiling stands in).
+    cost_source: str | None = None
     # A rail that is not x402 (the API key) says what it knows of the cost itself; these
     # headers then replace the x402 cost headers (costs.py).
     rail_cost_headers: Mapping[str, str] | None = None
@@ -354,15 +359,17 @@ class Gateway:
                 code="bad_payment_requirement",
             )
         try:
-            requirement, network = self._payer.choose(offer)
+            choices = self._payer.choices(offer)
         except PaymentRefused:
             if self.quotes is not None and features is not None:
                 # What it asked for last is not payable.
                 self.quotes.forget(features.model, features.route)
             raise
         if self.quotes is not None and features is not None:
-            self.quotes.observe(features, requirement, offer.resource, offer.extensions)
-        payment = await call.sign(requirement, network, offer.resource, offer.extensions)
+            others = [requirement for requirement, _ in choices[1:]]
+            self.quotes.observe(features, choices[0][0], offer.resource, offer.extensions, others)
+        # The preferred scheme, or (auto) exact when upto's allowance cannot take it.
+        payment = await call.sign_first(choices, offer.resource, offer.extensions)
         return await self._send_paid(call, out, payment)
 
     def _may_presign(self, out: Outgoing) -> bool:
@@ -391,7 +398,7 @@ class Gateway:
             return None
         try:
             payment = await call.pay_requirement(
-                quote.requirement, quote.resource, quote.extensions
+                quote.requirement, quote.resource, quote.extensions, quote.alternatives
             )
         except PaymentRefused as refusal:
             # Probe instead: the gateway's own quote decides, and refusing *that* is final.
@@ -505,11 +512,15 @@ class Gateway:
             if response.status < 400:
                 settlement = parse_payment_response(response.headers.get(PAYMENT_RESPONSE))
                 cost = call.settled(payment, settlement)
-                return Answer(response, payment, settlement, cost_atomic=cost)
+                return Answer(
+                    response, payment, settlement, cost_atomic=cost, cost_source=call.cost_source
+                )
             error = await classify_paid_error(response)
             self._note_refusal(error, out.headers.get("x-request-id"))
-            if isinstance(error, PaymentNotAccepted) and settles_optimistically(payment):
-                raise OptimisticPaymentRefused(error, upstream_status=response.status)
+            if isinstance(error, PaymentNotAccepted):
+                if settles_optimistically(payment):
+                    raise OptimisticPaymentRefused(error, upstream_status=response.status)
+                call.not_used(payment)
             raise error
         raise AssertionError("unreachable")
 

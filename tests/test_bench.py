@@ -77,3 +77,25 @@ def test_quote_bench_counts_shares_after_the_warm_up_and_over_payment():
     assert run.share() == 0.75 and run.p50_ms() == 65.0
     line = table([Row("conversation", FORMULAS[0], run, None)]).splitlines()[-1]
     assert "| 75% (3/4) | - | 65 | 2 uUSDC (2) |" in line
+
+
+def test_quote_bench_under_upto_reports_what_was_paid_against_the_price():
+    from bench.quotes import FORMULAS, WARM_UP, Row, Run, table
+
+    run = Run(
+        latencies_ms=[50.0] * (WARM_UP + 2),
+        round_trips=[1] * (WARM_UP + 2),
+        overpaid=[0] * (WARM_UP + 2),
+        paid=[10] * (WARM_UP + 2),
+        priced=[40] * (WARM_UP + 2),
+    )
+    lines = table([Row("tool_loop", FORMULAS[0], run, None)], "upto").splitlines()
+    assert "ceiling over the price" in lines[0] and "paid / exact price" in lines[0]
+    assert lines[-1].endswith("| 0 uUSDC (0) | 25% |")
+
+
+def test_upto_bench_prompt_gives_an_answer_of_the_asked_length():
+    from bench.upto import prompt_for
+    from blockrun_proxy.testing._replies import ECHO_PREFIX, count_tokens
+
+    assert count_tokens(ECHO_PREFIX + prompt_for(150)) == 150

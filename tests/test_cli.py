@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from blockrun_proxy.cli import main
-from blockrun_proxy.x402 import Signer
+from blockrun_proxy.server import DEMO_MODEL, DEMO_PROMPT, demo_prices
+from blockrun_proxy.x402 import Signer, usd
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -85,6 +86,42 @@ def test_demo_serves_a_paid_stream_and_exits_cleanly_on_sigterm(
     assert b"Traceback" not in output
     assert paid_with.encode() in output
     assert f"blockrun-proxy {' '.join(command[:-2])}" in README.read_text()
+
+
+def test_demo_with_upto_settles_the_actual_cost_and_shows_the_saving() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKRUN_")}
+    args = ["serve", "--demo", "--scheme", "upto", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blockrun_proxy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model=DEMO_MODEL, messages=[{"role": "user", "content": DEMO_PROMPT}]
+        )
+        exact, actual = demo_prices()
+        assert raw.headers["x-blockrun-cost-usd"] == usd(actual)
+        assert raw.headers["x-blockrun-ceiling-usd"] == usd(exact)
+        assert raw.headers["x-blockrun-cost-source"] == "settled"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output.decode()
+    assert f"saved ${usd(exact - actual)}".encode() in output
+
+
+def test_upto_without_an_rpc_url_refuses_to_start() -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "--scheme", "upto"], env={"BLOCKRUN_PROXY_RPC_URL": ""}
+    )
+    assert result.exit_code == 2
+    assert "--scheme upto needs --rpc-url" in result.output
 
 
 def test_refuses_a_public_host_without_a_token() -> None:

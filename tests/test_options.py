@@ -34,6 +34,7 @@ SAMPLES = {
     "budget_usd": "5",
     "budget_window_seconds": "30m",
     "presign_tolerance_usd": "0.00001",
+    "scheme": "auto",
     "routes": "table",
     "max_concurrent": "12",
     "max_queue": "7",

@@ -50,9 +50,11 @@ SEPOLIA_USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 Pricing = Callable[[ModelSpec, Mapping[str, Any]], int]
 
 
-def requirement(amount: int, pay_to: str = "0x000000000000000000000000000000000000dEaD"):
+def requirement(
+    amount: int, pay_to: str = "0x000000000000000000000000000000000000dEaD", scheme: str = "exact"
+):
     raw = {
-        "scheme": "exact",
+        "scheme": scheme,
         "network": "eip155:84532",
         "amount": str(amount),
         "asset": SEPOLIA_USDC,
@@ -60,9 +62,7 @@ def requirement(amount: int, pay_to: str = "0x0000000000000000000000000000000000
         "maxTimeoutSeconds": 300,
         "extra": {"name": "USDC", "version": "2"},
     }
-    return Requirement(
-        "exact", "eip155:84532", amount, SEPOLIA_USDC, pay_to, 300, raw["extra"], raw
-    )
+    return Requirement(scheme, "eip155:84532", amount, SEPOLIA_USDC, pay_to, 300, raw["extra"], raw)
 
 
 def resource(spec: ModelSpec) -> dict[str, str]:
@@ -103,6 +103,7 @@ def replay(
     *,
     seed: int = 0,
     messages: Callable[[random.Random], int] = lambda rng: 1,
+    scheme: str = "exact",
 ) -> Run:
     rng = random.Random(seed)
     run = Run()
@@ -125,7 +126,7 @@ def replay(
             run.under += 1
         run.probes += 1
         run.log.append(".")
-        book.observe(features, requirement(price), resource(spec), None)
+        book.observe(features, requirement(price, scheme=scheme), resource(spec), None)
     return run
 
 
@@ -222,6 +223,14 @@ def test_tolerance_signs_the_top_of_the_range_and_counts_what_it_may_over_pay():
     assert run.over > 0  # some calls were signed above the price ...
     assert run.over_atomic <= 2 * run.over  # ... by at most the tolerance each ...
     assert book.stats.overpaid_atomic >= run.over_atomic  # ... and never more than counted
+
+
+def test_under_upto_a_tolerance_never_signs_a_ceiling_that_may_be_above_the_price():
+    # The gateway accepts only a ceiling equal to its quote: one above it is refused.
+    book = QuoteBook(tolerance_atomic=2)
+    run = replay(book, default_price, MINI, 150, scheme="upto")
+    assert run.over == 0 and run.under == 0 and book.stats.overpaid_atomic == 0
+    assert run.hits > 0  # prices the formulas pin are still signed up front
 
 
 def test_a_price_change_costs_one_refused_presign_then_is_relearned():

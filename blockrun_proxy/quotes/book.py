@@ -7,8 +7,10 @@ A price key is ``(route, model)`` (features.py). For every 402 the proxy sees, t
    been accepted without paying over the tolerance;
 2. narrows its formulas with the new 402 (below);
 3. stores the requirement the payer policy chose as this key's template (scheme,
-   network, asset, payTo, maxTimeoutSeconds, extra, resource): always the one the
-   gateway asked for last.
+   network, asset, payTo, maxTimeoutSeconds, extra, resource, the declared extensions):
+   always the one the gateway asked for last. Beside it, the other requirements of that
+   402 the policy also accepts at the same amount (``auto``: the exact one next to the
+   upto one), so a payment signed up front can fall back as one answering a 402 does.
 
 What it predicts from, in order:
 
@@ -18,20 +20,25 @@ What it predicts from, in order:
 - **the learner** (fit.py): formulas fitted from the window of recent 402s alone, for
   models the catalogue does not price or whose 402s refute it; from ``min_observations``
   on.
-- **the dominance bound**: a request at least as large as a seen one in every feature
-  (max_tokens, message count, every size measure) costs at least what that one did,
-  under any price that grows with its inputs. Signed when the formulas cannot decide
-  and the bound has been the exact price on the last ``trust`` 402s (a price that does
-  not move with the prompt, say).
+- **the prefix bound**: a request that extends a seen one (the same body with messages
+  appended, ``max_tokens`` at least as large) costs at least what that one did, under
+  any price of input tokens + reservation + fee, however the gateway counts tokens.
+  Signed when the formulas cannot decide and the bound has been the exact price on the
+  last ``trust`` 402s (a price that does not move with the prompt, say).
 
 A presign (signing the first request, saving the unpaid probe) is offered only when
 the streak has reached ``trust``, the template is younger than ``ttl`` (so a price cut
 is noticed within the TTL by an ordinary probe), and, without a tolerance, every
 formula still consistent with the 402s gives this request the same amount: nothing
 consistent with the data makes it an over-payment, and an under-payment is refused as
-not used (one more round trip, no money). With a user's ``tolerance`` the top of their
-joint range may be signed, when the range (raised to the dominance bound) is that
-narrow; the most that can over-pay is counted in ``stats``.
+not used (one more round trip, no money). With a user's ``tolerance`` an amount is
+signed only if it is at most the tolerance above a lower bound of the price: the
+exact formulas' lowest amount, or the prefix bound. Inside that span the least-squares
+estimate picks the amount, but never lowers the floor: an estimate is a sample, and a
+floor from sizes alone (a larger request in every measure costs at least as much) is
+not one either, for a gateway that measures what the features do not see (escapes in
+re-serialised JSON). With no lower bound, the request is probed. The most that can be
+over-paid is counted in ``stats``.
 
 Memory is bounded: ``window`` observations per key, ``max_models`` keys (LRU).
 ``snapshot``/``load_states`` turn the book into a small JSON document and back, so a
@@ -51,7 +58,7 @@ from typing import Any
 from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURE_TOKENS, MEASURES, Features, PriceKey
 from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote, fit, fit_approximate
 from blockrun_proxy.quotes.prior import CataloguePrice, Prior
-from blockrun_proxy.x402 import Requirement
+from blockrun_proxy.x402 import UPTO_SCHEME, Requirement
 from blockrun_proxy.x402.wire import parse_requirement
 
 DEFAULT_WINDOW = 32
@@ -93,7 +100,7 @@ class QuoteStats:
     refits: int = 0  # learned formulas rebuilt from the window
     overpaid_atomic: int = 0  # at most this much signed above the price (tolerance > 0 only)
     from_catalogue: int = 0  # presigns priced by catalogue formulas
-    from_bound: int = 0  # presigns priced by the dominance bound
+    from_bound: int = 0  # presigns priced by the prefix bound
     refuted: int = 0  # catalogue priors the 402s contradicted
 
 
@@ -103,6 +110,9 @@ class Template:
     resource: Mapping[str, Any]
     extensions: Mapping[str, Any] | None
     seen_at: float
+    # Requirements of the same 402, in the payer's order of preference, the payer may sign
+    # instead of ``requirement`` (same amount: the prediction prices them all).
+    alternatives: tuple[Requirement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,7 @@ class Presign:
     extensions: Mapping[str, Any] | None
     overpay: int  # the most this amount can be above the price (0 unless tolerance allows)
     source: str = "learned"  # "catalogue", "learned", "estimate" or "bound"
+    alternatives: tuple[Requirement, ...] = ()  # the template's, at the same amount
 
     @property
     def model(self) -> str:
@@ -141,8 +152,8 @@ class _State:
     streak: int = 0
     required: int = 0  # streak needed to sign: trust, doubled per miss
     clean: int = 0  # presigns accepted since the last miss
-    bound_streak: int = 0  # consecutive 402s priced exactly at the dominance bound
-    bound_broken: bool = False  # a 402 priced below the bound: prices do not grow with size
+    bound_streak: int = 0  # consecutive 402s priced exactly at the prefix bound
+    bound_broken: bool = False  # a 402 cheaper than one it extends: the bound is none here
     ceiling: int | None = None
     template: Template | None = None
     backoff: int = 0  # refits skipped after the last one that found no exact formula
@@ -208,18 +219,19 @@ class QuoteBook:
         if decision is None:
             return None
         amount, overpay, source = decision
-        requirement = dataclasses.replace(
-            template.requirement,
-            amount=amount,
-            raw={**template.requirement.raw, "amount": str(amount)},
-        )
+        if overpay > 0 and template.requirement.scheme == UPTO_SCHEME:
+            # A ceiling must equal the gateway's own quote (the official server matches it
+            # exactly), so one that may lie above the price would only be refused: under
+            # upto, --presign-tolerance-usd buys nothing, and the call is probed instead.
+            return None
         return Presign(
             features.key,
-            requirement,
+            _priced(template.requirement, amount),
             template.resource,
             template.extensions,
             overpay=overpay,
             source=source,
+            alternatives=tuple(_priced(r, amount) for r in template.alternatives),
         )
 
     def trusted(self, model: str, route: str = CHAT_ROUTE) -> bool:
@@ -283,8 +295,11 @@ class QuoteBook:
         requirement: Requirement,
         resource: Mapping[str, Any],
         extensions: Mapping[str, Any] | None,
+        alternatives: Iterable[Requirement] = (),
     ) -> None:
-        """A 402 for this request asked for ``requirement`` (already accepted by the policy)."""
+        """A 402 for this request asked for ``requirement`` (already accepted by the policy).
+        ``alternatives``: the 402's other requirements the policy accepts, most preferred
+        first; only those at the same amount are kept (a presign prices them alike)."""
         self.stats.probed += 1
         self.dirty = True
         state = self._state(features.key)
@@ -293,12 +308,15 @@ class QuoteBook:
         if ceiling is not None:
             state.ceiling = ceiling
         self._check(state, features, requirement.amount)
+        digests = features.prefixes.digests()
         observation = Observation(
             self._clamped(state, features.max_tokens),
             features.messages,
             features.sizes,
             requirement.amount,
             features.extra,
+            digest=digests[-1] if digests else None,
+            seen_at=self._clock(),
         )
         state.window.append(observation)
         state.fitted = False
@@ -315,8 +333,13 @@ class QuoteBook:
             self._refit(features.key, state)
         # Only v2 requirements (``amount``) are reused; v1's maxAmountRequired is not rebuilt.
         template_ok = "amount" in requirement.raw
+        others = tuple(
+            r for r in alternatives if r.amount == requirement.amount and "amount" in r.raw
+        )
         state.template = (
-            Template(requirement, resource, extensions, self._clock()) if template_ok else None
+            Template(requirement, resource, extensions, self._clock(), others)
+            if template_ok
+            else None
         )
         if features.route == CHAT_ROUTE and features.model not in self._catalogue:
             self._ask_catalogue()
@@ -416,57 +439,81 @@ class QuoteBook:
     def _decide(self, state: _State, features: Features) -> tuple[int, int, str] | None:
         """(amount to sign, the most it can over-pay, where it came from), or None.
 
-        Without tolerance the formulas must be exact and pin the amount (low == high):
-        the amount is then the prediction, over-paying nothing. With tolerance, the top
-        of their joint range is signed if the range, raised to the dominance bound, is
-        within ``tolerance``: whatever the price inside it, the over-payment is at most
-        its width, and that is what gets counted. When the formulas cannot decide, the
-        dominance bound is signed if it has been the price on the last ``trust`` 402s.
+        Whatever the mode, the amount is never more than ``tolerance`` above a lower bound
+        of the price that holds for every price consistent with what is known:
+
+        - exact formulas (every one reproduces every 402) that pin the amount: it is
+          signed, over-paying nothing;
+        - without tolerance, nothing else but the prefix bound (``_bound``), signed as it
+          is once it has been the price on the last ``trust`` 402s;
+        - with tolerance, the top of the exact formulas' joint range if it is within
+          ``tolerance`` of their lowest amount (raised to the prefix bound); else, when a
+          prefix bound exists, the least-squares estimate picks the amount in
+          [bound, bound + tolerance], and only if that reaches the estimate's top (so it
+          is likely to be accepted). An estimate is a sample of residuals, never a bound:
+          it never lowers the floor, and without a floor nothing is signed from it.
         """
         found = self._range(state, features)
         source = "catalogue" if state.prior is not None else "learned"
-        if found is not None and self.tolerance <= 0:
+        if found is not None:
             quote, exact = found
             if exact and quote.low == quote.high:
                 return quote.low, 0, source  # the common case: no need for the bound
         bound = self._bound(state, features)
+        # The bound is a floor only while no 402 has contradicted the premise it rests on.
+        floor = None if state.bound_broken else bound
         if found is not None:
             quote, exact = found
             if self.tolerance <= 0:
                 pass
             elif exact:
-                low = quote.low if bound is None else max(quote.low, bound)
+                low = quote.low if floor is None else max(quote.low, floor)
                 if quote.high - low <= self.tolerance:
                     return quote.high, quote.high - low, source
-            else:
-                # An estimate: residuals seen so far are a sample, not a bound. Allow for
-                # half the band's width more on either side; sign up to that much above
-                # its top, never more than the tolerance above its (widened) bottom.
+            elif floor is not None:
+                # Allow for half the estimate's band more above its top; sign that much,
+                # held inside [floor, floor + tolerance] where every amount is safe.
                 margin = max(1, (quote.high - quote.low + 1) // 2)
-                low = quote.low - margin if bound is None else max(quote.low - margin, bound)
-                if quote.high - low <= self.tolerance:
-                    amount = min(quote.high + margin, low + self.tolerance)
-                    return amount, amount - low, "estimate"
+                amount = min(max(quote.high + margin, floor), floor + self.tolerance)
+                if amount >= quote.high:
+                    return amount, amount - floor, "estimate"
             if exact and bound is not None and bound < quote.low:
                 return None  # the bound is surely below the price: it would be refused
-        if bound is not None and state.bound_streak >= self.trust and not state.bound_broken:
-            return bound, 0, "bound"
+        if floor is not None and state.bound_streak >= self.trust:
+            return floor, 0, "bound"
         return None
 
     def _bound(self, state: _State, features: Features) -> int | None:
-        """The most any seen 402 whose request this one dominates in every feature asked:
-        a lower bound on this price under any formula that grows with its inputs."""
+        """The most a 402 asked, among those seen within the TTL, for a request that this
+        one extends: the same body with the same fields (tools, system, ...), more messages
+        appended after the same ones, and a ``max_tokens`` at least as large.
+
+        A lower bound on this price under any gateway whose price does not fall when
+        messages are appended or the reservation grows, however it measures a prompt
+        (its own tokenizer, the JSON re-serialised, per-message overheads): PROTOCOL.md
+        section 3's price x (input tokens + reservation) + fee. Sizes alone do not give
+        that: a larger prompt in every measure of features.py can be smaller re-serialised
+        (``"\\u4e2d"`` is 6 characters, a quote 2). 402s older than the TTL are left out:
+        a price may have been cut since. None when no seen request is a prefix of this one.
+        """
         max_tokens = self._clamped(state, features.max_tokens)
-        messages, sizes, extra = features.messages, features.sizes, features.extra
+        now = self._clock()
+        digests: tuple[bytes, ...] | None = None
         best: int | None = None
         for o in state.window:
             if (
-                (best is None or o.amount > best)
-                and o.extra == extra
-                and o.max_tokens <= max_tokens
-                and o.messages <= messages
-                and all(seen <= size for seen, size in zip(o.sizes, sizes, strict=True))
+                o.digest is None
+                or o.seen_at is None
+                or (best is not None and o.amount <= best)
+                or o.messages > features.messages
+                or o.max_tokens > max_tokens
+                or o.extra != features.extra
+                or now - o.seen_at > self.ttl
             ):
+                continue
+            if digests is None:
+                digests = features.prefixes.digests()  # hashed only when a 402 may match
+            if o.messages < len(digests) and digests[o.messages] == o.digest:
                 best = o.amount
         return best
 
@@ -479,7 +526,7 @@ class QuoteBook:
                 state.bound_streak += 1
             elif bound < amount:
                 state.bound_streak = 0
-            else:  # cheaper than a smaller request: prices here do not grow with size
+            else:  # cheaper than a request it extends: no floor for this key any more
                 state.bound_broken = True
         if state.prior is None and state.hypotheses and state.fitted:
             max_tokens = self._clamped(state, features.max_tokens)
@@ -616,6 +663,7 @@ class QuoteBook:
                         if template.extensions is None
                         else dict(template.extensions),
                         "age": max(0.0, clock - template.seen_at),
+                        "alternatives": [dict(r.raw) for r in template.alternatives],
                     },
                 }
             )
@@ -744,7 +792,21 @@ def _template(doc: Any, clock: float) -> Template | None:
         return None
     if not isinstance(age, int | float) or isinstance(age, bool) or age < 0:
         return None
-    return Template(requirement, resource, extensions, clock - float(age))
+    alternatives = []
+    raw_alternatives = doc.get("alternatives")
+    for raw in raw_alternatives if isinstance(raw_alternatives, list) else []:
+        alternative = parse_requirement(raw)
+        if alternative is None or alternative.amount != requirement.amount:
+            return None
+        alternatives.append(alternative)
+    return Template(requirement, resource, extensions, clock - float(age), tuple(alternatives))
+
+
+def _priced(requirement: Requirement, amount: int) -> Requirement:
+    """``requirement`` asking for ``amount`` instead (a template's, at the predicted price)."""
+    return dataclasses.replace(
+        requirement, amount=amount, raw={**requirement.raw, "amount": str(amount)}
+    )
 
 
 def _nonneg(value: Any) -> int:

@@ -28,10 +28,11 @@ another route (Anthropic messages, images), and each route's quotes are its own.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -62,12 +63,59 @@ MEASURE_TOKENS: tuple[Fraction, ...] = (
 PriceKey = tuple[str, str]  # (route, model)
 # Request fields besides the messages that a gateway may count as input.
 EXTRA_FIELDS = ("tools", "functions", "response_format", "tool_choice")
+# Fields left out of a request's prefix digests (Prefixes): the reservation is compared on
+# its own, and streaming or not does not change what a call costs (PROTOCOL.md section 3).
+# Every other field (tools, system, n, ...) must be the same for one request to extend another.
+UNDIGESTED_FIELDS = frozenset(("messages", "max_tokens", "max_completion_tokens", "stream"))
+DIGEST_BYTES = 16
 
 # The same character classes as blockrun_llm's estimate_tokens (Han, kana, Hangul,
 # CJK punctuation, fullwidth forms), copied so the hot path need not import it.
 _CJK_CHARS = re.compile(
     "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
 )
+
+
+class Prefixes:
+    """Digests of a request cut after each of its messages, for telling that one request
+    extends another: the same body with more messages appended.
+
+    ``digests()[i]`` covers every field but UNDIGESTED_FIELDS and the first ``i``
+    messages, as JSON; two requests of a price key share ``digests()[i]`` exactly when they
+    agree on all of that (up to a 128-bit BLAKE2 collision). Hashing a long conversation
+    costs as much as measuring it, so it is done only when the quote book asks (it does
+    not while an exact formula pins the price), once per request.
+    """
+
+    __slots__ = ("_digests", "_messages", "_rest")
+
+    def __init__(self, messages: Sequence[Any] = (), rest: Mapping[str, Any] | None = None):
+        self._messages = messages
+        self._rest = rest
+        self._digests: tuple[bytes, ...] | None = None
+
+    def digests(self) -> tuple[bytes, ...]:
+        """One digest per prefix, from no messages to all; () when there is nothing to
+        digest (no body given, or one that does not serialise)."""
+        if self._digests is None:
+            self._digests = self._compute()
+        return self._digests
+
+    def _compute(self) -> tuple[bytes, ...]:
+        if self._rest is None:
+            return ()
+        try:
+            running = hashlib.blake2b(orjson.dumps(self._rest), digest_size=DIGEST_BYTES)
+            found = [running.digest()]
+            for message in self._messages:
+                # Length-prefixed: message boundaries are part of what is digested.
+                encoded = orjson.dumps(message)
+                running.update(len(encoded).to_bytes(8, "big"))
+                running.update(encoded)
+                found.append(running.copy().digest())
+        except orjson.JSONEncodeError:
+            return ()
+        return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +130,8 @@ class Features:
     # JSON size of what else a gateway might price (tools, functions, response_format):
     # not a priced feature, but formulas and bounds only speak for values seen.
     extra: int = 0
+    # Which requests this one extends (the quote book's sound lower bound).
+    prefixes: Prefixes = field(default_factory=Prefixes, compare=False, repr=False, hash=False)
 
     @property
     def key(self) -> PriceKey:
@@ -113,7 +163,9 @@ def request_features(
         value = data.get(name)
         if value is not None:
             extra += len(orjson.dumps(value))
-    return Features(model, max_tokens, len(messages), sizes, route, extra)
+    rest = {k: v for k, v in data.items() if k not in UNDIGESTED_FIELDS}
+    prefixes = Prefixes(messages, rest)
+    return Features(model, max_tokens, len(messages), sizes, route, extra, prefixes=prefixes)
 
 
 def features_from_body(body: bytes, route: str = CHAT_ROUTE) -> Features | None:

@@ -64,7 +64,7 @@ from blockrun_proxy.testing._records import (
     SettledPayment,
     payment_record,
 )
-from blockrun_proxy.testing._replies import json_response
+from blockrun_proxy.testing._replies import ECHO_LIMIT, json_response
 from blockrun_proxy.testing._routes_anthropic import anthropic_routes
 from blockrun_proxy.testing._routes_chat import chat_routes
 from blockrun_proxy.testing._routes_gemini import gemini_routes
@@ -140,6 +140,7 @@ class FakeGateway:
         publish_prices: bool = True,
         clock: Callable[[], float] = time.time,
         upto: UptoMode | None = None,
+        echo_limit: int = ECHO_LIMIT,
     ) -> None:
         self._check_terms(network, pay_to)
         if verify not in VERIFY_MODES:
@@ -157,6 +158,9 @@ class FakeGateway:
         self.pricing = pricing
         self.verify: VerifyMode = verify
         self.stream_events = stream_events
+        # Characters of the user's message a chat answer echoes: how long answers are
+        # (the upto scheme settles what they cost).
+        self.echo_limit = echo_limit
         self.event_interval = event_interval
         self.event_size = event_size
         self.settle_amount_in_response = settle_amount_in_response
@@ -485,6 +489,11 @@ class FakeGateway:
             return dialect.refuse(invalid_payment(reason))
         requirement = upto_requirement(self.quote(call.price).to_json(), mode)
         verdict = await asyncio.to_thread(verify_upto, mode, payment, requirement)
+        if verdict.outcome is UptoOutcome.ACCEPTED and self.misbehave.refuse_paid > 0:
+            self.misbehave.refuse_paid -= 1  # a good payment, refused as not used all the same
+            verdict = dataclasses.replace(
+                verdict, outcome=UptoOutcome.INVALID, reason="injected refusal"
+            )
         self.note_payment(
             payment, accepted=verdict.outcome is UptoOutcome.ACCEPTED, reason=verdict.reason
         )

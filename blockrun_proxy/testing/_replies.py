@@ -68,8 +68,8 @@ def _chosen_tool(body: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) else DEFAULT_TOOL_NAME
 
 
-def answer_for(body: Mapping[str, Any], call_id: str) -> Answer:
-    said = last_user_text(body)[:ECHO_LIMIT]
+def answer_for(body: Mapping[str, Any], call_id: str, limit: int = ECHO_LIMIT) -> Answer:
+    said = last_user_text(body)[:limit]
     tool = _chosen_tool(body)
     if tool is None:
         return Answer(ECHO_PREFIX + said, None)

@@ -56,7 +56,7 @@ def _prepare(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
 
 def _actual(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:
     """The price of this call had max_tokens been the tokens the answer really has."""
-    answer = answer_for(body, "")
+    answer = answer_for(body, "", gw.echo_limit)
     produced = answer.tool_call.arguments if answer.tool_call else answer.text or ""
     return gw.model_price(model, {**body, "max_tokens": count_tokens(produced)})
 
@@ -66,7 +66,7 @@ async def _serve(
 ) -> web.StreamResponse:
     n = gw.next_id()
     completion_id = f"chatcmpl-fake{n:010d}"
-    answer = answer_for(body, f"call_fake{n:010d}")
+    answer = answer_for(body, f"call_fake{n:010d}", gw.echo_limit)
     prompt_tokens = estimate_input_tokens(body)
     created = gw.now()
     if body.get("stream") is not True:

@@ -30,6 +30,8 @@ from .signer import (
 )
 from .upto import (
     EIP2612_GAS_SPONSORING_KEY,
+    UPTO_SCHEME,
+    SignedEvmPayment,
     SignedUptoPayment,
     gas_sponsoring_declared,
     new_permit2_nonce,
@@ -52,6 +54,7 @@ __all__ = [
     "NETWORKS",
     "PERMIT2_ADDRESS",
     "SETTLEMENT_ANOMALIES",
+    "UPTO_SCHEME",
     "X402_UPTO_PERMIT2_PROXY_ADDRESS",
     "Authorization",
     "Eip2612Permit",
@@ -61,6 +64,7 @@ __all__ = [
     "PaymentResponse",
     "Refusal",
     "Requirement",
+    "SignedEvmPayment",
     "SignedPayment",
     "SignedUptoPayment",
     "Signer",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .networks import Network, canonical_network
 from .refusal import Refusal
@@ -87,9 +87,17 @@ def sign_payment(
     )
 
 
-def settled_cost(
-    payment: SignedPayment, settlement: PaymentResponse | None
-) -> tuple[int, str | None]:
+class Signed(Protocol):
+    """What ``settled_cost`` reads of a signed payment, whatever its scheme."""
+
+    @property
+    def amount(self) -> int: ...
+
+    @property
+    def requirement(self) -> Requirement: ...
+
+
+def settled_cost(payment: Signed, settlement: PaymentResponse | None) -> tuple[int, str | None]:
     """What ``payment`` cost, and the anomaly when the gateway's report cannot be true.
 
     The amount in ``PAYMENT-RESPONSE`` is the gateway's word, not the chain's, so it is
@@ -115,7 +123,7 @@ def settled_cost(
     return signed, SETTLED_BELOW_SIGNED
 
 
-# Schemes whose signature is a ceiling the gateway may settle below (none is signed yet).
+# Schemes whose signature is a ceiling the gateway may settle below.
 SETTLES_AT_MOST_SIGNED = frozenset({"upto"})
 
 

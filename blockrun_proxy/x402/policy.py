@@ -122,15 +122,29 @@ class PayerPolicy:
         If none passes, raise the refusal of the first requirement of the most preferred
         scheme offered (the option we wanted most, so the message is about it).
         """
+        return self.choices(offer)[0]
+
+    def choices(self, offer: PaymentRequired) -> list[tuple[Requirement, Network]]:
+        """Per scheme paid, most preferred first, the first requirement the policy accepts.
+
+        ``select`` is its head. The rest are what the payer may sign instead when the
+        preferred one cannot be signed now (``auto``: upto needs a Permit2 allowance the
+        wallet may not have; the same 402's exact requirement is then paid). Raises as
+        ``select`` does when nothing passes.
+        """
+        chosen: list[tuple[Requirement, Network]] = []
         first_refusal: Refusal | None = None
         for scheme in self.schemes:
             for req in offer.accepts:
                 if req.scheme != scheme:
                     continue
                 try:
-                    return req, self.check(req, offer.resource)
+                    chosen.append((req, self.check(req, offer.resource)))
+                    break
                 except Refusal as refusal:
                     first_refusal = first_refusal or refusal
+        if chosen:
+            return chosen
         if first_refusal is not None:
             raise first_refusal
         schemes = ", ".join(sorted({_shown(r.scheme) for r in offer.accepts}))

@@ -25,7 +25,7 @@ from typing import Any
 
 from ._abi import UINT256_MAX, checksum_address, is_address
 from .networks import Network, canonical_network
-from .payment import X402_VERSION, with_builder_code
+from .payment import X402_VERSION, SignedPayment, with_builder_code
 from .permit2 import (
     PERMIT2_ADDRESS,
     X402_UPTO_PERMIT2_PROXY_ADDRESS,
@@ -122,6 +122,10 @@ class SignedUptoPayment:
     def nonce(self) -> int:
         """The Permit2 nonce: the call's identity on chain (reuse it to re-sign this call)."""
         return self.authorization.nonce
+
+
+# A signed EVM payment of either scheme: what a call sends and the proxy accounts for.
+SignedEvmPayment = SignedPayment | SignedUptoPayment
 
 
 def sign_upto_payment(

@@ -57,10 +57,27 @@ def nonces(gateway: FakeGateway, since: int = 0) -> list[str]:
     return seen
 
 
+def payment_nonce(payment: dict[str, Any] | None) -> str | None:
+    """The nonce a payment spends on chain, named by its kind: ``eip3009:<hex>`` for an
+    exact authorization, ``permit2:<uint256>`` for an upto one (two different nonces: a
+    call that sent one of each could have both settle), ``solana:<hash>`` for a Solana
+    transaction (each distinct one could land)."""
+    payload = (payment or {}).get("payload", {})
+    if not isinstance(payload, dict):
+        return None
+    for kind, key in (("eip3009", "authorization"), ("permit2", "permit2Authorization")):
+        authorization = payload.get(key)
+        if isinstance(authorization, dict) and "nonce" in authorization:
+            return f"{kind}:{authorization['nonce']}"
+    if isinstance(payload.get("transaction"), str):  # Solana: the transaction is what lands
+        return "solana:" + hashlib.sha256(payload["transaction"].encode()).hexdigest()[:16]
+    return None
+
+
 def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
     """What could settle of each client call, as the gateway received it, on every route:
-    the distinct EIP-3009 nonces (Base) and the distinct signed transactions (Solana: each
-    one could land on its own). Requests are grouped by the ``x-request-id`` the proxy
+    the distinct nonces (EIP-3009 and Permit2) and the distinct signed transactions (Solana:
+    each one could land on its own). Requests are grouped by the ``x-request-id`` the proxy
     forwards (one per client call)."""
     calls: dict[str, set[str]] = {}
     for request in gateway.requests[since:]:  # every route: the rule is per call
@@ -68,20 +85,17 @@ def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
         if call is None:
             continue  # not sent by the proxy
         nonces = calls.setdefault(call, set())
-        payload = (request.payment or {}).get("payload", {})
-        authorization = payload.get("authorization", {})
-        if isinstance(authorization, dict) and "nonce" in authorization:
-            nonces.add(str(authorization["nonce"]))
-        if isinstance(payload.get("transaction"), str):
-            digest = hashlib.sha256(payload["transaction"].encode()).hexdigest()
-            nonces.add("solana transaction " + digest[:16])
+        nonce = payment_nonce(request.payment)
+        if nonce is not None:
+            nonces.add(nonce)
     return calls
 
 
 def assert_one_nonce_per_call(gateway: FakeGateway, since: int = 0) -> None:
     """ "One nonce per call": every authorization signed for one client call carries the
-    same EIP-3009 nonce, and on Solana a call sends one signed transaction at most (every
-    replay the same bytes), so at most one payment per call can ever settle."""
+    same nonce (EIP-3009 for exact, Permit2 for upto, never one of each), and on Solana a
+    call sends one signed transaction at most (every replay the same bytes), so at most one
+    payment per call can ever settle."""
     several = {call: n for call, n in nonces_by_call(gateway, since).items() if len(n) > 1}
     assert not several, f"client calls with several payments: {several}"
 
