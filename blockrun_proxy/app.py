@@ -346,7 +346,7 @@ async def readyz(request: web.Request) -> web.Response:
         "ready": ready,
         "draining": draining,
         "upstream_session": session_up,
-        "wallet": "loaded" if core is not None and core.payer.address else "none: free models only",
+        "wallet": _wallet_state(core),
     }
     if core is not None and core.payer.can_sign:
         latest = app[BALANCE_KEY].latest()
@@ -357,6 +357,12 @@ async def readyz(request: web.Request) -> web.Response:
         # the same Redis, so taking them all out of service would help nobody.
         body["fleet_store"] = core.link.describe()
     return web.json_response(body, status=200 if ready else 503)
+
+
+def _wallet_state(core: PaymentCore | None) -> str:
+    if core is not None and core.rail == "apikey":
+        return "api key: prepaid credit"
+    return "loaded" if core is not None and core.payer.address else "none: free models only"
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
