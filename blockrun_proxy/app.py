@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from blockrun_proxy import logs
+from blockrun_proxy import apidocs, logs
 from blockrun_proxy.appkeys import (
     ADMISSION_KEY,
     BALANCE_KEY,
@@ -70,9 +70,9 @@ log = logging.getLogger("blockrun_proxy")
 # calls them by pod IP, and they spend nothing and reveal only whether the process is up.
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # Answered without the token (the Host/Origin guard still applies): the probes, and the
-# spend page's shell (HTML, script, style), which holds no data: its script reads
-# /v1/spend with the token (spend/routes.py).
-PUBLIC_PATHS = PROBE_PATHS | PAGE_PATHS
+# spend and API pages' shells (HTML, scripts, styles), which hold no data: their scripts
+# read /v1/spend and /openapi.json with the token (spend/routes.py, apidocs/).
+PUBLIC_PATHS = PROBE_PATHS | PAGE_PATHS | apidocs.DOCS_PATHS
 # Still answered while draining: probes say what is going on, and a last scrape is useful.
 OPS_PATHS = PROBE_PATHS | {"/metrics"}
 # How long GET /v1/spend waits for the records still queued to reach the ledger.
@@ -102,6 +102,7 @@ def create_app(settings: Settings) -> web.Application:
     # The wallet balance, for /readyz and the spend page: "unknown" until a reader (the
     # --rpc-url BalanceWatcher, started after the port is open) is plugged into the slot.
     app[BALANCE_KEY] = BalanceSlot()
+    app[apidocs.APIDOCS_KEY] = apidocs.ApiDocs(relay=settings.routes == "all")
     app.cleanup_ctx.append(_payment_core)
     app.on_response_prepare.append(_stamp_response)
     add_routes(app.router, ROUTES)
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     add_spend_routes(app.router)
+    apidocs.add_routes(app.router)
     if settings.routes == "all":
         add_routes(app.router, RELAY_ROUTES)  # last: every route above matches first
     return app
@@ -351,7 +353,7 @@ async def readyz(request: web.Request) -> web.Response:
         "ready": ready,
         "draining": draining,
         "upstream_session": session_up,
-        "wallet": "loaded" if core is not None and core.payer.address else "none: free models only",
+        "wallet": _wallet_state(core),
     }
     if core is not None and core.payer.can_sign:
         balance = app[BALANCE_KEY]
@@ -369,6 +371,12 @@ async def readyz(request: web.Request) -> web.Response:
         # the same Redis, so taking them all out of service would help nobody.
         body["fleet_store"] = core.link.describe()
     return web.json_response(body, status=200 if ready else 503)
+
+
+def _wallet_state(core: PaymentCore | None) -> str:
+    if core is not None and core.rail == "apikey":
+        return "api key: prepaid credit"
+    return "loaded" if core is not None and core.payer.address else "none: free models only"
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

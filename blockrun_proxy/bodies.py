@@ -10,14 +10,15 @@ measure. Bodies a route does not parse (``Body.ANY``) go through as they came.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from blockrun_proxy import measures
 from blockrun_proxy.chatbody import MAX_MODEL_CHARS, ChatRequest, parse_chat_request
 from blockrun_proxy.errors import InvalidRequest
-from blockrun_proxy.quotes import Features, request_features
+from blockrun_proxy.quotes import Features
 from blockrun_proxy.routes import Body, Model, Route
 
 # google-genai builds "models/<name>"; the price key holds the name.
@@ -33,13 +34,18 @@ class Guarded:
     max_tokens: int | None  # the output reservation the gateway prices, when known
     data: Mapping[str, Any] | None  # the parsed object, for the quote model; never re-sent
     chat: ChatRequest | None = None  # chat's own parse (the quote model reads it)
+    params: Mapping[str, str] = field(default_factory=dict)  # the path's (Exa's endpoint)
 
     def features(self, route: Route) -> Features | None:
-        """What the quote model measures of this request, priced under ``route``; None
-        when it cannot (no messages or no reservation): such calls are probed first."""
-        if self.model is None or self.data is None:
+        """What the quote model measures of this request, priced under ``route``
+        (measures.py); None when it cannot: such calls are probed first."""
+        if self.data is None:
             return None
-        return request_features(self.model, self.max_tokens, self.data, route.label)
+        return measures.features(route, self.model, self.max_tokens, self.data, self.params)
+
+    def key_model(self, route: Route) -> str | None:
+        """The price key's model when it is known before measuring (measures.key_model)."""
+        return measures.key_model(route, self.model, self.max_tokens)
 
 
 def guard_body(
@@ -61,7 +67,7 @@ def guard_body(
     model = _model(route, data)
     if kind is Body.ANTHROPIC:
         return Guarded(raw, model, _anthropic_checked(data), data)
-    return Guarded(raw, model, None, data)
+    return Guarded(raw, model, None, data, params=params)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -108,11 +108,17 @@ def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
         )
     if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
-    elif settings.wallet_key:
-        log.info("wallet loaded from %s", secrets.wallet_source)
+    elif settings.api_key and settings.rail != "wallet":
+        log.info("paying with the API key from $%s", config.API_KEY_ENV)
+    elif settings.wallet_key or settings.solana_key:
+        if settings.wallet_key:
+            log.info("wallet loaded from %s", secrets.wallet_source)
     else:
         log.warning(
-            "no wallet: serving free models only (set %s to pay for others)", config.WALLET_ENV
+            "no wallet: serving free models only (set %s, %s or %s to pay for others)",
+            config.WALLET_ENV,
+            config.SOLANA_KEY_ENV,
+            config.API_KEY_ENV,
         )
     from blockrun_proxy.server import serve as run
 

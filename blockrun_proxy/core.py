@@ -21,40 +21,55 @@ shared cookie jar, another pool size, no quote book, no request-id check):
   ledger's writer (``Recorder``), which sees every finished request through
   ``PaymentCore.observers``.
 
-Each is one small function so the next rail or store is a few lines here: a Solana or
-API-key rail joins in ``payer``, another HTTP client replaces ``upstream_session``,
-and anything else that must see every finished request is appended to ``observers``.
+The rails (``rail_of``): with ``BLOCKRUN_API_KEY`` set (and ``--rail`` not ``wallet``)
+the key wins, as in blockrun-llm: ``gateway`` builds an ``ApiKeyGateway`` on the API
+host and nothing is signed. Otherwise the payer is ``rails.Rails``: the EVM wallet, and
+the Solana one when Solana networks are allowed, with the ``BlockhashCache`` Solana
+signing needs (``blockhash_cache``: built here, started by ``start_background`` once
+the port is open, closed with the core). Every rail shares the one budget, quote book,
+gateway rules and metrics.
+
+Each is one small function so the next rail or store is a few lines here: another
+HTTP client replaces ``upstream_session``, and anything else that must see every
+finished request is appended to ``observers``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
 
 from blockrun_proxy import egress
+from blockrun_proxy.apikey import ApiKeyRail
+from blockrun_proxy.blockhash import BlockhashCache
 from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
 from blockrun_proxy.budget_redis import RedisBudgetStore
-from blockrun_proxy.config import Settings
+from blockrun_proxy.config import API_KEY_PREFIX, Settings
 from blockrun_proxy.evm_rpc import EvmRpc
 from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.jobs import JOB_TTL_SECONDS, JobPayments
 from blockrun_proxy.limits import Limits
 from blockrun_proxy.models import ModelsCache
-from blockrun_proxy.payer import Payer, payer_for
+from blockrun_proxy.payer import payer_for
 from blockrun_proxy.quote_store import QuoteStore, RedisQuoteStore
 from blockrun_proxy.quotes import QuoteBook
 from blockrun_proxy.quotes.keeper import QuoteKeeper
 from blockrun_proxy.quotes.store import QuoteFile
+from blockrun_proxy.rails import BASE, SOLANA, Rails
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway
 from blockrun_proxy.x402 import UPTO_SCHEME
 
+log = logging.getLogger(__name__)
+
 USER_AGENT = "blockrun-proxy"
+API_KEY_RAIL = "apikey"
 # Idle pooled connections to the gateway are closed after this (aiohttp's default is 15 s;
 # a busy sidecar reuses them long before).
 POOL_KEEPALIVE_SECONDS = 30.0
@@ -74,7 +89,7 @@ class PaymentCore:
     limits: Limits
     session: aiohttp.ClientSession
     budget: BudgetStore | None
-    payer: Payer
+    payer: Rails
     quotes: QuoteBook
     gateway: Gateway
     models: ModelsCache
@@ -82,23 +97,39 @@ class PaymentCore:
     link: RedisLink | None = None  # the fleet store, with --redis-url
     keeper: QuoteKeeper | None = None  # feeds the book the catalogue, saves it in state_dir
     recorder: Recorder | None = None  # the spend ledger's writer
+    # Solana's recent blockhashes, when the Solana rail can sign.
+    blockhashes: BlockhashCache | None = None
     rpc: EvmRpc | None = None  # --rpc-url, when the payer signs upto (the allowance)
     # Told of every finished request (the app calls them after the access log): the spend
     # ledger's recorder, and whatever joins it. Must not block or raise.
     observers: list[Callable[[Exchange], None]] = field(default_factory=list)
 
+    @property
+    def rail(self) -> str:
+        """What calls are paid with: ``apikey``, ``base`` or ``solana`` (rail_of)."""
+        return rail_of(self.settings)
+
+    def start_background(self) -> None:
+        """Start what refreshes in the background (Solana's blockhashes). The proxy calls it
+        once its port is open, so it costs no startup time; idempotent."""
+        if self.blockhashes is not None:
+            self.blockhashes.start()
+
     def gateway_for(self, api_url: str | None = None, wallet_key: str | None = None) -> Gateway:
         """Another gateway on the same session: another gateway URL or another wallet
         (the in-process provider's per-call ``api_base`` and ``api_key``), with the same
-        policy, budget and rules. ValueError for settings that cannot work (a bad key,
-        never echoed)."""
+        policy, budget and rules. A ``brk_`` key puts the call on the API-key rail, any
+        other key on its wallet's (an explicit wallet wins over ``BLOCKRUN_API_KEY``, as in
+        blockrun-llm). ValueError for settings that cannot work (a bad key, never echoed)."""
         settings = self.settings
         if api_url:
-            settings = replace(settings, api_url=api_url)
-        if wallet_key:
-            settings = replace(settings, wallet_key=wallet_key)
+            settings = replace(settings, api_url=api_url, api_key_url=api_url)
+        if wallet_key and wallet_key.strip().startswith(API_KEY_PREFIX):
+            settings = replace(settings, api_key=wallet_key.strip(), rail="auto")
+        elif wallet_key:
+            settings = replace(settings, wallet_key=wallet_key, api_key=None)
         settings.check()
-        the_payer = payer(settings, self.budget, self.rpc)
+        the_payer = payer(settings, self.budget, self.rpc, self.blockhashes)
         return gateway(settings, self.session, the_payer, quote_book(settings))
 
 
@@ -114,11 +145,17 @@ async def open_core(
     link = RedisLink.from_settings(settings)
     budget = budget_store(settings, link)
     rpc = evm_rpc(settings)
-    the_payer = payer(settings, budget, rpc)
+    blockhashes = blockhash_cache(settings)
+    the_payer = payer(settings, budget, rpc, blockhashes)
+    if blockhashes is not None and (the_payer.solana is None or not the_payer.solana.can_sign):
+        blockhashes = None  # nothing will sign on Solana: never ask its RPC
     quotes = quote_book(settings)
+    log_rail(settings, the_payer)
     async with contextlib.AsyncExitStack() as stack:
         if link is not None:
             stack.push_async_callback(link.aclose)
+        if blockhashes is not None:
+            stack.push_async_callback(blockhashes.close)
         if rpc is not None:
             stack.push_async_callback(rpc.close)
         if isinstance(budget, RedisBudgetStore):
@@ -150,6 +187,7 @@ async def open_core(
             recorder=recorder,
             rpc=rpc,
             observers=[recorder.observe] if recorder is not None else [],
+            blockhashes=blockhashes,
         )
 
 
@@ -178,6 +216,14 @@ def budget_store(settings: Settings, link: RedisLink | None = None) -> BudgetSto
     return MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
 
 
+def rail_of(settings: Settings) -> str:
+    """The rail calls are paid on: the API key when one is set (unless ``--rail wallet``),
+    else the wallets, the one ``--chain`` names first."""
+    if settings.api_key and settings.rail != "wallet":
+        return API_KEY_RAIL
+    return SOLANA if settings.chain == SOLANA else BASE
+
+
 def evm_rpc(settings: Settings) -> EvmRpc | None:
     """The JSON-RPC client the upto scheme reads the wallet's Permit2 allowance through:
     with ``--rpc-url`` when upto may be signed (``--scheme upto|auto``), else None. Its
@@ -188,10 +234,56 @@ def evm_rpc(settings: Settings) -> EvmRpc | None:
     return EvmRpc(settings.rpc_url)
 
 
-def payer(settings: Settings, budget: BudgetStore | None, rpc: EvmRpc | None = None) -> Payer:
-    """The payer of the configured wallet, under the policy; the other rails (Solana, the
-    API key) join here behind the same interface."""
-    return payer_for(settings, budget=budget, rpc=rpc)
+def blockhash_cache(settings: Settings) -> BlockhashCache | None:
+    """Solana's recent blockhashes (from ``--solana-rpc-url``, through the egress proxy),
+    when Solana networks are allowed; not started (``PaymentCore.start_background``)."""
+    if not settings.solana_networks or rail_of(settings) == API_KEY_RAIL:
+        return None
+    rpc = settings.solana_rpc
+    return BlockhashCache(
+        rpc, proxy=egress.proxy_for(settings, rpc), ssl=egress.ssl_context(settings) or True
+    )
+
+
+def payer(
+    settings: Settings,
+    budget: BudgetStore | None,
+    rpc: EvmRpc | None = None,
+    blockhashes: BlockhashCache | None = None,
+) -> Rails:
+    """The payers of the configured wallets, each under its rail's policy, sharing the
+    budget and the anomaly counts: EVM always (``rpc`` for upto's allowance), Solana with
+    a blockhash cache."""
+    evm = payer_for(settings, budget=budget, rpc=rpc)
+    solana = None
+    if blockhashes is not None:
+        # Imported here: a proxy paying only on Base never loads Solana's signing code.
+        from blockrun_proxy.solana_payer import solana_payer_for
+
+        solana = solana_payer_for(settings, blockhashes, budget, anomalies=evm.anomalies)
+    return Rails(evm, solana, prefer=SOLANA if settings.chain == SOLANA else BASE)
+
+
+def log_rail(settings: Settings, rails: Rails) -> None:
+    """One line saying what calls will be paid with (addresses, never keys)."""
+    if rail_of(settings) == API_KEY_RAIL:
+        log.info(
+            "payment rail: BlockRun API key (prepaid credit at %s); no wallet is used",
+            settings.api_key_url,
+        )
+        if settings.budget_usd is not None:
+            log.warning(
+                "--budget-usd and --max-price-usd do not apply on the API-key rail: the host "
+                "bills the key's credit and quotes no price before a call"
+            )
+        return
+    wallets = ", ".join(f"{rail} {address}" for rail, address in rails.addresses.items())
+    log.info(
+        "payment rail: %s first (%s); networks %s",
+        rails.prefer,
+        wallets or "no wallet: free models only",
+        ",".join(settings.networks),
+    )
 
 
 def quote_book(settings: Settings) -> QuoteBook:
@@ -229,8 +321,17 @@ def quote_keeper(
 
 
 def gateway(
-    settings: Settings, session: aiohttp.ClientSession, payer: Payer, quotes: QuoteBook | None
+    settings: Settings, session: aiohttp.ClientSession, payer: Rails, quotes: QuoteBook | None
 ) -> Gateway:
+    """The gateway calls are sent to: the API host on the API-key rail (no x402), else
+    the x402 gateway, paid through ``payer``."""
+    rail = ApiKeyRail.from_settings(settings) if rail_of(settings) == API_KEY_RAIL else None
+    if rail is not None:
+        from blockrun_proxy.apikey_gateway import ApiKeyGateway
+
+        return ApiKeyGateway(
+            session, rail, payer, proxy=egress.proxy_for(settings, settings.api_key_url)
+        )
     return Gateway(
         session,
         settings.api_url,

@@ -261,6 +261,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("api_key_url", "--api-key-url", (config.API_KEY_URL_ENV,), "the host calls go to "
            f"when `{config.API_KEY_ENV}` is set (prepaid credit, no x402)",
            f"`{config.DEFAULT_API_KEY_URL}`", _url),
+    Option("rail", "--rail", (_P + "RAIL",), "what pays: `auto` (the API key when "
+           f"`{config.API_KEY_ENV}` is set, else the wallets), `wallet` (ignore the API key), "
+           "`apikey` (refuse to start without one; with `--demo`, a fake API host)",
+           f"`{config.DEFAULT_RAIL}`", _choice(config.RAILS), choices=config.RAILS),
     Option("redis_url", "--redis-url", (config.REDIS_URL_ENV,), "share the budget, the spend "
            "ledger and learned quotes with other replicas through this Redis (`redis://`, "
            "`rediss://`, `unix://`; see [Running many replicas](#running-many-replicas))",
@@ -277,8 +281,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ledger_retention_seconds", "--ledger-retention", (_P + "LEDGER_RETENTION",),
            "how long the spend ledger keeps its hourly totals", "`30d`", _duration,
            render=lambda seconds: f"{seconds!r}s"),
-    Option("demo", "--demo", (), "built-in fake gateway and throwaway wallet", "off", _bool,
-           kind="flag"),
+    Option("demo", "--demo", (), "built-in fake gateway and throwaway wallet, offline: on "
+           "Base, on Solana with `--chain solana`, or a fake API key with `--rail apikey`",
+           "off", _bool, kind="flag"),
     Option("ssl_cert_file", None, ("SSL_CERT_FILE",), "CA bundle (PEM) the gateway's TLS "
            "certificate is checked against, instead of the system's", "the system's",
            str.strip),

@@ -34,8 +34,8 @@ from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import MethodNotAllowed, PaidCallFailed, RequestTimeout
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange
 from blockrun_proxy.jobs import MAX_JOB_ANSWER_BYTES, poll_path, poll_url_of, rewrite_poll_url
-from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
-from blockrun_proxy.routes import RELAY_METHODS, Body, Route, Serve, upstream_path
+from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump, pump_filtered
+from blockrun_proxy.routes import RELAY_METHODS, Body, Measure, Route, Serve, upstream_path
 from blockrun_proxy.upstream import JSON_TYPE, PAYMENT_RESPONSE, Answer
 
 if sys.version_info >= (3, 11):
@@ -130,8 +130,8 @@ async def signed(request: web.Request, route: Route) -> web.StreamResponse:
             request.headers,
             content_type=content_type,
             route=route.label,
-            model=guarded.model,
-            measure=partial(guarded.features, route),
+            model=guarded.key_model(route),
+            measure=None if route.measure is Measure.NONE else partial(guarded.features, route),
         )
         del raw
         answer = await gateway.send(out, exchange.request_id, on_sent=exchange.payment_sent)
@@ -243,13 +243,18 @@ async def pipe_answer(request: web.Request, answer: Answer) -> web.StreamRespons
         if upstream.status >= 400:
             exchange.upstream_error = f"http_{upstream.status}"
         response = web.StreamResponse(status=upstream.status, headers=response_headers(answer))
-        if upstream.content_length is not None:
+        # A filtered body (the API-key rail's redaction) may change length: sent chunked.
+        redactor = answer.redactor
+        if upstream.content_length is not None and redactor is None:
             response.content_length = upstream.content_length
         coalesce_headers(upstream, response)
         await response.prepare(request)
         metrics.open_streams.inc()
         try:
-            await pump(upstream, response, stats)
+            if redactor is None:
+                await pump(upstream, response, stats)
+            else:
+                await pump_filtered(upstream, response, stats, redactor())
         except UpstreamBroke as exc:
             # Headers (and maybe bytes) are out: the only honest signal left is to cut
             # the connection, so the client sees a truncated body, not a clean short one.

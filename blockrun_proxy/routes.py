@@ -8,6 +8,9 @@ One row per route template of the gateway (docs/PROTOCOL.md section 9). A row sa
 - where the model of its price key comes from (``Model``): the price key is
   ``(route template, model)``, what the quote book learns prices under;
 - whether ``max_tokens`` gets a default (chat only: the gateway prices the reservation);
+- what its price depends on, as the quote model measures it to sign up front
+  (``Measure``, and for routes priced flat or per unit their ``Units``: docs/PROTOCOL.md
+  section 9 says how each route is priced; measures.py reads the body by it);
 - how it is served (``Serve``): the generic signed pipe (guard, pay, pipe), the cached
   catalogue, or a job poll (which replays the payment its job was submitted with);
 - its template, which is also its metric label (a bounded set).
@@ -54,6 +57,33 @@ class Model(enum.Enum):
     NONE = "none"  # the route has no model: priced by the route alone
 
 
+class Measure(enum.Enum):
+    """What a route's price depends on, as the quote model measures it (measures.py)."""
+
+    CHAT = "chat"  # model x (the messages' text + the max_tokens reservation) + a flat fee
+    ANTHROPIC = "anthropic"  # the same over system + messages, Anthropic's own max_tokens
+    GEMINI = "gemini"  # the same over systemInstruction + contents, maxOutputTokens
+    UNITS = "units"  # flat, or per unit of one body field (images, audio, video, search)
+    NONE = "none"  # never signed up front: polls, the catalogue, paths outside the table
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    """What the price of a route priced flat or per unit depends on (PROTOCOL.md 9.4-9.7).
+
+    The price key is (route, model + the ``variant`` and ``counted`` values): each size or
+    quality has a price of its own. Within a key the price may grow with ``count`` (images
+    per call, results, seconds; a list counts its items) and with the length of ``text``
+    (speech's characters), both learned exactly from the 402s. Anything else in the body is
+    taken not to change the price.
+    """
+
+    count: str | None = None  # the field the price is multiplied by
+    text: tuple[str, ...] = ()  # fields whose length may be priced
+    variant: tuple[str, ...] = ()  # fields whose value picks a price: part of the key
+    counted: tuple[str, ...] = ()  # fields whose number of items picks a price (input images)
+
+
 class Serve(enum.Enum):
     SIGNED = "signed"  # the generic signed pipe: guard, pay (one nonce), pipe the bytes
     CATALOGUE = "catalogue"  # GET /v1/models, cached: the gateway rate-limits it
@@ -72,6 +102,8 @@ class Route:
     streams: bool = False  # may answer text/event-stream
     serve: Serve = Serve.SIGNED
     client: str = ""  # who calls it (README)
+    measure: Measure = Measure.NONE  # what its price depends on, to sign up front
+    units: Units | None = None  # for Measure.UNITS: which fields
 
     @property
     def label(self) -> str:
@@ -86,38 +118,52 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("chat", "POST", "/v1/chat/completions", Body.CHAT, Model.REQUIRED,
           "OpenAI Chat Completions, JSON or `stream: true`", default_max_tokens=True,
-          streams=True, client="openai SDK, langchain, LiteLLM"),
+          streams=True, client="openai SDK, langchain, LiteLLM", measure=Measure.CHAT),
     Route("models", "GET", "/v1/models", Body.NONE, Model.NONE,
           "the gateway's catalogue, cached (5 min), served stale if the gateway is down",
           serve=Serve.CATALOGUE, client="any"),
     Route("messages", "POST", "/v1/messages", Body.ANTHROPIC, Model.REQUIRED,
           "Anthropic Messages, JSON or SSE (`event:` lines); `max_tokens` required",
-          streams=True, client="anthropic SDK, Claude Code"),
+          streams=True, client="anthropic SDK, Claude Code", measure=Measure.ANTHROPIC),
     Route("count_tokens", "POST", "/v1/messages/count_tokens", Body.JSON, Model.REQUIRED,
-          "Anthropic token counting", client="anthropic SDK"),
+          "Anthropic token counting", client="anthropic SDK", measure=Measure.ANTHROPIC),
     Route("gemini", "POST", "/v1beta/models/{model:.+}:generateContent", Body.GEMINI,
-          Model.PATH, "Gemini `generateContent`", client="google-genai"),
+          Model.PATH, "Gemini `generateContent`", client="google-genai",
+          measure=Measure.GEMINI),
     Route("gemini_stream", "POST", "/v1beta/models/{model:.+}:streamGenerateContent",
           Body.GEMINI, Model.PATH, "Gemini `streamGenerateContent` (`?alt=sse`)", streams=True,
-          client="google-genai"),
+          client="google-genai", measure=Measure.GEMINI),
     Route("images", "POST", "/v1/images/generations", Body.JSON, Model.OPTIONAL,
-          "images; JSON, or a `202` job", client="openai SDK `images.generate`"),
+          "images; JSON, or a `202` job", client="openai SDK `images.generate`",
+          measure=Measure.UNITS,
+          units=Units(count="n", text=("prompt",), variant=("size", "quality"))),
     Route("image2image", "POST", "/v1/images/image2image", Body.JSON, Model.OPTIONAL,
-          "image editing from data URIs; JSON, or a `202` job"),
+          "image editing from data URIs; JSON, or a `202` job", measure=Measure.UNITS,
+          units=Units(count="n", text=("prompt",), variant=("size", "quality"),
+                      counted=("image", "mask"))),
     Route("speech", "POST", "/v1/audio/speech", Body.JSON, Model.OPTIONAL,
-          "speech (BlockRun answers JSON with a hosted URL)", client="openai SDK `audio.speech`"),
+          "speech (BlockRun answers JSON with a hosted URL)", client="openai SDK `audio.speech`",
+          measure=Measure.UNITS, units=Units(text=("input",), variant=("speed",))),
     Route("sound_effects", "POST", "/v1/audio/sound-effects", Body.JSON, Model.OPTIONAL,
-          "sound effects"),
+          "sound effects", measure=Measure.UNITS,
+          units=Units(text=("text",), variant=("duration_seconds",))),
     Route("music", "POST", "/v1/audio/generations", Body.JSON, Model.OPTIONAL,
-          "music: a `202` job"),
+          "music: a `202` job", measure=Measure.UNITS,
+          units=Units(text=("prompt", "lyrics"), variant=("instrumental",))),
     Route("videos", "POST", "/v1/videos/generations", Body.JSON, Model.OPTIONAL,
-          "video: a `202` job"),
+          "video: a `202` job", measure=Measure.UNITS,
+          units=Units(count="duration_seconds", text=("prompt",),
+                      variant=("resolution", "aspect_ratio", "generate_audio"),
+                      counted=("image_url", "last_frame_url"))),
     Route("job_poll", "GET", "/v1/{kind:videos|images|audio}/generations/{job_id}", Body.NONE,
           Model.NONE, "a job's poll: carries the submit's payment, never a new one",
           serve=Serve.POLL),
-    Route("search", "POST", "/v1/search", Body.JSON, Model.NONE, "web, news and X search"),
+    Route("search", "POST", "/v1/search", Body.JSON, Model.NONE, "web, news and X search",
+          measure=Measure.UNITS,
+          units=Units(count="max_results", text=("query",), variant=("sources",))),
     Route("exa", "POST", "/v1/exa/{endpoint}", Body.JSON, Model.NONE,
-          "Exa `search`, `find-similar`, `answer`, `contents`"),
+          "Exa `search`, `find-similar`, `answer`, `contents`", measure=Measure.UNITS,
+          units=Units(count="urls", text=("query",), variant=("numResults", "type", "contents"))),
 )  # fmt: skip
 
 # What --routes all adds: the rest of the gateway's paths, through the same signed pipe.

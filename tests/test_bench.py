@@ -99,3 +99,23 @@ def test_upto_bench_prompt_gives_an_answer_of_the_asked_length():
     from blockrun_proxy.testing._replies import ECHO_PREFIX, count_tokens
 
     assert count_tokens(ECHO_PREFIX + prompt_for(150)) == 150
+
+
+def test_route_bench_compares_each_row_with_its_chat_row():
+    from bench.routes import Case, table
+
+    free, paid = Case("chat", "/c", {}, True), Case("chat (paid)", "/c", {}, False)
+    gem = Case("gemini (paid)", "/g", {}, False)
+    rows = [
+        (free, (1.0, 2.0), (3.0, 5.0), 1000.0, 600.0, None),
+        (paid, (0.0, 0.0), (4.0, 6.0), 800.0, 700.0, 1.0),
+        (gem, (0.0, 0.0), (4.5, 7.0), 400.0, 900.0, 0.5),
+    ]
+    lines = table(rows, 16).splitlines()
+    assert (
+        lines[2]
+        == "| chat | +2.00 ms added | +0.00 ms | +3.00 ms added | 1,000 | 1.00x | 600 µs | - |"
+    )
+    assert (
+        lines[4] == "| gemini (paid) | 4.50 ms | +0.50 ms | 7.00 ms | 400 | 0.50x | 900 µs | 50% |"
+    )

@@ -1,4 +1,4 @@
-"""The catalogue prior, the message count as a linear term, and the dominance bound.
+"""The catalogue prior, the message count as a linear term, and the prefix bound.
 
 The quote book alone, fed 402s as the proxy would (tests/quoting.py).
 """
@@ -73,9 +73,9 @@ def test_message_count_is_learned_as_a_linear_term_without_a_catalogue() -> None
     assert {(h.linear, h.per_message) for h in book.hypotheses(MINI.id)} == {(True, 16), (True, 4)}
 
 
-def test_dominance_bound_signs_a_price_that_ignores_the_prompt() -> None:
+def test_prefix_bound_signs_a_price_that_ignores_the_prompt() -> None:
     """No catalogue, a price of max_tokens alone, a conversation that grows every call:
-    the bound (the price of a smaller request) is the price, and is signed."""
+    the bound (the price of an earlier turn) is the price, and is signed."""
     book = QuoteBook()
     log = feed(book, GPT55, max_tokens_price, bodies("conversation", GPT55.id))
     assert log.overpaid == 0 and log.share_after(10) >= 0.95, log

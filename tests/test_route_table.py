@@ -55,7 +55,9 @@ def test_gemini_takes_its_model_from_the_path() -> None:
     raw = orjson.dumps({"contents": [], "generationConfig": {"maxOutputTokens": 77}})
     guarded = guard_body(route, raw, {"model": "models/google/gemini-x"}, default_max_tokens=1)
     assert (guarded.model, guarded.max_tokens, guarded.body) == ("google/gemini-x", 77, raw)
-    assert guarded.features(route) is None  # no messages to measure: probed first
+    features = guarded.features(route)  # measured, to sign up front (measures.py)
+    assert features is not None and features.key == (route.label, "google/gemini-x")
+    assert (features.max_tokens, features.catalogue) == (77, "google/gemini-x")
     with pytest.raises(InvalidRequest):
         guard_body(route, b"[1]", {"model": "g"}, default_max_tokens=1)
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.browser import browser as chromium
+from support.browser import needs_chromium
 from support.calls import FRACTIONAL_MODEL, PRICED_MODEL, chat, post
 from support.servers import WORKTREE
 
@@ -30,46 +32,16 @@ from blockrun_proxy.testing import FakeGateway
 from blockrun_proxy.wallet.watcher import BalanceWatcher
 from blockrun_proxy.x402 import usd
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = Path(WORKTREE) / "docs" / "spend-page.png"
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason="chromium is not installed (apt-get install -y chromium; .ci/run does it)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[Any]:
     """A fresh chromium profile per test; the page's console errors fail the test."""
-    playwright_api = pytest.importorskip("playwright.async_api")
-    async with playwright_api.async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 900},
-        )
-        errors: list[str] = []
-        context.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        context.on("weberror", lambda error: errors.append(str(error.error)))
-        try:
-            yield context
-        finally:
-            await context.close()
-        # A CSP violation or a script error shows here (401 answers are expected).
-        assert [e for e in errors if "401" not in e] == []
+    async with chromium(tmp_path / "profile") as context:
+        yield context
 
 
 async def spend_json(url: str, token: str) -> dict[str, Any]:

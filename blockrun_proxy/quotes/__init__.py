@@ -18,6 +18,7 @@ from blockrun_proxy.quotes.features import (
     PriceKey,
     features_from_body,
     request_features,
+    text_sizes,
 )
 from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote
 from blockrun_proxy.quotes.prior import CataloguePrice, Prior, parse_catalogue
@@ -39,4 +40,5 @@ __all__ = [
     "features_from_body",
     "parse_catalogue",
     "request_features",
+    "text_sizes",
 ]

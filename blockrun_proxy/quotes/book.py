@@ -16,24 +16,32 @@ What it predicts from, in order:
 
 - **the catalogue** (prior.py): formulas with the prices ``/v1/models`` publishes, each
   size measure and per-message overhead, the constant bounded exactly by the 402s.
-  Used while at least one explains every 402; from the second 402 on.
+  Used while at least one explains every 402; from the second 402 on. A key is priced by
+  the catalogue id its requests name (``Features.catalogue``: chat's model, the model of an
+  Anthropic or Gemini request); keys of routes priced otherwise have none.
 - **the learner** (fit.py): formulas fitted from the window of recent 402s alone, for
   models the catalogue does not price or whose 402s refute it; from ``min_observations``
-  on.
-- **the dominance bound**: a request at least as large as a seen one in every feature
-  (max_tokens, message count, every size measure) costs at least what that one did,
-  under any price that grows with its inputs. Signed when the formulas cannot decide
-  and the bound has been the exact price on the last ``trust`` 402s (a price that does
-  not move with the prompt, say).
+  on, or from the key's own smaller minimum (``Features.min_observations``: routes priced
+  flat or per unit) when no formula rests on a guessed slope.
+- **the prefix bound**: a request that extends a seen one (the same body with messages
+  appended, ``max_tokens`` at least as large) costs at least what that one did, under
+  any price of input tokens + reservation + fee, however the gateway counts tokens.
+  Signed when the formulas cannot decide and the bound has been the exact price on the
+  last ``trust`` 402s (a price that does not move with the prompt, say).
 
 A presign (signing the first request, saving the unpaid probe) is offered only when
 the streak has reached ``trust``, the template is younger than ``ttl`` (so a price cut
 is noticed within the TTL by an ordinary probe), and, without a tolerance, every
 formula still consistent with the 402s gives this request the same amount: nothing
 consistent with the data makes it an over-payment, and an under-payment is refused as
-not used (one more round trip, no money). With a user's ``tolerance`` the top of their
-joint range may be signed, when the range (raised to the dominance bound) is that
-narrow; the most that can over-pay is counted in ``stats``.
+not used (one more round trip, no money). With a user's ``tolerance`` an amount is
+signed only if it is at most the tolerance above a lower bound of the price: the
+exact formulas' lowest amount, or the prefix bound. Inside that span the least-squares
+estimate picks the amount, but never lowers the floor: an estimate is a sample, and a
+floor from sizes alone (a larger request in every measure costs at least as much) is
+not one either, for a gateway that measures what the features do not see (escapes in
+re-serialised JSON). With no lower bound, the request is probed. The most that can be
+over-paid is counted in ``stats``.
 
 Memory is bounded: ``window`` observations per key, ``max_models`` keys (LRU).
 ``take_changes``/``restore``/``merge`` turn each price key's state into a small JSON
@@ -97,7 +105,7 @@ class QuoteStats:
     refits: int = 0  # learned formulas rebuilt from the window
     overpaid_atomic: int = 0  # at most this much signed above the price (tolerance > 0 only)
     from_catalogue: int = 0  # presigns priced by catalogue formulas
-    from_bound: int = 0  # presigns priced by the dominance bound
+    from_bound: int = 0  # presigns priced by the prefix bound
     refuted: int = 0  # catalogue priors the 402s contradicted
 
 
@@ -149,10 +157,11 @@ class _State:
     streak: int = 0
     required: int = 0  # streak needed to sign: trust, doubled per miss
     clean: int = 0  # presigns accepted since the last miss
-    bound_streak: int = 0  # consecutive 402s priced exactly at the dominance bound
-    bound_broken: bool = False  # a 402 priced below the bound: prices do not grow with size
+    bound_streak: int = 0  # consecutive 402s priced exactly at the prefix bound
+    bound_broken: bool = False  # a 402 cheaper than one it extends: the bound is none here
     ceiling: int | None = None
     template: Template | None = None
+    catalogue_id: str | None = None  # whose catalogue prices apply (Features.catalogue)
     backoff: int = 0  # refits skipped after the last one that found no exact formula
     skip: int = 0  # 402s left to skip before the next refit
     # Unix time of the newest 402 this state learned from: which of two replicas' states
@@ -309,17 +318,23 @@ class QuoteBook:
         state = self._state(features.key)
         state.learned_at = self._stamp()
         self._changed(state)
+        if state.catalogue_id != features.catalogue:
+            state.catalogue_id = features.catalogue
+            state.catalogue_version = -1  # take that catalogue price (if any) now
         self._catch_up(features.key, state)
         ceiling = _ceiling(resource)
         if ceiling is not None:
             state.ceiling = ceiling
         self._check(state, features, requirement.amount)
+        digests = features.prefixes.digests()
         observation = Observation(
             self._clamped(state, features.max_tokens),
             features.messages,
             features.sizes,
             requirement.amount,
             features.extra,
+            digest=digests[-1] if digests else None,
+            seen_at=self._clock(),
         )
         state.window.append(observation)
         state.fitted = False
@@ -344,7 +359,7 @@ class QuoteBook:
             if template_ok
             else None
         )
-        if features.route == CHAT_ROUTE and features.model not in self._catalogue:
+        if features.catalogue is not None and features.catalogue not in self._catalogue:
             self._ask_catalogue()
 
     def forget(self, model: str, route: str = CHAT_ROUTE) -> None:
@@ -372,8 +387,8 @@ class QuoteBook:
     def _catch_up(self, key: PriceKey, state: _State) -> None:
         if state.catalogue_version != self._catalogue_version:
             state.catalogue_version = self._catalogue_version
-            if key[0] == CHAT_ROUTE:
-                self._adopt_price(state, self._catalogue.get(key[1]))
+            if state.catalogue_id is not None:
+                self._adopt_price(state, self._catalogue.get(state.catalogue_id))
 
     @property
     def catalogue(self) -> Mapping[str, CataloguePrice]:
@@ -421,11 +436,20 @@ class QuoteBook:
                 return None
             quote = state.prior.quote(max_tokens, features.sizes, features.messages)
             return None if quote is None else (quote, True)
-        if len(state.window) < self.min_observations:
+        needed = self.min_observations
+        if features.min_observations is not None:
+            needed = min(needed, features.min_observations)
+        if len(state.window) < needed:
             return None
         self._ensure_fitted(features.key, state)
         if not state.fitted:
             return None  # the formulas are being refitted: nothing to sign from yet
+        if len(state.window) < self.min_observations and not all(
+            h.exact and h.occam_col is None for h in state.hypotheses
+        ):
+            # A slope chosen among round fractions (Occam) from a few 402s can fit them and
+            # be wrong elsewhere; formulas with no such guess are pinned by the 402s alone.
+            return None
         low = high = None
         for h in state.hypotheses:
             quote = h.quote(max_tokens, features.sizes, features.messages)
@@ -445,56 +469,104 @@ class QuoteBook:
     def _decide(self, state: _State, features: Features) -> tuple[int, int, str] | None:
         """(amount to sign, the most it can over-pay, where it came from), or None.
 
-        Without tolerance the formulas must be exact and pin the amount (low == high):
-        the amount is then the prediction, over-paying nothing. With tolerance, the top
-        of their joint range is signed if the range, raised to the dominance bound, is
-        within ``tolerance``: whatever the price inside it, the over-payment is at most
-        its width, and that is what gets counted. When the formulas cannot decide, the
-        dominance bound is signed if it has been the price on the last ``trust`` 402s.
+        Whatever the mode, the amount is never more than ``tolerance`` above a lower bound
+        of the price that holds for every price consistent with what is known:
+
+        - exact formulas (every one reproduces every 402) that pin the amount: it is
+          signed, over-paying nothing;
+        - without tolerance, nothing else but the prefix bound (``_bound``), signed as it
+          is once it has been the price on the last ``trust`` 402s;
+        - with tolerance, the top of the exact formulas' joint range if it is within
+          ``tolerance`` of their lowest amount (raised to the prefix bound); else, when a
+          prefix bound exists, the least-squares estimate picks the amount in
+          [bound, bound + tolerance], and only if that reaches the estimate's top (so it
+          is likely to be accepted). An estimate is a sample of residuals, never a bound:
+          it never lowers the floor, and without a floor nothing is signed from it.
         """
         found = self._range(state, features)
         source = "catalogue" if state.prior is not None else "learned"
-        if found is not None and self.tolerance <= 0:
+        if found is not None:
             quote, exact = found
             if exact and quote.low == quote.high:
                 return quote.low, 0, source  # the common case: no need for the bound
         bound = self._bound(state, features)
+        # The bound is a floor only while no 402 has contradicted the premise it rests on.
+        floor = None if state.bound_broken else bound
         if found is not None:
             quote, exact = found
             if self.tolerance <= 0:
                 pass
             elif exact:
-                low = quote.low if bound is None else max(quote.low, bound)
+                low = quote.low if floor is None else max(quote.low, floor)
                 if quote.high - low <= self.tolerance:
                     return quote.high, quote.high - low, source
-            else:
-                # An estimate: residuals seen so far are a sample, not a bound. Allow for
-                # half the band's width more on either side; sign up to that much above
-                # its top, never more than the tolerance above its (widened) bottom.
+            elif floor is not None:
+                # Allow for half the estimate's band more above its top; sign that much,
+                # held inside [floor, floor + tolerance] where every amount is safe.
                 margin = max(1, (quote.high - quote.low + 1) // 2)
-                low = quote.low - margin if bound is None else max(quote.low - margin, bound)
-                if quote.high - low <= self.tolerance:
-                    amount = min(quote.high + margin, low + self.tolerance)
-                    return amount, amount - low, "estimate"
+                amount = min(max(quote.high + margin, floor), floor + self.tolerance)
+                if amount >= quote.high:
+                    return amount, amount - floor, "estimate"
             if exact and bound is not None and bound < quote.low:
                 return None  # the bound is surely below the price: it would be refused
-        if bound is not None and state.bound_streak >= self.trust and not state.bound_broken:
-            return bound, 0, "bound"
+        if floor is not None and state.bound_streak >= self.trust:
+            return floor, 0, "bound"
         return None
 
     def _bound(self, state: _State, features: Features) -> int | None:
-        """The most any seen 402 whose request this one dominates in every feature asked:
-        a lower bound on this price under any formula that grows with its inputs."""
+        """The most a 402 asked, among those seen within the TTL, for a request that this
+        one extends: the same body with the same fields (tools, system, ...), more messages
+        appended after the same ones, and a ``max_tokens`` at least as large.
+
+        A lower bound on this price under any gateway whose price does not fall when
+        messages are appended or the reservation grows, however it measures a prompt
+        (its own tokenizer, the JSON re-serialised, per-message overheads): PROTOCOL.md
+        section 3's price x (input tokens + reservation) + fee. Sizes alone do not give
+        that: a larger prompt in every measure of features.py can be smaller re-serialised
+        (``"\\u4e2d"`` is 6 characters, a quote 2). 402s older than the TTL are left out:
+        a price may have been cut since. None when no seen request is a prefix of this one.
+        """
         max_tokens = self._clamped(state, features.max_tokens)
-        messages, sizes, extra = features.messages, features.sizes, features.extra
+        now = self._clock()
+        if features.sizes_exact:
+            return self._dominance_bound(state, features, max_tokens, now)
+        digests: tuple[bytes, ...] | None = None
+        best: int | None = None
+        for o in state.window:
+            if (
+                o.digest is None
+                or o.seen_at is None
+                or (best is not None and o.amount <= best)
+                or o.messages > features.messages
+                or o.max_tokens > max_tokens
+                or o.extra != features.extra
+                or now - o.seen_at > self.ttl
+            ):
+                continue
+            if digests is None:
+                digests = features.prefixes.digests()  # hashed only when a 402 may match
+            if o.messages < len(digests) and digests[o.messages] == o.digest:
+                best = o.amount
+        return best
+
+    def _dominance_bound(
+        self, state: _State, features: Features, max_tokens: int, now: float
+    ) -> int | None:
+        """For keys whose price depends only on what the proxy measures exactly
+        (``Features.sizes_exact``: a unit-priced route's count and text): the most a 402
+        asked, within the TTL, for a request this one is at least as large as in every
+        measure. A price that grows with its inputs, plus a minimum charge (speech's), never
+        falls below it."""
         best: int | None = None
         for o in state.window:
             if (
                 (best is None or o.amount > best)
-                and o.extra == extra
+                and o.seen_at is not None
+                and now - o.seen_at <= self.ttl
+                and o.extra == features.extra
                 and o.max_tokens <= max_tokens
-                and o.messages <= messages
-                and all(seen <= size for seen, size in zip(o.sizes, sizes, strict=True))
+                and o.messages <= features.messages
+                and all(seen <= size for seen, size in zip(o.sizes, features.sizes, strict=True))
             ):
                 best = o.amount
         return best
@@ -508,7 +580,7 @@ class QuoteBook:
                 state.bound_streak += 1
             elif bound < amount:
                 state.bound_streak = 0
-            else:  # cheaper than a smaller request: prices here do not grow with size
+            else:  # cheaper than a request it extends: no floor for this key any more
                 state.bound_broken = True
         if state.prior is None and state.hypotheses and state.fitted:
             max_tokens = self._clamped(state, features.max_tokens)
@@ -675,6 +747,7 @@ class QuoteBook:
             "bound_streak": state.bound_streak,
             "bound_broken": state.bound_broken,
             "refuted": None if state.refuted is None else state.refuted.to_json(),
+            "catalogue_id": state.catalogue_id,
             # The catalogue price the state's prior holds, for a replica that loads the key
             # before it has a catalogue of its own.
             "price": None if state.prior is None else state.prior.price.to_json(),
@@ -718,8 +791,13 @@ class QuoteBook:
         state.bound_broken = entry.get("bound_broken") is True
         state.refuted = CataloguePrice.from_json(entry.get("refuted"))
         state.template = _template(entry.get("template"), clock)
-        if route == CHAT_ROUTE:
-            price = catalogue.get(model) or CataloguePrice.from_json(entry.get("price"))
+        # A document that does not name its catalogue id: chat's is its model.
+        catalogue_id = entry.get("catalogue_id", model if route == CHAT_ROUTE else None)
+        if catalogue_id is not None and not isinstance(catalogue_id, str):
+            return None
+        state.catalogue_id = catalogue_id
+        if catalogue_id is not None:
+            price = catalogue.get(catalogue_id) or CataloguePrice.from_json(entry.get("price"))
             self._adopt_price(state, price)
         if state.prior is None:
             # Not _refit: this runs in a worker thread, away from the stats.

@@ -23,15 +23,21 @@ over the already-parsed request; ASCII text (the common case) costs one ``len`` 
 string.
 
 A price key is ``(route, model)``: the same model may be priced differently on
-another route (Anthropic messages, images), and each route's quotes are its own.
+another route (Anthropic messages, images), and each route's quotes are its own. Routes
+priced like chat (Anthropic Messages, Gemini) are measured over their own request shapes
+turned into chat messages, and name the catalogue id whose per-token prices apply
+(``Features.catalogue``); routes priced flat or per unit (images, audio, search) put the
+unit count where chat has its reservation and the text they may price in the size
+measures (measures.py builds both).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -62,12 +68,59 @@ MEASURE_TOKENS: tuple[Fraction, ...] = (
 PriceKey = tuple[str, str]  # (route, model)
 # Request fields besides the messages that a gateway may count as input.
 EXTRA_FIELDS = ("tools", "functions", "response_format", "tool_choice")
+# Fields left out of a request's prefix digests (Prefixes): the reservation is compared on
+# its own, and streaming or not does not change what a call costs (PROTOCOL.md section 3).
+# Every other field (tools, system, n, ...) must be the same for one request to extend another.
+UNDIGESTED_FIELDS = frozenset(("messages", "max_tokens", "max_completion_tokens", "stream"))
+DIGEST_BYTES = 16
 
 # The same character classes as blockrun_llm's estimate_tokens (Han, kana, Hangul,
 # CJK punctuation, fullwidth forms), copied so the hot path need not import it.
 _CJK_CHARS = re.compile(
     "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
 )
+
+
+class Prefixes:
+    """Digests of a request cut after each of its messages, for telling that one request
+    extends another: the same body with more messages appended.
+
+    ``digests()[i]`` covers every field but UNDIGESTED_FIELDS and the first ``i``
+    messages, as JSON; two requests of a price key share ``digests()[i]`` exactly when they
+    agree on all of that (up to a 128-bit BLAKE2 collision). Hashing a long conversation
+    costs as much as measuring it, so it is done only when the quote book asks (it does
+    not while an exact formula pins the price), once per request.
+    """
+
+    __slots__ = ("_digests", "_messages", "_rest")
+
+    def __init__(self, messages: Sequence[Any] = (), rest: Mapping[str, Any] | None = None):
+        self._messages = messages
+        self._rest = rest
+        self._digests: tuple[bytes, ...] | None = None
+
+    def digests(self) -> tuple[bytes, ...]:
+        """One digest per prefix, from no messages to all; () when there is nothing to
+        digest (no body given, or one that does not serialise)."""
+        if self._digests is None:
+            self._digests = self._compute()
+        return self._digests
+
+    def _compute(self) -> tuple[bytes, ...]:
+        if self._rest is None:
+            return ()
+        try:
+            running = hashlib.blake2b(orjson.dumps(self._rest), digest_size=DIGEST_BYTES)
+            found = [running.digest()]
+            for message in self._messages:
+                # Length-prefixed: message boundaries are part of what is digested.
+                encoded = orjson.dumps(message)
+                running.update(len(encoded).to_bytes(8, "big"))
+                running.update(encoded)
+                found.append(running.copy().digest())
+        except orjson.JSONEncodeError:
+            return ()
+        return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +135,20 @@ class Features:
     # JSON size of what else a gateway might price (tools, functions, response_format):
     # not a priced feature, but formulas and bounds only speak for values seen.
     extra: int = 0
+    # Which requests this one extends (the quote book's sound lower bound).
+    prefixes: Prefixes = field(default_factory=Prefixes, compare=False, repr=False, hash=False)
+    # The catalogue id whose per-token prices this key is priced by (chat's model; the
+    # model an Anthropic or Gemini request names), None where the catalogue does not apply.
+    catalogue: str | None = None
+    # 402s the learned formulas need before they may sign, when none of them rests on a
+    # guessed slope (fit.py's Occam column); None: the book's own minimum. Routes priced flat
+    # or per unit set it low: their formula has one varying input at most, pinned exactly.
+    min_observations: int | None = None
+    # The gateway prices exactly what ``sizes`` and ``max_tokens`` measure (a unit-priced
+    # route's count and text, read by measures.py), so a request at least as large in every
+    # one costs at least as much: the quote book may bound by dominance, which it may not
+    # where prompts are measured in ways the proxy cannot see (chat: re-serialised JSON).
+    sizes_exact: bool = False
 
     @property
     def key(self) -> PriceKey:
@@ -89,9 +156,17 @@ class Features:
 
 
 def request_features(
-    model: str, max_tokens: int | None, data: Mapping[str, Any], route: str = CHAT_ROUTE
+    model: str,
+    max_tokens: int | None,
+    data: Mapping[str, Any],
+    route: str = CHAT_ROUTE,
+    *,
+    catalogue: str | None = None,
 ) -> Features | None:
-    """Features of a parsed chat request; None when it cannot be priced by us."""
+    """Features of a parsed chat request; None when it cannot be priced by us. On the chat
+    route the model is its own catalogue id; other routes name theirs (``catalogue``)."""
+    if catalogue is None and route == CHAT_ROUTE:
+        catalogue = model
     messages = data.get("messages")
     if max_tokens is None or not isinstance(messages, list):
         return None
@@ -113,7 +188,27 @@ def request_features(
         value = data.get(name)
         if value is not None:
             extra += len(orjson.dumps(value))
-    return Features(model, max_tokens, len(messages), sizes, route, extra)
+    rest = {k: v for k, v in data.items() if k not in UNDIGESTED_FIELDS}
+    prefixes = Prefixes(messages, rest)
+    return Features(
+        model,
+        max_tokens,
+        len(messages),
+        sizes,
+        route,
+        extra,
+        prefixes=prefixes,
+        catalogue=catalogue,
+    )
+
+
+def text_sizes(text: str) -> tuple[int, ...]:
+    """The size measures of one text (as the contents alone and with tool calls: the same),
+    for routes that price a text field rather than messages."""
+    counts = _Counts()
+    counts.add(text)
+    measures = counts.measures()
+    return measures + measures
 
 
 def features_from_body(body: bytes, route: str = CHAT_ROUTE) -> Features | None:

@@ -70,6 +70,11 @@ class Observation:
     sizes: tuple[int, ...]
     amount: int
     extra: int = 0  # features.Features.extra: formulas speak only for values seen
+    # For the quote book's prefix bound, not for fitting: the request's last prefix digest
+    # (features.Prefixes) and when its 402 was seen (book clock). None when not known
+    # (loaded from a saved book: digests are not kept across restarts).
+    digest: bytes | None = None
+    seen_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 from support.calls import PRICED_MODEL
-from support.clients import PAID_FAILURES, README_BASE_URL, BackgroundStack, snippet, usd
+from support.clients import PAID_FAILURES, README_ROOT, BackgroundStack, snippet, usd
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +85,7 @@ def litellm_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteLLMP
     stack = BackgroundStack("0x" + secrets.token_hex(32)).start()
     workdir = tmp_path_factory.mktemp("litellm-proxy")  # also keeps it from reading a .env
     config = workdir / "config.yaml"
-    config.write_text(snippet("litellm-proxy-config").replace(README_BASE_URL, stack.base_url))
+    config.write_text(snippet("litellm-proxy-config").replace(README_ROOT, stack.url))
     master_key = "sk-" + secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}
     env.update(
@@ -191,3 +193,53 @@ def test_a_429_that_cost_nothing_is_retried_by_the_router(proxy):
     assert reply.choices[0].message.content
     assert [r.payment is None for r in gateway.chat_requests] == [True, True, False]
     assert len(gateway.settled) == 1
+
+
+# --- an anthropic/ model: LiteLLM's Anthropic provider, through the proxy's /v1/messages ----
+
+CLAUDE_NAME = "claude-sonnet"  # the README config's model_name for anthropic/claude-sonnet-4-6
+MESSAGES_PATH = "/api/v1/messages"
+
+
+def messages_requests(gateway) -> list:
+    return [r for r in gateway.requests if r.path == MESSAGES_PATH]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_anthropic_model_goes_through_the_proxys_messages_route(proxy, stream):
+    gateway = proxy.stack.gateway
+    with proxy.client() as c:
+        if stream:
+            chunks = c.chat.completions.create(
+                model=CLAUDE_NAME, messages=MESSAGES, max_tokens=16, stream=True
+            )
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        else:
+            raw = c.chat.completions.with_raw_response.create(
+                model=CLAUDE_NAME, messages=MESSAGES, max_tokens=16
+            )
+            text = raw.parse().choices[0].message.content or ""
+            # LiteLLM's Anthropic provider reads the proxy's cost header too.
+            assert float(raw.headers["x-litellm-response-cost"]) == usd(gateway.settled[0].amount)
+    assert text.strip() == "echo: Say something nice"
+    probe, paid = messages_requests(gateway)  # Anthropic's API, not chat completions
+    assert probe.payment is None and paid.payment is not None
+    sent = orjson.loads(paid.body)
+    assert sent["model"] == "claude-sonnet-4-6" and sent["max_tokens"] == 16
+    assert sent.get("stream", False) is stream
+    assert "x-api-key" not in {h.lower() for h in paid.headers}  # LiteLLM's key stays home
+    assert len(gateway.settled) == 1
+    if stream:
+        assert gateway.sent_bodies[-1].startswith(b"event: message_start\n")
+
+
+def test_the_anthropic_sdk_through_the_litellm_proxy_messages_endpoint(proxy):
+    # LiteLLM Proxy's own /v1/messages, routed to the same anthropic/ deployment.
+    gateway = proxy.stack.gateway
+    with (
+        anthropic.Anthropic(base_url=proxy.url, api_key=proxy.master_key, max_retries=0) as client,
+        client.messages.stream(model=CLAUDE_NAME, max_tokens=16, messages=MESSAGES) as stream,
+    ):
+        text = "".join(stream.text_stream)
+    assert text.strip() == "echo: Say something nice"
+    assert len(messages_requests(gateway)) == 2 and len(gateway.settled) == 1

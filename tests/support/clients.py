@@ -6,20 +6,25 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.config import Settings
+from blockrun_proxy.routes import ROUTES
 from blockrun_proxy.server import running
 from blockrun_proxy.testing import FakeGateway, Misbehavior
 from support.calls import TEST_NETWORK
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# The address the README's examples use; tests swap in their own proxy's.
-README_BASE_URL = "http://127.0.0.1:4001/v1"
+# The address the README's examples use; tests swap in their own proxy's. OpenAI clients
+# take the /v1 base URL, the Anthropic and Google SDKs the root (they add their own paths).
+README_ROOT = "http://127.0.0.1:4001"
+README_BASE_URL = README_ROOT + "/v1"
 
 
 def snippet(name: str) -> str:
@@ -34,11 +39,13 @@ def snippet(name: str) -> str:
 
 
 def run_snippet(name: str, base_url: str, **namespace: Any) -> list[str]:
-    """Execute a README Python snippet against ``base_url``; returns what it printed.
+    """Execute a README Python snippet against ``base_url`` (the proxy's root, or its
+    ``/v1`` base URL: the snippet's own root is swapped for the proxy's); returns what it
+    printed.
 
     Blocking: call it through ``asyncio.to_thread`` when the servers share the loop.
     """
-    code = snippet(name).replace(README_BASE_URL, base_url)
+    code = snippet(name).replace(README_ROOT, base_url.removesuffix("/v1"))
     printed: list[str] = []
 
     def fake_print(*args: object, **kwargs: Any) -> None:
@@ -46,6 +53,92 @@ def run_snippet(name: str, base_url: str, **namespace: Any) -> list[str]:
 
     exec(compile(code, f"README.md:{name}", "exec"), {"print": fake_print, **namespace})
     return printed
+
+
+class WireLog:
+    """What an SDK's HTTP client received: every response body's bytes as they came off
+    the wire (before any content decoding), one entry per response, in order. Lets a test
+    compare what a real client read with ``FakeGateway.sent_bodies``.
+
+    ``http`` is the client library the SDK takes its clients from: ``httpx`` (openai,
+    google-genai) or ``httpx2`` (anthropic), which share one API.
+    """
+
+    def __init__(self) -> None:
+        self.bodies: list[bytearray] = []
+
+    def client(self, http: Any = httpx, **kwargs: Any) -> Any:
+        return http.Client(transport=_sync_tee(http, self), **kwargs)
+
+    def async_client(self, http: Any = httpx, **kwargs: Any) -> Any:
+        return http.AsyncClient(transport=_async_tee(http, self), **kwargs)
+
+    def _body(self) -> bytearray:
+        body = bytearray()
+        self.bodies.append(body)
+        return body
+
+
+def _sync_tee(http: Any, log: WireLog) -> Any:
+    inner = http.HTTPTransport()
+
+    class Tee(http.BaseTransport):  # type: ignore[misc]
+        def handle_request(self, request: Any) -> Any:
+            response = inner.handle_request(request)
+            body, stream = log._body(), response.stream
+
+            class Teed(http.SyncByteStream):  # type: ignore[misc]
+                def __iter__(self) -> Iterator[bytes]:
+                    for chunk in stream:
+                        body.extend(chunk)
+                        yield chunk
+
+                def close(self) -> None:
+                    stream.close()
+
+            return http.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=Teed(),
+                extensions=response.extensions,
+                request=request,
+            )
+
+        def close(self) -> None:
+            inner.close()
+
+    return Tee()
+
+
+def _async_tee(http: Any, log: WireLog) -> Any:
+    inner = http.AsyncHTTPTransport()
+
+    class Tee(http.AsyncBaseTransport):  # type: ignore[misc]
+        async def handle_async_request(self, request: Any) -> Any:
+            response = await inner.handle_async_request(request)
+            body, stream = log._body(), response.stream
+
+            class Teed(http.AsyncByteStream):  # type: ignore[misc]
+                async def __aiter__(self) -> AsyncIterator[bytes]:
+                    async for chunk in stream:
+                        body.extend(chunk)
+                        yield chunk
+
+                async def aclose(self) -> None:
+                    await stream.aclose()
+
+            return http.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=Teed(),
+                extensions=response.extensions,
+                request=request,
+            )
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    return Tee()
 
 
 @dataclass(frozen=True)
@@ -148,6 +241,7 @@ class BackgroundStack:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._stack = contextlib.AsyncExitStack()
+        self.url = ""
         self.base_url = ""
         self._quotes: Any = None  # the running proxy's QuoteBook
 
@@ -171,7 +265,8 @@ class BackgroundStack:
         )
         runner, port = await self._stack.enter_async_context(running(settings))
         self._quotes = runner.app[CORE_KEY].quotes
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = self.url + "/v1"
 
     def reset(self) -> None:
         """Between tests: a well-behaved gateway with empty records, and a proxy that
@@ -184,8 +279,9 @@ class BackgroundStack:
         asyncio.run_coroutine_threadsafe(self._forget_quotes(), self._loop).result(timeout=10)
 
     async def _forget_quotes(self) -> None:
-        for model in self.gateway.models:
-            self._quotes.forget(model)
+        for route in ROUTES:
+            for model in self.gateway.models:
+                self._quotes.forget(model, route.label)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._stack.aclose(), self._loop).result(timeout=30)
