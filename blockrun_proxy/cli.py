@@ -88,6 +88,13 @@ def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
     if settings.workers > 1:
         from blockrun_proxy.workers import supervise
 
+        if settings.budget_usd is not None and not settings.redis_url:
+            log.warning(
+                "--workers %d without --redis-url: each worker keeps its own budget, so "
+                "together they may sign up to %d x --budget-usd; share one with --redis-url",
+                settings.workers,
+                settings.workers,
+            )
         return supervise(
             options.to_args(settings),
             settings.workers,

@@ -14,8 +14,10 @@ shared cookie jar, another pool size, no quote book, no request-id check):
 - the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
   Redis when the fleet shares one, else in memory), the EVM JSON-RPC client the upto
   scheme reads the Permit2 allowance through (``evm_rpc``), the payer (``payer``), the quote
-  book (``quote_book``) and its keeper (the catalogue's prices, saved across restarts),
-  the gateway, the models cache, the job book, and the spend
+  book (``quote_book``) and its keeper (the catalogue's prices; the book kept in the
+  fleet's Redis or a file, ``quote_keeper``),
+  the gateway, the models cache, the jobs' payments (``job_payments``: this process,
+  and the fleet's Redis), and the spend
   ledger's writer (``Recorder``), which sees every finished request through
   ``PaymentCore.observers``.
 
@@ -49,7 +51,7 @@ from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import API_KEY_PREFIX, Settings
 from blockrun_proxy.evm_rpc import EvmRpc
 from blockrun_proxy.exchange import Exchange
-from blockrun_proxy.jobs import JobBook
+from blockrun_proxy.jobs import JOB_TTL_SECONDS, JobPayments
 from blockrun_proxy.limits import Limits
 from blockrun_proxy.models import ModelsCache
 from blockrun_proxy.payer import payer_for
@@ -72,6 +74,11 @@ API_KEY_RAIL = "apikey"
 # a busy sidecar reuses them long before).
 POOL_KEEPALIVE_SECONDS = 30.0
 DNS_CACHE_SECONDS = 300
+# Learned quotes in the fleet's Redis: what a replica learned is there within seconds,
+# and what the others learned reaches it within half a minute (one small read when
+# nothing changed). The file under --state-dir keeps the keeper's slower defaults.
+REDIS_QUOTES_SAVE_DELAY = 2.0
+REDIS_QUOTES_RELOAD = 30.0
 
 
 @dataclass(slots=True)
@@ -86,9 +93,8 @@ class PaymentCore:
     quotes: QuoteBook
     gateway: Gateway
     models: ModelsCache
-    jobs: JobBook
+    jobs: JobPayments
     link: RedisLink | None = None  # the fleet store, with --redis-url
-    quote_store: QuoteStore | None = None  # the fleet's learned quotes (the book: not yet)
     keeper: QuoteKeeper | None = None  # feeds the book the catalogue, saves it in state_dir
     recorder: Recorder | None = None  # the spend ledger's writer
     # Solana's recent blockhashes, when the Solana rail can sign.
@@ -163,7 +169,7 @@ async def open_core(
         the_gateway = gateway(settings, session, the_payer, quotes)
         models = ModelsCache(the_gateway.get_models, settings.models_ttl_seconds)
         # After the session: closed (the book saved) before the session goes.
-        keeper = quote_keeper(settings, quotes, models)
+        keeper = quote_keeper(settings, quotes, models, link)
         await keeper.start()
         stack.push_async_callback(keeper.close)
         yield PaymentCore(
@@ -175,15 +181,24 @@ async def open_core(
             quotes=quotes,
             gateway=the_gateway,
             models=models,
-            jobs=JobBook(),
+            jobs=job_payments(link),
             link=link,
-            quote_store=RedisQuoteStore(link) if link is not None else None,
             keeper=keeper,
             recorder=recorder,
             rpc=rpc,
             observers=[recorder.observe] if recorder is not None else [],
             blockhashes=blockhashes,
         )
+
+
+def job_payments(link: RedisLink | None) -> JobPayments:
+    """Where a job's submit payment waits for its polls: this process, and the fleet's
+    Redis with ``--redis-url`` (a poll may land on any replica)."""
+    if link is None:
+        return JobPayments()
+    from blockrun_proxy.jobs_redis import RedisJobPayments
+
+    return JobPayments(shared=RedisJobPayments(link, ttl_seconds=JOB_TTL_SECONDS))
 
 
 def budget_store(settings: Settings, link: RedisLink | None = None) -> BudgetStore | None:
@@ -280,16 +295,29 @@ def quote_book(settings: Settings) -> QuoteBook:
     )
 
 
-def quote_keeper(settings: Settings, quotes: QuoteBook, models: ModelsCache) -> QuoteKeeper:
+def quote_keeper(
+    settings: Settings, quotes: QuoteBook, models: ModelsCache, link: RedisLink | None = None
+) -> QuoteKeeper:
     """Feeds the book the catalogue's prices (through the models cache: the gateway
-    rate-limits it) and keeps it across restarts in ``--state-dir``."""
+    rate-limits it) and keeps it in a store: the fleet's Redis with ``--redis-url`` (saved
+    within seconds, others' picked up within half a minute: a new replica signs up front
+    from its first call), else a file in ``--state-dir`` (across restarts, and between
+    ``--workers`` processes), else nowhere."""
 
     async def fetch_catalogue() -> bytes:
         body, _ = await models.get()
         return body
 
-    store = None if settings.state_dir is None else QuoteFile(settings.state_dir, settings.api_url)
-    return QuoteKeeper(quotes, fetch_catalogue=fetch_catalogue, store=store)
+    store: QuoteStore | None = None
+    timing: dict[str, float] = {}
+    if link is not None:
+        store = RedisQuoteStore(link, settings.api_url)
+        timing = {"save_delay": REDIS_QUOTES_SAVE_DELAY, "reload_interval": REDIS_QUOTES_RELOAD}
+    elif settings.state_dir is not None:
+        store = QuoteFile(settings.state_dir, settings.api_url)
+    return QuoteKeeper(
+        quotes, fetch_catalogue=fetch_catalogue, store=store, api_url=settings.api_url, **timing
+    )
 
 
 def gateway(

@@ -150,7 +150,8 @@ async def signed(request: web.Request, route: Route) -> web.StreamResponse:
 
 
 async def poll(request: web.Request, route: Route) -> web.StreamResponse:
-    """A job's poll: the payment its submit was paid with, if this process holds it."""
+    """A job's poll: the payment its submit was paid with, if this process (or, with
+    Redis, the fleet) holds it."""
     app = request.app
     core = app[CORE_KEY]
     exchange = request[EXCHANGE_KEY]
@@ -167,7 +168,7 @@ async def poll(request: web.Request, route: Route) -> web.StreamResponse:
             route=route.label,
         )
         out.headers["x-request-id"] = exchange.request_id
-        answer = await gateway.replay(out, core.jobs.payment_for(path))
+        answer = await gateway.replay(out, await core.jobs.payment_for(path))
         return await pipe_answer(request, answer)
 
 
@@ -212,7 +213,7 @@ async def job_answer(request: web.Request, answer: Answer) -> web.StreamResponse
             exchange.request_id,
         )
     if path is not None and text is not None and answer.payment is not None:
-        core.jobs.remember(path, answer.payment.header)
+        await core.jobs.remember(path, answer.payment.header)
         rewritten = rewrite_poll_url(text, url or path, path)
         if rewritten is not text:
             body = rewritten

@@ -112,6 +112,17 @@ class WatchedBalance:
             return None
         return reading.atomic, time.time() - age
 
+    def low(self) -> bool:
+        return self._watcher.low
+
+
+def plug_balance(app: web.Application, watcher: BalanceWatcher) -> None:
+    """Show ``watcher``'s readings in /readyz, the spend page and /metrics, and have it
+    read the balance again soon after each settled payment (coalesced by the watcher)."""
+    app[BALANCE_KEY].source = WatchedBalance(watcher)
+    app[METRICS_KEY].watch_balance(watcher)
+    app[CORE_KEY].payer.after_settlement = watcher.request_refresh
+
 
 def warm_up_signing(payer: Rails) -> None:
     payer.warm_up()
@@ -160,13 +171,11 @@ async def serve(settings: Settings) -> None:
         if settings.demo:
             settings = await stack.enter_async_context(demo_gateway(settings))
         runner, port = await stack.enter_async_context(running(settings))
-        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns),
-        # and shown by /readyz and the spend page.
+        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns
+        # and flips a metric), and shown by /readyz, the spend page and /metrics.
         watcher = await stack.enter_async_context(watching(settings))
         if watcher is not None:
-            runner.app[BALANCE_KEY].source = WatchedBalance(watcher)
-            # A settled payment moved the balance: read it again soon (coalesced).
-            runner.app[CORE_KEY].payer.after_settlement = watcher.request_refresh
+            plug_balance(runner.app, watcher)
         _log_schemes(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"
