@@ -11,8 +11,12 @@ a free loopback port, then measures:
    fake gateway (own process, ``verify=fast``), with the budget in memory and with it in
    Redis, alternating batches; the difference of the p50s and p99s is what the
    reservation adds per paid call.
+3. Learned quotes: what a new replica's one load at start costs (read the entries from
+   Redis, rebuild the formulas in a worker thread, merge), for books of 1, 16 and 256
+   learned price keys (256 is the book's bound); what saving a changed key costs; and
+   the periodic re-load when nothing changed (one small read).
 
-Bounded: about 20 s with the defaults. A command, not a test.
+Bounded: about 30 s with the defaults. A command, not a test.
 """
 
 from __future__ import annotations
@@ -32,13 +36,51 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
 
 import aiohttp
+import orjson
 
 from bench.load import percentile
-from bench.quotes import NETWORK, WARM_UP_CALLS, body, call, gateway_process
+from bench.quotes import FORMULAS, NETWORK, gateway_process
 from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import Settings
+from blockrun_proxy.quote_store import RedisQuoteStore
+from blockrun_proxy.quotes import QuoteBook, parse_catalogue, request_features
+from blockrun_proxy.quotes.entries import encode
+from blockrun_proxy.quotes.keeper import QuoteKeeper
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.server import running
+from blockrun_proxy.testing import DEFAULT_MODELS, ModelSpec
+from blockrun_proxy.testing._models import chars_price
+from blockrun_proxy.testing.workloads import bodies
+from blockrun_proxy.x402 import Requirement
+
+API_URL = "https://gateway.bench/api"
+USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+# The gateway prices by max_tokens only: both proxies learn it within these calls, so
+# every measured call is signed up front (one round trip) in both modes.
+FORMULA = FORMULAS[0]
+WARM_UP_CALLS = 40
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge".split()  # noqa: SIM905
+MAX_TOKENS = (16, 32, 50, 64, 100, 128, 256, 300, 512, 1000, 1024, 2048, 4000)
+
+
+def body(rng: random.Random) -> bytes:
+    content = " ".join(rng.choices(WORDS, k=rng.randint(1, 120)))
+    return orjson.dumps(
+        {
+            "model": FORMULA.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": rng.choice(MAX_TOKENS),
+        }
+    )
+
+
+async def call(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
+    started = time.perf_counter()
+    async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"paid call failed: {resp.status}")
+    return time.perf_counter() - started
 
 
 @contextlib.contextmanager
@@ -166,12 +208,85 @@ async def paid_calls(api_url: str, redis_url: str, calls: int, batches: int) -> 
     )
 
 
+# --- 3. learned quotes: the load at start ------------------------------------------------------
+
+
+def learned_book(keys: int) -> QuoteBook:
+    """A book that learned ``keys`` models (each 40 conversation turns of 402s, priced
+    by characters, with its catalogue price), as a busy replica's would be."""
+    template = {m.id: m for m in DEFAULT_MODELS}["openai/gpt-4o-mini"]
+    specs = [
+        ModelSpec(f"bench/model-{i}", template.input_price, template.output_price)
+        for i in range(keys)
+    ]
+    book = QuoteBook(max_models=max(256, keys))
+    listing = {"data": [spec.listing() for spec in specs]}
+    book.set_catalogue(parse_catalogue(orjson.dumps(listing)))
+    turns = bodies("conversation", template.id)[:40]
+    for spec in specs:
+        resource = {"url": API_URL + "/v1/chat/completions", "mimeType": "application/json"}
+        for turn in turns:
+            data = {**turn, "model": spec.id}
+            features = request_features(spec.id, data["max_tokens"], data)
+            assert features is not None
+            amount = chars_price(spec, data)
+            raw = {
+                "scheme": "exact", "network": NETWORK, "amount": str(amount), "asset": USDC,
+                "payTo": "0x000000000000000000000000000000000000dEaD", "maxTimeoutSeconds": 300,
+                "extra": {"name": "USDC", "version": "2"},
+            }  # fmt: skip
+            requirement = Requirement(
+                "exact", NETWORK, amount, USDC, raw["payTo"], 300, raw["extra"], raw
+            )
+            book.observe(features, requirement, resource, None)
+    return book
+
+
+async def quote_loads(url: str, sizes: Sequence[int], rounds: int) -> None:
+    for keys in sizes:
+        link = RedisLink(url, timeout=5.0, prefix=f"bench-{secrets.token_hex(4)}")
+        try:
+            store = RedisQuoteStore(link, API_URL)
+            book = learned_book(keys)
+            entries = encode(book.take_changes(), API_URL)
+            size = sum(len(data) for _, data in entries.values())
+            await store.save(entries)
+            loads: list[float] = []
+            for _ in range(rounds):
+                fresh = QuoteBook()
+                keeper = QuoteKeeper(fresh, store=store, api_url=API_URL)
+                started = time.perf_counter()
+                taken = await keeper.reload()
+                loads.append(time.perf_counter() - started)
+                assert taken == keys, (taken, keys)
+            idle: list[float] = []
+            for _ in range(rounds):  # a running replica's periodic re-load, nothing new
+                started = time.perf_counter()
+                assert await keeper.reload() == 0
+                idle.append(time.perf_counter() - started)
+            saves: list[float] = []
+            for _ in range(rounds):  # one key changed (its latest quote refused): one entry
+                fresh.forget("bench/model-0")
+                started = time.perf_counter()
+                assert await keeper.save()
+                saves.append(time.perf_counter() - started)
+            print(
+                f"quote load at start, {keys:>3} keys ({size / 1024:,.0f} KiB): "
+                f"p50 {ms(loads, 50):.1f} ms, max {ms(loads, 100):.1f} ms; re-load with "
+                f"nothing new p50 {ms(idle, 50):.2f} ms; saving one key p50 "
+                f"{ms(saves, 50):.2f} ms"
+            )
+        finally:
+            await link.aclose()
+
+
 async def run(args: argparse.Namespace) -> None:
     with redis_server() as url:
         print(f"local redis-server, {NETWORK} fake gateway (verify=fast, own process)\n")
         await reservations(url, args.reservations, args.concurrency)
-        with gateway_process(0.0) as api_url:
+        with gateway_process(FORMULA, 0.0) as (api_url, _):
             await paid_calls(api_url, url, args.calls, args.batches)
+        await quote_loads(url, (1, 16, 256), args.quote_rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--calls", type=int, default=600, help="paid calls per mode")
     parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--quote-rounds", type=int, default=10)
     args = parser.parse_args(argv)
     asyncio.run(run(args))
     return 0

@@ -7,7 +7,10 @@ markdown table. Solana: ``sign_svm_payment`` (plan, compile the v0 message, audi
 ed25519 via solders, base64, header), warm and for a new payTo (both associated token
 accounts derived), with the build / audit / sign split and the official x402 client's
 ``create_payment_payload`` for the same transaction (checked byte-identical). The
-API-key rail signs nothing. The eth_account rows sign the same typed
+API-key rail signs nothing. "per call, through the rail" is what one paid call costs the
+proxy's payer on each rail as the gateway drives it (``rails.Rails``: choose against the
+policy, reserve in the budget, sign, mark sent, commit), with a warm blockhash on Solana.
+The eth_account rows sign the same typed
 data through ``encode_typed_data`` (what the official x402 client and blockrun-llm do)
 for scale. Bounded: a few seconds. A command, not a test.
 """
@@ -242,7 +245,7 @@ def solana_svm(rounds: int = BATCH) -> dict[str, float]:
 
     ours = pay()  # warm: solders loaded, both token accounts cached
     cold_offers = []
-    for _ in range(rounds * BATCHES):
+    for _ in range(rounds * BATCHES + 1):  # one more for per_call_us's warm-up call
         cold_raw = raw_for(str(Keypair().pubkey()))
         cold_offer = parse(encode_header({"x402Version": 2, "accepts": [cold_raw]}), None)
         assert cold_offer is not None
@@ -289,6 +292,82 @@ def solana_svm(rounds: int = BATCH) -> dict[str, float]:
     }
 
 
+def per_rail_call() -> dict[str, float]:
+    """One paid call's payment through ``rails.Rails`` on each rail, as the gateway makes
+    it: policy, budget reservation, signature, sent, commit (an in-memory budget)."""
+    import asyncio
+
+    from solders.keypair import Keypair
+
+    from blockrun_proxy.blockhash import Blockhash, BlockhashCache
+    from blockrun_proxy.budget import MemoryBudgetStore
+    from blockrun_proxy.payer import Payer
+    from blockrun_proxy.rails import Rails
+    from blockrun_proxy.solana_payer import SolanaPayer
+    from blockrun_proxy.x402 import PayerPolicy, encode_header, parse_payment_required
+    from blockrun_proxy.x402.svm import SOLANA_MAINNET as NET
+    from blockrun_proxy.x402.svm import SolanaSigner, SvmPolicy
+    from blockrun_proxy.x402.svm._base58 import b58encode
+
+    class Warm(BlockhashCache):
+        async def get(self) -> Blockhash:
+            return Blockhash("11111111111111111111111111111111", 1_000, 0.0)
+
+    host = "blockrun.ai"
+    budget = MemoryBudgetStore(10**15, 86400)
+    evm = Payer(
+        Signer("0x" + secrets.token_hex(32)),
+        PayerPolicy(networks=frozenset({NETWORK.caip2}), max_amount=10**6, gateway_host=host),
+        budget=budget,
+    )
+    solana = SolanaPayer(
+        SolanaSigner(b58encode(bytes(Keypair()))),
+        SvmPolicy(frozenset({NET.caip2}), 10**6, host),
+        Warm("http://127.0.0.1:9/"),
+        budget=budget,
+    )
+    rails = Rails(evm, solana)
+    resource = {"url": f"https://{host}/api/v1/chat/completions"}
+    svm_raw = {
+        "scheme": "exact",
+        "network": NET.caip2,
+        "amount": "2500",
+        "asset": NET.usdc_mint,
+        "payTo": str(Keypair().pubkey()),
+        "maxTimeoutSeconds": 300,
+        "extra": {"feePayer": str(Keypair().pubkey())},
+    }
+    offers = {}
+    for rail, raw in (("base", requirement("exact").raw), ("solana", svm_raw)):
+        doc = {"x402Version": 2, "resource": resource, "accepts": [raw]}
+        offers[rail] = parse_payment_required(encode_header(doc), None)
+
+    async def measure(rail: str) -> float:
+        offer = offers[rail]
+        assert offer is not None
+
+        async def one() -> None:
+            call = rails.begin_call()
+            requirement_, network = rails.choose(offer)
+            payment = await call.sign(requirement_, network, offer.resource)
+            call.sent(payment)
+            await call.finish()
+
+        await one()  # warm
+        samples = []
+        for _ in range(BATCHES):
+            start = time.perf_counter()
+            for _ in range(BATCH):
+                await one()
+            samples.append((time.perf_counter() - start) / BATCH * 1e6)
+        return statistics.median(samples)
+
+    async def run() -> dict[str, float]:
+        return {rail: await measure(rail) for rail in ("base", "solana")}
+
+    return asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.signing", description=__doc__)
     parser.add_argument("--no-eth-account", action="store_true", help="skip the reference rows")
@@ -308,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     rows += [(f"solana: {step}", micros) for step, micros in solana_svm().items()]
     rows.append(("api key (nothing is signed)", 0.0))
+    rows += [(f"per call, through the rail: {r}", us) for r, us in per_rail_call().items()]
     exact = rows[0][1]
     print("| payment | µs per payment | vs exact (ours) |")
     print("|---|---:|---:|")

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from blockrun_proxy.config import API_KEY_ENV, Settings
+from blockrun_proxy.costs import COST_SOURCE_HEADER
 from blockrun_proxy.errors import ApiKeyNoCredit, ApiKeyRejected
 
-COST_SOURCE_HEADER = "x-blockrun-cost-source"
 # How much of the host's own refusal text an error passes on.
 MAX_DETAIL_CHARS = 300
 REDACTED = "brk_[redacted]"
@@ -90,6 +90,10 @@ class ApiKeyRail:
         """``text`` with every occurrence of the key replaced."""
         return text.replace(self.key.encode("utf-8"), REDACTED.encode("ascii"))
 
+    def redactor(self) -> SecretRedactor:
+        """A streaming ``redact`` for one answer body (pipe.BodyFilter)."""
+        return SecretRedactor(self.key.encode("utf-8"), REDACTED.encode("ascii"))
+
     def _detail(self, body: bytes) -> str:
         message = _error_message(self.redact(body))
         if not message:
@@ -111,3 +115,44 @@ def _error_message(body: bytes) -> str | None:
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
     return error if isinstance(error, str) else None
+
+
+class SecretRedactor:
+    """``ApiKeyRail.redact`` over a body that arrives in chunks: an occurrence of the
+    secret split across two chunks is caught too. Only a tail that could be the start of
+    the secret is held back until the next chunk (or the end), so a stream's events,
+    which end in a blank line, go out as they come."""
+
+    __slots__ = ("_held", "_replacement", "_secret")
+
+    def __init__(self, secret: bytes, replacement: bytes) -> None:
+        if not secret:
+            raise ValueError("nothing to redact")
+        self._secret = secret
+        self._replacement = replacement
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = (self._held + chunk).replace(self._secret, self._replacement)
+        cut = len(data) - self._partial_tail(data)
+        self._held = data[cut:]
+        return data[:cut]
+
+    def _partial_tail(self, data: bytes) -> int:
+        """The length of the longest end of ``data`` that begins the secret (shorter than
+        it: whole occurrences are replaced already)."""
+        secret = self._secret
+        first = secret[:1]
+        at = data.find(first, max(0, len(data) - len(secret) + 1))
+        while at != -1:
+            if secret.startswith(data[at:]):
+                return len(data) - at
+            at = data.find(first, at + 1)
+        return 0
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+    def __repr__(self) -> str:
+        return "SecretRedactor()"

@@ -136,6 +136,8 @@ async def _payment_core(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS_KEY]
         metrics.watch_payer(core.payer)
         metrics.watch_quotes(lambda: core.quotes.stats)
+        if core.keeper is not None and core.keeper.store is not None:
+            metrics.watch_quote_store(core.keeper)
         metrics.watch_payment_refusals(lambda: core.gateway.payment_refusals)
         if isinstance(core.budget, RedisBudgetStore):
             metrics.watch_budget_store(core.budget.stats)
@@ -333,7 +335,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the upstream session is up and the proxy is not draining.
+    """Readiness: the upstream session is up, the proxy is not draining, and the learned
+    quotes' load at start has ended (loaded, or given up: bounded).
 
     No wallet is not "unready": free models still work; the answer says so.
     """
@@ -341,22 +344,39 @@ async def readyz(request: web.Request) -> web.Response:
     core = app.get(CORE_KEY)
     session_up = core is not None and not core.session.closed
     draining = app[ADMISSION_KEY].draining
-    ready = session_up and not draining
+    keeper = core.keeper if core is not None else None
+    # The learned quotes' one load at start (bounded): until it has ended a new replica
+    # would probe calls it could sign up front, so it is not ready yet.
+    quotes_loaded = keeper is None or keeper.loaded.is_set()
+    ready = session_up and not draining and quotes_loaded
     body: dict[str, object] = {
         "ready": ready,
         "draining": draining,
         "upstream_session": session_up,
-        "wallet": "loaded" if core is not None and core.payer.address else "none: free models only",
+        "wallet": _wallet_state(core),
     }
     if core is not None and core.payer.can_sign:
-        latest = app[BALANCE_KEY].latest()
+        balance = app[BALANCE_KEY]
+        latest = balance.latest()
         body["balance_usd"] = "unknown" if latest is None else usd(latest[0])
+        if core.settings.low_balance_usd is not None:
+            # Informational, like the balance: a low wallet still serves free models and
+            # what it can pay for, so it does not make the proxy unready.
+            body["balance_low"] = balance.low()
+    if keeper is not None and keeper.store is not None:
+        body["quotes"] = keeper.status
     if core is not None and core.link is not None:
         # From the last call's outcome, never a Redis call per probe. Redis being away
         # does not make the proxy unready: free models work, and every replica shares
         # the same Redis, so taking them all out of service would help nobody.
         body["fleet_store"] = core.link.describe()
     return web.json_response(body, status=200 if ready else 503)
+
+
+def _wallet_state(core: PaymentCore | None) -> str:
+    if core is not None and core.rail == "apikey":
+        return "api key: prepaid credit"
+    return "loaded" if core is not None and core.payer.address else "none: free models only"
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -10,8 +10,10 @@ needs time left to settle), and when there is no fresher one the RPC has been
 unreachable that long: ``SolanaRpcUnreachable`` (503), before anything is signed.
 
 The cache owns a small HTTP session of its own, so a connection pool full of relayed
-streams can never starve the refresh. The RPC URL may carry an API key (Helius puts
-one in the query), so logs and errors name only its host.
+streams can never starve the refresh; it reaches the RPC through the same egress proxy
+and CA bundle as the gateway when they are configured (``proxy``, ``ssl``). The RPC URL
+may carry an API key (Helius puts one in the query), so logs and errors name only its
+host.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as ssl_
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +79,8 @@ class BlockhashCache:
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        proxy: str | None = None,
+        ssl: ssl_.SSLContext | bool = True,
     ) -> None:
         if not 0 < refresh_seconds < max_age_seconds:
             raise ValueError("refresh_seconds must be positive and below max_age_seconds")
@@ -85,6 +90,8 @@ class BlockhashCache:
         self.max_age_seconds = max_age_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._clock = clock
+        self._proxy = proxy  # an egress proxy for the RPC's origin (egress.py)
+        self._ssl = ssl
         self._latest: Blockhash | None = None
         self._last_error: str | None = None
         self._inflight: asyncio.Task[Blockhash] | None = None
@@ -203,6 +210,7 @@ class BlockhashCache:
                 data=_REQUEST,
                 headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
                 allow_redirects=False,
+                proxy=self._proxy,
             ) as resp:
                 if resp.status != 200:
                     raise RpcFailure(f"HTTP {resp.status}")
@@ -220,7 +228,7 @@ class BlockhashCache:
     def _session_for_rpc(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=2, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(limit=2, ttl_dns_cache=300, ssl=self._ssl),
                 timeout=self._timeout,
                 headers={"User-Agent": "blockrun-proxy"},
                 cookie_jar=aiohttp.DummyCookieJar(),

@@ -88,6 +88,13 @@ def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
     if settings.workers > 1:
         from blockrun_proxy.workers import supervise
 
+        if settings.budget_usd is not None and not settings.redis_url:
+            log.warning(
+                "--workers %d without --redis-url: each worker keeps its own budget, so "
+                "together they may sign up to %d x --budget-usd; share one with --redis-url",
+                settings.workers,
+                settings.workers,
+            )
         return supervise(
             options.to_args(settings),
             settings.workers,
@@ -101,11 +108,17 @@ def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
         )
     if settings.demo:
         log.info("demo mode: fake gateway and throwaway wallet")
-    elif settings.wallet_key:
-        log.info("wallet loaded from %s", secrets.wallet_source)
+    elif settings.api_key and settings.rail != "wallet":
+        log.info("paying with the API key from $%s", config.API_KEY_ENV)
+    elif settings.wallet_key or settings.solana_key:
+        if settings.wallet_key:
+            log.info("wallet loaded from %s", secrets.wallet_source)
     else:
         log.warning(
-            "no wallet: serving free models only (set %s to pay for others)", config.WALLET_ENV
+            "no wallet: serving free models only (set %s, %s or %s to pay for others)",
+            config.WALLET_ENV,
+            config.SOLANA_KEY_ENV,
+            config.API_KEY_ENV,
         )
     from blockrun_proxy.server import serve as run
 

@@ -31,6 +31,10 @@ CHAIN_DEFAULTS: Mapping[str, tuple[str, tuple[str, ...]]] = MappingProxyType(
 )
 # The prepaid API-key host: no "/api" segment (it answers /api/v1/... with wrong_host).
 DEFAULT_API_KEY_URL = "https://api.blockrun.ai"
+# --rail: auto pays with the API key when one is set (as blockrun-llm does), else with the
+# wallets; wallet ignores an API key; apikey insists on one.
+RAILS = ("auto", "wallet", "apikey")
+DEFAULT_RAIL = "auto"
 # A per-call ceiling on what the proxy will ever sign. $0.50 covers a long prompt to
 # a premium model with the default 1024-token reservation, and stops a broken or
 # hostile gateway from quoting dollars per call.
@@ -214,6 +218,8 @@ class Settings:
     solana_keypair: Path | None = None
     # The API-key rail's host (no /api segment).
     api_key_url: str = DEFAULT_API_KEY_URL
+    # Which rail pays: "auto" (the API key when set, else the wallets), "wallet", "apikey".
+    rail: str = DEFAULT_RAIL
     # "all": every path under /v1/ and /v1beta/ is relayed (the gateway decides what it
     # serves); "table": only the route table's routes (routes.py), anything else is a 404.
     routes: str = "all"
@@ -370,6 +376,13 @@ class Settings:
             )
         if self.routes not in ("all", "table"):
             raise ValueError(f"--routes must be all or table, got {self.routes!r}")
+        if self.rail not in RAILS:
+            raise ValueError(f"--rail must be one of {', '.join(RAILS)}, got {self.rail!r}")
+        if self.rail == "apikey" and not self.api_key and not self.demo:
+            raise ValueError(
+                f"--rail apikey needs a BlockRun API key: set {API_KEY_ENV}=brk_... "
+                "(or use --rail auto to pay from a wallet when none is set)"
+            )
         if not _is_http_url(self.api_key_url):
             raise ValueError(f"{API_KEY_URL_ENV} must be an http(s) URL, got {self.api_key_url!r}")
         if self.api_key is not None and not self.api_key.startswith(API_KEY_PREFIX):

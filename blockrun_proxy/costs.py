@@ -5,7 +5,8 @@ report the same numbers: ``x-litellm-response-cost`` is what LiteLLM records as
 the spend of a call (USD), ``x-blockrun-cost-usd`` says the same for everyone
 else, ``x-blockrun-cost-source`` what that figure rests on (``signed``: an exact
 payment; ``settled``: the amount an upto payment settled; ``ceiling``: an upto
-settlement that did not say, so its ceiling stands in), ``x-blockrun-ceiling-usd`` the
+settlement that did not say, so its ceiling stands in; ``none``: the API-key rail, whose
+host reports no cost, so no figure is given at all), ``x-blockrun-ceiling-usd`` the
 ceiling an upto payment signed (what exact would have charged), and
 ``x-blockrun-settlement`` names the settlement transaction.
 """
@@ -29,6 +30,10 @@ def cost_headers(answer: Answer) -> dict[str, str]:
     it LiteLLM prices the call from its own catalogue by model name, which for a
     BlockRun id it either does not know (no cost recorded) or prices as someone else's.
     """
+    if answer.rail_cost_headers is not None:
+        # A rail that is not x402 (the API key): what it can say of the cost, and nothing
+        # invented (no x-litellm-response-cost when it reports none).
+        return dict(answer.rail_cost_headers)
     paid = answer.paid_atomic
     if paid is None:
         return {LITELLM_COST_HEADER: usd(0)}

@@ -266,6 +266,27 @@ class PaidCallFailed(UpstreamError):
         self.upstream_status = str(upstream_status)
 
 
+class OptimisticPaymentRefused(PaidCallFailed):
+    """The gateway refused, after it was sent, a payment it may still settle: a Solana
+    transaction stays valid until its blockhash expires (about a minute), and Solana
+    gateways settle in parallel with the work (PROTOCOL.md sections 3 and 7). So the
+    refusal is not the "not used" it is on EVM: the call is answered ``424`` like every
+    failure after a payment, nothing is signed again, and the budget keeps counting it.
+    The gateway's reason and its known x402 code are kept, as on EVM."""
+
+    def __init__(self, refusal: PaymentNotAccepted, *, upstream_status: int) -> None:
+        said = refusal.reason or "no reason given"
+        super().__init__(
+            f"the gateway refused the Solana payment after it was sent ({said}); the signed "
+            "transaction stays valid for about a minute and may still be settled, so it may "
+            "have been charged. Nothing more was signed. Not retried.",
+            code=refusal.code,
+            upstream_status=upstream_status,
+        )
+        self.reason = refusal.reason
+        self.headers.update(refusal.headers)  # the gateway's failed PAYMENT-RESPONSE
+
+
 class GatewayAnswer(PaidCallFailed):
     """The gateway's own error answer to a paid send (a 5xx after the replays, 409
     ``PAYMENT_REPLAY``, ...), answered ``424`` like every failure after a payment.
@@ -285,10 +306,12 @@ class GatewayAnswer(PaidCallFailed):
         code: str,
         reason: str | None = None,
         headers: Mapping[str, str] | None = None,
+        message: str | None = None,
     ) -> None:
         said = f": {reason}" if reason else ""
         super().__init__(
-            f"the gateway failed after the payment was sent (status {upstream_status}{said}); "
+            message
+            or f"the gateway failed after the payment was sent (status {upstream_status}{said}); "
             "it may have been charged. Not retried.",
             code=code,
             upstream_status=upstream_status,

@@ -38,6 +38,7 @@ from blockrun_proxy.core import PaymentCore, open_core
 from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import PAID_FAILURE_STATUS, GatewayAnswer, PaidCallFailed, ProxyError
 from blockrun_proxy.exchange import request_id_from
+from blockrun_proxy.pipe import BodyFilter
 from blockrun_proxy.sse import DONE, SSEDecoder
 from blockrun_proxy.upstream import Answer, Gateway, read_small_body
 
@@ -71,7 +72,7 @@ class Reply:
 
     data: dict[str, Any]
     headers: dict[str, str]
-    cost_usd: float
+    cost_usd: float | None  # None: the rail reports no cost (the API key)
 
 
 @dataclass(slots=True)
@@ -80,10 +81,16 @@ class Stream:
 
     answer: Answer
     headers: dict[str, str]
-    cost_usd: float
+    cost_usd: float | None  # None: the rail reports no cost (the API key)
     _decoder: SSEDecoder = field(default_factory=SSEDecoder)
     _pending: list[str] = field(default_factory=list)
     _done: bool = False
+    # The API-key rail's redaction of the key from the host's bytes, if this rail has one.
+    _redactor: BodyFilter | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer.redactor is not None:
+            self._redactor = self.answer.redactor()
 
     async def next_event(self) -> dict[str, Any] | None:
         """The next ``chat.completion.chunk`` as a dict, or None at the end."""
@@ -116,9 +123,14 @@ class Stream:
                     code="stream_broken",
                     paid=self.answer.payment is not None,
                 ) from None
+            redactor = self._redactor
             if chunk:
-                self._pending.extend(self._decoder.feed(chunk))
+                self._pending.extend(
+                    self._decoder.feed(redactor.feed(chunk) if redactor else chunk)
+                )
             else:
+                if redactor is not None:
+                    self._pending.extend(self._decoder.feed(redactor.flush()))
                 self._pending.extend(self._decoder.close())
                 self._done = True
         return self._pending.pop(0)
@@ -253,7 +265,7 @@ class Core:
         answer, request_id = await self._send(request, api_url, wallet_key, headers)
         async with answer.response as response:
             await _raise_for_status(answer)
-            body = await response.read()
+            body = redacted(answer, await response.read())
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -316,7 +328,9 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"cannot send a {type(value).__name__} to the gateway")
 
 
-def _cost(answer: Answer) -> float:
+def _cost(answer: Answer) -> float | None:
+    if answer.rail_cost_headers is not None:
+        return None  # a rail that reports no cost: none is invented (costs.py)
     paid = answer.paid_atomic
     return 0.0 if paid is None else paid / 1_000_000
 
@@ -331,7 +345,7 @@ async def _raise_for_status(answer: Answer) -> None:
     """An error answer the gateway sent before any payment (the proxy pipes these)."""
     if answer.response.status < 400:
         return
-    body = await read_small_body(answer.response)
+    body = redacted(answer, await read_small_body(answer.response))
     message, code = _error_of(body)
     raise CallError(
         answer.response.status,
@@ -339,6 +353,14 @@ async def _raise_for_status(answer: Answer) -> None:
         code=code,
         paid=answer.payment is not None,
     )
+
+
+def redacted(answer: Answer, body: bytes) -> bytes:
+    """``body`` as a client may see it: on the API-key rail, without the key."""
+    if answer.redactor is None:
+        return body
+    redactor = answer.redactor()
+    return redactor.feed(body) + redactor.flush()
 
 
 def _failure_status(answer: Answer) -> int:

@@ -13,22 +13,41 @@ the client to the gateway directly, without the payment it cannot make: that one
 rewritten to the same path on the proxy (``rewrite_poll_url``). That rewrite is the one
 place the proxy changes an answer's body.
 
-The memory is per process, bounded (``MAX_JOBS``, oldest dropped first) and expiring
-(``JOB_TTL_SECONDS``): a poll that lands on another process (``--workers``, replicas) or
-after the expiry finds nothing, and is answered ``402 job_payment_unknown`` without
-signing anything.
+Where the payments are kept (``JobPayments``, the core's ``jobs``):
+
+- in this process's memory (``JobBook``): bounded (``MAX_JOBS``, oldest dropped first) and
+  expiring (``JOB_TTL_SECONDS``);
+- with ``--redis-url``, in Redis as well (jobs_redis.py, same TTL), so a poll that lands
+  on another replica or ``--workers`` process finds it. The submit's ``202`` goes out
+  once Redis has it (one bounded round trip), so a poll sent anywhere after it finds it.
+
+A poll nobody holds a payment for (submitted through another process without Redis, or
+expired) is answered ``402 job_payment_unknown`` without signing anything; one that
+cannot be looked up because Redis does not answer gets ``503 job_store_unavailable``
+(retry). Without Redis, ``--workers N`` shares nothing: the kernel hands each new
+connection to any worker, so a poll reaches the submitting worker only on the submit's
+own keep-alive connection or by chance (README, "Several cores").
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from blockrun_proxy.errors import ProxyError
+from blockrun_proxy.redis_link import RedisUnavailable
 from blockrun_proxy.routes import upstream_path
+
+if TYPE_CHECKING:
+    from blockrun_proxy.jobs_redis import RedisJobPayments
+
+log = logging.getLogger(__name__)
 
 MAX_JOBS = 4096
 # Longer than the authorization a submit signs can live (--max-auth caps it at 15 min):
@@ -72,6 +91,57 @@ class JobBook:
         if self._clock() >= expires:
             del self._jobs[key]
             return None
+        return header
+
+
+class JobStoreUnavailable(ProxyError):
+    """The job payments' shared store (Redis) did not answer: the poll cannot be paid now,
+    and nothing was signed. Safe to retry."""
+
+    status = 503
+    type = "server_error"
+    code = "job_store_unavailable"
+
+
+class JobPayments:
+    """The core's job payments: this process's ``JobBook``, and the fleet's Redis when
+    there is one (``shared``)."""
+
+    def __init__(self, local: JobBook | None = None, shared: RedisJobPayments | None = None):
+        self.local = local or JobBook()
+        self.shared = shared
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+    async def remember(self, poll_path: str, payment_header: str) -> None:
+        """Keep the submit's payment for its polls. Never raises: the job is paid for and
+        its ``202`` must reach the client; should Redis not take it, this process still
+        answers the job's polls (logged, without the header)."""
+        self.local.remember(poll_path, payment_header)
+        if self.shared is None:
+            return
+        try:
+            await self.shared.put(job_key(poll_path), payment_header)
+        except RedisUnavailable as exc:
+            log.warning("a job's payment is held by this process only: %s", exc)
+
+    async def payment_for(self, poll_path: str) -> str | None:
+        """The payment to replay on a poll, or None when nobody holds one.
+        JobStoreUnavailable when the shared store cannot say."""
+        header = self.local.payment_for(poll_path)
+        if header is not None or self.shared is None:
+            return header
+        try:
+            header = await self.shared.get(job_key(poll_path))
+        except RedisUnavailable:
+            raise JobStoreUnavailable(
+                "this job's payment is kept in the shared store (Redis), which did not "
+                "answer; nothing was signed, retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        if header is not None:
+            self.local.remember(poll_path, header)  # its next polls stay on this process
         return header
 
 

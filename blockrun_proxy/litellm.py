@@ -306,7 +306,9 @@ class _ChunkMaker:
         """The closing chunk: finish reason, usage, and the settled cost in ``usage.cost``."""
         usage: Any = None
         if self._usage is not None:
-            usage = {**self._usage, "cost": self._cost}
+            usage = dict(self._usage)
+            if self._cost is not None:  # None: the rail reports no cost (the API key)
+                usage["cost"] = self._cost
         yield GenericStreamingChunk(
             text="",
             tool_use=None,

@@ -28,10 +28,11 @@ templates, status codes and the proxy's own error codes, all bounded sets.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,6 +46,8 @@ from prometheus_client import (
 from blockrun_proxy.exchange import Exchange
 
 PREFIX = "blockrun_proxy"
+# How --workers' values of one gauge combine (prometheus-client's multiprocess modes).
+GaugeMode = Literal["livesum", "livemin", "livemax", "livemostrecent"]
 # Proxy overhead is milliseconds; LLM calls take seconds to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -60,6 +63,18 @@ class AdmissionState(Protocol):
 
 
 OnAdmissionChange = Callable[[int, int], None]
+
+
+class BalanceReader(Protocol):
+    """What the wallet's balance watcher shows (wallet/watcher.py BalanceWatcher)."""
+
+    low: bool
+    failures: int
+
+    @property
+    def latest_atomic(self) -> int | None: ...
+
+    def age(self) -> float | None: ...
 
 
 class QuoteStats(Protocol):
@@ -199,7 +214,7 @@ class Metrics:
             "Client connections closed because their request headers were not complete "
             "within --headers-timeout.",
         )
-        self._gauge_sources: list[tuple[Gauge, Callable[[], int]]] = []
+        self._gauge_sources: list[tuple[Gauge, Callable[[], float | None]]] = []
         self.ledger_records_dropped = self._counter(
             "ledger_records_dropped",
             "Spend ledger records dropped because the ledger writer fell behind or failed.",
@@ -243,6 +258,27 @@ class Metrics:
         self.watch(misses, lambda: _field(stats(), "probed"))
         self.watch(refused, lambda: _field(stats(), "misses"))
         self.watch(overpaid, lambda: _field(stats(), "overpaid_atomic"))
+
+    def watch_quote_store(self, keeper: Any) -> None:
+        """Follow the quote keeper's store counters (quotes/keeper.py QuoteKeeper)."""
+        for field, name, doc in (
+            (
+                "entries_loaded",
+                "quote_store_keys_loaded",
+                "Price keys taken from the quote store (at start, and other replicas' since).",
+            ),
+            (
+                "load_failures",
+                "quote_store_load_failures",
+                "Quote store loads that failed (at start: the replica started cold).",
+            ),
+            (
+                "save_failures",
+                "quote_store_save_failures",
+                "Quote store saves that failed (what changed is offered again next time).",
+            ),
+        ):
+            self.watch(self._counter(name, doc), _attribute_reader(keeper, field))
 
     def watch_payment_refusals(self, read: Callable[[], Mapping[str, int] | None]) -> None:
         """Follow a ``{reason label: count}`` mapping (the gateway's ``payment_refusals``);
@@ -294,6 +330,36 @@ class Metrics:
         ):
             self.watch(self._counter(name, doc), _attribute_reader(stats, field))
 
+    def watch_balance(self, watcher: BalanceReader) -> None:
+        """Export the wallet's balance as the watcher last read it (``--rpc-url``). The
+        series exist only then; NaN until the first good reading (unknown, not zero)."""
+        balance = self._gauge(
+            "wallet_balance_micro_usdc",
+            "The wallet's USDC balance as last read, in atomic units (1e-6 USDC); NaN "
+            "until the first reading.",
+            mode="livemostrecent",
+        )
+        age = self._gauge(
+            "wallet_balance_age_seconds",
+            "Seconds since that reading (it grows while reads fail); NaN before the first.",
+            mode="livemin",
+        )
+        low = self._gauge(
+            "wallet_balance_low",
+            "1 while the last reading is below --low-balance-usd, else 0.",
+            mode="livemax",
+        )
+        failures = self._counter(
+            "wallet_balance_read_failures", "Balance reads that failed (the RPC endpoint)."
+        )
+        self._gauge_sources += [
+            (balance, lambda: watcher.latest_atomic),
+            (age, watcher.age),
+            (low, lambda: int(watcher.low)),
+        ]
+        self.watch(failures, lambda: watcher.failures)
+        self.sync()
+
     def watch(self, counter: Counter, read: Callable[[], int | None]) -> None:
         """Make ``counter`` follow an int someone else increments."""
         synced = _Synced(counter, read)
@@ -304,7 +370,8 @@ class Metrics:
         for synced in self._synced:
             synced.sync()
         for gauge, read in self._gauge_sources:
-            gauge.set(read())
+            value = read()
+            gauge.set(math.nan if value is None else value)
         for source in self._refusal_sources:
             for label, count in (source() or {}).items():
                 seen = self._refusals_seen.get(label, 0)
@@ -382,9 +449,10 @@ class Metrics:
     def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         return Counter(f"{PREFIX}_{name}", doc, labels, registry=self.registry)
 
-    def _gauge(self, name: str, doc: str) -> Gauge:
-        # livesum: with --workers, the sum over the workers still running.
-        return Gauge(f"{PREFIX}_{name}", doc, registry=self.registry, multiprocess_mode="livesum")
+    def _gauge(self, name: str, doc: str, mode: GaugeMode = "livesum") -> Gauge:
+        # livesum: with --workers, the sum over the workers still running (a wallet's
+        # balance is not a sum: every worker reads the same one).
+        return Gauge(f"{PREFIX}_{name}", doc, registry=self.registry, multiprocess_mode=mode)
 
 
 def _reader(counts: dict[str, int], key: str) -> Callable[[], int | None]:

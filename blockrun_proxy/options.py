@@ -54,8 +54,10 @@ class Option:
     render: Callable[[Any], str] = str
     blank_is_value: bool = False  # a blank value means something (else: unset)
     secret: bool = False  # read apart, never a flag, never rendered
-    # May hold a password (a URL): --workers children get it in their environment, since a
-    # command line is visible to every user of the machine (ps).
+    # May hold a password or a provider's API key (a URL: Redis, an RPC endpoint such as
+    # https://base-mainnet.g.alchemy.com/v2/<key>): --workers children get it in their
+    # environment, readable only by the same user, since a command line is visible to
+    # every user of the machine (ps, /proc/<pid>/cmdline).
     by_environment: bool = False
     documented: bool = True  # in the README's Configuration table
 
@@ -253,19 +255,24 @@ OPTIONS: tuple[Option, ...] = (
            blank_is_value=True),
     Option("rpc_url", "--rpc-url", (_P + "RPC_URL",), "an EVM JSON-RPC endpoint for on-chain "
            "reads (wallet balance, Permit2 allowance); with a wallet, the balance is read every "
-           "minute", "none", str.strip),
+           "minute", "none", str.strip, by_environment=True),
     Option("low_balance_usd", "--low-balance-usd", (_P + "LOW_BALANCE_USD",), "with "
-           "`--rpc-url`: log one warning when the wallet's USDC falls below this", "none",
-           _decimal),
+           "`--rpc-url`: when the wallet's USDC falls below this, log one warning and set "
+           "`blockrun_proxy_wallet_balance_low` to 1 (shown in `/readyz` and on `/spend` too)",
+           "none", _decimal),
     Option("solana_rpc_url", "--solana-rpc-url", (_P + "SOLANA_RPC_URL",), "the Solana "
            "JSON-RPC endpoint recent blockhashes come from", "the public RPC of the Solana "
-           "networks allowed", str.strip),
+           "networks allowed", str.strip, by_environment=True),
     Option("solana_keypair", "--solana-keypair", (_P + "SOLANA_KEYPAIR",), "a solana-keygen "
            f"JSON keypair file to pay from, when `{config.SOLANA_KEY_ENV}` is unset",
            "`~/.blockrun/.solana-session`", _path),
     Option("api_key_url", "--api-key-url", (config.API_KEY_URL_ENV,), "the host calls go to "
            f"when `{config.API_KEY_ENV}` is set (prepaid credit, no x402)",
            f"`{config.DEFAULT_API_KEY_URL}`", _url),
+    Option("rail", "--rail", (_P + "RAIL",), "what pays: `auto` (the API key when "
+           f"`{config.API_KEY_ENV}` is set, else the wallets), `wallet` (ignore the API key), "
+           "`apikey` (refuse to start without one; with `--demo`, a fake API host)",
+           f"`{config.DEFAULT_RAIL}`", _choice(config.RAILS), choices=config.RAILS),
     Option("redis_url", "--redis-url", (config.REDIS_URL_ENV,), "share the budget, the spend "
            "ledger and learned quotes with other replicas through this Redis (`redis://`, "
            "`rediss://`, `unix://`; see [Running many replicas](#running-many-replicas))",
@@ -282,8 +289,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ledger_retention_seconds", "--ledger-retention", (_P + "LEDGER_RETENTION",),
            "how long the spend ledger keeps its hourly totals", "`30d`", _duration,
            render=lambda seconds: f"{seconds!r}s"),
-    Option("demo", "--demo", (), "built-in fake gateway and throwaway wallet", "off", _bool,
-           kind="flag"),
+    Option("demo", "--demo", (), "built-in fake gateway and throwaway wallet, offline: on "
+           "Base, on Solana with `--chain solana`, or a fake API key with `--rail apikey`",
+           "off", _bool, kind="flag"),
     Option("ssl_cert_file", None, ("SSL_CERT_FILE",), "CA bundle (PEM) the gateway's TLS "
            "certificate is checked against, instead of the system's", "the system's",
            str.strip),

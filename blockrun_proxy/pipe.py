@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import ClientError, ClientResponse, web
 
@@ -27,6 +28,17 @@ class PipeStats:
 
 # An open upstream answer from either client (aiohttp's, or the proxy's own h1).
 Source = ClientResponse | h1.Response
+# What either client raises while a body is read (an idle timeout, a reset, bad chunking).
+READ_FAILED = (ClientError, h1.HTTPError, asyncio.TimeoutError, OSError)
+
+
+class BodyFilter(Protocol):
+    """Rewrites a body as it streams (the API-key rail's redaction): ``feed`` each chunk,
+    get what may be sent now; ``flush`` at the end for what was held back."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
 
 
 class UpstreamBroke(Exception):
@@ -59,7 +71,7 @@ async def pump(upstream: Source, downstream: web.StreamResponse, stats: PipeStat
     while True:
         try:
             chunk = await content.readany()
-        except (ClientError, h1.HTTPError, asyncio.TimeoutError, OSError) as exc:
+        except READ_FAILED as exc:
             raise UpstreamBroke(type(exc).__name__) from exc
         if not chunk:
             break
@@ -72,3 +84,33 @@ async def pump(upstream: Source, downstream: web.StreamResponse, stats: PipeStat
             return
         await write(chunk)
     await downstream.write_eof()
+
+
+async def pump_filtered(
+    upstream: Source,
+    downstream: web.StreamResponse,
+    stats: PipeStats,
+    body_filter: BodyFilter,
+) -> None:
+    """``pump`` through ``body_filter``: the same backpressure and failure rules, for the
+    rail whose answers must be rewritten on the way (the caller sends no Content-Length:
+    the filter may change the length)."""
+    content = upstream.content
+    while True:
+        try:
+            chunk = await content.readany()
+        except READ_FAILED as exc:
+            raise UpstreamBroke(type(exc).__name__) from exc
+        if not chunk:
+            break
+        out = body_filter.feed(chunk)
+        if out:
+            if stats.first_byte_at is None:
+                stats.first_byte_at = time.monotonic()
+            stats.bytes_sent += len(out)
+            await downstream.write(out)
+    tail = body_filter.flush()
+    if tail and stats.first_byte_at is None:
+        stats.first_byte_at = time.monotonic()
+    stats.bytes_sent += len(tail)
+    await downstream.write_eof(tail)

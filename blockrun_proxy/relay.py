@@ -35,7 +35,7 @@ from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import MethodNotAllowed, PaidCallFailed, RequestTimeout
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange
 from blockrun_proxy.jobs import MAX_JOB_ANSWER_BYTES, poll_path, poll_url_of, rewrite_poll_url
-from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump
+from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump, pump_filtered
 from blockrun_proxy.routes import RELAY_METHODS, Body, Measure, Route, Serve, upstream_path
 from blockrun_proxy.upstream import JSON_TYPE, PAYMENT_RESPONSE, Answer
 
@@ -151,7 +151,8 @@ async def signed(request: web.Request, route: Route) -> web.StreamResponse:
 
 
 async def poll(request: web.Request, route: Route) -> web.StreamResponse:
-    """A job's poll: the payment its submit was paid with, if this process holds it."""
+    """A job's poll: the payment its submit was paid with, if this process (or, with
+    Redis, the fleet) holds it."""
     app = request.app
     core = app[CORE_KEY]
     exchange = request[EXCHANGE_KEY]
@@ -168,7 +169,7 @@ async def poll(request: web.Request, route: Route) -> web.StreamResponse:
             route=route.label,
         )
         out.headers["x-request-id"] = exchange.request_id
-        answer = await gateway.replay(out, core.jobs.payment_for(path))
+        answer = await gateway.replay(out, await core.jobs.payment_for(path))
         return await pipe_answer(request, answer)
 
 
@@ -213,7 +214,7 @@ async def job_answer(request: web.Request, answer: Answer) -> web.StreamResponse
             exchange.request_id,
         )
     if path is not None and text is not None and answer.payment is not None:
-        core.jobs.remember(path, answer.payment.header)
+        await core.jobs.remember(path, answer.payment.header)
         rewritten = rewrite_poll_url(text, url or path, path)
         if rewritten is not text:
             body = rewritten
@@ -243,13 +244,18 @@ async def pipe_answer(request: web.Request, answer: Answer) -> web.StreamRespons
         if upstream.status >= 400:
             exchange.upstream_error = f"http_{upstream.status}"
         response = web.StreamResponse(status=upstream.status, headers=response_headers(answer))
-        if upstream.content_length is not None:
+        # A filtered body (the API-key rail's redaction) may change length: sent chunked.
+        redactor = answer.redactor
+        if upstream.content_length is not None and redactor is None:
             response.content_length = upstream.content_length
         coalesce_headers(upstream, response)
         await response.prepare(request)
         metrics.stream_opened()
         try:
-            await pump(upstream, response, stats)
+            if redactor is None:
+                await pump(upstream, response, stats)
+            else:
+                await pump_filtered(upstream, response, stats, redactor())
         except UpstreamBroke as exc:
             # Headers (and maybe bytes) are out: the only honest signal left is to cut
             # the connection, so the client sees a truncated body, not a clean short one.

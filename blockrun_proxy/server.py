@@ -42,7 +42,7 @@ from blockrun_proxy.config import DEFAULT_MAX_TOKENS, Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
-from blockrun_proxy.payer import Payer
+from blockrun_proxy.rails import Rails
 from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
 from blockrun_proxy.x402 import NETWORKS, usd
 
@@ -85,9 +85,12 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
     )
     await site.start()
     port = runner.addresses[0][1]
+    core = app[CORE_KEY]
     # The port is open: now load what signing needs (Keccak, the wallet address, the
-    # domain separators) off the loop, so the first paid call does not pay for it.
-    await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, app[CORE_KEY].payer)
+    # domain separators, solders) off the loop, so the first paid call does not pay for
+    # it, and start fetching Solana blockhashes.
+    core.start_background()
+    await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, core.payer)
     try:
         yield runner, port
     finally:
@@ -107,9 +110,20 @@ class WatchedBalance:
             return None
         return reading.atomic, time.time() - age
 
+    def low(self) -> bool:
+        return self._watcher.low
 
-def warm_up_signing(payer: Payer) -> None:
-    payer.address  # noqa: B018 (derives and caches it)
+
+def plug_balance(app: web.Application, watcher: BalanceWatcher) -> None:
+    """Show ``watcher``'s readings in /readyz, the spend page and /metrics, and have it
+    read the balance again soon after each settled payment (coalesced by the watcher)."""
+    app[BALANCE_KEY].source = WatchedBalance(watcher)
+    app[METRICS_KEY].watch_balance(watcher)
+    app[CORE_KEY].payer.after_settlement = watcher.request_refresh
+
+
+def warm_up_signing(payer: Rails) -> None:
+    payer.warm_up()
     for network in NETWORKS.values():
         network.domain_separator  # noqa: B018 (hashes and caches it)
 
@@ -155,13 +169,11 @@ async def serve(settings: Settings) -> None:
         if settings.demo:
             settings = await stack.enter_async_context(demo_gateway(settings))
         runner, port = await stack.enter_async_context(running(settings))
-        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns),
-        # and shown by /readyz and the spend page.
+        # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns
+        # and flips a metric), and shown by /readyz, the spend page and /metrics.
         watcher = await stack.enter_async_context(watching(settings))
         if watcher is not None:
-            runner.app[BALANCE_KEY].source = WatchedBalance(watcher)
-            # A settled payment moved the balance: read it again soon (coalesced).
-            runner.app[CORE_KEY].payer.after_settlement = watcher.request_refresh
+            plug_balance(runner.app, watcher)
         _log_schemes(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"
@@ -173,7 +185,7 @@ async def serve(settings: Settings) -> None:
             extra={"fields": {"url": url}, "in_message": ("url",)},
         )
         if settings.demo:
-            print_demo_help(settings.host, port, settings)
+            print_demo_help(settings.host, port, settings, runner.app[CORE_KEY].rail)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -239,10 +251,52 @@ DEMO_PROMPT = "Hello"
 
 @contextlib.asynccontextmanager
 async def demo_gateway(settings: Settings) -> AsyncIterator[Settings]:
-    """Start the fake x402 gateway in-process and a throwaway wallet to pay it. With
+    """Start a fake gateway in-process and a throwaway wallet to pay it, on the rail the
+    settings ask for: an API-key host (``--rail apikey``), Solana (``--chain solana``,
+    with the gateway's own fake RPC for blockhashes), else Base Sepolia. On Base, with
     ``--scheme upto|auto`` the gateway offers upto too (verified and settled by the
     official x402 facilitator code against an in-memory chain), and a fake JSON-RPC node
     serves that chain as ``--rpc-url``, the wallet funded and its Permit2 allowance set."""
+    # Quotes and spend of a throwaway wallet are not worth keeping.
+    settings = replace(settings, state_dir=None, wallet_key=None, solana_key=None, api_key=None)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.rail == "apikey":
+            yield await _demo_api_host(settings, stack)
+        elif settings.chain == "solana":
+            yield await _demo_solana(settings, stack)
+        else:
+            yield await _demo_base(settings, stack)
+
+
+async def _demo_api_host(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    from blockrun_proxy.testing import ApiKeyFakeGateway
+
+    host = ApiKeyFakeGateway(event_interval=0.05, verify="fast")
+    url = await host.start(host="127.0.0.1", port=0)
+    stack.push_async_callback(host.close)
+    return replace(settings, api_key_url=url, api_key=host.new_key())
+
+
+async def _demo_solana(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    from solders.keypair import Keypair
+
+    from blockrun_proxy.testing import SolanaFakeGateway
+    from blockrun_proxy.x402.svm import SOLANA_DEVNET
+    from blockrun_proxy.x402.svm._base58 import b58encode
+
+    gateway = SolanaFakeGateway(network=SOLANA_DEVNET.caip2, event_interval=0.05)
+    api_url = await gateway.start(host="127.0.0.1", port=0)
+    stack.push_async_callback(gateway.close)
+    return replace(
+        settings,
+        api_url=api_url,
+        networks=(SOLANA_DEVNET.caip2,),
+        solana_rpc_url=gateway.rpc_url,
+        solana_key=b58encode(bytes(Keypair())),  # a throwaway wallet, in memory only
+    )
+
+
+async def _demo_base(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
     import secrets
 
     from blockrun_proxy.testing import FakeGateway, FakeRpc, UptoMode, UsdcLedger
@@ -261,22 +315,16 @@ async def demo_gateway(settings: Settings) -> AsyncIterator[Settings]:
     # "fast" verification (its own digest + coincurve) spares the demo eth_account's
     # one-second import on the first paid call; tests verify with eth_account.
     gateway = FakeGateway(network=network, event_interval=0.05, verify="fast", upto=upto)
-    async with contextlib.AsyncExitStack() as stack:
-        api_url = await gateway.start(host="127.0.0.1", port=0)
-        stack.push_async_callback(gateway.close)
-        rpc_url = settings.rpc_url
-        if upto is not None:
-            rpc = FakeRpc(upto.ledger)
-            rpc_url = await rpc.start()
-            stack.push_async_callback(rpc.close)
-        yield replace(
-            settings,
-            api_url=api_url,
-            networks=(network,),
-            wallet_key=wallet_key,
-            rpc_url=rpc_url,
-            state_dir=None,  # a throwaway wallet's quotes and spend are not worth keeping
-        )
+    api_url = await gateway.start(host="127.0.0.1", port=0)
+    stack.push_async_callback(gateway.close)
+    rpc_url = settings.rpc_url
+    if upto is not None:
+        rpc = FakeRpc(upto.ledger)
+        rpc_url = await rpc.start()
+        stack.push_async_callback(rpc.close)
+    return replace(
+        settings, api_url=api_url, networks=(network,), wallet_key=wallet_key, rpc_url=rpc_url
+    )
 
 
 def _need_official_x402() -> None:
@@ -290,17 +338,26 @@ def _need_official_x402() -> None:
         )
 
 
-def print_demo_help(host: str, port: int, settings: Settings | None = None) -> None:
+DEMO_PAYERS = {
+    "base": "a throwaway Base Sepolia wallet pays it",
+    "solana": "a throwaway Solana devnet wallet pays it (blockhashes from the fake's own RPC)",
+    "apikey": "a throwaway API key's prepaid credit pays it (nothing is signed)",
+}
+
+
+def print_demo_help(
+    host: str, port: int, settings: Settings | None = None, rail: str = "base"
+) -> None:
     base = f"http://{host}:{port}/v1"
     print(
-        f"\nDemo mode: a fake x402 gateway runs in this process and a throwaway wallet pays it.\n"
+        f"\nDemo mode: a fake BlockRun gateway runs in this process and {DEMO_PAYERS[rail]}.\n"
         f"Try a paid, streamed completion:\n\n"
         f"  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\\n"
         f'    -d \'{{"model": "{DEMO_MODEL}", "stream": true, '
         f'"messages": [{{"role": "user", "content": "{DEMO_PROMPT}"}}]}}\'\n',
         flush=True,
     )
-    if settings is None or settings.scheme == "exact":
+    if settings is None or settings.scheme == "exact" or rail != "base":
         return
     max_tokens = settings.default_max_tokens
     exact, actual = demo_prices(max_tokens)

@@ -22,15 +22,22 @@ its submit was paid with, and never signs. The rules (PROTOCOL.md section 5):
 - the one exception: a payment signed *up front* that the gateway refuses as
   not used (PAYMENT_INVALID / PAYMENT_UNFUNDED / a fresh 402) charged nothing,
   so the call falls back to probe-then-pay: ask unpaid for a fresh challenge,
-  sign it once, send. A refusal of that second payment is surfaced.
+  sign it once, send. A refusal of that second payment is surfaced;
+- except on Solana, where a refused transaction stays valid (and settleable)
+  until its blockhash expires: a refusal after the send is a ``424`` like any
+  failure after a payment (``OptimisticPaymentRefused``), and the call never
+  signs again, up front or not (``rails.settles_optimistically``).
 
-One nonce per call: every signature of a call is made through its
-``payer.CallPayment``, which signs them all under one nonce (EIP-3009 for exact, Permit2
-for upto, never both), so even a gateway that kept the refused first payment can settle
-at most one. The call is told whenever a send may have reached the gateway
+One payment per call: every signature of a call is made through its
+``rails.RailsCall``, which keeps the call on one rail. On EVM (``payer.CallPayment``)
+it signs them all under one nonce (EIP-3009 for exact, Permit2 for upto, never both),
+so even a gateway that kept the refused first payment can settle at most one; on
+Solana it signs one transaction (``solana_payer.SolanaCallPayment``), which replays
+resend unchanged. The call is told whenever a send may have reached the gateway
 (everything but a connection that was never made), which is what the budget and the
 sent metrics count, and what became of each payment (``settled``, ``not_used``), which
-books or frees an upto payment's hold on the Permit2 allowance.
+books or frees an upto payment's hold on the Permit2 allowance. The API-key rail signs
+nothing and sends each call once (apikey_gateway.py).
 
 Every error after a paid send is a ``PaidCallFailed``: answered ``424`` with
 ``x-should-retry: false``, a status that client libraries which retry on their
@@ -65,13 +72,15 @@ from blockrun_proxy import h1
 from blockrun_proxy.chatbody import ChatRequest
 from blockrun_proxy.errors import (
     GatewayAnswer,
+    OptimisticPaymentRefused,
     PaidCallFailed,
     PaymentNotAccepted,
     PaymentRefused,
     UpstreamError,
     UpstreamTimeout,
 )
-from blockrun_proxy.payer import CallPayment, OnSent, Payer
+from blockrun_proxy.payer import OnSent
+from blockrun_proxy.pipe import BodyFilter
 from blockrun_proxy.quotes import (
     CHAT_ROUTE,
     Features,
@@ -80,10 +89,10 @@ from blockrun_proxy.quotes import (
     features_from_body,
     request_features,
 )
+from blockrun_proxy.rails import Payment, Rails, RailsCall, settles_optimistically
 from blockrun_proxy.x402 import (
     PaymentRequired,
     PaymentResponse,
-    SignedEvmPayment,
     parse_payment_required,
     parse_payment_response,
     reason_code,
@@ -155,7 +164,7 @@ class Answer:
     """An open gateway response and what was paid for it. Release ``response`` when done."""
 
     response: UpstreamResponse
-    payment: SignedEvmPayment | None = None
+    payment: Payment | None = None
     settlement: PaymentResponse | None = None
     presigned: bool = False  # paid on the first request, from a learned quote
     # What the call cost (atomic USDC): the signed amount, or less where the scheme
@@ -164,6 +173,12 @@ class Answer:
     # What ``cost_atomic`` rests on: "signed" (exact), "settled" (upto: the amount the
     # gateway reports) or "ceiling" (upto: it did not say, so the ceiling stands in).
     cost_source: str | None = None
+    # A rail that is not x402 (the API key) says what it knows of the cost itself; these
+    # headers then replace the x402 cost headers (costs.py).
+    rail_cost_headers: Mapping[str, str] | None = None
+    # A rail whose answers could echo a secret (the API key): every body byte relayed to
+    # the client goes through a fresh one of these first (relay.py).
+    redactor: Callable[[], BodyFilter] | None = field(default=None, repr=False)
 
     @property
     def paid_atomic(self) -> int | None:
@@ -176,7 +191,7 @@ class Gateway:
         self,
         session: UpstreamClient,
         api_url: str,
-        payer: Payer,
+        payer: Rails,
         *,
         paid_replays: int = 2,
         probe_retries: int = 2,
@@ -310,7 +325,7 @@ class Gateway:
             code="job_payment_refused",
         )
 
-    async def _send(self, call: CallPayment, out: Outgoing) -> Answer:
+    async def _send(self, call: RailsCall, out: Outgoing) -> Answer:
         features: Features | None = None
         presigned = None
         if self._may_presign(out):
@@ -326,6 +341,11 @@ class Gateway:
                 # the same nonce: whatever the gateway does with the first, one settles.
                 self._quotes_refused(quote, refusal.reason)
                 del out.headers[PAYMENT_SIGNATURE]
+            except OptimisticPaymentRefused as refusal:
+                # Refused, but it may still land (Solana): never signed again, the call
+                # ends here (424), and the book goes back to probing first.
+                self._quotes_refused(quote, refusal.reason, final=True)
+                raise
             else:
                 self._quotes_accepted(quote)
                 answer.presigned = True
@@ -333,7 +353,7 @@ class Gateway:
         return await self._probe_then_pay(call, out, features)
 
     async def _probe_then_pay(
-        self, call: CallPayment, out: Outgoing, features: Features | None
+        self, call: RailsCall, out: Outgoing, features: Features | None
     ) -> Answer:
         response = await self._send_unpaid(out)
         if response.status != 402:
@@ -374,14 +394,17 @@ class Gateway:
         return out.measure()
 
     async def _presign(
-        self, call: CallPayment, features: Features | None
-    ) -> tuple[Presign, SignedEvmPayment] | None:
+        self, call: RailsCall, features: Features | None
+    ) -> tuple[Presign, Payment] | None:
         """A payment signed from a trusted quote, through the same policy and budget
         checks as any other; None to probe first."""
         if self.quotes is None or features is None or not self._payer.can_sign:
             return None
         quote = self.quotes.presign(features)
         if quote is None:
+            return None
+        if not self._payer.may_presign(quote):
+            self.quotes.declined(quote)
             return None
         try:
             payment = await call.pay_requirement(
@@ -399,11 +422,12 @@ class Gateway:
         if self.quotes is not None:
             self.quotes.accepted(quote)
 
-    def _quotes_refused(self, quote: Presign, reason: str | None) -> None:
+    def _quotes_refused(self, quote: Presign, reason: str | None, *, final: bool = False) -> None:
         log.info(
-            "payment signed up front for %s was not accepted (%s); re-asking",
+            "payment signed up front for %s was not accepted (%s); %s",
             quote.model,
             reason or "no reason given",
+            "not signed again (it may still settle)" if final else "re-asking",
         )
         if self.quotes is not None:
             self.quotes.refused(quote)
@@ -431,9 +455,7 @@ class Gateway:
             await asyncio.sleep(RETRY_DELAYS[attempt])
         raise AssertionError("unreachable")
 
-    async def _send_paid(
-        self, call: CallPayment, out: Outgoing, payment: SignedEvmPayment
-    ) -> Answer:
+    async def _send_paid(self, call: RailsCall, out: Outgoing, payment: Payment) -> Answer:
         out.headers[PAYMENT_SIGNATURE] = payment.header
         # What the gateway did with the last send that reached it ("503", "dropped"). Once
         # set, the signature may have been used, so no way this call ends may invite a retry.
@@ -506,6 +528,8 @@ class Gateway:
             error = await classify_paid_error(response)
             self._note_refusal(error, out.headers.get("x-request-id"))
             if isinstance(error, PaymentNotAccepted):
+                if settles_optimistically(payment):
+                    raise OptimisticPaymentRefused(error, upstream_status=response.status)
                 call.not_used(payment)
             raise error
         raise AssertionError("unreachable")
@@ -526,7 +550,7 @@ class Gateway:
         )
 
     async def _post_paid(
-        self, call: CallPayment, payment: SignedEvmPayment, out: Outgoing
+        self, call: RailsCall, payment: Payment, out: Outgoing
     ) -> UpstreamResponse:
         """One send of ``payment``, telling ``call`` whenever it may have reached the
         gateway: always, except when no connection was ever made. A timeout, a drop or a

@@ -10,7 +10,10 @@ and exit 1: restarting is the container runtime's job (one restart policy, not t
 Secrets go through a pipe: the parent read the token and the wallet key (and removed
 them from its environment, keyguard.py), and each child gets its own pipe holding
 them, an inherited descriptor named by ``BLOCKRUN_PROXY_SECRETS_FD`` that it reads once
-and closes. The key is in no child's environment and on no command line. The parent
+and closes. The key is in no child's environment and on no command line. URLs that may
+carry a password or a provider's API key (``--redis-url``, ``--rpc-url``,
+``--solana-rpc-url``: options.py marks them ``by_environment``) reach the children through
+their environment, never their command line, which ``ps`` shows every user. The parent
 turns core dumps off too: it holds the key while it runs. The children share a fresh
 ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` on any of them reports the sum over all of
 them (see metrics.py).

@@ -12,11 +12,15 @@ import pytest
 from aiohttp import web
 from support.calls import TEST_NETWORK
 from support.payments import assert_one_nonce_per_call
+from support.svm import DEVNET
+from support.svm import new_key as new_solana_key
 
 from blockrun_proxy import config
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
-from blockrun_proxy.testing import FakeGateway
+from blockrun_proxy.testing import ApiKeyFakeGateway, FakeGateway, SolanaFakeGateway
+
+SOLANA_NETWORK = DEVNET.caip2  # what the Solana fake quotes on in the tests
 
 
 @dataclass
@@ -92,6 +96,71 @@ async def start_proxy(
 @pytest.fixture
 async def proxy(start_proxy: StartProxy) -> Proxy:
     return await start_proxy()
+
+
+@pytest.fixture
+async def run_proxy(upstream_client: str) -> AsyncIterator[StartProxy]:
+    """Start a proxy with these Settings fields (on loopback, port 0, nothing on disk), in
+    front of whatever gateway they name: the other rails' fixtures build on it. It talks
+    upstream through ``upstream_client`` (both kinds, in tests marked ``both_clients``)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**fields: Any) -> Proxy:
+            settings = Settings(
+                **{
+                    "host": "127.0.0.1",
+                    "port": 0,
+                    "grace_seconds": 1.0,
+                    "state_dir": None,
+                    "upstream_client": upstream_client,
+                    **fields,
+                }
+            )
+            runner, port = await stack.enter_async_context(running(settings))
+            return Proxy(f"http://127.0.0.1:{port}", runner.app, settings)
+
+        yield start
+
+
+@pytest.fixture
+async def solana_gateway() -> AsyncIterator[SolanaFakeGateway]:
+    gw = SolanaFakeGateway(network=SOLANA_NETWORK)
+    await gw.start()
+    yield gw
+    await gw.close()
+    # Whatever the test did, no client call sent two different Solana transactions.
+    assert_one_nonce_per_call(gw)
+
+
+@pytest.fixture
+async def start_solana_proxy(
+    solana_gateway: SolanaFakeGateway, run_proxy: StartProxy
+) -> StartProxy:
+    """Start a proxy paying ``solana_gateway`` from a throwaway Solana wallet."""
+
+    async def start(**overrides: Any) -> Proxy:
+        fields: dict[str, Any] = {
+            "chain": "solana",
+            "api_url": solana_gateway.base_url,
+            "networks": (SOLANA_NETWORK,),
+            "solana_key": new_solana_key(),
+            "solana_rpc_url": solana_gateway.rpc_url,
+        }
+        fields.update(overrides)
+        return await run_proxy(**fields)
+
+    return start
+
+
+@pytest.fixture
+async def api_host() -> AsyncIterator[ApiKeyFakeGateway]:
+    """The API-key host (prepaid credit, no x402)."""
+    host = ApiKeyFakeGateway()
+    await host.start()
+    yield host
+    await host.close()
+    # Nothing x402 ever reaches this host.
+    assert not [r for r in host.requests if "PAYMENT-SIGNATURE" in r.headers]
 
 
 @pytest.fixture

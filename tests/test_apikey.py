@@ -115,3 +115,24 @@ async def test_against_the_fake_api_host(host: ApiKeyFakeGateway) -> None:
     with pytest.raises(ApiKeyRejected):
         rail.check_answer(status, answer)
     assert len(host.charges) == 1
+
+
+def test_the_streaming_redaction_catches_a_key_split_anywhere() -> None:
+    rail = ApiKeyRail(DEFAULT_API_KEY_URL, KEY)
+    text = f'data: {{"a": "{KEY}"}}\n\ndata: {KEY}{KEY}\n\n'.encode()
+    for first in range(len(text) + 1):
+        for second in (first, min(len(text), first + 7)):
+            redactor = rail.redactor()
+            parts = (text[:first], text[first:second], text[second:])
+            out = b"".join(redactor.feed(p) for p in parts) + redactor.flush()
+            assert out == rail.redact(text), (first, second)
+    assert KEY not in repr(rail.redactor())
+
+
+def test_the_streaming_redaction_holds_back_only_what_could_start_the_key() -> None:
+    redactor = ApiKeyRail(DEFAULT_API_KEY_URL, KEY).redactor()
+    assert redactor.feed(b'data: {"x": 1}\n\n') == b'data: {"x": 1}\n\n'  # an event: at once
+    assert redactor.feed(b"token brk_li") == b"token "
+    assert redactor.feed(b"ve") == b""  # still the key's start
+    assert redactor.feed(b"!") == b"brk_live!"  # not the key after all
+    assert redactor.flush() == b""

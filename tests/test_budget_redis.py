@@ -20,12 +20,16 @@ from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.errors import BudgetStoreUnavailable, PaymentRefused
 from blockrun_proxy.redis_link import RedisLink
 
-TIMEOUT = 0.3  # the link's bound on every Redis call in these tests
+# The link's bound in the tests about a slow or hung Redis.
+TIMEOUT = 0.3
+# Everywhere else: on a loaded 2-core machine a round trip to a healthy local Redis has
+# taken 236 ms (one in 27,000; p50 0.5 ms), so 0.3 s failed tests about accounting.
+GENEROUS = 10.0
 
 
 @pytest.fixture
 async def link(redis_server: RedisServer) -> AsyncIterator[RedisLink]:
-    link = RedisLink(redis_server.url, timeout=TIMEOUT, prefix="test")
+    link = RedisLink(redis_server.url, timeout=GENEROUS, prefix="test")
     yield link
     await link.aclose()
 
@@ -91,7 +95,7 @@ async def test_a_spent_above_the_amount_counts_the_amount(link: RedisLink) -> No
 
 
 async def test_stores_with_other_windows_or_prefixes_do_not_mix(redis_server: RedisServer) -> None:
-    links = [RedisLink(redis_server.url, timeout=TIMEOUT, prefix=p) for p in ("a", "a", "b")]
+    links = [RedisLink(redis_server.url, timeout=GENEROUS, prefix=p) for p in ("a", "a", "b")]
     try:
         day, hour, other = (
             store_for(links[0], window=86400),
@@ -174,7 +178,7 @@ def test_three_processes_never_reserve_more_than_the_budget(redis_server: RedisS
     assert limit - total < 5_000  # the largest amount asked for: nothing left unused
 
     async def counted() -> int:
-        link = RedisLink(redis_server.url, timeout=TIMEOUT, prefix="fleet")
+        link = RedisLink(redis_server.url, timeout=GENEROUS, prefix="fleet")
         try:
             return await spent(store_for(link, limit=limit))
         finally:
@@ -188,7 +192,7 @@ async def test_redis_stopped_mid_run_fails_closed_then_resumes(
 ) -> None:
     # A generous bound: 100 reservations at once on fresh connections, on a loaded
     # machine, must not time out; a stopped Redis refuses connections at once anyway.
-    link = RedisLink(redis_server.url, timeout=2.0, prefix="test")
+    link = RedisLink(redis_server.url, timeout=GENEROUS, prefix="test")
     store = store_for(link, limit=10**9)
     try:
 
@@ -205,7 +209,8 @@ async def test_redis_stopped_mid_run_fails_closed_then_resumes(
         redis_server.stop()
         started = time.monotonic()
         during = await asyncio.gather(*(attempt() for _ in range(100)))
-        assert time.monotonic() - started < 2.0  # refused at once, not a hang
+        # Refused at once: no attempt waited for the link's timeout.
+        assert time.monotonic() - started < GENEROUS / 2
         assert all(isinstance(r, BudgetStoreUnavailable) for r in during)  # zero granted
         assert all(r.status == 503 and r.code == "budget_store_unavailable" for r in during)
         assert store.stats.unavailable == 100
@@ -231,10 +236,11 @@ async def test_a_hung_redis_costs_at_most_the_timeout_and_never_blocks_settling(
         started = time.monotonic()
         await store.commit(paid)  # after the send: must not wait for Redis
         await store.release(Reservation("never-sent", 1, time.time()))
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < TIMEOUT  # neither waited for Redis's answer
         with pytest.raises(BudgetStoreUnavailable):
             await store.reserve(3_000)
-        assert time.monotonic() - started < 3 * TIMEOUT
+        # Bounded by the timeout, not hung (the margin is for a loaded machine's loop).
+        assert time.monotonic() - started < TIMEOUT + 1.5
         redis_server.resume()
         # The commit lands in the background; the reservation that timed out holds
         # nothing (released, or refused should it arrive late).

@@ -10,13 +10,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import openai
+import pytest
 from click.testing import CliRunner
 
 from blockrun_proxy.cli import main
 from blockrun_proxy.server import DEMO_MODEL, DEMO_PROMPT, demo_prices
 from blockrun_proxy.x402 import Signer, usd
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def free_port() -> int:
@@ -38,11 +42,24 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0)
     raise AssertionError("the proxy never became healthy")
 
 
-def test_demo_serves_a_paid_stream_and_exits_cleanly_on_sigterm() -> None:
+@pytest.mark.parametrize(
+    ("flags", "paid_with"),
+    [
+        ((), "a throwaway Base Sepolia wallet"),
+        (("--chain", "solana"), "a throwaway Solana devnet wallet"),
+        (("--rail", "apikey"), "a throwaway API key"),
+    ],
+    ids=["base", "solana", "apikey"],
+)
+def test_demo_serves_a_paid_stream_and_exits_cleanly_on_sigterm(
+    flags: tuple[str, ...], paid_with: str
+) -> None:
+    """The README's demo commands, one per rail: offline, a paid streamed completion."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKRUN_")}
+    command = ["serve", "--demo", *flags, "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "blockrun_proxy", "serve", "--demo", "--port", str(port)],
+        [sys.executable, "-m", "blockrun_proxy", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -56,15 +73,19 @@ def test_demo_serves_a_paid_stream_and_exits_cleanly_on_sigterm() -> None:
             messages=[{"role": "user", "content": "hello"}],
             stream=True,
         )
-        cost = raw.headers["x-blockrun-cost-usd"]
         text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
-        assert float(cost) > 0
         assert text.strip()
+        if "--rail" in flags:  # prepaid credit: no cost is reported, none is invented
+            assert raw.headers["x-blockrun-cost-source"] == "none"
+        else:
+            assert float(raw.headers["x-blockrun-cost-usd"]) > 0
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output.decode()
     assert b"Traceback" not in output
+    assert paid_with.encode() in output
+    assert f"blockrun-proxy {' '.join(command[:-2])}" in README.read_text()
 
 
 def test_demo_with_upto_settles_the_actual_cost_and_shows_the_saving() -> None:

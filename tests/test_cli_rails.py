@@ -229,3 +229,18 @@ def test_settings_from_env_reads_the_same_variables(tmp_path: Path) -> None:
     from_file = Settings.from_env({"BLOCKRUN_PROXY_SOLANA_KEYPAIR": str(keypair_file)})
     assert from_file.solana_keypair == keypair_file and from_file.solana_key
     assert from_file.chain == "base" and from_file.networks == ("eip155:8453",)
+
+
+def test_the_rail_flag_picks_who_pays(served: list[Settings]) -> None:
+    from blockrun_proxy.core import rail_of
+
+    key = "brk_live_" + "r" * 20
+    assert serve(env={"BLOCKRUN_API_KEY": key})[0] == 0
+    assert rail_of(served.pop()) == "apikey"  # a key wins, as in blockrun-llm
+    assert serve("--rail", "wallet", env={"BLOCKRUN_API_KEY": key})[0] == 0
+    assert rail_of(served.pop()) == "base"  # the wallets pay; the key is not used
+    assert serve("--chain", "solana", env={"BLOCKRUN_PROXY_RAIL": "wallet"})[0] == 0
+    assert rail_of(served.pop()) == "solana"
+    code, output = serve("--rail", "apikey")
+    assert code == 2 and "--rail apikey needs a BlockRun API key" in output
+    assert serve("--rail", "apikey", "--demo")[0] == 0  # the demo brings its own key

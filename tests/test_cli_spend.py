@@ -82,7 +82,7 @@ def test_says_where_it_looked_when_there_is_no_ledger(tmp_path: Path) -> None:
 
 def test_prints_the_fleets_ledger_and_shared_budget_from_redis(redis_server: RedisServer) -> None:
     async def write() -> None:
-        link = RedisLink(redis_server.url, timeout=1.0, prefix="fleet")
+        link = RedisLink(redis_server.url, timeout=10.0, prefix="fleet")  # not about timeouts
         await RedisLedger(link, retention_seconds=86400).append(records())
         store = RedisBudgetStore(link, 2_000_000, 3600)
         await store.commit(await store.reserve(300_000))
@@ -91,7 +91,7 @@ def test_prints_the_fleets_ledger_and_shared_budget_from_redis(redis_server: Red
 
     asyncio.run(write())
     result = run(
-        "--redis-url", redis_server.url, "--redis-prefix", "fleet",
+        "--redis-url", redis_server.url, "--redis-prefix", "fleet", "--redis-timeout", "10",
         "--budget-usd", "2", "--budget-window", "1h",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

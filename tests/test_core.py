@@ -97,3 +97,21 @@ async def test_a_redirected_call_on_any_route_is_not_followed(proxy, gateway) ->
     reply = await post(proxy, ANTHROPIC_BODY, path="/v1/messages")
     assert reply.status == 502 and reply.code == "gateway_redirect"
     assert gateway.payments == []
+
+
+async def test_per_call_gateways_pick_their_rail_by_the_key_they_are_given() -> None:
+    from blockrun_proxy.apikey_gateway import ApiKeyGateway
+
+    settings = Settings(api_url="https://blockrun.ai/api", networks=(TEST_NETWORK,), state_dir=None)
+    async with open_core(settings, record_spend=False) as core:
+        assert core.rail == "base" and not isinstance(core.gateway, ApiKeyGateway)
+        keyed = core.gateway_for(wallet_key="brk_live_" + "a" * 20)
+        assert isinstance(keyed, ApiKeyGateway)
+        assert keyed.origin == "https://api.blockrun.ai"
+    keyed_settings = Settings(api_key="brk_live_" + "b" * 20, state_dir=None)
+    async with open_core(keyed_settings, record_spend=False) as core:
+        assert core.rail == "apikey" and isinstance(core.gateway, ApiKeyGateway)
+        assert core.blockhashes is None and core.payer.solana is None
+        # An explicit wallet is a deliberate choice of the x402 rail (blockrun-llm's rule).
+        wallet = core.gateway_for(wallet_key="0x" + "1" * 64)
+        assert not isinstance(wallet, ApiKeyGateway)

@@ -95,9 +95,11 @@ async def paid_call(base_url: str, token: str) -> None:
 async def test_a_served_proxy_keeps_its_secrets_in_memory_only(tmp_path, gateway, wallet_key):
     token = secrets.token_hex(16)
     env = secret_env(tmp_path, wallet_key, token)
+    # Every secret is set; --rail wallet pays with the wallet although an API key is set.
     proxy = await ProxyProcess.start(
-        "--port", "0", "--api-url", gateway.base_url, "--networks", TEST_NETWORK, env=env
-    )
+        "--port", "0", "--api-url", gateway.base_url, "--networks", TEST_NETWORK,
+        "--rail", "wallet", env=env,
+    )  # fmt: skip
     try:
         await paid_call(proxy.base_url, token)  # the key is loaded: it signs
         pid = proxy.proc.pid
@@ -120,7 +122,7 @@ async def test_workers_get_the_secrets_through_a_pipe_not_their_environment(
     env = secret_env(tmp_path, wallet_key, token)
     proxy = await ProxyProcess.start(
         "--workers", "2", "--port", str(port), "--api-url", gateway.base_url,
-        "--networks", TEST_NETWORK, env=env, listeners=2,
+        "--networks", TEST_NETWORK, "--rail", "wallet", env=env, listeners=2,
     )  # fmt: skip
     try:
         children = {line["pid"] for line in proxy.lines if "url" in line}

@@ -4,6 +4,7 @@ per-key minimum of 402s for routes priced flat or per unit."""
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import orjson
@@ -178,26 +179,27 @@ def test_messages_are_priced_from_the_catalogue_under_the_mapped_id() -> None:
     assert marks[6:] == ["H"] * 6, "".join(marks)
 
 
-def test_a_snapshot_keeps_each_keys_catalogue_id() -> None:
+def test_a_stored_key_keeps_its_catalogue_id() -> None:
     book = with_catalogue(QuoteBook(), CLAUDE)
     body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user"}]}
     features = measures.anthropic("claude-sonnet-4-6", 64, body, "/v1/messages")
     assert features is not None
     book.observe(features, requirement(5000), resource(CLAUDE), None)
-    doc = book.snapshot()
-    assert doc["keys"][0]["catalogue_id"] == "anthropic/claude-sonnet-4.6"
-    restored = QuoteBook()
-    catalogue, states = restored.load_states(doc)
-    restored.adopt_states(catalogue, states)
-    (state,) = [s for _, s in states]
-    assert state.catalogue_id == "anthropic/claude-sonnet-4.6"
-    # A snapshot written before keys named their catalogue id: chat's is its model.
+    ((_, _, doc),) = book.take_changes().keys
+    assert doc["catalogue_id"] == "anthropic/claude-sonnet-4.6"
+    restored = QuoteBook().restore(doc, book.catalogue, time.monotonic())
+    assert restored is not None
+    assert restored[1].catalogue_id == "anthropic/claude-sonnet-4.6"
+    assert restored[1].prior is not None  # priced from the catalogue under that id
+    # A document that does not name its catalogue id: chat's is its model.
     chat = request_features(CLAUDE.id, 64, {"messages": [{"role": "user", "content": "hi"}]})
     assert chat is not None and chat.catalogue == CLAUDE.id
     book.observe(chat, requirement(5000), resource(CLAUDE), None)
-    old = book.snapshot()
-    for key in old["keys"]:
-        del key["catalogue_id"]
-    _, states = QuoteBook().load_states(old)
-    by_route = {key[0]: state.catalogue_id for key, state in states}
+    ((_, _, chat_doc),) = book.take_changes().keys
+    by_route = {}
+    for old in (doc, chat_doc):
+        old = {k: v for k, v in old.items() if k != "catalogue_id"}
+        loaded = QuoteBook().restore(old, {}, time.monotonic())
+        assert loaded is not None
+        by_route[loaded[0][0]] = loaded[1].catalogue_id
     assert by_route == {"/v1/messages": None, "/v1/chat/completions": CLAUDE.id}

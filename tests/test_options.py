@@ -57,6 +57,7 @@ SAMPLES = {
     "solana_rpc_url": "http://127.0.0.1:8899",
     "solana_keypair": "/nonexistent/id.json",
     "api_key_url": "http://127.0.0.1:9/",
+    "rail": "WALLET",
     "redis_url": "redis://127.0.0.1:6399/0",
     "redis_prefix": "fleet-a",
     "redis_timeout_seconds": "0.25",

@@ -1,5 +1,6 @@
 """The Solana payer against the fake Solana gateway: pays what the official verifier
-accepts, signs nothing for a hostile gateway, and an unreachable RPC is a 503."""
+accepts, signs nothing for a hostile gateway, one transaction per call with the budget
+accounting of an EVM call, and an unreachable RPC is a 503."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from solders.keypair import Keypair
 from blockrun_proxy.blockhash import BlockhashCache
 from blockrun_proxy.budget import MemoryBudgetStore
 from blockrun_proxy.config import Settings
-from blockrun_proxy.errors import PaymentRefused, SolanaRpcUnreachable, WalletNotConfigured
+from blockrun_proxy.errors import (
+    PaidCallFailed,
+    PaymentRefused,
+    SolanaRpcUnreachable,
+    WalletNotConfigured,
+)
 from blockrun_proxy.solana_payer import SolanaPayer, solana_payer_for, solana_policy_for
 from blockrun_proxy.testing import (
     SOLANA_DEVNET,
@@ -90,7 +96,11 @@ async def test_a_payment_is_accepted_by_the_gateway_and_replays_cannot_pay_twice
     signer = CountingSigner()
     budget = MemoryBudgetStore(10_000_000, 3600)
     payer = SolanaPayer(signer, policy(), blockhashes, budget=budget)
-    payment = await payer.pay(await challenge(sgw))
+    heard: list[int] = []
+    call = payer.begin_call("r1", on_sent=heard.append)
+    payment = await call.pay(await challenge(sgw))
+    assert (await budget.usage()).spent == payment.amount  # held before the key was used
+    call.sent(payment)
     assert await send(sgw, payment.header) == (200, sgw.sent_bodies[-1])
     assert sgw.payments[-1].accepted, sgw.payments[-1].reason
     assert sgw.svm_verifier == "official"
@@ -98,8 +108,15 @@ async def test_a_payment_is_accepted_by_the_gateway_and_replays_cannot_pay_twice
     status, _ = await send(sgw, payment.header)
     assert status == 409
     assert [s.amount for s in sgw.settled] == [payment.amount]
+    # A second transaction for the same call could land too: it is never signed.
+    with pytest.raises(PaidCallFailed) as second:
+        await call.pay(await challenge(sgw))
+    assert second.value.code == "one_transaction_per_call" and second.value.status == 424
     assert signer.signatures == 1 and payer.signatures == 1
-    assert (await budget.usage()).spent == payment.amount == payer.signed_atomic
+    await call.finish()
+    assert heard == [payment.amount] and call.sent_atomic == payment.amount
+    assert (await budget.usage()).spent == payment.amount == payer.sent_atomic
+    assert payer.payments_sent == 1
     assert payment.blockhash in sgw.rpc.issued
     assert payment.last_valid_block_height == sgw.rpc.issued[payment.blockhash]
 
@@ -143,8 +160,10 @@ async def test_a_hostile_gateway_gets_zero_signatures(
     for name, knobs, code in cases:
         for knob, value in knobs.items():
             setattr(sgw.misbehave, knob, value)
+        call = payer.begin_call()
         with pytest.raises(PaymentRefused) as exc:
-            await payer.pay(await challenge(sgw))
+            await call.pay(await challenge(sgw))
+        await call.finish()
         assert exc.value.code == code, name
         assert exc.value.status == 402
         sgw.misbehave = Misbehavior()
@@ -164,7 +183,7 @@ async def test_an_unreachable_rpc_is_a_503_before_anything_is_reserved_or_signed
     payer = SolanaPayer(signer, policy(), cache, budget=budget)
     try:
         with pytest.raises(SolanaRpcUnreachable) as exc:
-            await payer.pay(await challenge(sgw))
+            await payer.begin_call().pay(await challenge(sgw))
     finally:
         await cache.close()
     assert exc.value.status == 503 and exc.value.code == "solana_rpc_unreachable"
@@ -177,7 +196,7 @@ async def test_the_budget_is_checked_before_the_key_is_used(
     signer = CountingSigner()
     payer = SolanaPayer(signer, policy(), blockhashes, budget=MemoryBudgetStore(1, 3600))
     with pytest.raises(PaymentRefused) as exc:
-        await payer.pay(await challenge(sgw))
+        await payer.begin_call().pay(await challenge(sgw))
     assert exc.value.code == "budget_exceeded"
     assert signer.signatures == 0
 
@@ -188,7 +207,7 @@ async def test_without_a_wallet_the_error_says_how_to_get_one(
     payer = SolanaPayer(None, policy(), blockhashes)
     assert not payer.can_sign and payer.address is None
     with pytest.raises(WalletNotConfigured) as exc:
-        await payer.pay(await challenge(sgw))
+        await payer.begin_call().pay(await challenge(sgw))
     assert "BLOCKRUN_SOLANA_KEY" in exc.value.message
 
 
@@ -198,11 +217,33 @@ async def test_presigning_from_a_requirement_takes_the_same_checks(
     signer = CountingSigner()
     payer = SolanaPayer(signer, policy(), blockhashes)
     offer = await challenge(sgw)
-    payment = await payer.pay_requirement(offer.accepts[0], offer.resource)
+    payment = await payer.begin_call().pay_requirement(offer.accepts[0], offer.resource)
     assert (await send(sgw, payment.header))[0] == 200
     with pytest.raises(PaymentRefused):
-        await payer.pay_requirement(offer.accepts[0], {"url": "https://evil.example/x"})
+        await payer.begin_call().pay_requirement(
+            offer.accepts[0], {"url": "https://evil.example/x"}
+        )
     assert signer.signatures == 1
+
+
+async def test_a_payment_never_sent_is_released_a_refused_one_stays_counted(
+    sgw: SolanaFakeGateway, blockhashes: BlockhashCache
+) -> None:
+    budget = MemoryBudgetStore(10_000_000, 3600)
+    payer = SolanaPayer(CountingSigner(), policy(), blockhashes, budget=budget)
+    unsent = payer.begin_call()
+    await unsent.pay(await challenge(sgw))
+    await unsent.finish()  # signed, but no send ever reached the gateway
+    assert (await budget.usage()).spent == 0
+    assert payer.payments_sent == 0
+
+    sgw.misbehave.refuse_paid = 1
+    refused = payer.begin_call()
+    payment = await refused.pay(await challenge(sgw))
+    refused.sent(payment)
+    assert (await send(sgw, payment.header))[0] == 402  # "not used": it may land all the same
+    await refused.finish()
+    assert (await budget.usage()).spent == payment.amount
 
 
 def test_the_payer_is_built_from_settings() -> None:

@@ -93,7 +93,7 @@ def rec(ts: float, model: str, outcome: str = "ok", signed: int = 1000, **kw: An
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
-        link = RedisLink(server.url, timeout=5.0, prefix="test")
+        link = RedisLink(server.url, timeout=10.0, prefix="test")  # not about timeouts
         yield RedisLedger(link, retention_seconds=RETENTION, max_records=1000)
         await link.aclose()
         return
@@ -153,7 +153,7 @@ async def test_sqlite_drops_what_is_older_than_the_retention(tmp_path: Path) -> 
 
 
 async def test_redis_hours_expire_after_the_retention(redis_server: RedisServer) -> None:
-    link = RedisLink(redis_server.url, timeout=1.0, prefix="test")
+    link = RedisLink(redis_server.url, timeout=10.0, prefix="test")  # not about timeouts
     try:
         now = time.time()
         await RedisLedger(link, retention_seconds=86400).append([rec(now, "m")])

@@ -26,8 +26,10 @@ from support.servers import WORKTREE
 
 from blockrun_proxy.app import CORE_KEY
 from blockrun_proxy.exchange import Exchange
+from blockrun_proxy.server import plug_balance
 from blockrun_proxy.spend.records import SpendRecord
 from blockrun_proxy.testing import FakeGateway
+from blockrun_proxy.wallet.watcher import BalanceWatcher
 from blockrun_proxy.x402 import usd
 
 SCREENSHOT = Path(WORKTREE) / "docs" / "spend-page.png"
@@ -101,6 +103,9 @@ async def test_the_page_renders_the_figures_the_json_has(
             failed_id = resp.headers["x-request-id"]
     assert (await post(proxy, chat(PRICED_MODEL))).status == 401  # a client without the token
 
+    # /v1/spend waits at most 0.5 s for queued records; on a loaded machine the ledger's
+    # write can take longer. The JSON here and the page's own read must see the same.
+    assert await proxy.app[CORE_KEY].recorder.flush(10)
     doc = await spend_json(proxy.url, token)
     totals = doc["totals"]
     assert totals["calls"] == 7 + len(history) and totals["failed_after_payment"] == 1
@@ -204,3 +209,20 @@ async def test_a_model_name_is_shown_as_text_never_run(
     assert await page.title() == "Spend · blockrun-proxy"
     assert await page.locator("#calls img").count() == 0
     assert hostile in await page.inner_text("#calls")
+
+
+async def test_a_low_wallet_balance_is_highlighted(start_proxy: Any, browser: Any) -> None:
+    proxy = await start_proxy(low_balance_usd=Decimal("5"))
+
+    async def read_balance() -> int:
+        return 3_250_000
+
+    watcher = BalanceWatcher(read_balance, low_balance=5_000_000)
+    plug_balance(proxy.app, watcher)  # what serve does with --rpc-url
+    await watcher.refresh()
+    page = await browser.new_page()
+    await page.goto(f"{proxy.url}/spend")
+    await page.wait_for_selector("body[data-ready]")
+    assert (await page.inner_text("#wallet-balance")).strip() == "$3.250000"
+    assert "alert" in (await page.get_attribute("#wallet-card", "class") or "")
+    assert "below --low-balance-usd" in await page.inner_text("#wallet-address")

@@ -163,7 +163,7 @@ async def test_a_settlement_without_an_amount_costs_the_ceiling_and_says_so(
     core = proxy.app[CORE_KEY]
     assert (await core.budget.usage()).spent == ceiling
     # The allowance booked the ceiling, and is read from the chain again before the next.
-    assert core.payer.allowance(NETWORKS[TEST_NETWORK]).stale()
+    assert core.payer.evm.allowance(NETWORKS[TEST_NETWORK]).stale()
 
 
 async def test_a_settlement_claiming_more_than_the_ceiling_costs_the_ceiling(
@@ -214,7 +214,7 @@ async def test_auto_pays_upto_once_the_allowance_is_approved(
     chain.ledger.approve(Signer(wallet_key).address, PERMIT2_ADDRESS, 10_000_000)
     # The tracker reads the chain again before refusing, at most every few seconds.
     core = proxy.app[CORE_KEY]
-    core.payer.allowance(NETWORKS[TEST_NETWORK]).reread_gap = 0
+    core.payer.evm.allowance(NETWORKS[TEST_NETWORK]).reread_gap = 0
     assert (await post(proxy, chat(PRICED_MODEL, "again"))).status == 200
     assert schemes_sent(gateway) == ["exact", "upto"]
 
@@ -354,7 +354,7 @@ async def test_a_replay_refusal_books_the_ceiling_and_reads_the_chain_again(
     reply = await post(proxy, BODY)
     assert reply.status == 424 and reply.headers["x-blockrun-upstream-status"] == "409"
     core = proxy.app[CORE_KEY]
-    tracker = core.payer.allowance(NETWORKS[TEST_NETWORK])
+    tracker = core.payer.evm.allowance(NETWORKS[TEST_NETWORK])
     assert tracker.stale() and tracker.available() == 10_000_000 - priced(gateway, BODY)
 
 
@@ -406,7 +406,7 @@ async def test_a_presigned_ceiling_refused_as_unused_is_signed_again_under_the_s
     core = proxy.app[CORE_KEY]
     assert core.quotes.stats.misses == 1
     # Only the settled payment is booked on the allowance: the refused one's hold was freed.
-    tracker = core.payer.allowance(NETWORKS[TEST_NETWORK])
+    tracker = core.payer.evm.allowance(NETWORKS[TEST_NETWORK])
     assert tracker.available() == chain.allowance(wallet_key)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import resource
+import signal
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -157,3 +160,44 @@ def test_children_get_the_parents_options_and_code_but_no_secret_on_the_command_
     env_for_child = worker_environ({"PYTHONPATH": "/x"}, "/tmp/m")
     assert env_for_child["PYTHONPATH"].split(os.pathsep) == [PACKAGE_ROOT, "/x"]
     assert env_for_child["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/m"
+
+
+async def test_rpc_urls_reach_the_children_but_not_their_command_lines(tmp_path, wallet_key):
+    """An RPC URL may carry a provider's API key in its path (Alchemy, Infura, Helius):
+    ``ps`` shows every user a command line, so children get these URLs through their
+    environment, as the Redis URL."""
+    rpc_url = f"http://127.0.0.1:{free_port()}/v2/evm-provider-key-6c1f"  # nothing listens
+    solana_url = "https://solana.example/?api-key=solana-provider-key-9d2e"
+    gateway = FakeGateway(network=TEST_NETWORK)
+    await gateway.start()
+    proxy = await ProxyProcess.start(
+        "--workers", "2", "--port", str(free_port()), "--api-url", str(gateway.base_url),
+        "--networks", TEST_NETWORK, "--rpc-url", rpc_url, "--solana-rpc-url", solana_url,
+        env=proxy_environ(tmp_path, BLOCKRUN_WALLET_KEY=wallet_key),
+        listeners=2,
+    )  # fmt: skip
+    started = next(line for line in proxy.lines if "workers:" in line["msg"])
+    children = [int(pid) for pid in started["msg"].split(":", 1)[1].split()]
+    try:
+        assert len(children) == 2
+        for pid in children:
+            cmdline = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
+            assert b"--workers" in cmdline  # it is a child's
+            assert b"provider-key" not in cmdline and b"--rpc-url" not in cmdline
+        # Yet each child reads the balance from that URL (nothing listens there: the
+        # failure is logged, with the endpoint's scheme and host only).
+        await until(
+            lambda: (
+                {line["pid"] for line in proxy.lines if "balance read failed" in line["msg"]}
+                == set(children)
+            )
+        )
+        assert not any(b"provider-key" in raw for raw in proxy.raw)
+        proxy.signal()
+        assert await proxy.wait(timeout=30) == 0
+    finally:
+        for pid in children:  # a failed assertion must not leave them running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await proxy.kill()
+        await gateway.close()

@@ -4,8 +4,10 @@
 - ``prior``: the catalogue's prices as formulas the 402s confirm or refute;
 - ``fit``: exact-rational fitting of the price formula from observations alone;
 - ``book``: per price key, the latest requirement, the formulas and their trust;
-- ``store``: the book on disk, so a restarted sidecar starts warm;
-- ``keeper``: the async edge: fetches the catalogue, loads and saves the book off the loop.
+- ``entries``: the book as named, stamped entries, what a quote store keeps;
+- ``store``: the file store (``quote_store.py`` has the interface and the Redis store);
+- ``keeper``: the async edge: fetches the catalogue, loads, saves and re-loads the book
+  off the loop, so a restarted sidecar or a new replica starts warm.
 """
 
 from blockrun_proxy.quotes.book import Presign, QuoteBook, QuoteStats, Template

@@ -44,8 +44,9 @@ re-serialised JSON). With no lower bound, the request is probed. The most that c
 over-paid is counted in ``stats``.
 
 Memory is bounded: ``window`` observations per key, ``max_models`` keys (LRU).
-``snapshot``/``load_states`` turn the book into a small JSON document and back, so a
-restarted sidecar starts warm (store.py writes it).
+``take_changes``/``restore``/``merge`` turn each price key's state into a small JSON
+document and back (entries.py), so a restarted sidecar, or a new replica of a fleet that
+shares a store, starts warm (keeper.py).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ CATALOGUE_RETRY_SECONDS = 60.0
 # A price change leaves old 402s in the window: a new catalogue price is tried against
 # only the newest this many when the whole window refutes it.
 RECENT_FOR_PRICE_CHANGE = 4
-SNAPSHOT_FORMAT = 1
+# The version of the documents ``take_changes`` gives and ``restore`` reads (entries.py).
+SNAPSHOT_FORMAT = 2
 # "<model> - 128000 max output tokens": the gateway clamps max_tokens there and
 # prices the clamp, so the feature is clamped the same way.
 _CEILING_RE = re.compile(r"([0-9][0-9,_]*)\s+max output tokens", re.IGNORECASE)
@@ -162,6 +164,10 @@ class _State:
     catalogue_id: str | None = None  # whose catalogue prices apply (Features.catalogue)
     backoff: int = 0  # refits skipped after the last one that found no exact formula
     skip: int = 0  # 402s left to skip before the next refit
+    # Unix time of the newest 402 this state learned from: which of two replicas' states
+    # of one key is fresher (the keeper merges by newest).
+    learned_at: float = 0.0
+    changed: bool = False  # worth saving since it was last handed to the keeper
 
 
 class QuoteBook:
@@ -176,6 +182,7 @@ class QuoteBook:
         min_observations: int = DEFAULT_MIN_OBSERVATIONS,
         max_models: int = DEFAULT_MAX_MODELS,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.trust = trust
         self.tolerance = tolerance_atomic
@@ -187,8 +194,11 @@ class QuoteBook:
         self.min_observations = min_observations
         self._max_models = max_models
         self._clock = clock
+        self._wall = wall
         self._models: OrderedDict[PriceKey, _State] = OrderedDict()
         self._catalogue: dict[str, CataloguePrice] = {}
+        self._catalogue_at = 0.0  # unix time the catalogue was fetched (0: none)
+        self._catalogue_changed = False
         self._catalogue_asked = float("-inf")
         self._catalogue_version = 0
         # Called (synchronously, at most every CATALOGUE_RETRY_SECONDS) when a 402 names a
@@ -198,7 +208,7 @@ class QuoteBook:
         # Called with (key, window, version) to refit in the background instead of inline;
         # the result comes back through ``refit_done``.
         self.on_refit: Callable[[PriceKey, list[Observation], int], None] | None = None
-        # Something worth saving changed since the last snapshot.
+        # Something worth saving changed since the keeper last took the changes.
         self.dirty = False
 
     # --- asking ---------------------------------------------------------------------------
@@ -274,7 +284,7 @@ class QuoteBook:
             if state.clean >= self._window:  # a long clean run earns back some slack
                 state.required = max(self.trust, state.required // 2)
                 state.clean = 0
-                self.dirty = True
+                self._changed(state)
 
     def refused(self, presign: Presign) -> None:
         """The gateway did not use the presigned payment: stop trusting until re-earned."""
@@ -305,8 +315,9 @@ class QuoteBook:
         ``alternatives``: the 402's other requirements the policy accepts, most preferred
         first; only those at the same amount are kept (a presign prices them alike)."""
         self.stats.probed += 1
-        self.dirty = True
         state = self._state(features.key)
+        state.learned_at = self._stamp()
+        self._changed(state)
         if state.catalogue_id != features.catalogue:
             state.catalogue_id = features.catalogue
             state.catalogue_version = -1  # take that catalogue price (if any) now
@@ -358,7 +369,8 @@ class QuoteBook:
         if state is not None:
             state.template = None
             state.streak = 0
-            self.dirty = True
+            state.learned_at = self._stamp()
+            self._changed(state)
 
     # --- the catalogue ------------------------------------------------------------------------
 
@@ -368,6 +380,8 @@ class QuoteBook:
         # Each key takes its price when next used (_catch_up): building a prior costs a
         # millisecond or two, too much for every key of a full book at once on the loop.
         self._catalogue_version += 1
+        self._catalogue_at = self._stamp()
+        self._catalogue_changed = True
         self.dirty = True
 
     def _catch_up(self, key: PriceKey, state: _State) -> None:
@@ -594,7 +608,7 @@ class QuoteBook:
             # An estimate that fell short: one round trip lost, no money. Expected now and
             # then; it resets the streak without raising the bar.
             state.streak = 0
-            self.dirty = True
+            self._changed(state)
         else:
             self._demote(state)
 
@@ -602,6 +616,14 @@ class QuoteBook:
         state.streak = 0
         state.clean = 0
         state.required = min(MAX_REQUIRED_STREAK, 2 * max(state.required, self.trust))
+        self._changed(state)
+
+    def _stamp(self) -> float:
+        """Now, to the millisecond: what stores keep of a stamp (quote_store.py)."""
+        return round(self._wall(), 3)
+
+    def _changed(self, state: _State) -> None:
+        state.changed = True
         self.dirty = True
 
     def _ensure_fitted(self, key: PriceKey, state: _State) -> None:
@@ -671,93 +693,81 @@ class QuoteBook:
     def _clamped(state: _State, max_tokens: int) -> int:
         return max_tokens if state.ceiling is None else min(max_tokens, state.ceiling)
 
-    # --- keeping it across restarts -----------------------------------------------------------
+    # --- keeping it across restarts and replicas ---------------------------------------------
 
-    def snapshot(self, *, now: float | None = None, wall: float | None = None) -> dict[str, Any]:
-        """The book as a small JSON-able document (what store.py writes)."""
+    @property
+    def catalogue_at(self) -> float:
+        return self._catalogue_at
+
+    def stamps(self) -> dict[PriceKey, float]:
+        """Per price key, the unix time of the newest 402 its state learned from."""
+        return {key: state.learned_at for key, state in self._models.items()}
+
+    def take_changes(self, *, now: float | None = None) -> BookChanges:
+        """What changed since the last call, as JSON-able documents (entries.py stores
+        them); the book counts it as saved from here on (``unsaved`` undoes that)."""
         clock = self._clock() if now is None else now
+        catalogue = None
+        if self._catalogue_changed:
+            catalogue = {m: p.to_json() for m, p in self._catalogue.items()}
+        keys = [
+            (key, state.learned_at, self._key_document(key, state, clock))
+            for key, state in self._models.items()
+            if state.changed
+        ]
+        for _, state in self._models.items():
+            state.changed = False
+        self._catalogue_changed = False
         self.dirty = False
-        keys = []
-        for (route, model), state in self._models.items():
-            template = state.template
-            keys.append(
-                {
-                    "route": route,
-                    "model": model,
-                    "ceiling": state.ceiling,
-                    "window": [
-                        [o.max_tokens, o.messages, list(o.sizes), o.amount, o.extra]
-                        for o in state.window
-                    ],
-                    "streak": state.streak,
-                    "required": state.required,
-                    "bound_streak": state.bound_streak,
-                    "bound_broken": state.bound_broken,
-                    "refuted": None if state.refuted is None else state.refuted.to_json(),
-                    "catalogue_id": state.catalogue_id,
-                    "template": None
-                    if template is None
-                    else {
-                        "requirement": dict(template.requirement.raw),
-                        "resource": dict(template.resource),
-                        "extensions": None
-                        if template.extensions is None
-                        else dict(template.extensions),
-                        "age": max(0.0, clock - template.seen_at),
-                        "alternatives": [dict(r.raw) for r in template.alternatives],
-                    },
-                }
-            )
+        return BookChanges(catalogue, self._catalogue_at, keys)
+
+    def unsaved(self, changes: BookChanges) -> None:
+        """``changes`` could not be stored: offer them again with the next ones."""
+        if changes.catalogue is not None:
+            self._catalogue_changed = True
+        for key, learned_at, _ in changes.keys:
+            state = self._models.get(key)
+            if state is not None and state.learned_at == learned_at:
+                state.changed = True
+        self.dirty = True
+
+    @staticmethod
+    def _key_document(key: PriceKey, state: _State, clock: float) -> dict[str, Any]:
+        template = state.template
         return {
-            "format": SNAPSHOT_FORMAT,
-            "saved_at": time.time() if wall is None else wall,
-            "measures": list(MEASURES),
-            "catalogue": {m: p.to_json() for m, p in self._catalogue.items()},
-            "keys": keys,
+            "route": key[0],
+            "model": key[1],
+            "learned_at": state.learned_at,
+            "ceiling": state.ceiling,
+            "window": [
+                [o.max_tokens, o.messages, list(o.sizes), o.amount, o.extra] for o in state.window
+            ],
+            "streak": state.streak,
+            "required": state.required,
+            "bound_streak": state.bound_streak,
+            "bound_broken": state.bound_broken,
+            "refuted": None if state.refuted is None else state.refuted.to_json(),
+            "catalogue_id": state.catalogue_id,
+            # The catalogue price the state's prior holds, for a replica that loads the key
+            # before it has a catalogue of its own.
+            "price": None if state.prior is None else state.prior.price.to_json(),
+            "template": None
+            if template is None
+            else {
+                "requirement": dict(template.requirement.raw),
+                "resource": dict(template.resource),
+                "extensions": None if template.extensions is None else dict(template.extensions),
+                "age": max(0.0, clock - template.seen_at),
+                "alternatives": [dict(r.raw) for r in template.alternatives],
+            },
         }
 
-    def load_states(
-        self, doc: Mapping[str, Any], *, now: float | None = None, wall: float | None = None
-    ) -> tuple[dict[str, CataloguePrice], list[tuple[PriceKey, _State]]]:
-        """Rebuild states from a snapshot (pure: safe in a worker thread). Entries that do
-        not parse are skipped; a document of another format or measure set gives nothing.
-        Templates age by the time the document spent on disk too."""
-        if doc.get("format") != SNAPSHOT_FORMAT or doc.get("measures") != list(MEASURES):
-            return {}, []
-        saved_at = doc.get("saved_at")
-        if not isinstance(saved_at, int | float) or isinstance(saved_at, bool):
-            return {}, []
-        offline = max(0.0, (time.time() if wall is None else wall) - float(saved_at))
-        clock = (self._clock() if now is None else now) - offline
-        catalogue: dict[str, CataloguePrice] = {}
-        raw_catalogue = doc.get("catalogue")
-        for model, entry in (raw_catalogue if isinstance(raw_catalogue, dict) else {}).items():
-            price = CataloguePrice.from_json(entry)
-            if isinstance(model, str) and price is not None:
-                catalogue[model] = price
-        states: list[tuple[PriceKey, _State]] = []
-        keys = doc.get("keys")
-        for entry in (keys if isinstance(keys, list) else [])[-self._max_models :]:
-            loaded = self._load_state(entry, catalogue, clock)
-            if loaded is not None:
-                states.append(loaded)
-        return catalogue, states
-
-    def adopt_states(
-        self, catalogue: Mapping[str, CataloguePrice], states: Iterable[tuple[PriceKey, _State]]
-    ) -> None:
-        """Take loaded states for keys this book has not seen since it started."""
-        if not self._catalogue and catalogue:
-            self._catalogue = dict(catalogue)
-            self._catalogue_version += 1
-        for key, state in states:
-            if key not in self._models:
-                self._adopt(key, state)
-                self._models.move_to_end(key, last=False)  # older than anything live
-
-    def _load_state(
+    def restore(
         self, entry: Any, catalogue: Mapping[str, CataloguePrice], clock: float
     ) -> tuple[PriceKey, _State] | None:
+        """A state from ``_key_document``'s shape, or None if it does not parse (pure:
+        safe in a worker thread). ``clock`` is this book's clock at the time the
+        document was written, so templates age by the time it spent in the store."""
         if not isinstance(entry, dict):
             return None
         route, model = entry.get("route"), entry.get("model")
@@ -770,6 +780,10 @@ class QuoteBook:
             if observation is None:
                 return None
             state.window.append(observation)
+        learned_at = entry.get("learned_at")
+        if not isinstance(learned_at, int | float) or isinstance(learned_at, bool):
+            return None
+        state.learned_at = float(learned_at)
         state.ceiling = _nonneg(entry.get("ceiling")) or None
         state.streak = _nonneg(entry.get("streak"))
         state.required = min(MAX_REQUIRED_STREAK, _nonneg(entry.get("required")))
@@ -777,19 +791,57 @@ class QuoteBook:
         state.bound_broken = entry.get("bound_broken") is True
         state.refuted = CataloguePrice.from_json(entry.get("refuted"))
         state.template = _template(entry.get("template"), clock)
-        # Snapshots from before keys named their catalogue id: chat's is its model.
+        # A document that does not name its catalogue id: chat's is its model.
         catalogue_id = entry.get("catalogue_id", model if route == CHAT_ROUTE else None)
         if catalogue_id is not None and not isinstance(catalogue_id, str):
             return None
         state.catalogue_id = catalogue_id
         if catalogue_id is not None:
-            self._adopt_price(state, catalogue.get(catalogue_id))
+            price = catalogue.get(catalogue_id) or CataloguePrice.from_json(entry.get("price"))
+            self._adopt_price(state, price)
         if state.prior is None:
             # Not _refit: this runs in a worker thread, away from the stats.
             result = compute_fit(list(state.window), self.min_observations, self.tolerance > 0)
             state.hypotheses, state.approximate = result.hypotheses, result.approximate
             state.fitted = True
         return (route, model), state
+
+    def merge(
+        self,
+        catalogue: Mapping[str, CataloguePrice],
+        catalogue_at: float,
+        states: Iterable[tuple[PriceKey, _State]],
+    ) -> int:
+        """Take restored states (another replica's, or this sidecar's before a restart):
+        a key this book lacks is added (as its least recently used), one it holds is
+        replaced when the restored state learned from a newer 402. A newer catalogue
+        replaces this book's. Nothing taken counts as changed (it came from the store).
+        Returns how many keys were taken."""
+        if catalogue and catalogue_at > self._catalogue_at:
+            self._catalogue = dict(catalogue)
+            self._catalogue_at = catalogue_at
+            self._catalogue_version += 1
+        taken = 0
+        for key, state in states:
+            local = self._models.get(key)
+            if local is None:
+                self._adopt(key, state)
+                self._models.move_to_end(key, last=False)  # older than anything live
+            elif state.learned_at > local.learned_at:
+                self._models[key] = state  # keeps its place in the LRU order
+            else:
+                continue
+            taken += 1
+        return taken
+
+
+@dataclass(frozen=True, slots=True)
+class BookChanges:
+    """What ``QuoteBook.take_changes`` hands the keeper."""
+
+    catalogue: dict[str, Any] | None  # the whole catalogue, when it changed
+    catalogue_at: float
+    keys: list[tuple[PriceKey, float, dict[str, Any]]]  # (key, learned_at, document)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,12 @@ PAGE_HEADERS = {
 
 
 class BalanceSource(Protocol):
-    """The wallet's USDC balance as last read: (atomic units, unix time read), or None."""
+    """The wallet's USDC balance as last read: (atomic units, unix time read), or None;
+    and whether that reading is below ``--low-balance-usd``."""
 
     def latest(self) -> tuple[int, float] | None: ...
+
+    def low(self) -> bool: ...
 
 
 class BalanceSlot:
@@ -67,6 +70,9 @@ class BalanceSlot:
 
     def latest(self) -> tuple[int, float] | None:
         return None if self.source is None else self.source.latest()
+
+    def low(self) -> bool:
+        return self.source is not None and self.source.low()
 
 
 BudgetReader = Callable[[], Awaitable[BudgetUsage | None]]
@@ -117,6 +123,8 @@ class SpendView:
             "address": self.address(),
             "balance": None if latest is None else latest[0],
             "balance_at": None if latest is None else latest[1],
+            # Below --low-balance-usd (false when unknown or without a threshold).
+            "low": source is not None and source.low(),
         }
         ledger = {"backend": self.ledger.backend, "dropped": self.dropped()}
         state = self.store_state()

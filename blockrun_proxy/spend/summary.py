@@ -146,7 +146,8 @@ def render_text(doc: dict[str, Any]) -> str:
         lines.append(f"Budget: {budget.get('error', 'unknown')}")
     wallet = doc.get("wallet") or {}
     balance = wallet.get("balance")
-    lines.append(f"Wallet balance: {'unknown' if balance is None else usd(balance) + ' USDC'}")
+    low = " (below --low-balance-usd)" if wallet.get("low") else ""
+    lines.append(f"Wallet balance: {'unknown' if balance is None else usd(balance) + ' USDC'}{low}")
     lines.append("")
     lines += _table(
         ("model", "calls", "signed", "settled", "failed", "refused"),

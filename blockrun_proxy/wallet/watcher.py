@@ -85,6 +85,10 @@ class BalanceWatcher:
 
     # ------------------------------------------------------------------ readers
 
+    @property
+    def latest_atomic(self) -> int | None:
+        return None if self.latest is None else self.latest.atomic
+
     def age(self) -> float | None:
         """Seconds since the latest good reading; None before the first one."""
         return None if self.latest is None else max(0.0, self._clock() - self.latest.at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -59,7 +60,8 @@ def nonces(gateway: FakeGateway, since: int = 0) -> list[str]:
 def payment_nonce(payment: dict[str, Any] | None) -> str | None:
     """The nonce a payment spends on chain, named by its kind: ``eip3009:<hex>`` for an
     exact authorization, ``permit2:<uint256>`` for an upto one (two different nonces: a
-    call that sent one of each could have both settle)."""
+    call that sent one of each could have both settle), ``solana:<hash>`` for a Solana
+    transaction (each distinct one could land)."""
     payload = (payment or {}).get("payload", {})
     if not isinstance(payload, dict):
         return None
@@ -67,13 +69,16 @@ def payment_nonce(payment: dict[str, Any] | None) -> str | None:
         authorization = payload.get(key)
         if isinstance(authorization, dict) and "nonce" in authorization:
             return f"{kind}:{authorization['nonce']}"
+    if isinstance(payload.get("transaction"), str):  # Solana: the transaction is what lands
+        return "solana:" + hashlib.sha256(payload["transaction"].encode()).hexdigest()[:16]
     return None
 
 
 def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
-    """The distinct nonces (EIP-3009 and Permit2) the gateway received, per client call, on
-    every route: requests are grouped by the ``x-request-id`` the proxy forwards (one per
-    client call)."""
+    """What could settle of each client call, as the gateway received it, on every route:
+    the distinct nonces (EIP-3009 and Permit2) and the distinct signed transactions (Solana:
+    each one could land on its own). Requests are grouped by the ``x-request-id`` the proxy
+    forwards (one per client call)."""
     calls: dict[str, set[str]] = {}
     for request in gateway.requests[since:]:  # every route: the rule is per call
         call = request.headers.get("x-request-id")
@@ -88,10 +93,11 @@ def nonces_by_call(gateway: FakeGateway, since: int = 0) -> dict[str, set[str]]:
 
 def assert_one_nonce_per_call(gateway: FakeGateway, since: int = 0) -> None:
     """ "One nonce per call": every authorization signed for one client call carries the
-    same nonce (EIP-3009 for exact, Permit2 for upto, never one of each), so at most one of
-    them can ever settle."""
+    same nonce (EIP-3009 for exact, Permit2 for upto, never one of each), and on Solana a
+    call sends one signed transaction at most (every replay the same bytes), so at most one
+    payment per call can ever settle."""
     several = {call: n for call, n in nonces_by_call(gateway, since).items() if len(n) > 1}
-    assert not several, f"client calls with several nonces: {several}"
+    assert not several, f"client calls with several payments: {several}"
 
 
 def amounts_by_nonce(gateway: FakeGateway, since: int = 0) -> dict[str, int]:

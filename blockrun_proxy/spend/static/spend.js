@@ -117,9 +117,11 @@ function render(doc) {
 
 function renderWallet(wallet) {
   $('wallet-balance').textContent = wallet.balance == null ? 'unknown' : usd(wallet.balance);
-  $('wallet-address').textContent = wallet.address
-    ? wallet.address + (wallet.balance_at ? ' · read ' + utc(wallet.balance_at, true) : '')
-    : 'no wallet loaded';
+  $('wallet-card').classList.toggle('alert', Boolean(wallet.low));
+  $('wallet-address').textContent = (wallet.low ? 'below --low-balance-usd: fund it soon · ' : '') +
+    (wallet.address
+      ? wallet.address + (wallet.balance_at ? ' · read ' + utc(wallet.balance_at, true) : '')
+      : 'no wallet loaded');
 }
 
 function renderBudget(budget) {
