@@ -96,3 +96,31 @@ async def test_an_honest_settlement_is_no_anomaly(proxy, gateway, caplog):
     assert not [r for r in caplog.records if "gateway anomaly" in r.getMessage()]
     for kind in ("settled_above_signed", "settled_below_signed"):
         assert metric(proxy, "gateway_anomalies_total", kind=kind) == 0
+
+
+# A settlement report whose transaction cannot be a header value: a CR/LF made the
+# proxy answer 500 after the payment settled, and one of 30 KB made a header no client
+# reads (h11 stops at 16 KiB, aiohttp at 8 KiB); either invites the client's retry, a
+# second charge. A huge but well-formed PAYMENT-RESPONSE was passed on as it came.
+UNSENDABLE_REPORTS = {
+    "crlf": {"transaction": "0xabc\r\nSet-Cookie: evil=1"},
+    "long": {"transaction": "0x" + "a" * 30_000},
+    "padded": {"padding": "a" * 30_000},
+}
+
+
+@pytest.mark.parametrize("change", UNSENDABLE_REPORTS.values(), ids=UNSENDABLE_REPORTS.keys())
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_settlement_report_that_cannot_be_a_header_never_fails_the_paid_call(
+    proxy, gateway, change, stream
+):
+    gateway.misbehave.settlement_report = change
+    body = chat(PRICED_MODEL, max_tokens=64, stream=stream)
+    reply = await post(proxy, body)  # aiohttp's client: header fields up to 8 KiB
+    assert reply.status == 200, reply.body
+    assert reply.body == gateway.sent_bodies[-1]
+    assert reply.headers["x-blockrun-cost-usd"] == usd(priced(gateway, body))
+    if "transaction" in change:
+        assert "x-blockrun-settlement" not in reply.headers
+    assert len(reply.headers.get("PAYMENT-RESPONSE", "")) <= 4096
+    assert len(gateway.settled) == 1
