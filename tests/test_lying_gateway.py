@@ -124,3 +124,16 @@ async def test_a_settlement_report_that_cannot_be_a_header_never_fails_the_paid_
         assert "x-blockrun-settlement" not in reply.headers
     assert len(reply.headers.get("PAYMENT-RESPONSE", "")) <= 4096
     assert len(gateway.settled) == 1
+
+
+async def test_a_proxy_bug_after_the_paid_send_is_a_424_not_a_retried_500(
+    proxy, gateway, monkeypatch
+):
+    def broken(answer: object) -> str:
+        raise RuntimeError("a bug after the payment was sent")
+
+    monkeypatch.setattr("blockrun_proxy.relay.settlement_transaction", broken)
+    reply = await post(proxy, chat(PRICED_MODEL, max_tokens=64))
+    assert reply.status == 424 and reply.code == "paid_call_failed", reply.body
+    assert reply.headers["x-should-retry"] == "false"
+    assert len(gateway.settled) == 1
