@@ -52,6 +52,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # the gateway session reads fields up to 64 KiB, more than clients read, and an answer a
 # client cannot read after a paid send is one it retries.
 PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Retry-After")
+# The same goes for the others: a value longer than this (none of theirs is near it) is
+# dropped, not passed on to a client that would fail to read the paid answer.
+MAX_PASSED_HEADER_CHARS = 1024
 
 
 def handler_for(route: Route) -> Handler:
@@ -288,7 +291,11 @@ def _account(exchange: Exchange, stats: PipeStats) -> None:
 
 def response_headers(answer: Answer) -> dict[str, str]:
     upstream = answer.response.headers
-    headers = {name: upstream[name] for name in PASSED_RESPONSE_HEADERS if name in upstream}
+    headers = {
+        name: value
+        for name in PASSED_RESPONSE_HEADERS
+        if (value := upstream.get(name)) is not None and len(value) <= MAX_PASSED_HEADER_CHARS
+    }
     headers.update(relayed_settlement(upstream.get(PAYMENT_RESPONSE)))
     headers.update(cost_headers(answer))
     return headers

@@ -8,15 +8,19 @@ the cost the proxy reports is what it signed, never the gateway's claim.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
-from support.calls import FRACTIONAL_MODEL, PRICED_MODEL, chat, post
+from aiohttp import web
+from support.calls import FRACTIONAL_MODEL, PRICED_MODEL, TEST_NETWORK, chat, post
 from support.payments import assert_one_nonce_per_call, chat_requests, priced, warm_body, warm_up
 
 from blockrun_proxy.app import METRICS_KEY
+from blockrun_proxy.testing import FakeGateway
 from blockrun_proxy.x402 import usd
 
 CALLS = 3
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def metric(proxy, name: str, **labels: str) -> float | None:
@@ -137,3 +141,26 @@ async def test_a_proxy_bug_after_the_paid_send_is_a_424_not_a_retried_500(
     assert reply.status == 424 and reply.code == "paid_call_failed", reply.body
     assert reply.headers["x-should-retry"] == "false"
     assert len(gateway.settled) == 1
+
+
+@pytest.mark.parametrize("header", ["Cache-Control", "Content-Type", "Retry-After"])
+async def test_a_gateway_header_too_long_for_clients_is_not_passed_on(start_proxy, header):
+    """The gateway session reads header fields up to 64 KiB; a client reading 8 or 16 KiB
+    fails on a longer one after the payment settled, and retries: a second charge."""
+
+    @web.middleware
+    async def inflate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if "PAYMENT-SIGNATURE" in request.headers:
+            response.headers[header] = "application/json; x=" + "a" * 30_000
+        return response
+
+    gateway = FakeGateway(network=TEST_NETWORK)
+    gateway.app.middlewares.append(inflate)
+    async with gateway:
+        proxy = await start_proxy(api_url=gateway.base_url)
+        reply = await post(proxy, chat(PRICED_MODEL, max_tokens=64))
+        assert reply.status == 200, reply.body
+        assert reply.body == gateway.sent_bodies[-1]
+        assert all(len(value) <= 4096 for value in reply.headers.values())
+        assert len(gateway.settled) == 1
