@@ -586,7 +586,13 @@ class FakeGateway:
             receipt["amount"] = self.misbehave.settlement_claim
         elif self.settle_amount_in_response:
             receipt["amount"] = str(amount)
-        return Settlement.of(receipt)
+        settlement = Settlement.of(receipt)
+        report = self.misbehave.settlement_report
+        if report is None:
+            return settlement
+        # Only PAYMENT-RESPONSE lies: X-Payment-Receipt keeps the real transaction.
+        lie = encode_header({**receipt, **report})
+        return Settlement(receipt, {**settlement.headers, "PAYMENT-RESPONSE": lie})
 
     def settle_kept(self) -> list[SettledPayment]:
         """What a lying gateway does with the payments it refused and kept: settle every
