@@ -67,6 +67,31 @@ async def test_a_gateway_refusing_good_payments_takes_one_payment_per_call(
     assert_one_nonce_per_call(gateway, before)
 
 
+@pytest.mark.parametrize("then", ["redirect", "503", "429"])
+async def test_a_failure_after_a_refused_presign_never_invites_a_retry(start_proxy, gateway, then):
+    # The up-front payment was delivered and refused as "not used", but the gateway kept
+    # it. Whatever goes wrong while asking afresh, the client must not retry: each retry
+    # is a new call with a new nonce, so one more payment the gateway can settle.
+    proxy = await start_proxy()
+    await warm_up(proxy)
+    before, paid_before = len(gateway.requests), len(gateway.settled)
+    gateway.misbehave.keep_refused = True
+    gateway.misbehave.refuse_paid = 1
+    if then == "redirect":
+        gateway.misbehave.redirect_unpaid = True
+        gateway.misbehave.redirect_to = "http://127.0.0.1:9/v1/chat/completions"
+    else:
+        gateway.misbehave.fail_status = int(then)
+        gateway.misbehave.fail_unpaid = 10
+    reply = await post(proxy, warm_body(PRICED_MODEL))
+    assert reply.status == 424, await reply.text()
+    assert reply.headers["x-should-retry"] == "false"
+    assert gateway.kept
+    gateway.settle_kept()
+    assert len(gateway.settled) - paid_before == 1
+    assert_one_nonce_per_call(gateway, before)
+
+
 @pytest.mark.parametrize(
     ("claim", "kind"),
     [("999999999", "settled_above_signed"), ("0", "settled_below_signed")],
