@@ -24,11 +24,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import orjson
-
 from blockrun_proxy.config import API_KEY_ENV, Settings
 from blockrun_proxy.costs import COST_SOURCE_HEADER
-from blockrun_proxy.errors import ApiKeyNoCredit, ApiKeyRejected
+from blockrun_proxy.errors import ApiKeyNoCredit, ApiKeyRejected, json_object
 
 # How much of the host's own refusal text an error passes on.
 MAX_DETAIL_CHARS = 300
@@ -105,13 +103,8 @@ class ApiKeyRail:
 
 def _error_message(body: bytes) -> str | None:
     """The human text of a refusal: OpenAI's ``error.message``, BlockRun's ``error``."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict):
-        return None
-    error = doc.get("error")
+    doc = json_object(body)
+    error = doc.get("error") if doc is not None else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
     return error if isinstance(error, str) else None

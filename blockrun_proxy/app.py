@@ -36,6 +36,7 @@ from blockrun_proxy.errors import (
     BodyTooLarge,
     MethodNotAllowed,
     NotFound,
+    PaidCallFailed,
     ProxyError,
     ShuttingDown,
     Unauthorized,
@@ -278,13 +279,25 @@ def _answer_error(request: web.Request, exc: Exception) -> web.Response:
             content_type="application/json",
             body=error_body(exc.reason, "invalid_request_error", str(exc.status)),
         )
+    exchange = request[EXCHANGE_KEY]
     log.error(
         "unexpected error on %s %s (request %s)",
         request.method,
         request.path,
-        request[EXCHANGE_KEY].request_id,
+        exchange.request_id,
         exc_info=exc,
     )
+    if exchange.signed_atomic is not None:
+        # A bug after the payment was sent is still a failure after payment: a 500 is
+        # what SDKs retry on their own, and each retry is a new paid call.
+        return _error_response(
+            request,
+            PaidCallFailed(
+                "internal proxy error after the payment was sent; it may have been "
+                "charged. Not retried.",
+                upstream_status="unknown",
+            ),
+        )
     return web.Response(
         status=500,
         content_type="application/json",

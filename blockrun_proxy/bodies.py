@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from blockrun_proxy import measures
-from blockrun_proxy.chatbody import MAX_MODEL_CHARS, ChatRequest, parse_chat_request
+from blockrun_proxy.chatbody import (
+    ChatRequest,
+    checked_model,
+    parse_chat_request,
+    request_object,
+)
 from blockrun_proxy.errors import InvalidRequest
 from blockrun_proxy.quotes import Features
 from blockrun_proxy.routes import Body, Model, Route
@@ -58,9 +61,9 @@ def guard_body(
         return Guarded(chat.body, chat.model, chat.max_tokens, chat.data, chat)
     if kind is Body.ANY or kind is Body.NONE:
         return Guarded(raw, None, None, None)
-    data = _json_object(raw)
+    data = request_object(raw)
     if kind is Body.GEMINI:
-        in_path = _checked_model(params.get("model", "").removeprefix(_GEMINI_PREFIX))
+        in_path = checked_model(params.get("model", "").removeprefix(_GEMINI_PREFIX))
         config = data.get("generationConfig")
         limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
         return Guarded(raw, in_path, limit if _positive_int(limit) else None, data)
@@ -70,42 +73,13 @@ def guard_body(
     return Guarded(raw, model, None, data, params=params)
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"request body is not valid JSON: {exc.msg}", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
-    return data
-
-
 def _model(route: Route, data: Mapping[str, Any]) -> str | None:
     if route.model is Model.NONE:
         return None
     model = data.get("model")
     if model is None and route.model is Model.OPTIONAL:
         return None  # the gateway's default model for the route
-    if not isinstance(model, str):
-        raise InvalidRequest(
-            "'model' is required and must be a non-empty string", code="missing_model"
-        )
-    return _checked_model(model)
-
-
-def _checked_model(model: str) -> str:
-    if not model.strip():
-        raise InvalidRequest(
-            "'model' is required and must be a non-empty string", code="missing_model"
-        )
-    if len(model) > MAX_MODEL_CHARS:
-        raise InvalidRequest(
-            f"'model' must be at most {MAX_MODEL_CHARS} characters (got {len(model)})",
-            code="invalid_model",
-        )
-    return model
+    return checked_model(model)
 
 
 def _anthropic_checked(data: Mapping[str, Any]) -> int:

@@ -100,6 +100,14 @@ def budget_exceeded(limit: int, window_seconds: float, spent: int, amount: int) 
     )
 
 
+def check_budget_terms(limit: int, window_seconds: float) -> None:
+    """ValueError for a budget no store can keep: a negative limit, an empty window."""
+    if limit < 0:
+        raise ValueError("budget limit must not be negative")
+    if not window_seconds > 0:
+        raise ValueError("budget window must be positive")
+
+
 def new_reservation(amount: int, at: float) -> Reservation:
     if amount < 0:
         raise ValueError("a reservation must not be negative")
@@ -117,10 +125,7 @@ class MemoryBudgetStore:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if limit < 0:
-            raise ValueError("budget limit must not be negative")
-        if not window_seconds > 0:
-            raise ValueError("budget window must be positive")
+        check_budget_terms(limit, window_seconds)
         self.limit = limit
         self.window_seconds = window_seconds
         self._width = window_seconds / BUCKETS

@@ -50,6 +50,7 @@ from blockrun_proxy.budget import (
     MemoryBudgetStore,
     Reservation,
     budget_exceeded,
+    check_budget_terms,
 )
 from blockrun_proxy.errors import BudgetStoreUnavailable
 from blockrun_proxy.redis_link import RedisLink, RedisUnavailable
@@ -184,10 +185,7 @@ class RedisBudgetStore:
         fail_open: bool = False,
         hold_seconds: float = HOLD_SECONDS,
     ) -> None:
-        if limit < 0:
-            raise ValueError("budget limit must not be negative")
-        if not window_seconds > 0:
-            raise ValueError("budget window must be positive")
+        check_budget_terms(limit, window_seconds)
         self.limit = limit
         self.window_seconds = window_seconds
         self.fail_open = fail_open

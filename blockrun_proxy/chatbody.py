@@ -41,24 +41,8 @@ class ChatRequest:
 
 
 def parse_chat_request(raw: bytes, *, default_max_tokens: int) -> ChatRequest:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"request body is not valid JSON: {exc.msg}", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
-    model = data.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest(
-            "'model' is required and must be a non-empty string", code="missing_model"
-        )
-    if len(model) > MAX_MODEL_CHARS:
-        raise InvalidRequest(
-            f"'model' must be at most {MAX_MODEL_CHARS} characters (got {len(model)})",
-            code="invalid_model",
-        )
+    data = request_object(raw)
+    model = checked_model(data.get("model"))
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest(
@@ -84,6 +68,37 @@ def parse_chat_request(raw: bytes, *, default_max_tokens: int) -> ChatRequest:
     return ChatRequest(
         body=body, model=model, stream=bool(stream), max_tokens=max_tokens, data=data
     )
+
+
+# The two checks below are every route's (bodies.py uses them for the other JSON bodies):
+# one wording of "not JSON" and of a bad model, whichever API the client speaks.
+
+
+def request_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; InvalidRequest (``invalid_json``) otherwise."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc.msg}", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def checked_model(model: object) -> str:
+    """A request's model name; InvalidRequest when it is missing, blank or too long."""
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest(
+            "'model' is required and must be a non-empty string", code="missing_model"
+        )
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"'model' must be at most {MAX_MODEL_CHARS} characters (got {len(model)})",
+            code="invalid_model",
+        )
+    return model
 
 
 def _max_tokens(data: dict[str, Any]) -> int | None:

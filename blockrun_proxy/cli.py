@@ -86,17 +86,10 @@ def _secret_fields(secrets: keyguard.Secrets, *, demo: bool) -> dict[str, str | 
 def _run(settings: Settings, secrets: keyguard.Secrets) -> int:
     log = logging.getLogger("blockrun_proxy")
     if settings.workers > 1:
-        from blockrun_proxy.workers import supervise
+        from blockrun_proxy.workers import supervise, worker_settings
 
-        if settings.budget_usd is not None and not settings.redis_url:
-            log.warning(
-                "--workers %d without --redis-url: each worker keeps its own budget, so "
-                "together they may sign up to %d x --budget-usd; share one with --redis-url",
-                settings.workers,
-                settings.workers,
-            )
         return supervise(
-            options.to_args(settings),
+            options.to_args(worker_settings(settings)),
             settings.workers,
             secrets,
             extra_env=options.worker_environ(settings),

@@ -9,9 +9,16 @@ settlement that did not say, so its ceiling stands in; ``none``: the API-key rai
 host reports no cost, so no figure is given at all), ``x-blockrun-ceiling-usd`` the
 ceiling an upto payment signed (what exact would have charged), and
 ``x-blockrun-settlement`` names the settlement transaction.
+
+The transaction is the gateway's word, and goes out as a header after the payment was
+sent: only one that looks like a transaction id is named, so a hostile report (a CR/LF,
+which aiohttp refuses to send, failing the paid call with a 500; 30 KB, which no client
+reads) can never turn a paid answer into an error the client retries, a second charge.
 """
 
 from __future__ import annotations
+
+import re
 
 from blockrun_proxy.upstream import Answer
 from blockrun_proxy.x402 import UPTO_SCHEME, usd
@@ -21,6 +28,19 @@ LITELLM_COST_HEADER = "x-litellm-response-cost"
 SETTLEMENT_HEADER = "x-blockrun-settlement"
 COST_SOURCE_HEADER = "x-blockrun-cost-source"
 CEILING_HEADER = "x-blockrun-ceiling-usd"
+# An EVM transaction hash (0x + 64 hex digits) or a Solana signature (88 base58 digits),
+# with room for other chains' ids; nothing a header or a log field cannot carry.
+_TRANSACTION_ID = re.compile(r"[A-Za-z0-9]{1,128}")
+
+
+def settlement_transaction(answer: Answer) -> str | None:
+    """The settlement transaction the gateway reported, if it can be a transaction id."""
+    settlement = answer.settlement
+    if settlement is None or settlement.transaction is None:
+        return None
+    if _TRANSACTION_ID.fullmatch(settlement.transaction) is None:
+        return None
+    return settlement.transaction
 
 
 def cost_headers(answer: Answer) -> dict[str, str]:
@@ -44,6 +64,7 @@ def cost_headers(answer: Answer) -> dict[str, str]:
     payment = answer.payment
     if payment is not None and payment.requirement.scheme == UPTO_SCHEME:
         headers[CEILING_HEADER] = usd(payment.amount)
-    if answer.settlement is not None and answer.settlement.transaction:
-        headers[SETTLEMENT_HEADER] = answer.settlement.transaction
+    transaction = settlement_transaction(answer)
+    if transaction is not None:
+        headers[SETTLEMENT_HEADER] = transaction
     return headers

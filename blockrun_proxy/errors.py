@@ -329,7 +329,7 @@ class GatewayAnswer(PaidCallFailed):
             "code": self.code,
             "param": None,
         }
-        decoded = _json_object(gateway_body)
+        decoded = json_object(gateway_body)
         if decoded is not None:
             error["gateway"] = decoded
         return orjson.dumps({"error": error})
@@ -341,12 +341,14 @@ class GatewayAnswer(PaidCallFailed):
 def is_openai_error(body: bytes) -> bool:
     """Whether ``body`` is an OpenAI-shaped error, ``{"error": {"message": str, ...}}``:
     what OpenAI clients parse into their exception's message and code."""
-    data = _json_object(body)
+    data = json_object(body)
     error = data.get("error") if data is not None else None
     return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
-def _json_object(body: bytes) -> dict[str, object] | None:
+def json_object(body: bytes) -> dict[str, object] | None:
+    """``body`` decoded when it is a JSON object, else None: how an answer whose shape is
+    not trusted (an error body from the gateway or the API host, a job's 202) is read."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

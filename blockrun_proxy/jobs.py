@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from blockrun_proxy.errors import ProxyError
+from blockrun_proxy.errors import ProxyError, json_object
 from blockrun_proxy.redis_link import RedisUnavailable
 from blockrun_proxy.routes import upstream_path
 
@@ -152,11 +152,8 @@ def job_key(path: str) -> str:
 
 def poll_url_of(body: bytes) -> str | None:
     """The ``poll_url`` of a 202 job answer, if it is one."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    url = data.get("poll_url") if isinstance(data, dict) else None
+    data = json_object(body)
+    url = data.get("poll_url") if data is not None else None
     return url if isinstance(url, str) and url else None
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -126,11 +126,7 @@ class BlockrunLLM(CustomLLM):
             wallet_key=api_key,
             headers=headers,
         )
-        try:
-            reply = await core.run_async(call)
-        except CallError as exc:
-            raise _litellm_error(exc) from None
-        return _model_response(reply, model_response)
+        return _model_response(await _raising_async(core.run_async, call), model_response)
 
     def streaming(
         self,
@@ -191,19 +187,10 @@ class BlockrunLLM(CustomLLM):
             wallet_key=api_key,
             headers=headers,
         )
-        try:
-            stream = await core.run_async(call)
-        except CallError as exc:
-            raise _litellm_error(exc) from None
+        stream = await _raising_async(core.run_async, call)
         chunks = _ChunkMaker(stream)
         try:
-            while True:
-                try:
-                    event = await core.run_async(stream.next_event())
-                except CallError as exc:
-                    raise _litellm_error(exc) from None
-                if event is None:
-                    break
+            while (event := await _raising_async(core.run_async, stream.next_event())) is not None:
                 for chunk in chunks.make(event):
                     yield chunk
             for chunk in chunks.finish():
@@ -349,6 +336,13 @@ async def _release(stream: Stream) -> None:
 def _raising(run: Callable[[Any], Any], call: Any) -> Any:
     try:
         return run(call)
+    except CallError as exc:
+        raise _litellm_error(exc) from None
+
+
+async def _raising_async(run: Callable[[Any], Awaitable[Any]], call: Any) -> Any:
+    try:
+        return await run(call)
     except CallError as exc:
         raise _litellm_error(exc) from None
 

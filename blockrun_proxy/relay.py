@@ -31,13 +31,13 @@ from aiohttp import ClientError, web
 from blockrun_proxy import h1
 from blockrun_proxy.appkeys import ADMISSION_KEY, CORE_KEY, EXCHANGE_KEY, METRICS_KEY
 from blockrun_proxy.bodies import guard_body
-from blockrun_proxy.costs import cost_headers
+from blockrun_proxy.costs import cost_headers, settlement_transaction
 from blockrun_proxy.errors import MethodNotAllowed, PaidCallFailed, RequestTimeout
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange
 from blockrun_proxy.jobs import MAX_JOB_ANSWER_BYTES, poll_path, poll_url_of, rewrite_poll_url
 from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump, pump_filtered
 from blockrun_proxy.routes import RELAY_METHODS, Body, Measure, Route, Serve, upstream_path
-from blockrun_proxy.upstream import JSON_TYPE, PAYMENT_RESPONSE, Answer
+from blockrun_proxy.upstream import JSON_TYPE, PAYMENT_RESPONSE, Answer, relayed_settlement
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as deadline
@@ -49,13 +49,13 @@ log = logging.getLogger("blockrun_proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Upstream response headers that mean the same thing to the client; hop-by-hop
 # headers (Connection, Transfer-Encoding, ...) and Content-Length are aiohttp's job.
-PASSED_RESPONSE_HEADERS = (
-    "Content-Type",
-    "Content-Encoding",
-    "Cache-Control",
-    "Retry-After",
-    PAYMENT_RESPONSE,
-)
+# PAYMENT-RESPONSE is passed only when it is a sane header (upstream.relayed_settlement):
+# the gateway session reads fields up to 64 KiB, more than clients read, and an answer a
+# client cannot read after a paid send is one it retries.
+PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Cache-Control", "Retry-After")
+# The same goes for the others: a value longer than this (none of theirs is near it) is
+# dropped, not passed on to a client that would fail to read the paid answer.
+MAX_PASSED_HEADER_CHARS = 1024
 
 
 def handler_for(route: Route) -> Handler:
@@ -143,8 +143,14 @@ async def signed(request: web.Request, route: Route) -> web.StreamResponse:
         if paid is not None:
             exchange.cost_atomic = paid
             app[METRICS_KEY].settled(paid)
-            if answer.settlement is not None:
-                exchange.settlement_tx = answer.settlement.transaction
+            exchange.settlement_tx = settlement_transaction(answer)
+            reported = answer.settlement.transaction if answer.settlement else None
+            if reported is not None and exchange.settlement_tx is None:
+                log.warning(
+                    "gateway anomaly: its settlement report names no usable transaction "
+                    "id; not passed on (request %s)",
+                    exchange.request_id,
+                )
             if answer.response.status == 202:
                 return await job_answer(request, answer)
         return await pipe_answer(request, answer)
@@ -285,6 +291,11 @@ def _account(exchange: Exchange, stats: PipeStats) -> None:
 
 def response_headers(answer: Answer) -> dict[str, str]:
     upstream = answer.response.headers
-    headers = {name: upstream[name] for name in PASSED_RESPONSE_HEADERS if name in upstream}
+    headers = {
+        name: value
+        for name in PASSED_RESPONSE_HEADERS
+        if (value := upstream.get(name)) is not None and len(value) <= MAX_PASSED_HEADER_CHARS
+    }
+    headers.update(relayed_settlement(upstream.get(PAYMENT_RESPONSE)))
     headers.update(cost_headers(answer))
     return headers

@@ -341,6 +341,7 @@ class Gateway:
                 # the same nonce: whatever the gateway does with the first, one settles.
                 self._quotes_refused(quote, refusal.reason)
                 del out.headers[PAYMENT_SIGNATURE]
+                return await self._probe_after_refusal(call, out, features)
             except OptimisticPaymentRefused as refusal:
                 # Refused, but it may still land (Solana): never signed again, the call
                 # ends here (424), and the book goes back to probing first.
@@ -351,6 +352,37 @@ class Gateway:
                 answer.presigned = True
                 return answer
         return await self._probe_then_pay(call, out, features)
+
+    async def _probe_after_refusal(
+        self, call: RailsCall, out: Outgoing, features: Features | None
+    ) -> Answer:
+        """Ask afresh after the gateway refused a payment signed up front.
+
+        That payment was delivered. A gateway that calls it "not used" and keeps it can
+        still settle it, so however the rest of this call fails, the answer must not invite
+        a retry: each client retry is a new call with a new nonce, so one more payment.
+        """
+        try:
+            answer = await self._probe_then_pay(call, out, features)
+        except PaidCallFailed:
+            raise
+        except UpstreamError as failure:
+            raise PaidCallFailed(
+                f"{failure.message}; this came after the gateway refused a payment signed "
+                "up front, which it may still settle. Not retried.",
+                code=failure.code,
+                upstream_status=failure.code,
+            ) from failure
+        status = answer.response.status
+        if answer.payment is None and invites_retry(status):
+            answer.response.release()
+            raise PaidCallFailed(
+                f"the gateway refused a payment signed up front, then answered {status} "
+                "when asked afresh; the refused payment may still settle. Not retried.",
+                code="paid_call_failed",
+                upstream_status=status,
+            )
+        return answer
 
     async def _probe_then_pay(
         self, call: RailsCall, out: Outgoing, features: Features | None
@@ -604,6 +636,12 @@ def malformed_answer(exc: ClientResponseError | h1.RemoteProtocolError) -> Upstr
         "the gateway's answer is not readable HTTP (bad status line or headers)",
         code="bad_gateway_answer",
     )
+
+
+def invites_retry(status: int) -> bool:
+    """Whether common clients retry this status on their own (the openai and anthropic
+    SDKs retry 408, 409, 429 and every 5xx)."""
+    return status in (408, 409, 429) or status >= 500
 
 
 def redirect_error(response: UpstreamResponse) -> UpstreamError:

@@ -22,6 +22,7 @@ them (see metrics.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -30,11 +31,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from types import FrameType
 
 from blockrun_proxy import keyguard
-from blockrun_proxy.config import METRICS_DIR_ENV, SECRETS_FD_ENV
+from blockrun_proxy.config import METRICS_DIR_ENV, SECRETS_FD_ENV, Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,30 @@ log = logging.getLogger(__name__)
 # the children's PYTHONPATH so they run the same code, whatever their working directory.
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+MICRO_USD = Decimal("0.000001")
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """What each child runs with: a budget held in each process is split between them.
+
+    ``--budget-usd`` is a hard limit on what the wallet may sign. Without a shared store
+    (``--redis-url``) each child can only count its own calls, so each gets an equal
+    share, rounded down to a micro-USD: together they never sign more than the budget.
+    """
+    if settings.budget_usd is None or settings.redis_url:
+        return settings
+    share = (settings.budget_usd / settings.workers).quantize(MICRO_USD, rounding=ROUND_DOWN)
+    log.warning(
+        "--workers %d without --redis-url: the budget of $%s is split, $%s per worker "
+        "(one worker may reach its share while others have some left); share one budget "
+        "with --redis-url",
+        settings.workers,
+        settings.budget_usd,
+        share,
+    )
+    return dataclasses.replace(settings, budget_usd=share)
 
 
 def worker_command(options: Sequence[str]) -> list[str]:

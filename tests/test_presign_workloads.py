@@ -48,11 +48,17 @@ class Outcome:
         return "".join(str(n) for n in self.round_trips)
 
 
-async def drive(start_proxy, shape: str, model: str, workload: str, **settings) -> Outcome:
+async def drive(
+    start_proxy, shape: str, model: str, workload: str, *, publish_prices: bool = True, **settings
+) -> Outcome:
     pricing = PRICING_SHAPES[shape]
     outcome = Outcome()
     async with FakeGateway(
-        network=TEST_NETWORK, models=pricing.models, pricing=pricing.price, verify="fast"
+        network=TEST_NETWORK,
+        models=pricing.models,
+        pricing=pricing.price,
+        verify="fast",
+        publish_prices=publish_prices,
     ) as gateway:
         proxy = await start_proxy(api_url=gateway.base_url, **settings)
         async with aiohttp.ClientSession() as session:
@@ -79,6 +85,21 @@ async def test_exact_mode_takes_one_round_trip_and_never_over_pays(start_proxy, 
     outcome = await drive(start_proxy, shape, SHAPES[shape], workload)
     assert outcome.overpaid == [0] * len(outcome.overpaid), outcome
     assert outcome.share >= REQUIRED_SHARE, outcome
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize(
+    ("shape", "publish_prices"), [("reserialised", True), ("chars", False), ("default", False)]
+)
+async def test_exact_mode_never_over_pays_where_the_price_is_not_pinned(
+    start_proxy, shape, workload, publish_prices
+):
+    """Where the proxy cannot pin the price (prompts measured after re-serialising, or
+    no catalogue prices: formulas learned from the 402s alone), exact mode may probe more
+    often but must still over-pay nothing: the issue's "exact: 0" holds on every shape."""
+    model = SHAPES["chars"]
+    outcome = await drive(start_proxy, shape, model, workload, publish_prices=publish_prices)
+    assert outcome.overpaid == [0] * len(outcome.overpaid), outcome
 
 
 TOLERANCE = Decimal("0.0001")  # 100 micro-USDC

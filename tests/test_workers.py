@@ -8,7 +8,9 @@ import logging
 import os
 import re
 import resource
+import secrets
 import signal
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -201,3 +203,40 @@ async def test_rpc_urls_reach_the_children_but_not_their_command_lines(tmp_path,
                 os.kill(pid, signal.SIGKILL)
         await proxy.kill()
         await gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "per_worker"),
+    [(None, "0.333333"), ("redis://redis:6379/0", "1")],
+    ids=["split", "shared"],
+)
+def test_a_budget_held_per_process_is_split_so_the_workers_never_sign_more(redis_url, per_worker):
+    # --budget-usd is a hard limit: three workers counting apart must not sign 3x it.
+    from blockrun_proxy import cli
+
+    seen: dict[str, list[str]] = {}
+
+    def fake_supervise(options, workers, secrets, extra_env=None):
+        seen["options"] = options
+        return 0
+
+    env = {"BLOCKRUN_WALLET_KEY": "0x" + secrets.token_hex(32)}
+    if redis_url:
+        env["BLOCKRUN_PROXY_REDIS_URL"] = redis_url
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("blockrun_proxy.workers.supervise", fake_supervise)
+        mp.setattr(root, "handlers", handlers)
+        mp.setattr(root, "level", level)
+        from click.testing import CliRunner
+
+        result = CliRunner().invoke(
+            cli.main,
+            ["serve", "--workers", "3", "--port", "4100", "--budget-usd", "1",
+             "--log-level", "warning"],
+            env=env,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    options = seen["options"]
+    assert Decimal(options[options.index("--budget-usd") + 1]) == Decimal(per_worker)

@@ -70,6 +70,7 @@ from blockrun_proxy.testing._routes_chat import chat_routes
 from blockrun_proxy.testing._routes_gemini import gemini_routes
 from blockrun_proxy.testing._routes_media import hosted_media, media_routes
 from blockrun_proxy.testing._routes_search import search_routes
+from blockrun_proxy.testing._serving import serve
 from blockrun_proxy.testing._upto import (
     UptoMode,
     UptoOutcome,
@@ -230,16 +231,8 @@ class FakeGateway:
         """Serve on ``host:port`` (0 picks a free port); returns the base URL (with prefix)."""
         # handler_cancellation: a client hanging up mid-stream stops the handler at
         # once instead of at its next write, as the proxy does too.
-        runner = web.AppRunner(
-            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.base_url = f"http://{shown}:{bound_port}{self.prefix}"
+        self._runner, origin = await serve(self.app, host, port, handler_cancellation=True)
+        self.base_url = f"{origin}{self.prefix}"
         return self.base_url
 
     @property
@@ -593,7 +586,13 @@ class FakeGateway:
             receipt["amount"] = self.misbehave.settlement_claim
         elif self.settle_amount_in_response:
             receipt["amount"] = str(amount)
-        return Settlement.of(receipt)
+        settlement = Settlement.of(receipt)
+        report = self.misbehave.settlement_report
+        if report is None:
+            return settlement
+        # Only PAYMENT-RESPONSE lies: X-Payment-Receipt keeps the real transaction.
+        lie = encode_header({**receipt, **report})
+        return Settlement(receipt, {**settlement.headers, "PAYMENT-RESPONSE": lie})
 
     def settle_kept(self) -> list[SettledPayment]:
         """What a lying gateway does with the payments it refused and kept: settle every

@@ -51,6 +51,9 @@ class Misbehavior:
     # What PAYMENT-RESPONSE claims was settled (atomic units as a string) instead of the
     # amount actually signed and settled, e.g. "999999999" or "0".
     settlement_claim: str | None = None
+    # Fields merged into every PAYMENT-RESPONSE receipt, streamed or not (a transaction
+    # no header can carry, padding that makes the header huge).
+    settlement_report: dict[str, Any] | None = None
 
     # Redirects: answer ``redirect_status`` with ``Location: redirect_to`` (e.g. another
     # fake gateway's chat URL) instead of handling the request. A client that follows it

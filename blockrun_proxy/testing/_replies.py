@@ -68,13 +68,18 @@ def _chosen_tool(body: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) else DEFAULT_TOOL_NAME
 
 
+def echo_output(heard: str, *, tool_called: bool) -> str:
+    """What the fake model outputs for ``heard``, whatever API it speaks (what its output
+    tokens count): the echo, or a tool call's JSON arguments echoing it."""
+    return orjson.dumps({"echo": heard}).decode() if tool_called else ECHO_PREFIX + heard
+
+
 def answer_for(body: Mapping[str, Any], call_id: str, limit: int = ECHO_LIMIT) -> Answer:
     said = last_user_text(body)[:limit]
     tool = _chosen_tool(body)
     if tool is None:
-        return Answer(ECHO_PREFIX + said, None)
-    arguments = orjson.dumps({"echo": said}).decode()
-    return Answer(None, ToolCall(call_id, tool, arguments))
+        return Answer(echo_output(said, tool_called=False), None)
+    return Answer(None, ToolCall(call_id, tool, echo_output(said, tool_called=True)))
 
 
 def count_tokens(text: str) -> int:

@@ -28,7 +28,12 @@ from blockrun_proxy.testing._calls import (
     positive_int,
 )
 from blockrun_proxy.testing._models import ModelSpec, estimate_input_tokens
-from blockrun_proxy.testing._replies import ECHO_LIMIT, ECHO_PREFIX, count_tokens, last_user_text
+from blockrun_proxy.testing._replies import (
+    ECHO_LIMIT,
+    count_tokens,
+    echo_output,
+    last_user_text,
+)
 from blockrun_proxy.testing._stream import split_evenly
 
 if TYPE_CHECKING:
@@ -76,9 +81,7 @@ def _prepare_messages(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
 def _actual_cost(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:
     """What an upto payment settles: the price with the tokens the answer really has."""
     heard = last_user_text(body)[:ECHO_LIMIT]
-    produced = ECHO_PREFIX + heard
-    if _chosen_tool(body) is not None:
-        produced = orjson.dumps({"echo": heard}).decode()
+    produced = echo_output(heard, tool_called=_chosen_tool(body) is not None)
     return gw.model_price(model, {**chat_view(body), "max_tokens": count_tokens(produced)})
 
 
@@ -144,7 +147,7 @@ async def _serve(
     n = gw.next_id()
     message_id = f"msg_fake{n:020d}"
     heard = last_user_text(body)[:ECHO_LIMIT]
-    said = ECHO_PREFIX + heard
+    said = echo_output(heard, tool_called=False)
     tool = _chosen_tool(body)
     tool_use = None
     if tool is not None:
@@ -157,7 +160,7 @@ async def _serve(
             produced = said
         else:
             content = [{"type": "tool_use", **tool_use}]
-            produced = orjson.dumps(tool_use["input"]).decode()
+            produced = echo_output(heard, tool_called=True)
         message = {
             "id": message_id,
             "type": "message",

@@ -29,7 +29,7 @@ from blockrun_proxy.testing._calls import (
     positive_int,
 )
 from blockrun_proxy.testing._models import ModelSpec, estimate_input_tokens
-from blockrun_proxy.testing._replies import ECHO_LIMIT, ECHO_PREFIX, count_tokens
+from blockrun_proxy.testing._replies import ECHO_LIMIT, count_tokens, echo_output
 from blockrun_proxy.testing._stream import split_evenly
 
 if TYPE_CHECKING:
@@ -68,9 +68,7 @@ def _prepare(gw: FakeGateway, incoming: Incoming) -> Call | Refusal:
 def _actual_cost(gw: FakeGateway, model: ModelSpec, body: dict[str, Any]) -> int:
     """What an upto payment settles: the price with the tokens the answer really has."""
     heard = _last_user_text(body)[:ECHO_LIMIT]
-    produced = ECHO_PREFIX + heard
-    if _chosen_function(body) is not None:
-        produced = orjson.dumps({"echo": heard}).decode()
+    produced = echo_output(heard, tool_called=_chosen_function(body) is not None)
     return gw.model_price(model, {**chat_view(body), "max_tokens": count_tokens(produced)})
 
 
@@ -158,13 +156,13 @@ async def _serve(
     head = {"modelVersion": version, "responseId": response_id}
     if function is not None:
         part: dict[str, Any] = {"functionCall": {"name": function, "args": {"echo": heard}}}
-        produced = orjson.dumps(part["functionCall"]["args"]).decode()
+        produced = echo_output(heard, tool_called=True)
         answer = _answer([part], prompt_tokens, count_tokens(produced), head)
         if streamed:
             frames = iter([b"data: " + orjson.dumps(answer) + FRAME_END])
             return await _stream(gw, request, frames, paid)
         return gw.reply(200, answer, paid)
-    said = ECHO_PREFIX + heard
+    said = echo_output(heard, tool_called=False)
     if not streamed:
         return gw.reply(
             200, _answer([{"text": said}], prompt_tokens, count_tokens(said), head), paid

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from blockrun_proxy.testing._ledger import LedgerReceipt, UsdcLedger
+from blockrun_proxy.testing._serving import serve
 
 APPROVE_SELECTOR = "095ea7b3"
 SELECTORS = {
@@ -76,12 +77,8 @@ class FakeRpc:
         self.app.router.add_post("/{tail:.*}", self._handle)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        self.url = f"http://{bound_host}:{bound_port}/"
+        self._runner, origin = await serve(self.app, host, port)
+        self.url = f"{origin}/"
         return self.url
 
     async def close(self) -> None:

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from blockrun_proxy.testing._replies import json_response
+from blockrun_proxy.testing._serving import serve
 
 # A blockhash is usable for 150 blocks after its own (solana-sdk MAX_PROCESSING_AGE).
 BLOCKHASH_VALID_BLOCKS = 150
@@ -90,12 +91,8 @@ class FakeSolanaRpc:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         app = web.Application()
         self.mount(app, "/")
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        self.url = f"http://{bound_host}:{bound_port}/"
+        self._runner, origin = await serve(app, host, port)
+        self.url = f"{origin}/"
         return self.url
 
     async def close(self) -> None:

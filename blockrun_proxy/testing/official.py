@@ -25,6 +25,7 @@ from aiohttp import web
 
 from blockrun_proxy.testing._models import DEFAULT_MODELS, ModelSpec, PricingFn, default_price
 from blockrun_proxy.testing._replies import answer_for, completion, json_response
+from blockrun_proxy.testing._serving import serve
 
 API_PREFIX = "/api"
 CHAT_PATH = f"{API_PREFIX}/v1/chat/completions"
@@ -248,12 +249,8 @@ class OfficialGateway:
         return f"${amount // 1_000_000}.{amount % 1_000_000:06d}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}{API_PREFIX}"
+        self._runner, origin = await serve(self.app, host, port)
+        self.base_url = f"{origin}{API_PREFIX}"
         return self.base_url
 
     async def close(self) -> None:

@@ -98,19 +98,8 @@ class PayerPolicy:
             _refuse("pay_to_not_allowed", "payTo is the zero address (a transfer there is burnt)")
         if self.pay_to and req.pay_to.lower() not in self.pay_to:
             _refuse("pay_to_not_allowed", f"payTo {req.pay_to} is not in the allowed list")
-        if not 0 < req.max_timeout_seconds <= self.max_timeout_seconds:
-            _refuse(
-                "timeout_too_long",
-                f"maxTimeoutSeconds {req.max_timeout_seconds} is outside "
-                f"1..{self.max_timeout_seconds}",
-            )
-        # v2 names the resource at the top of the 402; v1 inside each requirement.
-        for url in (_url(resource), _url(_requirement_resource(req))):
-            if url is not None and _host(url, is_url=True) != self.gateway_host:
-                _refuse(
-                    "resource_host_mismatch",
-                    f"resource {_shown(url)} is not on the gateway host {self.gateway_host}",
-                )
+        _check_timeout(req, self.max_timeout_seconds)
+        _check_resource_host(req, resource, self.gateway_host)
         if req.scheme == "upto":
             upto_terms(req)  # facilitator, transfer method, spender
         return network
@@ -167,6 +156,32 @@ def _shown(value: str, limit: int = 80) -> str:
 
 def _refuse(code: str, message: str) -> NoReturn:
     raise Refusal(message, code=code)
+
+
+# The two rules below are the EVM and the Solana policies' alike (svm/policy.py imports
+# them): one wording, one reading of the resource, whichever chain is paid.
+
+
+def _check_timeout(req: Requirement, max_timeout_seconds: int) -> None:
+    """Refuse an authorization valid for no time, or for longer than the cap."""
+    if not 0 < req.max_timeout_seconds <= max_timeout_seconds:
+        _refuse(
+            "timeout_too_long",
+            f"maxTimeoutSeconds {req.max_timeout_seconds} is outside 1..{max_timeout_seconds}",
+        )
+
+
+def _check_resource_host(
+    req: Requirement, resource: Mapping[str, Any] | None, gateway_host: str
+) -> None:
+    """Refuse a payment for a resource that is not on the gateway's own host."""
+    # v2 names the resource at the top of the 402; v1 inside each requirement.
+    for url in (_url(resource), _url(_requirement_resource(req))):
+        if url is not None and _host(url, is_url=True) != gateway_host:
+            _refuse(
+                "resource_host_mismatch",
+                f"resource {_shown(url)} is not on the gateway host {gateway_host}",
+            )
 
 
 def _url(resource: Mapping[str, Any] | None) -> str | None:

@@ -15,9 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
-from ..policy import _host, _requirement_resource, _shown, _url, usd
+from ..policy import (
+    _check_resource_host,
+    _check_timeout,
+    _host,
+    _refuse,
+    _shown,
+    usd,
+)
 from ..refusal import Refusal
 from ..wire import PaymentRequired, Requirement
 from ._base58 import is_pubkey
@@ -93,18 +100,8 @@ class SvmPolicy:
             _refuse("pay_to_not_allowed", f"payTo {req.pay_to} is not in the allowed list")
         _check_fee_payer(req.extra.get("feePayer"), network, payer)
         _check_memo(req.extra.get("memo"))
-        if not 0 < req.max_timeout_seconds <= self.max_timeout_seconds:
-            _refuse(
-                "timeout_too_long",
-                f"maxTimeoutSeconds {req.max_timeout_seconds} is outside "
-                f"1..{self.max_timeout_seconds}",
-            )
-        for url in (_url(resource), _url(_requirement_resource(req))):
-            if url is not None and _host(url, is_url=True) != self.gateway_host:
-                _refuse(
-                    "resource_host_mismatch",
-                    f"resource {_shown(url)} is not on the gateway host {self.gateway_host}",
-                )
+        _check_timeout(req, self.max_timeout_seconds)
+        _check_resource_host(req, resource, self.gateway_host)
         return network
 
     def select(self, offer: PaymentRequired, payer: str) -> tuple[Requirement, SolanaNetwork]:
@@ -157,7 +154,3 @@ def _check_memo(value: object) -> None:
         _refuse("memo_invalid", "extra.memo is not valid UTF-8 text")
     if size > MAX_MEMO_BYTES:
         _refuse("memo_invalid", f"extra.memo is over {MAX_MEMO_BYTES} bytes")
-
-
-def _refuse(code: str, message: str) -> NoReturn:
-    raise Refusal(message, code=code)
