@@ -21,7 +21,8 @@ class Budget:
     slow_stream_ramp_s: float = 2.5
     slow_reader_body_mib: int = 50
     slow_reader_rate: int = 1024
-    scenario_timeout_s: float = 420.0
+    # relay runs two upstream shapes with six relays each: about 10 minutes in a full run.
+    scenario_timeout_s: float = 900.0
 
 
 FULL = Budget(
@@ -43,5 +44,5 @@ QUICK = Budget(
     startup_runs=2,
     reference_startup=False,
     slow_stream_ramp_s=1.0,
-    scenario_timeout_s=180.0,
+    scenario_timeout_s=360.0,
 )

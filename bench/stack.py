@@ -63,12 +63,19 @@ def gateway_argv(
 
 
 def proxy_argv(
-    port: int, api_url: str, *, network: str = BENCH_NETWORK, extra: Sequence[str] = ()
+    port: int,
+    api_url: str,
+    *,
+    network: str = BENCH_NETWORK,
+    extra: Sequence[str] = (),
+    python: str | None = None,
+    loop: Sequence[str] = (),
 ) -> list[str]:
+    """`loop`: bench.loopvariant flags (--uvloop, --eager) to run the CLI under."""
+    launcher = ["-m", "bench.loopvariant", *loop] if loop else ["-m", "blockrun_proxy"]
     return [
-        sys.executable,
-        "-m",
-        "blockrun_proxy",
+        python or sys.executable,
+        *launcher,
         "serve",
         "--host",
         LOOPBACK,
@@ -95,8 +102,10 @@ def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return child_env({"PYTHONPATH": str(REPO_DIR), **(extra or {})})
 
 
-def proxy_env(wallet_key: str = BENCH_WALLET_KEY) -> dict[str, str]:
-    return repo_env({"BLOCKRUN_WALLET_KEY": wallet_key})
+def proxy_env(
+    wallet_key: str = BENCH_WALLET_KEY, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    return repo_env({"BLOCKRUN_WALLET_KEY": wallet_key, **(extra or {})})
 
 
 def api_url(gateway: Service) -> str:
@@ -145,7 +154,14 @@ class Stack:
         )
 
     async def upstream(
-        self, *, events: int, interval: float = 0.0, event_bytes: int = 200, raw: bool = False
+        self,
+        *,
+        events: int,
+        interval: float = 0.0,
+        event_bytes: int = 200,
+        raw: bool = False,
+        static: bool = False,
+        paid_body: str | None = None,
     ) -> Service:
         """The bench's own minimal upstream (bench/upstream.py): free model only, no x402."""
         port = free_port()
@@ -164,18 +180,33 @@ class Stack:
         ]
         if raw:
             argv.append("--raw")
+        if static:
+            argv.append("--static")
+        if paid_body is not None:
+            argv += ["--paid-body", paid_body]
         return self._keep(await spawn("upstream", argv, port=port, env=repo_env()))
 
-    async def proxy(self, upstream: Service, *, extra: Sequence[str] = ()) -> Service:
+    async def proxy(
+        self,
+        upstream: Service,
+        *,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        python: str | None = None,
+        loop: Sequence[str] = (),
+    ) -> Service:
+        """The proxy in front of `upstream`; `env` adds variables, `python` another
+        interpreter, `loop` bench.loopvariant flags (--uvloop, --eager)."""
         port = free_port()
-        argv = proxy_argv(port, api_url(upstream), extra=extra)
-        return self._keep(await spawn("proxy", argv, port=port, env=proxy_env()))
+        argv = proxy_argv(port, api_url(upstream), extra=extra, python=python, loop=loop)
+        return self._keep(await spawn("proxy", argv, port=port, env=proxy_env(extra=env)))
 
-    async def floor(self, upstream: Service) -> Service:
-        """The minimal aiohttp relay (bench/floor.py): what aiohttp alone costs here."""
+    async def floor(self, upstream: Service, *, client: str = "aiohttp") -> Service:
+        """The minimal aiohttp relay (bench/floor.py): what aiohttp alone costs here;
+        `client="h1"`: the same server relaying through the proxy's own client."""
         port = free_port()
         argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--api-url"]
-        argv.append(api_url(upstream))
+        argv += [api_url(upstream), "--client", client]
         return self._keep(await spawn("floor", argv, port=port, env=repo_env()))
 
     async def nginx(self, upstream: Service) -> Service:

@@ -11,6 +11,14 @@ Two engines:
   chunked response (one chunk per event, like a gateway's SSE). It costs a few
   microseconds per request, so relay throughput measures the relay, not the
   upstream: the Python fake gateway saturates one core near the rate a relay reaches.
+- `--raw --static`: the same events as one Content-Length body, written at once (a
+  static file's shape): what a relay costs per request when the body is one piece.
+- `--raw --paid`: a paid model's x402 exchange with precomputed answers: 402 with the
+  fake gateway's challenge to a request without PAYMENT-SIGNATURE, 200 with its
+  PAYMENT-RESPONSE to one with it. The answers are recorded once at start from a real
+  exchange with the fake gateway (blockrun_proxy.testing) and the bench wallet; nothing
+  is verified afterwards, so the paid scenario measures the relays, not the gateway's
+  signature checks (the fake gateway's own rate is shown beside it).
 """
 
 from __future__ import annotations
@@ -87,16 +95,31 @@ def chunked_sse_response(frame: bytes, events: int) -> bytes:
     return head + chunk * events + done + b"0\r\n\r\n"
 
 
+def static_sse_response(frame: bytes, events: int) -> bytes:
+    """The same body as `chunked_sse_response`, as one Content-Length body."""
+    body = frame * events + DONE
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Cache-Control: no-cache\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    return head + body
+
+
 _HEALTH = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n"
 _HEALTH += b'{"status": "ok"}'
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
 class RawUpstream(asyncio.Protocol):
-    """Keep-alive HTTP/1.1 with the least parsing that works for POST and GET."""
+    """Keep-alive HTTP/1.1 with the least parsing that works for POST and GET.
 
-    def __init__(self, chat_response: bytes) -> None:
+    `paid_response`: when set, a chat request carrying PAYMENT-SIGNATURE gets it and any
+    other gets `chat_response` (then the 402 challenge).
+    """
+
+    def __init__(self, chat_response: bytes, paid_response: bytes | None = None) -> None:
         self._chat = chat_response
+        self._paid = paid_response
         self._buf = b""
         self._transport: asyncio.Transport | None = None
 
@@ -133,15 +156,80 @@ class RawUpstream(asyncio.Protocol):
         path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
         self._buf = self._buf[total:]
         if path == CHAT_PATH.encode():
+            if self._paid is not None and b"\r\npayment-signature:" in head:
+                return self._paid
             return self._chat
         return _HEALTH if path == b"/healthz" else _NOT_FOUND
 
 
-async def serve_raw(port: int, events: int, event_bytes: int) -> None:
-    response = chunked_sse_response(sse_frame(event_bytes), events)
+def raw_response(status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """An HTTP/1.1 response with a Content-Length body; hop-by-hop headers dropped."""
+    skip = {"content-length", "transfer-encoding", "connection", "date", "server", "keep-alive"}
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines += [f"{name}: {value}" for name, value in headers if name.lower() not in skip]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def record_paid_exchange(body: bytes) -> tuple[bytes, bytes]:
+    """The fake gateway's 402 for `body` unpaid, and its 200 once the bench wallet paid
+    (through the proxy's own payment core, as the proxy would pay it)."""
+    from decimal import Decimal
+
+    import aiohttp
+
+    from bench.procs import BENCH_NETWORK, BENCH_PAY_TO, BENCH_WALLET_KEY
+    from blockrun_proxy.config import Settings
+    from blockrun_proxy.core import open_core
+    from blockrun_proxy.testing import FakeGateway
+
+    gateway = FakeGateway(network=BENCH_NETWORK, pay_to=BENCH_PAY_TO, verify="fast")
+    api_url = await gateway.start()
+    headers = {"Content-Type": "application/json"}
+    settings = Settings(
+        api_url=api_url,
+        wallet_key=BENCH_WALLET_KEY,
+        networks=(BENCH_NETWORK,),
+        max_price_usd=Decimal(1),
+        state_dir=None,
+    )
+    try:
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.post(f"{api_url}/v1/chat/completions", data=body, headers=headers) as r,
+        ):
+            challenge = raw_response(
+                r.status, r.reason or "", list(r.headers.items()), await r.read()
+            )
+        async with open_core(settings, record_spend=False) as core:
+            paid = await core.gateway.send_chat(body, {}, "bench")
+            async with paid.response as r:
+                answer = raw_response(
+                    r.status, r.reason or "", list(r.headers.items()), await r.read()
+                )
+    finally:
+        await gateway.close()
+    if b" 402 " not in challenge.split(b"\r\n", 1)[0] or b"PAYMENT-RESPONSE" not in answer:
+        raise RuntimeError("the fake gateway did not answer 402 then a paid 200")
+    return challenge, answer
+
+
+async def serve_raw(
+    port: int,
+    events: int,
+    event_bytes: int,
+    *,
+    static: bool = False,
+    paid_body: bytes | None = None,
+) -> None:
+    shape = static_sse_response if static else chunked_sse_response
+    response = shape(sse_frame(event_bytes), events)
+    paid = None
+    if paid_body is not None:
+        response, paid = await record_paid_exchange(paid_body)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: RawUpstream(response), "127.0.0.1", port, backlog=4096
+        lambda: RawUpstream(response, paid), "127.0.0.1", port, backlog=4096
     )
     async with server:
         await server.serve_forever()
@@ -154,10 +242,25 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between events")
     parser.add_argument("--event-bytes", type=int, default=200)
     parser.add_argument("--raw", action="store_true", help="precomputed replies, no pauses")
+    parser.add_argument(
+        "--static", action="store_true", help="with --raw: one Content-Length body, not chunks"
+    )
+    parser.add_argument(
+        "--paid-body", help="with --raw: answer this chat body's paid exchange (402, then 200)"
+    )
     args = parser.parse_args()
     if args.raw:
+        paid_body = args.paid_body.encode() if args.paid_body else None
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_raw(args.port, args.events, args.event_bytes))
+            asyncio.run(
+                serve_raw(
+                    args.port,
+                    args.events,
+                    args.event_bytes,
+                    static=args.static,
+                    paid_body=paid_body,
+                )
+            )
         return
     app = make_app(args.events, args.interval, args.event_bytes)
     web.run_app(app, host="127.0.0.1", port=args.port, backlog=4096, access_log=None, print=None)

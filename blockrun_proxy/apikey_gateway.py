@@ -1,7 +1,8 @@
 """The API-key rail's gateway: every route to the API host, billed to the key, no x402.
 
-``ApiKeyGateway`` is a ``Gateway`` (the same outgoing requests, session, egress proxy and
-redirect rule: ``Gateway._request`` still sends every request) whose ``send`` does no
+``ApiKeyGateway`` is a ``Gateway`` (the same outgoing requests, upstream client (h1 or
+aiohttp, ``--upstream-client``), egress proxy and redirect rule: ``Gateway._request``
+sends every request, the catalogue's included) whose ``send`` does no
 x402 at all (PROTOCOL.md section 8, apikey.py):
 
 - each request carries ``Authorization: Bearer <key>`` and nothing x402; the client's
@@ -29,17 +30,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from aiohttp import ClientError, ClientResponse, ClientResponseError, ClientSession
+from multidict import CIMultiDict
 
 from blockrun_proxy.apikey import ApiKeyRail
 from blockrun_proxy.errors import GatewayAnswer, PaidCallFailed, UpstreamError, UpstreamTimeout
 from blockrun_proxy.payer import OnSent
 from blockrun_proxy.rails import Rails
 from blockrun_proxy.upstream import (
+    CLIENT_FAILED,
     NEVER_CONNECTED,
+    UNREADABLE,
     Answer,
     Gateway,
     Outgoing,
+    UpstreamClient,
+    UpstreamResponse,
     is_redirect,
     malformed_answer,
     read_small_body,
@@ -53,7 +58,7 @@ REFUSALS = frozenset({401, 402, 403})
 class ApiKeyGateway(Gateway):
     def __init__(
         self,
-        session: ClientSession,
+        session: UpstreamClient,
         rail: ApiKeyRail,
         payer: Rails,
         *,
@@ -73,19 +78,16 @@ class ApiKeyGateway(Gateway):
 
     async def get_models(self) -> tuple[int, bytes]:
         """The catalogue, asked with the key (as BlockRun's own clients ask it)."""
+        out = Outgoing("GET", self._models_url, None, CIMultiDict(self.rail.auth_headers()))
         try:
-            async with self._session.get(
-                self._models_url,
-                headers=self.rail.auth_headers(),
-                allow_redirects=False,
-                proxy=self._proxy,
-            ) as resp:
-                if is_redirect(resp.status):
-                    raise redirect_error(resp)
-                return resp.status, self.rail.redact(await resp.read())
+            response = await self._request(out)
+            async with response:
+                if is_redirect(response.status):
+                    raise redirect_error(response)
+                return response.status, self.rail.redact(await response.read())
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("the API host did not answer /v1/models in time") from exc
-        except ClientError as exc:
+        except CLIENT_FAILED as exc:
             raise UpstreamError(f"cannot reach the API host: {type(exc).__name__}") from exc
 
     async def send(
@@ -109,7 +111,7 @@ class ApiKeyGateway(Gateway):
                 code="paid_call_timeout",
                 upstream_status="timeout",
             ) from exc
-        except ClientResponseError as exc:
+        except UNREADABLE as exc:
             failure = malformed_answer(exc)
             raise PaidCallFailed(
                 f"{failure.message}, after the call was sent; it may have been billed. "
@@ -117,7 +119,7 @@ class ApiKeyGateway(Gateway):
                 code=failure.code,
                 upstream_status="malformed",
             ) from exc
-        except ClientError as exc:
+        except CLIENT_FAILED as exc:
             raise PaidCallFailed(
                 "the API host dropped the connection after the call was sent; it may have "
                 "been billed. Not retried.",
@@ -161,12 +163,12 @@ class ApiKeyGateway(Gateway):
         # Bodies are redacted on their way back, which a compressed body would defeat.
         out.headers.popall("accept-encoding", None)
 
-    async def _refused(self, response: ClientResponse) -> None:
+    async def _refused(self, response: UpstreamResponse) -> None:
         """The rail's error for a refusal (no credit, a bad key); nothing else is read."""
         if response.status in REFUSALS:
             self.rail.check_answer(response.status, await read_small_body(response))
 
-    def _answer(self, response: ClientResponse) -> Answer:
+    def _answer(self, response: UpstreamResponse) -> Answer:
         headers: Mapping[str, str] = response.headers
         return Answer(
             response,

@@ -95,11 +95,11 @@ def create_app(settings: Settings) -> web.Application:
     app[GUARD_KEY] = guard
     limits = Limits.from_settings(settings)
     metrics = Metrics(multiprocess_dir=settings.metrics_dir)
-    metrics.max_concurrent.set(limits.max_concurrent)
     metrics.watch(metrics.log_lines_dropped, logs.dropped_lines)
     app[LIMITS_KEY] = limits
     app[METRICS_KEY] = metrics
-    app[ADMISSION_KEY] = Admission.from_limits(limits, on_change=metrics.admission_changed)
+    admission = app[ADMISSION_KEY] = Admission.from_limits(limits)
+    admission.on_change = metrics.watch_admission(admission)
     # The wallet balance, for /readyz and the spend page: "unknown" until a reader (the
     # --rpc-url BalanceWatcher, started after the port is open) is plugged into the slot.
     app[BALANCE_KEY] = BalanceSlot()

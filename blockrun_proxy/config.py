@@ -58,10 +58,14 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
 # x402 asks for validBefore = now + maxTimeoutSeconds; a gateway asking for an
 # authorization valid for hours gets refused.
 DEFAULT_MAX_AUTH_SECONDS = 900
-DEFAULT_MAX_CONCURRENT = 256
-# How long a call waits for a free slot before it gets a 429. Short on purpose: the
-# queue smooths bursts, it is not a place to park a backlog (clients retry on 429).
-DEFAULT_QUEUE_TIMEOUT_SECONDS = 2.0
+# None: sized at start from the open-files limit (limits.auto_max_concurrent), so a sidecar
+# carries thousands of streams without flags; a number pins it.
+DEFAULT_MAX_CONCURRENT: int | None = None
+# How long a call waits for a free slot before it gets a 429. Long enough that a burst of
+# streams (each a few seconds) is served from the queue rather than refused (with 2 s, 400
+# two-second streams got 143 429s): a queued call holds one socket and what aiohttp
+# buffers of its unread body, and clients' own timeouts (openai: 600 s) are longer still.
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
 DEFAULT_GRACE_SECONDS = 30.0
 # Client connections (aiohttp sets none of these). A client sends its request headers in one
 # write, within milliseconds: 10 s is generous for a slow link and bounds header-dripping
@@ -90,6 +94,11 @@ DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5
 # The spend ledger keeps hourly totals this long, and the last LEDGER_RECORDS calls.
 DEFAULT_LEDGER_RETENTION_SECONDS = 30 * 86400.0
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# The HTTP client that talks to the gateway: "h1" (blockrun_proxy/h1, the relay's own
+# HTTP/1.1 client over httptools: the cheaper per relayed chunk and per request) or
+# "aiohttp" (its ClientSession). Both keep the same rules (core.py, upstream.py).
+UPSTREAM_CLIENTS = ("h1", "aiohttp")
+DEFAULT_UPSTREAM_CLIENT = "h1"
 
 ENV_PREFIX = "BLOCKRUN_PROXY_"
 WALLET_ENV = "BLOCKRUN_WALLET_KEY"
@@ -156,7 +165,8 @@ class Settings:
     idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
     connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
     max_auth_seconds: int = DEFAULT_MAX_AUTH_SECONDS
-    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    # None: sized from the open-files limit at start (limits.Limits.from_settings).
+    max_concurrent: int | None = DEFAULT_MAX_CONCURRENT
     # Calls allowed to wait for a slot; None means "as many as max_concurrent".
     max_queue: int | None = None
     queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
@@ -221,6 +231,7 @@ class Settings:
     https_proxy: str | None = field(default=None, repr=False)
     http_proxy: str | None = field(default=None, repr=False)
     no_proxy: str | None = None
+    upstream_client: str = DEFAULT_UPSTREAM_CLIENT
     # The fleet store: the shared budget, learned quotes and the spend ledger live in this
     # Redis (redis://, rediss://, unix://); None keeps them in this process (and state_dir).
     # Kept out of repr(): the URL may carry a password.
@@ -315,7 +326,7 @@ class Settings:
             raise ValueError("--presign-tolerance-usd must be between 0 and --max-price-usd")
         if self.quote_trust < 1:
             raise ValueError("quote_trust must be at least 1")
-        if self.max_concurrent < 1:
+        if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ValueError("--max-concurrent must be at least 1")
         if self.max_queue is not None and self.max_queue < 0:
             raise ValueError("--max-queue must not be negative")
@@ -358,6 +369,11 @@ class Settings:
         if self.solana_rpc_url is not None and not _is_http_url(self.solana_rpc_url):
             # The URL itself is not echoed: it may carry the provider's API key.
             raise ValueError("--solana-rpc-url must be an http(s) URL")
+        if self.upstream_client not in UPSTREAM_CLIENTS:
+            raise ValueError(
+                f"--upstream-client must be one of {', '.join(UPSTREAM_CLIENTS)}, "
+                f"got {self.upstream_client!r}"
+            )
         if self.routes not in ("all", "table"):
             raise ValueError(f"--routes must be all or table, got {self.routes!r}")
         if self.rail not in RAILS:

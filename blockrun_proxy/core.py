@@ -5,12 +5,18 @@ the proxy (``app.py`` holds the core under one key) and for the in-process LiteL
 provider (``inprocess.py``) alike, so the two cannot drift apart again (they had: a
 shared cookie jar, another pool size, no quote book, no request-id check):
 
-- the upstream HTTP session (``upstream_session``): pool sized from the limits, no total
-  timeout but an idle one, redirects never followed (``Gateway`` passes
-  ``allow_redirects=False`` on every request), no cookies kept, no decompression (a byte
-  pipe: the client's own Accept-Encoding is forwarded), header fields as large as a
+- the upstream HTTP client (``upstream_client``, ``--upstream-client``): the proxy's own
+  HTTP/1.1 client (``h1``, the default: the cheaper relay) or aiohttp's session
+  (``upstream_session``), built alike: pool sized from the limits, no total timeout but
+  an idle one, redirects never followed (h1 never does; ``Gateway`` passes
+  ``allow_redirects=False`` to aiohttp), no cookies kept, no decompression (a byte pipe:
+  the client's own Accept-Encoding is forwarded), header fields as large as a
   ``PAYMENT-REQUIRED`` may be, an egress proxy and CA bundle from the environment
-  (egress.py);
+  (egress.py). Every gateway call goes through it, on every rail: the x402 gateway's
+  (EVM and Solana payments alike) and the API host's (``ApiKeyGateway``, catalogue
+  included). The chain RPCs are not gateway calls and keep small aiohttp sessions of
+  their own (``EvmRpc``, ``BlockhashCache``): a few JSON-RPC posts a minute, not the
+  relay path, and their URLs, timeouts and proxy rules are the RPCs', not the gateway's;
 - the fleet store (``--redis-url``: ``RedisLink``), the budget store (``budget_store``:
   Redis when the fleet shares one, else in memory), the EVM JSON-RPC client the upto
   scheme reads the Permit2 allowance through (``evm_rpc``), the payer (``payer``), the quote
@@ -30,20 +36,21 @@ the port is open, closed with the core). Every rail shares the one budget, quote
 gateway rules and metrics.
 
 Each is one small function so the next rail or store is a few lines here: another
-HTTP client replaces ``upstream_session``, and anything else that must see every
+HTTP client joins ``upstream_client``, and anything else that must see every
 finished request is appended to ``observers``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
 
-from blockrun_proxy import egress
+from blockrun_proxy import egress, h1
 from blockrun_proxy.apikey import ApiKeyRail
 from blockrun_proxy.blockhash import BlockhashCache
 from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
@@ -63,7 +70,7 @@ from blockrun_proxy.rails import BASE, SOLANA, Rails
 from blockrun_proxy.redis_link import RedisLink
 from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
-from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway
+from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway, UpstreamClient
 from blockrun_proxy.x402 import UPTO_SCHEME
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,9 @@ API_KEY_RAIL = "apikey"
 # a busy sidecar reuses them long before).
 POOL_KEEPALIVE_SECONDS = 30.0
 DNS_CACHE_SECONDS = 300
+# h1 bounds a whole answer head, aiohttp each header field: room for the largest field
+# aiohttp takes (a PAYMENT-REQUIRED) and the gateway's other headers.
+MAX_HEAD_BYTES = GATEWAY_MAX_FIELD_SIZE + 16 * 1024
 # Learned quotes in the fleet's Redis: what a replica learned is there within seconds,
 # and what the others learned reaches it within half a minute (one small read when
 # nothing changed). The file under --state-dir keeps the keeper's slower defaults.
@@ -87,7 +97,7 @@ class PaymentCore:
 
     settings: Settings
     limits: Limits
-    session: aiohttp.ClientSession
+    session: UpstreamClient  # the upstream HTTP client, of either kind
     budget: BudgetStore | None
     payer: Rails
     quotes: QuoteBook
@@ -165,7 +175,8 @@ async def open_core(
             recorder = Recorder(open_ledger(settings, link), replica=replica_name())
             recorder.start()
             stack.push_async_callback(recorder.aclose)
-        session = await stack.enter_async_context(upstream_session(settings, limits))
+        session = upstream_client(settings, limits)
+        stack.push_async_callback(session.close)
         the_gateway = gateway(settings, session, the_payer, quotes)
         models = ModelsCache(the_gateway.get_models, settings.models_ttl_seconds)
         # After the session: closed (the book saved) before the session goes.
@@ -321,7 +332,7 @@ def quote_keeper(
 
 
 def gateway(
-    settings: Settings, session: aiohttp.ClientSession, payer: Rails, quotes: QuoteBook | None
+    settings: Settings, session: UpstreamClient, payer: Rails, quotes: QuoteBook | None
 ) -> Gateway:
     """The gateway calls are sent to: the API host on the API-key rail (no x402), else
     the x402 gateway, paid through ``payer``."""
@@ -343,8 +354,31 @@ def gateway(
     )
 
 
+def upstream_client(settings: Settings, limits: Limits) -> UpstreamClient:
+    """The one HTTP client every gateway call goes through, of the kind
+    ``--upstream-client`` names (``close()`` it when done)."""
+    if settings.upstream_client == "aiohttp":
+        return upstream_session(settings, limits)
+    return upstream_h1(settings, limits)
+
+
+def upstream_h1(settings: Settings, limits: Limits) -> h1.Client:
+    """The proxy's own HTTP/1.1 client, with the session's pool, timeouts and proxy rules."""
+    return h1.Client(
+        # Above --max-concurrent (limits.py): an admitted call never waits for a socket.
+        h1.Limits(max_connections=limits.pool_size, keepalive_expiry=POOL_KEEPALIVE_SECONDS),
+        h1.Timeouts(connect=settings.connect_timeout_seconds, read=settings.idle_timeout_seconds),
+        # Per origin, as egress decides it (HTTPS_PROXY, NO_PROXY), once per origin.
+        proxy_for=functools.partial(egress.proxy_for, settings),
+        # SSL_CERT_FILE / SSL_CERT_DIR when set; else the default verifying context.
+        ssl_context=egress.ssl_context(settings),
+        user_agent=USER_AGENT,
+        max_head_bytes=MAX_HEAD_BYTES,
+    )
+
+
 def upstream_session(settings: Settings, limits: Limits) -> aiohttp.ClientSession:
-    """The one HTTP session every gateway call goes through (use it with ``async with``)."""
+    """aiohttp's session for the gateway (``--upstream-client aiohttp``)."""
     connector = aiohttp.TCPConnector(
         # Above --max-concurrent (limits.py): an admitted call never waits for a socket.
         limit=limits.pool_size,

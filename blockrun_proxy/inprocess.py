@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
+from blockrun_proxy import h1
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
 from blockrun_proxy.core import PaymentCore, open_core
@@ -114,7 +115,7 @@ class Stream:
                 return None
             try:
                 chunk = await self.answer.response.content.readany()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientError, h1.HTTPError, asyncio.TimeoutError) as exc:
                 self.close()
                 raise CallError(
                     _failure_status(self.answer),
@@ -261,7 +262,7 @@ class Core:
         wallet_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        answer = await self._send(request, api_url, wallet_key, headers)
+        answer, request_id = await self._send(request, api_url, wallet_key, headers)
         async with answer.response as response:
             await _raise_for_status(answer)
             body = redacted(answer, await response.read())
@@ -274,7 +275,7 @@ class Core:
                 code="bad_gateway_answer",
                 paid=answer.payment is not None,
             ) from None
-        return Reply(data, _headers(answer), _cost(answer))
+        return Reply(data, _headers(answer, request_id), _cost(answer))
 
     async def open_stream(
         self,
@@ -284,13 +285,13 @@ class Core:
         wallet_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Stream:
-        answer = await self._send(request, api_url, wallet_key, headers)
+        answer, request_id = await self._send(request, api_url, wallet_key, headers)
         try:
             await _raise_for_status(answer)
         except BaseException:
             answer.response.release()
             raise
-        return Stream(answer, _headers(answer), _cost(answer))
+        return Stream(answer, _headers(answer, request_id), _cost(answer))
 
     async def _send(
         self,
@@ -298,7 +299,8 @@ class Core:
         api_url: str | None,
         wallet_key: str | None,
         headers: Mapping[str, str] | None,
-    ) -> Answer:
+    ) -> tuple[Answer, str]:
+        """The gateway's answer, and the request id it was sent with."""
         gateway = await self._gateway(api_url, wallet_key)
         raw = orjson.dumps(request, default=_jsonable)
         try:
@@ -306,7 +308,8 @@ class Core:
             client_headers = dict(headers or {})
             # The proxy's rule: a client's id only if it is a sane one, else a fresh one.
             request_id = request_id_from(client_headers.get("x-request-id"))
-            return await gateway.send_chat(chat.body, client_headers, request_id, chat=chat)
+            answer = await gateway.send_chat(chat.body, client_headers, request_id, chat=chat)
+            return answer, request_id
         except ProxyError as exc:
             raise _call_error(exc) from None
 
@@ -332,11 +335,9 @@ def _cost(answer: Answer) -> float | None:
     return 0.0 if paid is None else paid / 1_000_000
 
 
-def _headers(answer: Answer) -> dict[str, str]:
+def _headers(answer: Answer, request_id: str) -> dict[str, str]:
     headers = cost_headers(answer)
-    request_id = answer.response.request_info.headers.get("x-request-id")
-    if request_id:
-        headers["x-request-id"] = request_id
+    headers["x-request-id"] = request_id
     return headers
 
 

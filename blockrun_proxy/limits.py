@@ -1,5 +1,10 @@
 """Admission control: who may start an upstream call, and how every limit derives from one knob.
 
+The knob, ``--max-concurrent``, is sized at start from the open-files limit when it is not
+given (``auto_max_concurrent``): a sidecar should carry thousands of streams without flags,
+and what bounds them is the descriptors (and the memory: about 22 KiB per held stream in
+the bench, so the ceiling of 8,192 holds some 180 MiB).
+
 ``Admission`` lets at most ``max_concurrent`` calls (of any route) talk to the gateway at once.
 Callers beyond that wait in a bounded FIFO for at most ``queue_timeout`` seconds; when
 the queue is full, or the wait runs out, they get ``Overloaded`` (429 with
@@ -37,6 +42,18 @@ CONNECTION_HEADROOM = 64
 # Never fewer: a burst past a small --max-concurrent should get the proxy's own 429s, not
 # refused connections. A thousand idle connections cost some 30 MiB and as many descriptors.
 MIN_CONNECTIONS = 1024
+# Descriptors the process needs besides calls and connections: logs, the listener, DNS,
+# the fleet store, the RPC clients.
+FD_MARGIN = 64
+# What one slot of an unset --max-concurrent costs in descriptors: its call's gateway and
+# client sockets, the client socket of one call queued for it (the queue is as long as
+# the limit), and one idle keep-alive client connection.
+FDS_PER_SLOT = 4
+# The bounds of the automatic --max-concurrent. The ceiling keeps memory predictable where
+# the open-files limit is huge (containers often get 1,048,576); the floor still serves
+# something under a tiny limit (the fd warning at start then says what to raise).
+MIN_AUTO_CONCURRENT = 16
+MAX_AUTO_CONCURRENT = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,21 +70,78 @@ class Limits:
     backlog: int
     # Open client connections per process; past it, new ones are refused at once. Twice the
     # calls that can be running or waiting (clients' idle pooled connections fit too), plus
-    # headroom, and at least MIN_CONNECTIONS.
+    # headroom, and at least MIN_CONNECTIONS; when the limits are sized from the open-files
+    # limit, no more than the descriptors the gateway sockets leave.
     max_connections: int
+    # Where max_concurrent came from, for the line said at start.
+    sized_from: str = "set by --max-concurrent"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        queue = settings.max_concurrent if settings.max_queue is None else settings.max_queue
+    def from_settings(cls, settings: Settings, *, open_files: int | None = None) -> Limits:
+        """The limits of ``settings``. An unset ``max_concurrent`` is sized from
+        ``open_files`` (default: this process's soft RLIMIT_NOFILE now, so call it after
+        ``raise_fd_limit``); ``server`` does that once and fixes the result in the settings,
+        so every later call agrees with the number it logged."""
+        concurrent = settings.max_concurrent
+        files: int | None = None
+        sized_from = "set by --max-concurrent"
+        if concurrent is None:
+            files = open_files_limit() if open_files is None else open_files
+            concurrent = auto_max_concurrent(files, settings.max_queue)
+            sized_from = (
+                f"sized from the open-files limit {files}"
+                if files >= 0
+                else "no open-files limit: the ceiling"
+            )
+        queue = concurrent if settings.max_queue is None else settings.max_queue
+        pool_size = concurrent + POOL_HEADROOM
+        connections = settings.max_connections or max(
+            MIN_CONNECTIONS, 2 * (concurrent + queue) + CONNECTION_HEADROOM
+        )
+        if files is not None and files >= 0 and settings.max_connections is None:
+            # What the gateway's sockets leave, but room for every admitted and queued call.
+            connections = max(concurrent + queue, min(connections, files - pool_size - FD_MARGIN))
         return cls(
-            max_concurrent=settings.max_concurrent,
+            max_concurrent=concurrent,
             max_queue=queue,
             queue_timeout=settings.queue_timeout_seconds,
-            pool_size=settings.max_concurrent + POOL_HEADROOM,
-            backlog=max(MIN_BACKLOG, 2 * (settings.max_concurrent + queue)),
-            max_connections=settings.max_connections
-            or max(MIN_CONNECTIONS, 2 * (settings.max_concurrent + queue) + CONNECTION_HEADROOM),
+            pool_size=pool_size,
+            backlog=max(MIN_BACKLOG, 2 * (concurrent + queue)),
+            max_connections=connections,
+            sized_from=sized_from,
         )
+
+    @property
+    def fds_needed(self) -> int:
+        """Descriptors for every client connection and gateway socket at once, plus the margin."""
+        return self.max_connections + self.pool_size + FD_MARGIN
+
+
+def auto_max_concurrent(open_files: int, max_queue: int | None = None) -> int:
+    """The ``--max-concurrent`` for an open-files limit (negative: none or unknown).
+
+    As many slots as the descriptors hold at FDS_PER_SLOT each (three with a ``max_queue``
+    given, which is then counted apart), within [MIN_AUTO_CONCURRENT, MAX_AUTO_CONCURRENT]:
+    20,000 files give 4,967; 1,048,576 the ceiling; 1,024 give 223.
+    """
+    if open_files < 0:
+        return MAX_AUTO_CONCURRENT
+    fixed = FD_MARGIN + POOL_HEADROOM + CONNECTION_HEADROOM
+    if max_queue is None:
+        fitting = (open_files - fixed) // FDS_PER_SLOT
+    else:
+        fitting = (open_files - fixed - max_queue) // (FDS_PER_SLOT - 1)
+    return max(MIN_AUTO_CONCURRENT, min(MAX_AUTO_CONCURRENT, fitting))
+
+
+def open_files_limit() -> int:
+    """This process's soft RLIMIT_NOFILE; -1 when unlimited or unknown (not POSIX)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return -1
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return -1 if soft == resource.RLIM_INFINITY else soft
 
 
 class _QueueTimeout(Exception):
@@ -104,7 +178,8 @@ class Admission:
         self._no_requests: asyncio.Event | None = None  # made by the first idle() call
         self.draining = False
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._on_change = on_change
+        # Told (active, queued) on every change; None when nobody needs pushing to.
+        self.on_change = on_change
 
     @classmethod
     def from_limits(cls, limits: Limits, *, on_change: OnChange | None = None) -> Admission:
@@ -189,8 +264,8 @@ class Admission:
         self._changed()
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self.active, len(self._waiters))
+        if self.on_change is not None:
+            self.on_change(self.active, len(self._waiters))
 
     def _overloaded(self, code: str, message: str) -> Overloaded:
         return Overloaded(message, code=code, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

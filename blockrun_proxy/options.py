@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from blockrun_proxy import config
 from blockrun_proxy.config import Settings
+from blockrun_proxy.limits import FDS_PER_SLOT, MAX_AUTO_CONCURRENT
 
 Kind = Literal["value", "flag", "list"]
 ROUTE_MODES = ("all", "table")
@@ -200,8 +201,9 @@ OPTIONS: tuple[Option, ...] = (
            "[Routes](#routes), anything else is a `404`", "`all`", _choice(ROUTE_MODES),
            choices=ROUTE_MODES),
     Option("max_concurrent", "--max-concurrent", (_P + "MAX_CONCURRENT",), "calls in flight "
-           "at once, streams included (sizes the connection pool and backlog)",
-           f"`{config.DEFAULT_MAX_CONCURRENT}`", _at_least(1)),
+           "at once, streams included (sizes the connection pool and backlog); logged at "
+           "start", f"from the open-files limit: {FDS_PER_SLOT} descriptors a call, at most "
+           f"{MAX_AUTO_CONCURRENT} (about 22 KiB of memory per held stream)", _at_least(1)),
     Option("max_queue", "--max-queue", (_P + "MAX_QUEUE",), "calls that may wait for a slot; "
            "past it, `429` at once", "`--max-concurrent`", _at_least(0)),
     Option("queue_timeout_seconds", "--queue-timeout", (_P + "QUEUE_TIMEOUT",),
@@ -209,7 +211,8 @@ OPTIONS: tuple[Option, ...] = (
            f"`{config.DEFAULT_QUEUE_TIMEOUT_SECONDS:g}`", _float, render=repr),
     Option("max_connections", "--max-connections", (_P + "MAX_CONNECTIONS",), "open client "
            "connections per process; past it, new ones get `503 too_many_connections` and are "
-           "closed at once", "2 \u00d7 (`--max-concurrent` + `--max-queue`) + 64, at least 1024",
+           "closed at once", "2 \u00d7 (`--max-concurrent` + `--max-queue`) + 64, at least 1024 "
+           "(sized from the open-files limit: what the gateway sockets leave)",
            _at_least(1)),
     Option("headers_timeout_seconds", "--headers-timeout", (_P + "HEADERS_TIMEOUT",),
            "seconds a connection has to send complete request headers, from connecting or "
@@ -226,6 +229,11 @@ OPTIONS: tuple[Option, ...] = (
            "seconds the gateway may stay silent (before its first byte or mid-stream) before "
            "the call is given up; streams have no total limit",
            f"`{config.DEFAULT_IDLE_TIMEOUT_SECONDS:g}`", _float, render=repr),
+    Option("upstream_client", "--upstream-client", (_P + "UPSTREAM_CLIENT",), "the HTTP "
+           "client that talks to the gateway: `h1`, the proxy's own HTTP/1.1 client "
+           "(httptools; the cheaper relay), or `aiohttp`'s; both keep the same payment "
+           "rules, proxy and CA settings", f"`{config.DEFAULT_UPSTREAM_CLIENT}`",
+           _choice(config.UPSTREAM_CLIENTS), choices=config.UPSTREAM_CLIENTS),
     Option("grace_seconds", "--grace-seconds", (_P + "GRACE_SECONDS",), "on SIGTERM, how long "
            "in-flight requests may finish", f"`{config.DEFAULT_GRACE_SECONDS:g}`", _float,
            render=repr),

@@ -4,8 +4,8 @@ No SSE or JSON parsing happens here. ``readany`` (what ``iter_any`` loops over)
 hands over whatever bytes have arrived without waiting to fill a buffer, and
 ``await write`` returns only once aiohttp's transport is below its high-water
 mark, so a slow client stops the upstream read (the aiohttp client pauses the
-socket at 2x ``read_bufsize``) and memory per stream stays bounded by those two
-buffers whatever the client's speed.
+socket at 2x ``read_bufsize``, h1 past its ``HIGH_WATER``) and memory per stream stays
+bounded by those two buffers whatever the client's speed.
 """
 
 from __future__ import annotations
@@ -17,11 +17,19 @@ from typing import Protocol
 
 from aiohttp import ClientError, ClientResponse, web
 
+from blockrun_proxy import h1
+
 
 @dataclass(slots=True)
 class PipeStats:
     bytes_sent: int = 0
     first_byte_at: float | None = None
+
+
+# An open upstream answer from either client (aiohttp's, or the proxy's own h1).
+Source = ClientResponse | h1.Response
+# What either client raises while a body is read (an idle timeout, a reset, bad chunking).
+READ_FAILED = (ClientError, h1.HTTPError, asyncio.TimeoutError, OSError)
 
 
 class BodyFilter(Protocol):
@@ -37,7 +45,7 @@ class UpstreamBroke(Exception):
     """The upstream body ended early (reset, bad chunking, idle timeout) midway."""
 
 
-def coalesce_headers(upstream: ClientResponse, downstream: web.StreamResponse) -> None:
+def coalesce_headers(upstream: Source, downstream: web.StreamResponse) -> None:
     """Send the response headers with the first body bytes when those are already here.
 
     aiohttp's StreamResponse writes headers at ``prepare`` (one syscall and packet)
@@ -50,7 +58,7 @@ def coalesce_headers(upstream: ClientResponse, downstream: web.StreamResponse) -
         downstream._send_headers_immediately = False  # aiohttp's own knob (Response sets it)
 
 
-async def pump(upstream: ClientResponse, downstream: web.StreamResponse, stats: PipeStats) -> None:
+async def pump(upstream: Source, downstream: web.StreamResponse, stats: PipeStats) -> None:
     """Copy the upstream body to an already prepared ``downstream`` and finish it.
 
     Upstream read failures raise ``UpstreamBroke``: the caller must then drop the
@@ -63,7 +71,7 @@ async def pump(upstream: ClientResponse, downstream: web.StreamResponse, stats: 
     while True:
         try:
             chunk = await content.readany()
-        except (ClientError, asyncio.TimeoutError, OSError) as exc:
+        except READ_FAILED as exc:
             raise UpstreamBroke(type(exc).__name__) from exc
         if not chunk:
             break
@@ -79,7 +87,7 @@ async def pump(upstream: ClientResponse, downstream: web.StreamResponse, stats: 
 
 
 async def pump_filtered(
-    upstream: ClientResponse,
+    upstream: Source,
     downstream: web.StreamResponse,
     stats: PipeStats,
     body_filter: BodyFilter,
@@ -91,7 +99,7 @@ async def pump_filtered(
     while True:
         try:
             chunk = await content.readany()
-        except (ClientError, asyncio.TimeoutError, OSError) as exc:
+        except READ_FAILED as exc:
             raise UpstreamBroke(type(exc).__name__) from exc
         if not chunk:
             break

@@ -28,6 +28,7 @@ from functools import partial
 
 from aiohttp import ClientError, web
 
+from blockrun_proxy import h1
 from blockrun_proxy.appkeys import ADMISSION_KEY, CORE_KEY, EXCHANGE_KEY, METRICS_KEY
 from blockrun_proxy.bodies import guard_body
 from blockrun_proxy.costs import cost_headers, settlement_transaction
@@ -199,7 +200,7 @@ async def job_answer(request: web.Request, answer: Answer) -> web.StreamResponse
     try:
         async with upstream:
             body = await upstream.content.read()  # bounded by the Content-Length checked above
-    except (ClientError, asyncio.TimeoutError) as exc:
+    except (ClientError, h1.HTTPError, asyncio.TimeoutError) as exc:
         raise PaidCallFailed(
             "the gateway's job answer broke after the payment was sent; the job may have been "
             "submitted. Not retried.",
@@ -255,7 +256,7 @@ async def pipe_answer(request: web.Request, answer: Answer) -> web.StreamRespons
             response.content_length = upstream.content_length
         coalesce_headers(upstream, response)
         await response.prepare(request)
-        metrics.open_streams.inc()
+        metrics.stream_opened()
         try:
             if redactor is None:
                 await pump(upstream, response, stats)
@@ -278,8 +279,7 @@ async def pipe_answer(request: web.Request, answer: Answer) -> web.StreamRespons
             # nobody is left to answer, and leaving this block closes the upstream.
             exchange.status = CLIENT_CLOSED
         finally:
-            metrics.open_streams.dec()
-            metrics.relayed_bytes.inc(stats.bytes_sent)
+            metrics.stream_closed(stats.bytes_sent)
             _account(exchange, stats)
     return response
 

@@ -27,6 +27,7 @@ generator, the README) can read it.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 # The prefix the gateway's paths carry (https://blockrun.ai/api/v1/...): a job's poll_url
@@ -193,6 +194,7 @@ def upstream_path(raw_path: str) -> str:
     return raw_path
 
 
+@functools.cache  # a handful of templates; the label is asked for on every signed call
 def _strip_regexes(template: str) -> str:
     out: list[str] = []
     depth = 0

@@ -47,8 +47,6 @@ from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
 from blockrun_proxy.x402 import NETWORKS, usd
 
 log = logging.getLogger("blockrun_proxy")
-# Sockets the process needs besides relayed streams: logs, the listener, DNS, models.
-FD_MARGIN = 64
 # What aiohttp's own shutdown may still wait, after the drain has cut every connection,
 # for a handler that ignores its cancellation (it waits up to this twice). Not 0: aiohttp
 # reads 0 as "no limit".
@@ -166,7 +164,7 @@ async def serve(settings: Settings) -> None:
         "not dumpable" if not_dumpable else "dumpable (prctl needs Linux)",
         extra={"fields": {"core_dumps": False, "dumpable": not not_dumpable}},
     )
-    _check_fd_limit(settings)
+    settings = _check_fd_limit(settings)
     async with contextlib.AsyncExitStack() as stack:
         if settings.demo:
             settings = await stack.enter_async_context(demo_gateway(settings))
@@ -215,19 +213,34 @@ def _log_schemes(settings: Settings) -> None:
         )
 
 
-def _check_fd_limit(settings: Settings) -> None:
+def _check_fd_limit(settings: Settings) -> Settings:
+    """Raise the open-files limit, size an unset ``--max-concurrent`` from it, say so.
+
+    Returns ``settings`` with the limits fixed, so the app (and every later
+    ``Limits.from_settings``) agrees with the numbers logged here."""
     soft, _ = raise_fd_limit()
-    limits = Limits.from_settings(settings)
-    # Every client connection holds a socket, every admitted call one more to the gateway.
-    needed = limits.max_connections + limits.max_concurrent + FD_MARGIN
-    if 0 <= soft < needed:
+    limits = Limits.from_settings(settings, open_files=soft)
+    log.info(
+        "admitting up to %d concurrent calls (%s), %d more queued for up to %gs, "
+        "%d client connections",
+        limits.max_concurrent,
+        limits.sized_from,
+        limits.max_queue,
+        limits.queue_timeout,
+        limits.max_connections,
+    )
+    # Every client connection holds a socket, every pooled gateway connection one more.
+    if 0 <= soft < limits.fds_needed:
         log.warning(
             "open-files limit %d is below the %d that --max-concurrent %d needs; raise "
             "`ulimit -n` or lower --max-concurrent",
             soft,
-            needed,
-            settings.max_concurrent,
+            limits.fds_needed,
+            limits.max_concurrent,
         )
+    return replace(
+        settings, max_concurrent=limits.max_concurrent, max_connections=limits.max_connections
+    )
 
 
 # The demo wallet's funds and Permit2 allowance on the fake chain (--scheme upto|auto).

@@ -68,6 +68,7 @@ from aiohttp import (
 from multidict import CIMultiDict
 from yarl import URL
 
+from blockrun_proxy import h1
 from blockrun_proxy.chatbody import ChatRequest
 from blockrun_proxy.errors import (
     GatewayAnswer,
@@ -128,7 +129,17 @@ NOT_USED_CODES = frozenset({"PAYMENT_INVALID", "PAYMENT_UNFUNDED"})
 # Failures that prove a send never reached the gateway: no connection was ever made
 # (refused, unresolvable, TLS handshake failed, or no connection within the connect
 # timeout). Only these leave a signature unsent; anything later may have delivered it.
-NEVER_CONNECTED = (ClientConnectorError, ConnectionTimeoutError)
+NEVER_CONNECTED = (ClientConnectorError, ConnectionTimeoutError, h1.ConnectError)
+# Answered, in a form that cannot be read (bad status line or headers): asking again gets
+# the same, and a paid send that got one was delivered.
+UNREADABLE = (ClientResponseError, h1.RemoteProtocolError)
+# Every failure of either HTTP client (timeouts are TimeoutErrors, caught before these).
+CLIENT_FAILED = (ClientError, h1.HTTPError)
+# The HTTP client the gateway is reached through (core.upstream_client: --upstream-client),
+# and its open answers: both offer status, headers, content (readany, read, at_eof,
+# total_bytes), content_length, release and ``async with``.
+UpstreamClient = ClientSession | h1.Client
+UpstreamResponse = ClientResponse | h1.Response
 # A PAYMENT-RESPONSE passed on to the client: base64 of a small JSON object, nothing else.
 _HEADER_B64 = re.compile(r"[A-Za-z0-9+/_=-]{1,4096}")
 
@@ -152,7 +163,7 @@ class Outgoing:
 class Answer:
     """An open gateway response and what was paid for it. Release ``response`` when done."""
 
-    response: ClientResponse
+    response: UpstreamResponse
     payment: Payment | None = None
     settlement: PaymentResponse | None = None
     presigned: bool = False  # paid on the first request, from a learned quote
@@ -178,7 +189,7 @@ class Answer:
 class Gateway:
     def __init__(
         self,
-        session: ClientSession,
+        session: UpstreamClient,
         api_url: str,
         payer: Rails,
         *,
@@ -233,15 +244,14 @@ class Gateway:
 
     async def get_models(self) -> tuple[int, bytes]:
         try:
-            async with self._session.get(
-                self._models_url, allow_redirects=False, proxy=self._proxy
-            ) as resp:
-                if is_redirect(resp.status):
-                    raise redirect_error(resp)
-                return resp.status, await resp.read()
+            response = await self._request(Outgoing("GET", self._models_url, None, CIMultiDict()))
+            async with response:
+                if is_redirect(response.status):
+                    raise redirect_error(response)
+                return response.status, await response.read()
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("the gateway did not answer /v1/models in time") from exc
-        except ClientError as exc:
+        except CLIENT_FAILED as exc:
             raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
 
     async def send_chat(
@@ -454,16 +464,16 @@ class Gateway:
         if self.quotes is not None:
             self.quotes.refused(quote)
 
-    async def _send_unpaid(self, out: Outgoing) -> ClientResponse:
+    async def _send_unpaid(self, out: Outgoing) -> UpstreamResponse:
         for attempt in range(self._probe_retries + 1):
             last = attempt == self._probe_retries
             try:
                 response = await self._request(out)
             except asyncio.TimeoutError as exc:
                 raise UpstreamTimeout("the gateway did not answer in time") from exc
-            except ClientResponseError as exc:
+            except UNREADABLE as exc:
                 raise malformed_answer(exc) from exc  # answered: asking again gets the same
-            except ClientError as exc:
+            except CLIENT_FAILED as exc:
                 if last:
                     raise UpstreamError(f"cannot reach the gateway: {type(exc).__name__}") from exc
                 await asyncio.sleep(RETRY_DELAYS[attempt])
@@ -506,7 +516,7 @@ class Gateway:
                     code="paid_call_timeout",
                     upstream_status="timeout",
                 ) from exc
-            except ClientResponseError as exc:
+            except UNREADABLE as exc:
                 # Answered (so delivered), in a form that cannot be read: not replayed.
                 failure = malformed_answer(exc)
                 raise PaidCallFailed(
@@ -515,7 +525,7 @@ class Gateway:
                     code=failure.code,
                     upstream_status="malformed",
                 ) from exc
-            except ClientError as exc:
+            except CLIENT_FAILED as exc:
                 # Sent, then dropped: replaying the SAME authorization is safe (one nonce).
                 if last:
                     raise PaidCallFailed(
@@ -571,7 +581,9 @@ class Gateway:
             extra={"fields": {"reason": label}},
         )
 
-    async def _post_paid(self, call: RailsCall, payment: Payment, out: Outgoing) -> ClientResponse:
+    async def _post_paid(
+        self, call: RailsCall, payment: Payment, out: Outgoing
+    ) -> UpstreamResponse:
         """One send of ``payment``, telling ``call`` whenever it may have reached the
         gateway: always, except when no connection was ever made. A timeout, a drop or a
         cancellation mid-send may have delivered it, so it counts as sent."""
@@ -585,9 +597,13 @@ class Gateway:
         call.sent(payment)
         return response
 
-    async def _request(self, out: Outgoing) -> ClientResponse:
+    async def _request(self, out: Outgoing) -> UpstreamResponse:
+        session = self._session
+        if isinstance(session, h1.Client):
+            # It never follows redirects, and takes the egress proxy per origin (core.py).
+            return await session.request(out.method, out.url, out.headers, out.body)
         # Never follow a redirect: the payment header would go wherever it points.
-        return await self._session.request(
+        return await session.request(
             out.method,
             out.url,
             data=out.body,
@@ -601,12 +617,16 @@ def is_redirect(status: int) -> bool:
     return 300 <= status < 400
 
 
-def malformed_answer(exc: ClientResponseError) -> UpstreamError:
-    """A gateway answer the HTTP client could not read (aiohttp raises these while
-    parsing the status line and headers)."""
-    # aiohttp's LineTooLong: "Got more than N bytes when reading ...". A 402 carries its
-    # offer in PAYMENT-REQUIRED, the one header that grows, so this is an offer too large.
-    if exc.message.startswith("Got more than"):
+def malformed_answer(exc: ClientResponseError | h1.RemoteProtocolError) -> UpstreamError:
+    """A gateway answer the HTTP client could not read (raised while parsing the status
+    line and headers)."""
+    # aiohttp's LineTooLong: "Got more than N bytes when reading ...", h1's HeadTooLarge. A
+    # 402 carries its offer in PAYMENT-REQUIRED, the one header that grows, so this is an
+    # offer too large.
+    too_large = isinstance(exc, h1.HeadTooLarge) or (
+        isinstance(exc, ClientResponseError) and exc.message.startswith("Got more than")
+    )
+    if too_large:
         return UpstreamError(
             f"the gateway's answer carries a header over {GATEWAY_MAX_FIELD_SIZE} bytes "
             "(a PAYMENT-REQUIRED this large is not a usable payment requirement)",
@@ -624,7 +644,7 @@ def invites_retry(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
-def redirect_error(response: ClientResponse) -> UpstreamError:
+def redirect_error(response: UpstreamResponse) -> UpstreamError:
     """A 3xx before any payment was sent: nothing was paid, and nothing is followed."""
     return UpstreamError(
         f"the gateway answered with a redirect ({response.status}); the proxy never follows "
@@ -664,7 +684,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-async def read_small_body(response: ClientResponse) -> bytes:
+async def read_small_body(response: UpstreamResponse) -> bytes:
     """Read at most MAX_CLASSIFIED_BODY bytes, decoded if the gateway compressed them."""
     async with response:
         data = await response.content.read(MAX_CLASSIFIED_BODY)
@@ -677,7 +697,7 @@ async def read_small_body(response: ClientResponse) -> bytes:
     return data
 
 
-async def read_offer(response: ClientResponse) -> PaymentRequired | None:
+async def read_offer(response: UpstreamResponse) -> PaymentRequired | None:
     header = response.headers.get(PAYMENT_REQUIRED)
     body = await read_small_body(response)
     return parse_payment_required(header, body)
@@ -717,7 +737,9 @@ def error_code(body: bytes, status: int = 400) -> str | None:
     return None
 
 
-async def classify_paid_error(response: ClientResponse) -> PaymentNotAccepted | GatewayAnswer:
+async def classify_paid_error(
+    response: UpstreamResponse,
+) -> PaymentNotAccepted | GatewayAnswer:
     """Turn an error answer to a paid send into what the client gets; never signs.
 
     The gateway's reason (x402/reasons.py) goes into the message, and its known x402 code

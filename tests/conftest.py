@@ -15,6 +15,7 @@ from support.payments import assert_one_nonce_per_call
 from support.svm import DEVNET
 from support.svm import new_key as new_solana_key
 
+from blockrun_proxy import config
 from blockrun_proxy.config import Settings
 from blockrun_proxy.server import running
 from blockrun_proxy.testing import ApiKeyFakeGateway, FakeGateway, SolanaFakeGateway
@@ -31,6 +32,20 @@ class Proxy:
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_clients`` that start a proxy (or ask for ``upstream_client``)
+    run once per upstream HTTP client; the others use the default one."""
+    marked = metafunc.definition.get_closest_marker("both_clients") is not None
+    if marked and "upstream_client" in metafunc.fixturenames:
+        metafunc.parametrize("upstream_client", config.UPSTREAM_CLIENTS)
+
+
+@pytest.fixture
+def upstream_client() -> str:
+    """The --upstream-client the proxies of a test use (see pytest_generate_tests)."""
+    return config.DEFAULT_UPSTREAM_CLIENT
 
 
 @pytest.fixture
@@ -53,7 +68,9 @@ StartProxy = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-async def start_proxy(gateway: FakeGateway, wallet_key: str) -> AsyncIterator[StartProxy]:
+async def start_proxy(
+    gateway: FakeGateway, wallet_key: str, upstream_client: str
+) -> AsyncIterator[StartProxy]:
     """Start a proxy in front of ``gateway``; keyword arguments override Settings fields."""
     async with contextlib.AsyncExitStack() as stack:
 
@@ -66,6 +83,7 @@ async def start_proxy(gateway: FakeGateway, wallet_key: str) -> AsyncIterator[St
                 "wallet_key": wallet_key,
                 "grace_seconds": 1.0,
                 "state_dir": None,  # tests never write under the user's home
+                "upstream_client": upstream_client,
             }
             fields.update(overrides)
             settings = Settings(**fields)
@@ -81,9 +99,10 @@ async def proxy(start_proxy: StartProxy) -> Proxy:
 
 
 @pytest.fixture
-async def run_proxy() -> AsyncIterator[StartProxy]:
+async def run_proxy(upstream_client: str) -> AsyncIterator[StartProxy]:
     """Start a proxy with these Settings fields (on loopback, port 0, nothing on disk), in
-    front of whatever gateway they name: the other rails' fixtures build on it."""
+    front of whatever gateway they name: the other rails' fixtures build on it. It talks
+    upstream through ``upstream_client`` (both kinds, in tests marked ``both_clients``)."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**fields: Any) -> Proxy:
@@ -93,6 +112,7 @@ async def run_proxy() -> AsyncIterator[StartProxy]:
                     "port": 0,
                     "grace_seconds": 1.0,
                     "state_dir": None,
+                    "upstream_client": upstream_client,
                     **fields,
                 }
             )

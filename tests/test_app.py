@@ -42,6 +42,7 @@ async def test_free_model_needs_no_payment(proxy, gateway):
     assert "x-blockrun-cost-usd" not in resp.headers
 
 
+@pytest.mark.both_clients
 async def test_paid_call_signs_once_and_reports_the_settled_cost(proxy, gateway):
     resp = await post(proxy, chat(FRACTIONAL_MODEL, max_tokens=50))
     raw = resp.body
@@ -55,6 +56,7 @@ async def test_paid_call_signs_once_and_reports_the_settled_cost(proxy, gateway)
     assert resp.headers["x-blockrun-settlement"] == settled.transaction
 
 
+@pytest.mark.both_clients
 async def test_paid_stream_relays_the_gateways_bytes_unchanged(proxy, gateway):
     resp = await post(proxy, chat(FRACTIONAL_MODEL, stream=True, max_tokens=64))
     raw = resp.body

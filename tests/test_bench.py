@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from bench.load import lua_string, parse_wrk_output, percentile, render_wrk_lua
 from bench.report import added_at_most, at_least, markdown_table, ratio_at_most
-from bench.upstream import DONE, chunked_sse_response, sse_frame
+from bench.upstream import (
+    DONE,
+    RawUpstream,
+    chunked_sse_response,
+    raw_response,
+    sse_frame,
+    static_sse_response,
+)
 
 
 def test_wrk_json_line_counts_only_2xx_toward_the_rate():
@@ -118,4 +126,38 @@ def test_route_bench_compares_each_row_with_its_chat_row():
     )
     assert (
         lines[4] == "| gemini (paid) | 4.50 ms | +0.50 ms | 7.00 ms | 400 | 0.50x | 900 µs | 50% |"
+    )
+
+
+def test_static_upstream_answer_is_the_same_body_in_one_piece():
+    frame = sse_frame(200)
+    chunked = chunked_sse_response(frame, 3)
+    static = static_sse_response(frame, 3)
+    head, body = static.split(b"\r\n\r\n", 1)
+    assert body == frame * 3 + DONE
+    assert b"Content-Length: %d" % len(body) in head
+    assert b"Transfer-Encoding" not in head and b"Transfer-Encoding: chunked" in chunked
+
+
+def test_raw_paid_upstream_answers_402_unless_a_payment_is_attached():
+    class Sink(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.out.append(data)
+
+    upstream = RawUpstream(b"CHALLENGE", b"PAID")
+    sink = Sink()
+    upstream.connection_made(sink)
+    post = b"POST /api/v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n%s\r\n{}"
+    upstream.data_received(post % b"")
+    upstream.data_received(post % b"PAYMENT-SIGNATURE: eyJ4\r\n")
+    assert sink.out == [b"CHALLENGE", b"PAID"]
+    reply = raw_response(
+        402, "Payment Required", [("Date", "x"), ("PAYMENT-REQUIRED", "e30")], b"{}"
+    )
+    assert reply == (
+        b"HTTP/1.1 402 Payment Required\r\nPAYMENT-REQUIRED: e30\r\nContent-Length: 2\r\n\r\n{}"
     )

@@ -7,13 +7,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
+import pytest
 from support.calls import TEST_NETWORK, post
 from support.gateway_client import ANTHROPIC_BODY
 
 import blockrun_proxy
+from blockrun_proxy import h1
 from blockrun_proxy.budget import MemoryBudgetStore
-from blockrun_proxy.config import Settings
-from blockrun_proxy.core import open_core
+from blockrun_proxy.config import UPSTREAM_CLIENTS, Settings
+from blockrun_proxy.core import POOL_KEEPALIVE_SECONDS, USER_AGENT, open_core
+from blockrun_proxy.h1.route import Proxy
 from blockrun_proxy.limits import Limits
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE
 
@@ -44,7 +47,8 @@ def test_the_gateway_and_its_session_are_assembled_in_one_place() -> None:
     assert calls_to("open_core") == {"app.py", "inprocess.py"}
 
 
-async def test_the_upstream_session_as_the_core_builds_it(tmp_path) -> None:
+@pytest.mark.parametrize("kind", UPSTREAM_CLIENTS)
+async def test_the_upstream_client_as_the_core_builds_it(tmp_path, kind) -> None:
     settings = Settings(
         api_url="https://blockrun.ai/api",
         networks=(TEST_NETWORK,),
@@ -52,17 +56,34 @@ async def test_the_upstream_session_as_the_core_builds_it(tmp_path) -> None:
         idle_timeout_seconds=123.0,
         budget_usd=Decimal("1"),
         state_dir=tmp_path,
+        upstream_client=kind,
+        https_proxy="http://egress:3128",
+        no_proxy="blockrun.ai",
     )
     async with open_core(settings) as core:
         session = core.session
-        assert session.connector is not None
-        assert session.connector.limit == Limits.from_settings(settings).pool_size >= 7
-        assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
-        assert session.auto_decompress is False
-        assert session.trust_env is False  # the egress proxy comes from Settings (egress.py)
-        assert session.timeout.total is None and session.timeout.sock_read == 123.0
-        assert "Accept-Encoding" in session.skip_auto_headers
-        assert session._max_field_size == GATEWAY_MAX_FIELD_SIZE
+        pool_size = Limits.from_settings(settings).pool_size
+        assert pool_size >= 7
+        if isinstance(session, h1.Client):
+            # Nothing to configure away: it keeps no cookies, adds no Accept-Encoding,
+            # never decompresses nor follows a redirect (tests/h1).
+            assert session.limits == h1.Limits(pool_size, POOL_KEEPALIVE_SECONDS)
+            assert session._timeouts.read == 123.0
+            assert session._user_agent == USER_AGENT
+            assert session._max_head >= GATEWAY_MAX_FIELD_SIZE
+            # The egress proxy as egress.py decides it, NO_PROXY included.
+            assert session._proxy(("https", "blockrun.ai", 443)) is None
+            assert session._proxy(("https", "sol.example", 443)) == Proxy("egress", 3128)
+        else:
+            assert isinstance(session, aiohttp.ClientSession)
+            assert session.connector is not None
+            assert session.connector.limit == pool_size
+            assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+            assert session.auto_decompress is False
+            assert session.trust_env is False  # the egress proxy comes from Settings (egress.py)
+            assert session.timeout.total is None and session.timeout.sock_read == 123.0
+            assert "Accept-Encoding" in session.skip_auto_headers
+            assert session._max_field_size == GATEWAY_MAX_FIELD_SIZE
         assert isinstance(core.budget, MemoryBudgetStore)
         assert core.payer.budget is core.budget  # every rail reserves in this one
         assert core.gateway.quotes is core.quotes

@@ -7,7 +7,11 @@ import logging
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
+
+# The payment rules hold whichever HTTP client talks to the gateway.
+pytestmark = pytest.mark.both_clients
 
 
 async def test_client_hangup_closes_the_upstream_quickly(aiohttp_server, start_proxy):

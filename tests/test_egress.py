@@ -15,7 +15,10 @@ from support.tls import HOST, TLSGateway
 
 from blockrun_proxy import egress
 from blockrun_proxy.config import Settings
-from blockrun_proxy.testing import FakeGateway
+from blockrun_proxy.testing import ApiKeyFakeGateway, FakeGateway
+
+# The payment rules hold whichever HTTP client talks to the gateway.
+pytestmark = pytest.mark.both_clients
 
 
 @pytest.fixture
@@ -83,6 +86,31 @@ async def test_no_proxy_goes_direct(start_proxy, tls, egress_proxy) -> None:
     assert egress_proxy.tunnels == []
 
 
+async def test_the_api_key_rail_goes_through_the_egress_proxy_too(
+    run_proxy, tmp_path, egress_proxy
+) -> None:
+    """The API host is another origin than the gateway: its calls and its catalogue take
+    the same egress proxy and CA bundle, whichever client sends them."""
+    host = TLSGateway(ApiKeyFakeGateway(), tmp_path)
+    await host.start()
+    try:
+        key = host.gateway.new_key()
+        proxy = await run_proxy(
+            api_key=key,
+            api_key_url=host.gateway.base_url,
+            ssl_cert_file=str(host.ca_file),
+            https_proxy=egress_proxy.url,
+        )
+        reply = await post(proxy, chat(PRICED_MODEL, stream=True, max_tokens=32))
+        assert reply.status == 200, reply.body
+        assert reply.body.endswith(b"data: [DONE]\n\n")
+        assert len(host.gateway.charges) == 1
+        assert set(egress_proxy.tunnels) == {f"{HOST}:{host.port}"}
+        assert egress_proxy.seen and key.encode() not in egress_proxy.seen
+    finally:
+        await host.close()
+
+
 @pytest.mark.parametrize(
     ("no_proxy", "host", "port", "bypassed"),
     [
@@ -94,6 +122,9 @@ async def test_no_proxy_goes_direct(start_proxy, tls, egress_proxy) -> None:
         ("blockrun.ai:443", "blockrun.ai", 443, True),
         (" , localhost", "localhost", 80, True),
         ("[::1]", "::1", 443, True),
+        ("[::1]:443", "[::1]", 443, True),
+        ("localhost:8443", "localhost", 8443, True),
+        ("::1", "::1", 443, True),
         ("", "blockrun.ai", 443, False),
     ],
 )

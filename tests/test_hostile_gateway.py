@@ -16,6 +16,9 @@ from support.payments import chat_requests, warm_body, warm_up
 
 from blockrun_proxy.config import DEFAULT_MAX_AUTH_SECONDS, DEFAULT_MAX_PRICE_USD, usd_to_atomic
 
+# The payment rules hold whichever HTTP client talks to the gateway.
+pytestmark = pytest.mark.both_clients
+
 SEPOLIA = "eip155:84532"
 SEPOLIA_USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 STRANGER = "0x00000000000000000000000000000000BadBad00"

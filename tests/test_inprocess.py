@@ -9,17 +9,25 @@ import pytest
 from support.calls import PRICED_MODEL, TEST_NETWORK
 from support.payments import warm_bodies, warm_body
 
+from blockrun_proxy import h1
 from blockrun_proxy.config import Settings
 from blockrun_proxy.inprocess import CallError, Core, Stream
 from blockrun_proxy.limits import Limits
+
+# What the provider relays through is the core's upstream client: each kind.
+pytestmark = pytest.mark.both_clients
 
 BODY = {"model": PRICED_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
 @pytest.fixture
-def core(gateway, wallet_key):
+def core(gateway, wallet_key, upstream_client):
     settings = Settings(
-        api_url=gateway.base_url, networks=(TEST_NETWORK,), wallet_key=wallet_key, state_dir=None
+        api_url=gateway.base_url,
+        networks=(TEST_NETWORK,),
+        wallet_key=wallet_key,
+        state_dir=None,
+        upstream_client=upstream_client,
     )
     core = Core(settings)
     yield core
@@ -32,7 +40,7 @@ async def test_complete_from_another_loop_and_from_a_thread(core, gateway):
     assert reply.cost_usd == gateway.settled[0].amount / 1e6
     assert reply.headers["x-litellm-response-cost"] == f"{reply.cost_usd:.6f}"
     reply = await asyncio.to_thread(core.run, core.complete(BODY))
-    assert reply.headers["x-request-id"]
+    assert reply.headers["x-request-id"] == gateway.chat_requests[-1].headers["x-request-id"]
     assert len(gateway.settled) == 2
 
 
@@ -123,13 +131,19 @@ async def test_the_provider_signs_up_front_like_the_proxy(core, gateway):
     assert gateway.chat_requests[-1].payment is not None
 
 
-async def test_the_provider_opens_the_same_session_as_the_proxy(core):
+async def test_the_provider_opens_the_same_session_as_the_proxy(core, upstream_client):
     payment = await core.run_async(core.payment_core())
     session = payment.session
-    assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)  # no jar shared by callers
-    assert session.connector is not None
-    assert session.connector.limit == Limits.from_settings(core.settings).pool_size
-    assert session.auto_decompress is False and session.trust_env is False
+    pool_size = Limits.from_settings(core.settings).pool_size
+    if upstream_client == "h1":
+        assert isinstance(session, h1.Client)  # keeps no cookies at all
+        assert session.limits.max_connections == pool_size
+    else:
+        assert isinstance(session, aiohttp.ClientSession)
+        assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)  # no jar shared by callers
+        assert session.connector is not None
+        assert session.connector.limit == pool_size
+        assert session.auto_decompress is False and session.trust_env is False
     assert payment.recorder is None  # no spend ledger written from inside another program
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import resource
 import time
 from collections.abc import AsyncIterator
 
@@ -11,12 +12,20 @@ import aiohttp
 import orjson
 import pytest
 from support.calls import FREE_MODEL, JSON
-from support.servers import LAST_FRAME, HoldingUpstream, until
+from support.process import ProxyProcess
+from support.servers import LAST_FRAME, HoldingUpstream, proxy_environ, until
 
+from blockrun_proxy import h1
 from blockrun_proxy.app import ADMISSION_KEY, CORE_KEY
 from blockrun_proxy.config import Settings
 from blockrun_proxy.errors import Overloaded, ShuttingDown
-from blockrun_proxy.limits import Admission, Limits
+from blockrun_proxy.limits import (
+    MAX_AUTO_CONCURRENT,
+    MIN_AUTO_CONCURRENT,
+    Admission,
+    Limits,
+    auto_max_concurrent,
+)
 
 CHAT = orjson.dumps(
     {"model": FREE_MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]}
@@ -156,6 +165,55 @@ def test_every_limit_derives_from_max_concurrent():
     assert Limits.from_settings(Settings(max_concurrent=8, max_queue=0)).max_queue == 0
 
 
+def test_unset_max_concurrent_is_sized_from_the_open_files_limit():
+    # Issue 14: a sidecar carries thousands of streams without flags. Four descriptors per
+    # slot (its call's client and gateway sockets, one queued client, one idle client).
+    limits = Limits.from_settings(Settings(), open_files=20_000)
+    assert limits.max_concurrent >= 4000
+    assert limits.max_queue == limits.max_concurrent
+    # Every descriptor accounted for, the client connections capped by what is left, and
+    # still room for every admitted and queued call.
+    assert limits.fds_needed <= 20_000
+    assert limits.max_connections >= limits.max_concurrent + limits.max_queue
+    assert limits.sized_from == "sized from the open-files limit 20000"
+    assert auto_max_concurrent(1 << 20) == MAX_AUTO_CONCURRENT
+    assert auto_max_concurrent(-1) == MAX_AUTO_CONCURRENT  # unlimited
+    assert auto_max_concurrent(100) == MIN_AUTO_CONCURRENT
+    assert 200 <= auto_max_concurrent(1024) < 256
+    assert Limits.from_settings(Settings(), open_files=1024).fds_needed <= 1024
+    # A short queue given leaves more for calls; connections given are kept.
+    assert auto_max_concurrent(20_000, max_queue=0) > limits.max_concurrent
+    given = Limits.from_settings(Settings(max_connections=3000), open_files=20_000)
+    assert given.max_connections == 3000
+    # A number given is a number kept, whatever the limit.
+    pinned = Limits.from_settings(Settings(max_concurrent=300), open_files=20_000)
+    assert (pinned.max_concurrent, pinned.sized_from) == (300, "set by --max-concurrent")
+    assert pinned == Limits.from_settings(Settings(max_concurrent=300), open_files=100)
+
+
+def test_default_queue_timeout_serves_a_burst_rather_than_refusing_it():
+    # 400 two-second streams against the old 2 s timeout got 143 429s.
+    assert Settings().queue_timeout_seconds >= 30
+    assert Settings().max_concurrent is None  # sized at start
+
+
+async def test_serve_says_at_start_how_many_calls_it_admits_and_why(tmp_path):
+    proxy = await ProxyProcess.start("--port", "0", env=proxy_environ(tmp_path))
+    try:
+        (line,) = [x for x in proxy.lines if str(x.get("msg", "")).startswith("admitting")]
+        # serve raises its soft limit to the hard one, then sizes the limit from it.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        files = -1 if hard == resource.RLIM_INFINITY else hard
+        limits = Limits.from_settings(Settings(), open_files=files)
+        assert line["msg"].startswith(
+            f"admitting up to {limits.max_concurrent} concurrent calls ({limits.sized_from}), "
+            f"{limits.max_queue} more queued for up to 30s, {limits.max_connections} client"
+        )
+        assert files < 0 or limits.fds_needed <= files
+    finally:
+        await proxy.kill()
+
+
 # --------------------------------------------------------------------------- over HTTP
 
 
@@ -267,6 +325,47 @@ async def test_a_burst_far_past_the_limit_never_wedges(start_proxy, gateway):
         assert status == 200
 
 
+@pytest.mark.both_clients
 async def test_the_upstream_pool_is_never_smaller_than_the_limit(start_proxy, holding):
     proxy = await start_proxy(api_url=holding.url, max_concurrent=7)
-    assert proxy.app[CORE_KEY].session.connector.limit >= 7
+    session = proxy.app[CORE_KEY].session
+    if isinstance(session, h1.Client):
+        assert session.limits.max_connections >= 7
+    else:
+        assert session.connector is not None and session.connector.limit >= 7
+
+
+async def test_admission_and_stream_gauges_show_the_calls_in_flight(start_proxy, holding):
+    # In one process the gauges are read when scraped (no per-request writes): they must
+    # still show what is in flight at that moment, and 0 once it is over.
+    proxy = await start_proxy(api_url=holding.url, max_concurrent=2, max_queue=4)
+    url = proxy.base_url + "/chat/completions"
+
+    async def gauges() -> dict[str, float]:
+        async with aiohttp.ClientSession() as s, s.get(proxy.url + "/metrics") as r:
+            text = await r.text()
+        names = ("upstream_inflight", "admission_queue", "open_streams", "max_concurrent")
+        return {
+            name: float(line.split()[-1])
+            for line in text.splitlines()
+            for name in names
+            if line.startswith(f"blockrun_proxy_{name} ")
+        }
+
+    async with unlimited_session() as session:
+        calls = [asyncio.create_task(stream(session, url)) for _ in range(3)]
+        await until(lambda: holding.started == 2 and proxy.app[ADMISSION_KEY].queued == 1)
+        assert await gauges() == {
+            "upstream_inflight": 2,
+            "admission_queue": 1,
+            "open_streams": 2,
+            "max_concurrent": 2,
+        }
+        holding.release.set()
+        await asyncio.gather(*calls)
+    assert await gauges() == {
+        "upstream_inflight": 0,
+        "admission_queue": 0,
+        "open_streams": 0,
+        "max_concurrent": 2,
+    }

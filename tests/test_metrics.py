@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.calls import FRACTIONAL_MODEL, FREE_MODEL, JSON, chat, post
 from support.servers import until
 
-from blockrun_proxy.app import METRICS_KEY
+from blockrun_proxy.app import LIMITS_KEY, METRICS_KEY
 from blockrun_proxy.metrics import Metrics
 
 CHAT_ROUTE = "/v1/chat/completions"
@@ -62,7 +62,7 @@ async def test_a_paid_stream_then_a_refused_quote(proxy, gateway):
     assert get(m, "blockrun_proxy_request_duration_seconds_count", route=CHAT_ROUTE) == 1
     assert get(m, "blockrun_proxy_open_streams") == 0
     assert get(m, "blockrun_proxy_upstream_inflight") == 0
-    assert get(m, "blockrun_proxy_max_concurrent") == proxy.settings.max_concurrent
+    assert get(m, "blockrun_proxy_max_concurrent") == proxy.app[LIMITS_KEY].max_concurrent
 
     gateway.misbehave.price_multiplier = 10_000.0  # over the per-call cap: no signature
     reply = await post(proxy, chat(FRACTIONAL_MODEL, stream=True))

@@ -44,6 +44,7 @@ SAMPLES = {
     "body_timeout_seconds": "12",
     "keepalive_timeout_seconds": "20",
     "idle_timeout_seconds": "600",
+    "upstream_client": "AIOHTTP",
     "grace_seconds": "4",
     "workers": "3",
     "reuse_port": "1",

@@ -31,6 +31,9 @@ from support.payments import (
 
 from blockrun_proxy.testing import FakeGateway
 
+# The payment rules hold whichever HTTP client talks to the gateway.
+pytestmark = pytest.mark.both_clients
+
 PATHS = ["cold", "warm"]
 
 

@@ -1,4 +1,5 @@
-"""The pump: bytes unchanged whatever the chunking, and a slow client slows the upstream."""
+"""The pump: bytes unchanged whatever the chunking, and a slow client slows the upstream,
+from each upstream HTTP client as the core builds it (h1, aiohttp)."""
 
 import asyncio
 import os
@@ -10,7 +11,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from blockrun_proxy.pipe import PipeStats, UpstreamBroke, pump
+from blockrun_proxy import h1
+from blockrun_proxy.config import Settings
+from blockrun_proxy.core import upstream_client as open_client
+from blockrun_proxy.limits import Limits
+from blockrun_proxy.pipe import PipeStats, Source, UpstreamBroke, pump
+from blockrun_proxy.upstream import UpstreamClient
+
+pytestmark = pytest.mark.both_clients
 
 
 def upstream_app(
@@ -37,51 +45,67 @@ def upstream_app(
     return app
 
 
-def pumping_app(upstream_url: str, outcome: dict) -> web.Application:
+async def get(client: UpstreamClient, url: str) -> Source:
+    if isinstance(client, h1.Client):
+        return await client.request("GET", url)
+    return await client.get(url)
+
+
+def pumping_app(upstream_url: str, outcome: dict, kind: str) -> web.Application:
+    settings = Settings(upstream_client=kind)
+
     async def handler(request: web.Request) -> web.StreamResponse:
-        async with aiohttp.ClientSession() as session, session.get(upstream_url) as upstream:
-            resp = web.StreamResponse()
-            await resp.prepare(request)
-            try:
-                await pump(upstream, resp, outcome.setdefault("stats", PipeStats()))
-            except UpstreamBroke:
-                outcome["broke"] = True
-                request.transport.abort()
-            return resp
+        client = open_client(settings, Limits.from_settings(settings))
+        try:
+            async with await get(client, upstream_url) as upstream:
+                resp = web.StreamResponse()
+                await resp.prepare(request)
+                try:
+                    await pump(upstream, resp, outcome.setdefault("stats", PipeStats()))
+                except UpstreamBroke:
+                    outcome["broke"] = True
+                    request.transport.abort()
+                return resp
+        finally:
+            await client.close()
 
     app = web.Application()
     app.router.add_get("/", handler)
     return app
 
 
-async def test_bytes_arrive_unchanged(aiohttp_server, aiohttp_client):
+async def test_bytes_arrive_unchanged(aiohttp_server, aiohttp_client, upstream_client):
     payload = os.urandom(300_000) + b"data: [DONE]\n\n"
     progress: dict = {}
     outcome: dict = {}
     upstream = await aiohttp_server(upstream_app(payload, progress))
-    client = await aiohttp_client(pumping_app(str(upstream.make_url("/")), outcome))
+    app = pumping_app(str(upstream.make_url("/")), outcome, upstream_client)
+    client = await aiohttp_client(app)
     resp = await client.get("/")
     assert await resp.read() == payload
     assert outcome["stats"].bytes_sent == len(payload)
 
 
-async def test_upstream_break_is_reported_not_ended_cleanly(aiohttp_server, aiohttp_client):
+async def test_upstream_break_is_reported_not_ended_cleanly(
+    aiohttp_server, aiohttp_client, upstream_client
+):
     payload = os.urandom(500_000)
     outcome: dict = {}
     upstream = await aiohttp_server(upstream_app(payload, {}, break_after=100_000))
-    client = await aiohttp_client(pumping_app(str(upstream.make_url("/")), outcome))
+    app = pumping_app(str(upstream.make_url("/")), outcome, upstream_client)
+    client = await aiohttp_client(app)
     resp = await client.get("/")
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
     assert outcome.get("broke") is True
 
 
-async def test_slow_client_holds_back_the_upstream(aiohttp_server):
+async def test_slow_client_holds_back_the_upstream(aiohttp_server, upstream_client):
     """A client that stops reading stops the upstream writer: nothing buffers without bound."""
     payload = b"x" * (64 * 1024 * 1024)
     progress: dict = {"written": 0}
     upstream = await aiohttp_server(upstream_app(payload, progress))
-    proxy = await aiohttp_server(pumping_app(str(upstream.make_url("/")), {}))
+    proxy = await aiohttp_server(pumping_app(str(upstream.make_url("/")), {}, upstream_client))
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
     writer.write(f"GET / HTTP/1.1\r\nHost: {proxy.host}\r\n\r\n".encode())
     await writer.drain()

@@ -414,7 +414,7 @@ def test_cjk_counting_matches_blockrun_estimator():
     without importing it on the hot path; CJK counted at C speed, as its regex would."""
     from blockrun_llm.router_core.tokens import estimate_tokens
 
-    from blockrun_proxy.quotes.features import _CJK_CHARS, cjk_count
+    from blockrun_proxy.quotes.features import cjk_chars, cjk_count
     from blockrun_proxy.testing.workloads import mixed_text
 
     rng = random.Random(8)
@@ -424,6 +424,6 @@ def test_cjk_counting_matches_blockrun_estimator():
             for _ in range(rng.randint(0, 120))
         ]
         text = "".join(pieces) + mixed_text(rng, rng.randint(0, 400))
-        assert cjk_count(text) == len(_CJK_CHARS.findall(text))
+        assert cjk_count(text) == len(cjk_chars().findall(text))
         features = request_features("m", 1, {"messages": [{"role": "user", "content": text}]})
         assert features.sizes[4] == estimate_tokens(text)

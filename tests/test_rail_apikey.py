@@ -16,12 +16,17 @@ import pytest
 from aiohttp import web
 from support.calls import PRICED_MODEL, chat, get, post
 from support.gateway_client import ANTHROPIC_BODY, GEMINI_BODY
+from support.scripted import ScriptedServer
 
 from blockrun_proxy.apikey import COST_SOURCE_HEADER
 from blockrun_proxy.app import CORE_KEY
+from blockrun_proxy.config import API_KEY_PREFIX
 from blockrun_proxy.costs import COST_HEADER, LITELLM_COST_HEADER
 from blockrun_proxy.testing import ApiKeyFakeGateway
 from blockrun_proxy.x402.svm._base58 import b58encode
+
+# Every gateway call of this rail goes through the chosen upstream client: run on both.
+pytestmark = pytest.mark.both_clients
 
 VIDEO = {"model": "xai/grok-imagine-video", "prompt": "an apple spinning", "duration_seconds": 5}
 ROUTES = [
@@ -294,3 +299,30 @@ async def test_the_in_process_provider_redacts_the_key_too(echoing: EchoingHost)
         assert "brk_[redacted]" in str(exc.value) and key not in str(exc.value)
     finally:
         core.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (None, "paid_call_dropped"),  # the connection closed after the request was read
+        (b"NOT HTTP AT ALL\r\n\r\n", "bad_gateway_answer"),
+    ],
+)
+async def test_a_broken_answer_after_the_send_is_a_424_on_either_client(
+    run_proxy: Any, answer: bytes | None, code: str
+) -> None:
+    """Each client's own failures after the send (h1's errors are not aiohttp's) are the
+    rail's 424, never a 500 and never a second send."""
+    host = await ScriptedServer(lambda request: answer).start()
+    try:
+        proxy = await run_proxy(
+            api_key=f"{API_KEY_PREFIX}test_{secrets.token_hex(16)}",
+            api_key_url=f"http://127.0.0.1:{host.port}",
+        )
+        reply = await post(proxy, chat(PRICED_MODEL, "hi"))
+        assert reply.status == 424, reply.body
+        assert reply.code == code
+        assert reply.headers["x-should-retry"] == "false"
+        assert len(host.requests) == 1
+    finally:
+        await host.close()

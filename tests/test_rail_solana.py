@@ -20,6 +20,9 @@ from blockrun_proxy.testing import SOLANA_MAINNET, SOLANA_USDC, Misbehavior, Sol
 from blockrun_proxy.x402 import usd
 from blockrun_proxy.x402.svm import transaction
 
+# Every gateway call of this rail goes through the chosen upstream client: run on both.
+pytestmark = pytest.mark.both_clients
+
 INLINE = [r for r in PAID_ROUTES if r[0] not in ("music", "videos")]
 VIDEO = {"model": "xai/grok-imagine-video", "prompt": "an apple spinning", "duration_seconds": 5}
 STREAM = chat(PRICED_MODEL, "hi", stream=True, max_tokens=32)

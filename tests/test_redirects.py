@@ -18,6 +18,9 @@ from support.payments import chat_requests, nonces, warm_body, warm_up
 
 from blockrun_proxy.testing import FakeGateway
 
+# The payment rules hold whichever HTTP client talks to the gateway.
+pytestmark = pytest.mark.both_clients
+
 ELSEWHERE_PAY_TO = "0x00000000000000000000000000000000E15E0000"
 STATUSES = [301, 302, 303, 307, 308]
 

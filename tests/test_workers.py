@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import resource
 import secrets
 import signal
 from decimal import Decimal
@@ -21,10 +22,18 @@ from support.process import ProxyProcess
 from support.servers import free_port, proxy_environ, until
 
 from blockrun_proxy.config import Settings
+from blockrun_proxy.limits import Limits
 from blockrun_proxy.testing import FakeGateway
 from blockrun_proxy.workers import PACKAGE_ROOT, worker_command, worker_environ
 
 CALLS = 24
+
+
+def auto_limit() -> int:
+    """What a worker's unset --max-concurrent becomes: its soft limit is raised to the hard."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    files = -1 if hard == resource.RLIM_INFINITY else hard
+    return Limits.from_settings(Settings(), open_files=files).max_concurrent
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -78,7 +87,8 @@ async def test_two_workers_share_the_port_sum_their_metrics_and_exit_0(tmp_path,
                 assert values[("blockrun_proxy_payments_sent_total", ())] == CALLS
                 settled = sum(s.amount for s in gateway.settled)
                 assert values[("blockrun_proxy_settled_micro_usdc_total", ())] == settled
-                assert values[("blockrun_proxy_max_concurrent", ())] == 2 * 256
+                # Each worker sizes its limit from its own (raised) open-files limit.
+                assert values[("blockrun_proxy_max_concurrent", ())] == 2 * auto_limit()
         await until(lambda: len(proxy.access("/v1/chat/completions")) >= CALLS)
         pids = {line["pid"] for line in proxy.access("/v1/chat/completions")}
         assert len(pids) == 2, "both workers should have served"

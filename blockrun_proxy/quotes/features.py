@@ -33,6 +33,7 @@ measures (measures.py builds both).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -76,9 +77,15 @@ DIGEST_BYTES = 16
 
 # The same character classes as blockrun_llm's estimate_tokens (Han, kana, Hangul,
 # CJK punctuation, fullwidth forms), copied so the hot path need not import it.
-_CJK_CHARS = re.compile(
-    "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
-)
+_CJK_PATTERN = "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
+
+
+@functools.cache
+def cjk_chars() -> re.Pattern[str]:
+    """The CJK class as a regex, compiled at its first use (the rare rows of ``cjk_count``)
+    rather than at import: compiling these ranges takes some 3 ms of startup (issue 14's
+    budget is 0.3 s to /healthz) and builds temporary tables a proxy may never need."""
+    return re.compile(_CJK_PATTERN)
 
 
 class Prefixes:
@@ -285,7 +292,7 @@ def cjk_count(text: str) -> int:
     if not count:
         return 0
     if 0x4D in rows or 0xD7 in rows:
-        return len(_CJK_CHARS.findall(text))  # rare rows: let the regex draw the line
+        return len(cjk_chars().findall(text))  # rare rows: let the regex draw the line
     if 0xFF in rows:
         count -= sum(text.count(c) for c in _ROW_SPECIALS)
     return count
