@@ -1,21 +1,24 @@
 """Instructions per relayed request, counted by valgrind (callgrind): the repeatable A/B.
 
-    python -m bench.instructions [--requests 400] [--shapes chunked,static]
+    python -m bench.instructions [--requests 400] [--shapes chunked,static,paid]
         [--variant NAME=KEY=VALUE,...]   (as in bench.cpu: python=, uvloop=1, eager=1, env;
                                       floor=h1|aiohttp runs bench/floor.py instead)
 
 CPU time on a shared machine still moves with cache and frequency contention; an
 instruction count does not. Each relay runs under callgrind with collection off; after a
 warm-up, instrumentation is switched on for exactly `--requests` requests (4 at a time), off
-again, and the count is divided by the requests. Instructions are not time (a cache miss
-costs more than an add), so use it to compare builds of the same relay, and CPU time
-(bench.cpu) for the ratio to nginx. Needs valgrind (apt-get install valgrind).
+again, and the count is divided by the requests. The `paid` shape is the paid scenario's
+warm call (a paid non-streamed chat over the raw paid upstream, signed up front).
+Instructions are not time (a cache miss costs more than an add), so use it to compare
+builds of the same relay, and CPU time (bench.cpu) for the ratio to nginx.
+Needs valgrind (apt-get install valgrind).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import shutil
 import subprocess
@@ -23,9 +26,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.load import run_streams
+from bench.load import SSE_DONE, run_streams
 from bench.procs import WORK_DIR, free_port, raise_nofile_limit, spawn
-from bench.stack import FREE_MODEL, Stack, api_url, chat_body, chat_url, proxy_argv, proxy_env
+from bench.stack import (
+    FREE_MODEL,
+    PAID_MODEL,
+    Stack,
+    api_url,
+    chat_body,
+    chat_url,
+    proxy_argv,
+    proxy_env,
+)
 
 EVENTS = 100
 WARMUP = 100
@@ -48,10 +60,17 @@ def _total_instructions(out_file: Path) -> int:
     return int(match.group(1))
 
 
-async def count(
-    name: str, shape: str, requests: int, spec: dict[str, str], body: dict[str, object]
-) -> float:
+def body_of(shape: str) -> dict[str, object]:
+    """The request of `shape`: a free stream, or (`paid`) a paid non-streamed call."""
+    if shape == "paid":
+        return chat_body(PAID_MODEL, stream=False)
+    return chat_body(FREE_MODEL, stream=True)
+
+
+async def count(name: str, shape: str, requests: int, spec: dict[str, str]) -> float:
     """Instructions per request of one proxy variant over one upstream shape."""
+    body = body_of(shape)
+    expect_tail = None if shape == "paid" else SSE_DONE
     env = dict(spec)
     python = env.pop("python", None)
     floor = env.pop("floor", None)  # "aiohttp" or "h1": bench/floor.py instead of the proxy
@@ -61,7 +80,10 @@ async def count(
     for old in out_dir.glob(f"{name}-{shape}.*"):
         old.unlink()
     async with Stack() as stack:
-        upstream = await stack.upstream(events=EVENTS, raw=True, static=shape == "static")
+        paid_body = json.dumps(body, separators=(",", ":")) if shape == "paid" else None
+        upstream = await stack.upstream(
+            events=EVENTS, raw=True, static=shape == "static", paid_body=paid_body
+        )
         port = free_port()
         argv = [
             "valgrind",
@@ -80,12 +102,19 @@ async def count(
         )  # fmt: skip
         stack.services.append(proxy)
         url = chat_url(proxy)
-        await run_streams(url, body, concurrency=CONCURRENCY, total=WARMUP, timeout_s=600)
+        await run_streams(
+            url, body, concurrency=CONCURRENCY, total=WARMUP, timeout_s=600, expect_tail=expect_tail
+        )
         said = _callgrind_control("-i", "on", str(proxy.pid))
         if "error" in said.lower():
             raise RuntimeError(f"callgrind_control: {said}")
         result = await run_streams(
-            url, body, concurrency=CONCURRENCY, total=requests, timeout_s=900
+            url,
+            body,
+            concurrency=CONCURRENCY,
+            total=requests,
+            timeout_s=900,
+            expect_tail=expect_tail,
         )
         _callgrind_control("-i", "off", str(proxy.pid))
         _callgrind_control("-d", str(proxy.pid))
@@ -113,11 +142,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
     raise_nofile_limit()
-    body = chat_body(FREE_MODEL, stream=True)
     print("| relay | upstream | instructions/request | per event |\n|---|---|---:|---:|")
     for shape in args.shapes.split(","):
         for name, spec in _variants(args.variant).items():
-            per_request = asyncio.run(count(name, shape, args.requests, spec, body))
+            per_request = asyncio.run(count(name, shape, args.requests, spec))
             print(
                 f"| {name} | {shape} | {per_request:,.0f} | {per_request / EVENTS:,.0f} |",
                 flush=True,
