@@ -19,7 +19,8 @@ x402 facilitator code settled ("paid": the settled total against the exact price
 same calls). The official server offers no upto: its rows are skipped.
 
 A few minutes with the defaults (``--quick``: one workload pass per formula at a shorter
-round trip). A command, not a test.
+round trip; ``--formula TEXT`` and ``--workload NAME`` measure only some rows). A command,
+not a test.
 """
 
 from __future__ import annotations
@@ -410,8 +411,12 @@ async def run(args: argparse.Namespace) -> None:
         flush=True,
     )
     rows = []
-    formulas = [f for f in FORMULAS if args.scheme == "exact" or f.gateway == "fake"]
-    for workload in WORKLOADS:
+    formulas = [
+        f
+        for f in FORMULAS
+        if (args.scheme == "exact" or f.gateway == "fake") and args.formula in f.label
+    ]
+    for workload in args.workload or WORKLOADS:
         for formula in formulas:
             row = await measure(formula, workload, rtt, not args.quick, args.scheme)
             rows.append(row)
@@ -432,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="no cold runs")
     parser.add_argument("--signatures", type=int, default=2000)
     parser.add_argument("--scheme", choices=("exact", "upto"), default="exact")
+    parser.add_argument(
+        "--formula", default="", help="only the formulas whose label contains this text"
+    )
+    parser.add_argument(
+        "--workload", action="append", choices=list(WORKLOADS), help="only these (repeatable)"
+    )
     parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--gateway", default="fake", help=argparse.SUPPRESS)

@@ -11,9 +11,11 @@ from fractions import Fraction
 from typing import Any
 
 import orjson
+import pytest
 from support.quoting import feed, requirement, resource, with_catalogue
 
 from blockrun_proxy.quotes import CataloguePrice, QuoteBook, parse_catalogue, request_features
+from blockrun_proxy.quotes.book import DEFAULT_MIN_OBSERVATIONS
 from blockrun_proxy.testing import DEFAULT_MODELS, ModelSpec
 from blockrun_proxy.testing._models import chars_price, max_tokens_price
 from blockrun_proxy.testing.workloads import bodies
@@ -73,10 +75,26 @@ def test_message_count_is_learned_as_a_linear_term_without_a_catalogue() -> None
     assert {(h.linear, h.per_message) for h in book.hypotheses(MINI.id)} == {(True, 16), (True, 4)}
 
 
+@pytest.mark.parametrize("workload", ["conversation", "tool_loop", "random_prompts"])
+@pytest.mark.parametrize("input_price", ["0.1573", "0.15"])
+def test_round_prices_never_make_the_learner_over_pay(workload: str, input_price: str) -> None:
+    """Without a catalogue the learner forecasts with round prices (fit.py's lattice) but
+    signs only the lowest amount of every formula the 402s allow: a price that is not
+    round ($0.1573 per million is not on the lattice) costs refused presigns at worst,
+    never money."""
+    spec = dataclasses.replace(MINI, input_price=Fraction(input_price))
+    for seed in range(3):
+        book = QuoteBook()
+        log = feed(book, spec, chars_price, bodies(workload, MINI.id, seed=seed))
+        assert log.overpaid == 0 and "O" not in log.marks, log
+
+
 def test_prefix_bound_signs_a_price_that_ignores_the_prompt() -> None:
     """No catalogue, a price of max_tokens alone, a conversation that grows every call:
-    the bound (the price of an earlier turn) is the price, and is signed."""
-    book = QuoteBook()
+    the bound (the price of an earlier turn) is the price, and is signed. (The learned
+    formulas are held back as long as formulas with a guessed slope are, or they would
+    sign this constant price first.)"""
+    book = QuoteBook(pinned_min_observations=DEFAULT_MIN_OBSERVATIONS)
     log = feed(book, GPT55, max_tokens_price, bodies("conversation", GPT55.id))
     assert log.overpaid == 0 and log.share_after(10) >= 0.95, log
     assert book.stats.from_bound > 0

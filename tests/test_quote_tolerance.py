@@ -20,7 +20,7 @@ import pytest
 from support.quoting import requirement, resource, with_catalogue
 
 from blockrun_proxy.quotes import QuoteBook, request_features
-from blockrun_proxy.quotes.book import compute_fit
+from blockrun_proxy.quotes.book import DEFAULT_MIN_OBSERVATIONS, compute_fit
 from blockrun_proxy.testing import ModelSpec
 from blockrun_proxy.testing._models import PRICING_SHAPES, max_tokens_price
 from blockrun_proxy.testing.workloads import bodies
@@ -201,7 +201,10 @@ def test_prefixes_match_only_the_same_request_with_messages_appended() -> None:
 def test_a_prefix_seen_longer_ago_than_the_ttl_bounds_nothing() -> None:
     """A price may have been cut since: only 402s younger than the TTL are floors."""
     now = [0.0]
-    book = QuoteBook(ttl_seconds=300, clock=lambda: now[0])
+    # The learned formulas held back: they would sign this constant price before the bound.
+    book = QuoteBook(
+        ttl_seconds=300, clock=lambda: now[0], pinned_min_observations=DEFAULT_MIN_OBSERVATIONS
+    )
     sent = bodies("conversation", GPT55.id)
     run = replay(book, GPT55, max_tokens_price, sent[:8], Timing(), random.Random(0))
     assert run.marks[-1] == "H" and run.signed[-1].source == "bound", run

@@ -21,8 +21,9 @@ What it predicts from, in order:
   Anthropic or Gemini request); keys of routes priced otherwise have none.
 - **the learner** (fit.py): formulas fitted from the window of recent 402s alone, for
   models the catalogue does not price or whose 402s refute it; from ``min_observations``
-  on, or from the key's own smaller minimum (``Features.min_observations``: routes priced
-  flat or per unit) when no formula rests on a guessed slope.
+  on when a formula rests on a slope guessed from a least-squares band, else from
+  ``pinned_min_observations`` (or the key's own smaller minimum,
+  ``Features.min_observations``: routes priced flat or per unit).
 - **the prefix bound**: a request that extends a seen one (the same body with messages
   appended, ``max_tokens`` at least as large) costs at least what that one did, under
   any price of input tokens + reservation + fee, however the gateway counts tokens.
@@ -34,14 +35,16 @@ the streak has reached ``trust``, the template is younger than ``ttl`` (so a pri
 is noticed within the TTL by an ordinary probe), and, without a tolerance, every
 formula still consistent with the 402s gives this request the same amount: nothing
 consistent with the data makes it an over-payment, and an under-payment is refused as
-not used (one more round trip, no money). With a user's ``tolerance`` an amount is
-signed only if it is at most the tolerance above a lower bound of the price: the
-exact formulas' lowest amount, or the prefix bound. Inside that span the least-squares
-estimate picks the amount, but never lowers the floor: an estimate is a sample, and a
-floor from sizes alone (a larger request in every measure costs at least as much) is
-not one either, for a gateway that measures what the features do not see (escapes in
-re-serialised JSON). With no lower bound, the request is probed. The most that can be
-over-paid is counted in ``stats``.
+not used (one more round trip, no money). Where the learned formulas part ways by a
+unit (a request beyond the sizes seen), their lowest amount is signed when the round
+prices among them (fit.py's lattice) all give it: still over-paying under none of them.
+With a user's ``tolerance`` an amount is signed only if it is at most the tolerance
+above a lower bound of the price: the exact formulas' lowest amount, or the prefix
+bound. Inside that span the least-squares estimate picks the amount, but never lowers
+the floor: an estimate is a sample, and a floor from sizes alone (a larger request in
+every measure costs at least as much) is not one either, for a gateway that measures
+what the features do not see (escapes in re-serialised JSON). With no lower bound, the
+request is probed. The most that can be over-paid is counted in ``stats``.
 
 Memory is bounded: ``window`` observations per key, ``max_models`` keys (LRU).
 ``take_changes``/``restore``/``merge`` turn each price key's state into a small JSON
@@ -69,6 +72,10 @@ DEFAULT_WINDOW = 32
 # No presign from learned formulas before this many 402s of the key are in the window:
 # simple fractions fitted to a handful of points can fit them and be wrong elsewhere.
 DEFAULT_MIN_OBSERVATIONS = 16
+# Learned formulas with no slope guessed (fit.py's Occam column) need no more 402s than the
+# fit does: they hold every formula of their shape that explains the 402s, so where they
+# all agree the amount is right whatever their number.
+PINNED_MIN_OBSERVATIONS = 6
 # Catalogue formulas have their slopes from the catalogue; two 402s bound the constant.
 PRIOR_MIN_OBSERVATIONS = 2
 # While no exact formula fits (a tokenizer-priced model, say), refits back off
@@ -180,6 +187,7 @@ class QuoteBook:
         enabled: bool = True,
         window: int = DEFAULT_WINDOW,
         min_observations: int = DEFAULT_MIN_OBSERVATIONS,
+        pinned_min_observations: int = PINNED_MIN_OBSERVATIONS,
         max_models: int = DEFAULT_MAX_MODELS,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -192,6 +200,7 @@ class QuoteBook:
         self.stats = QuoteStats()
         self._window = window
         self.min_observations = min_observations
+        self.pinned_min_observations = pinned_min_observations
         self._max_models = max_models
         self._clock = clock
         self._wall = wall
@@ -251,6 +260,12 @@ class QuoteBook:
     def trusted(self, model: str, route: str = CHAT_ROUTE) -> bool:
         state = self._models.get((route, model))
         return state is not None and self._trusted(state)
+
+    def refitting(self, model: str, route: str = CHAT_ROUTE) -> bool:
+        """Whether a background refit of this price key is on its way (nothing is signed
+        from its learned formulas until it is back)."""
+        state = self._models.get((route, model))
+        return state is not None and state.refitting
 
     def hypotheses(self, model: str, route: str = CHAT_ROUTE) -> list[Hypothesis]:
         state = self._models.get((route, model))
@@ -436,7 +451,7 @@ class QuoteBook:
                 return None
             quote = state.prior.quote(max_tokens, features.sizes, features.messages)
             return None if quote is None else (quote, True)
-        needed = self.min_observations
+        needed = self.pinned_min_observations
         if features.min_observations is not None:
             needed = min(needed, features.min_observations)
         if len(state.window) < needed:
@@ -489,6 +504,11 @@ class QuoteBook:
             quote, exact = found
             if exact and quote.low == quote.high:
                 return quote.low, 0, source  # the common case: no need for the bound
+            if exact and state.prior is None and self._round_amount(state, features) == quote.low:
+                # The formulas part ways, but at round prices they all say the lowest
+                # amount: signed, it over-pays under none of them; the round prices only
+                # make it likely to be the price (else refused as not used: no money).
+                return quote.low, 0, source
         bound = self._bound(state, features)
         # The bound is a floor only while no 402 has contradicted the premise it rests on.
         floor = None if state.bound_broken else bound
@@ -512,6 +532,21 @@ class QuoteBook:
         if floor is not None and state.bound_streak >= self.trust:
             return floor, 0, "bound"
         return None
+
+    def _round_amount(self, state: _State, features: Features) -> int | None:
+        """The one amount every learned formula gives this request at round prices
+        (fit.py's lattice), or None if they do not agree (or cannot say)."""
+        max_tokens = self._clamped(state, features.max_tokens)
+        low = high = None
+        for h in state.hypotheses:
+            if h.unrounded:
+                continue  # no round price fits this one's 402s: it has no say
+            quote = h.round_quote(max_tokens, features.sizes, features.messages)
+            if quote is None:
+                return None
+            low = quote.low if low is None else min(low, quote.low)
+            high = quote.high if high is None else max(high, quote.high)
+        return low if low is not None and low == high else None
 
     def _bound(self, state: _State, features: Features) -> int | None:
         """The most a 402 asked, among those seen within the TTL, for a request that this

@@ -27,6 +27,13 @@ the data can make that amount wrong, simpler or not. How it is represented:
   exact hypothesis is formed. Each candidate that leaves a non-empty polygon is a
   hypothesis, and all of them must agree.
 - A message count never seen gives no prediction (its c is unknown).
+- Where the data leave the exact column's slope a range, its round prices (per-million
+  dollar figures, ROUND_DENOMINATORS) inside that range are each a hypothesis of their own
+  (``Hypothesis.lattice``), checked against every row. Extrapolated to a larger request
+  the range parts ways by 1 unit now and then; the round prices usually do not. They only
+  forecast: the book signs the lowest amount of the whole version space, and only when
+  the round prices agree on it (QuoteBook._decide), so a price that is not round can be
+  under-paid (refused, no money) but never over-paid.
 
 When no exact hypothesis exists, a least-squares *approximate* one predicts the
 residual range seen so far, which only a user who allowed a bounded
@@ -35,6 +42,7 @@ over-payment can sign from.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +53,10 @@ ROUNDING_SD = 1 / math.sqrt(12)  # sd of ceil's rounding, uniform on [0, 1)
 BAND_SDS = 6.0  # the Occam slope is looked for within this many standard errors
 MAX_DENOMINATOR = 400  # "round" prices: e.g. $0.1575/M (0.15 + 5%) is 63/400
 MAX_CANDIDATES = 8  # more fractions than this in the band: too uncertain to sign
+# The round prices per token (the lattice, _on_lattice): per-million-token dollar prices
+# with at most 4 decimals ($0.15, $2.50, $0.1575 = 0.15 + 5%) whose denominator is also at
+# most MAX_DENOMINATOR: 600 per unit, so a slope range the 402s have narrowed holds few.
+ROUND_DENOMINATORS = tuple(q for q in range(1, MAX_DENOMINATOR + 1) if 10_000 % q == 0)
 # Observations needed beyond the number of unknowns before fitting at all.
 SPARE_OBSERVATIONS = 2
 APPROX_DENOMINATOR = 10_000
@@ -114,9 +126,17 @@ class Hypothesis:
     occam_col: int | None = None
     occam_slope: Fraction = Fraction(0)
     exact_col: int | None = None
+    # The exact column's slope, when the 402s leave few enough round prices (the lattice)
+    # in its range that each is a hypothesis of its own: that column then adds
+    # lattice_slope * x like the Occam one, and the groups hold the constant alone.
+    lattice_slope: Fraction | None = None
     # The exact column's slope range shared by all message counts (for inspection).
     slope_range: tuple[Fraction, Fraction | None] = (Fraction(0), None)
     groups: Mapping[int, Group] | None = None
+    # The same hypothesis with each round price (fit.py's lattice) its 402s allow on the
+    # exact column: None when that column's range is unbounded or holds too many of them
+    # to list (then it speaks as itself), () when it holds none.
+    lattice: tuple[Hypothesis, ...] | None = None
     # approximate only: amount - (a*M + b*S + d*N) was within [r_min, r_max]
     slopes: tuple[Fraction, Fraction, Fraction] = (Fraction(0), Fraction(0), Fraction(0))
     r_min: Fraction = Fraction(0)
@@ -139,6 +159,9 @@ class Hypothesis:
             return None  # never saw this many messages: its constant is unknown
         base = self.occam_slope * x[self.occam_col] if self.occam_col is not None else 0
         e = x[self.exact_col] if self.exact_col is not None else 0
+        if self.lattice_slope is not None:
+            base += self.lattice_slope * e
+            e = 0
         if group.strip is not None:
             e0, lo, hi = group.strip
             if e != e0:
@@ -148,6 +171,25 @@ class Hypothesis:
         # amount = ceil(base + v) with lo < v <= hi (the upper side taken as closed,
         # which can only widen the range).
         return Quote(math.floor(base + lo) + 1, math.ceil(base + hi))
+
+    @property
+    def unrounded(self) -> bool:
+        """No round price of the exact column explains this hypothesis's 402s."""
+        return self.lattice == ()
+
+    def round_quote(self, max_tokens: int, sizes: tuple[int, ...], messages: int) -> Quote | None:
+        """The amounts this hypothesis allows at round prices of its exact column, or
+        None if they cannot say (all of its range when it has no lattice)."""
+        if self.lattice is None:
+            return self.quote(max_tokens, sizes, messages)
+        low = high = None
+        for h in self.lattice:
+            quote = h.quote(max_tokens, sizes, messages)
+            if quote is None:
+                return None
+            low = quote.low if low is None else min(low, quote.low)
+            high = quote.high if high is None else max(high, quote.high)
+        return None if low is None or high is None else Quote(low, high)
 
 
 def fit(
@@ -176,7 +218,8 @@ def fit(
         linear = [h for t in twins for h in fit_linear(observations, t, units_per_token[t[0]])]
         if linear:
             return linear
-    exact = [h for t in twins for h in fit_measure(observations, t)]
+    units = units_per_token or [1] * measures
+    exact = [h for t in twins for h in fit_measure(observations, t, unit=units[t[0]])]
     if exact:
         return exact
     best = fit_approximate(observations, measures)
@@ -205,13 +248,14 @@ def fit_measure(
     measures: tuple[int, ...],
     *,
     approximate: bool = False,
+    unit: int = 1,
 ) -> list[Hypothesis]:
-    """The exact hypotheses for one measure (``measures``: it and its twins on this data);
-    with ``approximate``, the least-squares one instead."""
+    """The exact hypotheses for one measure (``measures``: it and its twins on this data,
+    ``unit`` of it per token); with ``approximate``, the least-squares one instead."""
     rows: list[Row] = [
         (o.max_tokens, o.sizes[measures[0]], o.messages, o.amount) for o in observations
     ]
-    return _fit_rows(rows, measures, approximate=approximate)
+    return _fit_rows(rows, measures, approximate=approximate, unit=unit)
 
 
 def fit_linear(
@@ -226,7 +270,7 @@ def fit_linear(
             (o.max_tokens, o.sizes[measures[0]] + per_message * o.messages, LINEAR_GROUP, o.amount)
             for o in observations
         ]
-        found += _fit_rows(rows, measures, per_message=per_message, linear=True)
+        found += _fit_rows(rows, measures, per_message=per_message, linear=True, unit=unit)
     return found
 
 
@@ -237,7 +281,9 @@ def _fit_rows(
     approximate: bool = False,
     per_message: int = 0,
     linear: bool = False,
+    unit: int = 1,
 ) -> list[Hypothesis]:
+    """``unit``: measure units per token of the size column (for its lattice of prices)."""
     if not rows:
         return []
     varying = [j for j in (M_COL, S_COL) if any(r[j] != rows[0][j] for r in rows)]
@@ -252,23 +298,27 @@ def _fit_rows(
     beta, se = estimate
     if approximate:
         return [_approximate(measures, rows, beta, fixed)]
-    if not varying:
-        h = _exact(
-            measures, rows, fixed, None, Fraction(0), None, per_message=per_message, linear=linear
-        )
-        return [] if h is None else [h]
-    if len(varying) == 1:
+
+    def space(occam_col: int | None, slope: Fraction, exact_col: int | None) -> list[Hypothesis]:
         h = _exact(
             measures,
             rows,
             fixed,
-            None,
-            Fraction(0),
-            varying[0],
+            occam_col,
+            slope,
+            exact_col,
             per_message=per_message,
             linear=linear,
         )
-        return [] if h is None else [h]
+        if h is None or exact_col is None:
+            return [] if h is None else [h]
+        lattice = _on_lattice(h, rows, unit if exact_col == S_COL else 1)
+        return [h if lattice is None else dataclasses.replace(h, lattice=tuple(lattice))]
+
+    if not varying:
+        return space(None, Fraction(0), None)
+    if len(varying) == 1:
+        return space(None, Fraction(0), varying[0])
     # Both vary: the column with the narrower band (fewer candidates) is Occam's.
     bands = {
         j: fractions_in(beta[j] - BAND_SDS * se[j], beta[j] + BAND_SDS * se[j]) for j in varying
@@ -283,13 +333,41 @@ def _fit_rows(
     if candidates is None:
         return []  # too many fractions fit the error band: not yet precise enough
     exact_col = S_COL if occam == M_COL else M_COL
+    return [h for slope in candidates for h in space(occam, slope, exact_col)]
+
+
+def _on_lattice(h: Hypothesis, rows: list[Row], unit: int) -> list[Hypothesis] | None:
+    """``h`` with each round price per token (ROUND_DENOMINATORS; ``unit`` measure units a
+    token) inside its exact column's slope range that every row still allows, as a
+    hypothesis of its own: empty when the range holds none (the price is not round),
+    None when it is not bounded yet or holds too many to list.
+
+    Every round price the 402s allow is listed (the range is exact, not an error band),
+    each checked against every row as a catalogue price is. They are a forecast, not a
+    licence to over-pay: the book signs from them only the lowest amount of the whole
+    version space (QuoteBook._decide), so a price that is not round costs a refused
+    presign, never money."""
+    lo, hi = h.slope_range
+    if hi is None:
+        return None
+    prices = fractions_in(lo * unit, hi * unit, ROUND_DENOMINATORS)
+    if prices is None:
+        return None
     found = []
-    for slope in candidates:
-        h = _exact(
-            measures, rows, fixed, occam, slope, exact_col, per_message=per_message, linear=linear
+    for price in prices:
+        fixed_slope = _exact(
+            h.measures,
+            rows,
+            h.fixed,
+            h.occam_col,
+            h.occam_slope,
+            h.exact_col,
+            per_message=h.per_message,
+            linear=h.linear,
+            lattice_slope=price / unit,
         )
-        if h is not None:
-            found.append(h)
+        if fixed_slope is not None:
+            found.append(fixed_slope)
     return found
 
 
@@ -303,18 +381,25 @@ def _exact(
     *,
     per_message: int = 0,
     linear: bool = False,
+    lattice_slope: Fraction | None = None,
 ) -> Hypothesis | None:
-    """The version space for one Occam slope, or None if it is empty.
+    """The version space for one Occam slope (and with ``lattice_slope``, one slope of the
+    exact column too: then only the constants are left to bound), or None if it is empty.
 
-    Works in integers scaled by the Occam slope's denominator q: a row's
+    Works in integers scaled by the fixed slopes' common denominator q: a row's
     K = q*(amount - slope*O) and the constraint K - q < e'*E + c' <= K, with
     e' = q*e and c' = q*c.
     """
-    p, q = occam_slope.numerator, occam_slope.denominator
+    lattice = Fraction(0) if lattice_slope is None else lattice_slope
+    q = math.lcm(occam_slope.denominator, lattice.denominator)
+    p, r = int(occam_slope * q), int(lattice * q)
     by_count: dict[int, list[Line]] = {}
     for row in rows:
         k = q * row[3] - (p * row[occam_col] if occam_col is not None else 0)
-        by_count.setdefault(row[2], []).append((k, row[exact_col] if exact_col is not None else 0))
+        e = row[exact_col] if exact_col is not None else 0
+        if lattice_slope is not None:
+            k, e = k - r * e, 0
+        by_count.setdefault(row[2], []).append((k, e))
     # The slope range shared by every message count whose rows pin one (two distinct
     # E values); prices are not negative, so it starts at 0.
     s_lo: Fraction = Fraction(0)
@@ -344,7 +429,10 @@ def _exact(
         occam_col=occam_col,
         occam_slope=occam_slope,
         exact_col=exact_col,
-        slope_range=(s_lo / q, None if s_hi is None else s_hi / q),
+        lattice_slope=lattice_slope,
+        slope_range=(s_lo / q, None if s_hi is None else s_hi / q)
+        if lattice_slope is None
+        else (lattice, lattice),
         groups=groups,
     )
 
@@ -529,7 +617,9 @@ def _invert(matrix: list[list[float]]) -> list[list[float]] | None:
     return [row[k:] for row in aug]
 
 
-def fractions_in(lo: float, hi: float) -> list[Fraction] | None:
+def fractions_in(
+    lo: float | Fraction, hi: float | Fraction, denominators: Sequence[int] | None = None
+) -> list[Fraction] | None:
     """All non-negative fractions with denominator <= MAX_DENOMINATOR in [lo, hi], or
     None if there are more than MAX_CANDIDATES (the band is too wide to choose from).
 
@@ -537,12 +627,12 @@ def fractions_in(lo: float, hi: float) -> list[Fraction] | None:
     band, it is in the list, so requiring every listed candidate to agree can
     never leave the truth out.
     """
-    flo, fhi = Fraction(max(lo, 0.0)), Fraction(hi)
+    flo, fhi = Fraction(max(lo, 0)), Fraction(hi)
     if fhi < flo:
         return []
     ln, ld, hn, hd = flo.numerator, flo.denominator, fhi.numerator, fhi.denominator
     found: set[Fraction] = set()
-    for q in range(1, MAX_DENOMINATOR + 1):
+    for q in range(1, MAX_DENOMINATOR + 1) if denominators is None else denominators:
         first, last = -(-ln * q // ld), hn * q // hd
         if last - first + 1 > MAX_CANDIDATES:
             return None
