@@ -35,7 +35,14 @@ from blockrun_proxy.costs import cost_headers, settlement_transaction
 from blockrun_proxy.errors import MethodNotAllowed, PaidCallFailed, RequestTimeout
 from blockrun_proxy.exchange import CLIENT_CLOSED, Exchange
 from blockrun_proxy.jobs import MAX_JOB_ANSWER_BYTES, poll_path, poll_url_of, rewrite_poll_url
-from blockrun_proxy.pipe import PipeStats, UpstreamBroke, coalesce_headers, pump, pump_filtered
+from blockrun_proxy.pipe import (
+    BodyFilter,
+    PipeStats,
+    UpstreamBroke,
+    coalesce_headers,
+    pump,
+    pump_filtered,
+)
 from blockrun_proxy.routes import RELAY_METHODS, Body, Measure, Route, Serve, upstream_path
 from blockrun_proxy.upstream import JSON_TYPE, PAYMENT_RESPONSE, Answer, relayed_settlement
 
@@ -296,5 +303,13 @@ def response_headers(answer: Answer) -> dict[str, str]:
         if (value := upstream.get(name)) is not None and len(value) <= MAX_PASSED_HEADER_CHARS
     }
     headers.update(relayed_settlement(upstream.get(PAYMENT_RESPONSE)))
+    if answer.redactor is not None:
+        # A host that could echo a secret in its body could in a header too.
+        headers = {name: _redacted(answer.redactor(), value) for name, value in headers.items()}
     headers.update(cost_headers(answer))
     return headers
+
+
+def _redacted(redactor: BodyFilter, value: str) -> str:
+    raw = value.encode("utf-8", "surrogateescape")
+    return (redactor.feed(raw) + redactor.flush()).decode("utf-8", "surrogateescape")

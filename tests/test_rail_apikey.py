@@ -203,7 +203,8 @@ async def test_readyz_says_the_key_pays(start) -> None:
 
 class EchoingHost:
     """An API host that echoes the Authorization header it got, in every answer: in a
-    streamed body (split across two writes mid-key), in a 500, a 402 and a 400."""
+    streamed body (split across two writes mid-key), in a 500, a 402 and a 400, and in a
+    header the proxy passes on (Cache-Control)."""
 
     def __init__(self) -> None:
         self.url = ""
@@ -233,8 +234,11 @@ class EchoingHost:
         status = {"500": 500, "402": 402, "400": 400}.get(body["messages"][0]["content"])
         if status is not None:
             error = {"message": f"bad request from {said}", "type": "x", "code": "y"}
-            return web.json_response({"error": error}, status=status)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            echoed = {"Cache-Control": f"private, note={said}"}
+            return web.json_response({"error": error}, status=status, headers=echoed)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": f"no-store, {said}"}
+        )
         await response.prepare(request)
         frame = f'data: {{"echo": "{said}"}}\n\n'.encode()
         cut = frame.index(b"brk_") + 10  # mid-key: the redaction must see across writes
@@ -262,7 +266,9 @@ async def test_the_key_never_reaches_a_client_a_log_or_a_metric(
     seen: list[bytes] = []
     streamed = await post(proxy, chat(PRICED_MODEL, "stream please", stream=True))
     assert streamed.status == 200 and b"brk_[redacted]" in streamed.body
+    assert "brk_[redacted]" in streamed.headers["Cache-Control"]
     seen.append(streamed.body)
+    seen.extend(f"{k}: {v}".encode() for k, v in streamed.headers.items())
     for trigger, status in (("500", 424), ("402", 402), ("400", 400)):
         reply = await post(proxy, chat(PRICED_MODEL, trigger))
         assert reply.status == status, reply.body
