@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+from blockrun_proxy.errors import ALLOWANCE_BUSY, ALLOWANCE_REQUIRED
 from blockrun_proxy.x402 import PERMIT2_ADDRESS, Network, Refusal, usd
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 # A reading is trusted this long; after it, the next reserve reads the chain again.
 DEFAULT_READ_TTL_SECONDS = 60.0
-ALLOWANCE_REQUIRED = "permit2_allowance_required"
-ALLOWANCE_BUSY = "permit2_allowance_busy"
 
 
 @dataclass(frozen=True, slots=True)

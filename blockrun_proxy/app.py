@@ -29,9 +29,8 @@ from blockrun_proxy.appkeys import (
     SETTINGS_KEY,
 )
 from blockrun_proxy.budget import BudgetUsage
-from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import Settings
-from blockrun_proxy.core import PaymentCore, open_core
+from blockrun_proxy.core import PaymentCore, open_core, shared_budget
 from blockrun_proxy.errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -140,7 +139,7 @@ async def _payment_core(app: web.Application) -> AsyncIterator[None]:
         if core.keeper is not None and core.keeper.store is not None:
             metrics.watch_quote_store(core.keeper)
         metrics.watch_payment_refusals(lambda: core.gateway.payment_refusals)
-        if isinstance(core.budget, RedisBudgetStore):
+        if shared_budget(core.budget):
             metrics.watch_budget_store(core.budget.stats)
         recorder = core.recorder
         if recorder is not None:
@@ -163,7 +162,7 @@ def _spend_view(app: web.Application, core: PaymentCore) -> SpendView:
     return SpendView(
         recorder.ledger,
         budget=budget_usage,
-        budget_shared=isinstance(budget, RedisBudgetStore),
+        budget_shared=shared_budget(budget),
         address=lambda: core.payer.address,
         balance=lambda: balance,
         dropped=lambda: recorder.dropped,

@@ -15,10 +15,24 @@ import click
 
 from blockrun_proxy import config, keyguard, logs, options
 from blockrun_proxy.config import Settings
-from blockrun_proxy.wallet.cli import wallet
 
 
-@click.group(invoke_without_command=True)
+class _Commands(click.Group):
+    """``main``'s subcommands, with ``wallet`` imported only when it is named (or the help
+    lists it): ``serve`` never uses it, and startup is measured."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "wallet"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "wallet":
+            from blockrun_proxy.wallet.cli import wallet
+
+            return wallet
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, invoke_without_command=True)
 @click.version_option(package_name="blockrun-proxy")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -177,9 +191,6 @@ def address(solana_keypair: Path | None) -> None:
             f"or set {config.SOLANA_KEY_ENV} or create {config.SOLANA_WALLET_FILE} (Solana)"
         )
     click.echo("\n".join(lines))
-
-
-main.add_command(wallet)
 
 
 @main.command()

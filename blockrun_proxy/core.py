@@ -45,18 +45,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TypeGuard
 
 import aiohttp
 
 from blockrun_proxy import egress, h1
 from blockrun_proxy.apikey import ApiKeyRail
-from blockrun_proxy.blockhash import BlockhashCache
 from blockrun_proxy.budget import BudgetStore, MemoryBudgetStore
-from blockrun_proxy.budget_redis import RedisBudgetStore
 from blockrun_proxy.config import API_KEY_PREFIX, Settings
-from blockrun_proxy.evm_rpc import EvmRpc
 from blockrun_proxy.exchange import Exchange
 from blockrun_proxy.jobs import JOB_TTL_SECONDS, JobPayments
 from blockrun_proxy.limits import Limits
@@ -72,6 +71,13 @@ from blockrun_proxy.spend.ledger import open_ledger, replica_name
 from blockrun_proxy.spend.recorder import Recorder
 from blockrun_proxy.upstream import GATEWAY_MAX_FIELD_SIZE, Gateway, UpstreamClient
 from blockrun_proxy.x402 import UPTO_SCHEME
+
+if TYPE_CHECKING:
+    # Each is imported where its option is known to be set (Solana networks, --redis-url,
+    # --rpc-url with upto): startup is measured, and most proxies use none of them.
+    from blockrun_proxy.blockhash import BlockhashCache
+    from blockrun_proxy.budget_redis import RedisBudgetStore
+    from blockrun_proxy.evm_rpc import EvmRpc
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +174,7 @@ async def open_core(
             stack.push_async_callback(blockhashes.close)
         if rpc is not None:
             stack.push_async_callback(rpc.close)
-        if isinstance(budget, RedisBudgetStore):
+        if shared_budget(budget):
             stack.push_async_callback(budget.aclose)
         recorder = None
         if record_spend:
@@ -218,6 +224,8 @@ def budget_store(settings: Settings, link: RedisLink | None = None) -> BudgetSto
     if settings.budget_atomic is None:
         return None
     if link is not None:
+        from blockrun_proxy.budget_redis import RedisBudgetStore  # --redis-url only: startup
+
         return RedisBudgetStore(
             link,
             settings.budget_atomic,
@@ -225,6 +233,13 @@ def budget_store(settings: Settings, link: RedisLink | None = None) -> BudgetSto
             fail_open=settings.budget_fail_open,
         )
     return MemoryBudgetStore(settings.budget_atomic, settings.budget_window_seconds)
+
+
+def shared_budget(budget: BudgetStore | None) -> TypeGuard[RedisBudgetStore]:
+    """Whether ``budget`` is the fleet's, in Redis. Its module is imported only with
+    ``--redis-url`` (budget_store): when it was not, nothing can be one."""
+    module = sys.modules.get("blockrun_proxy.budget_redis")
+    return module is not None and isinstance(budget, module.RedisBudgetStore)
 
 
 def rail_of(settings: Settings) -> str:
@@ -242,6 +257,8 @@ def evm_rpc(settings: Settings) -> EvmRpc | None:
     origin) and opens on the first read."""
     if not settings.rpc_url or UPTO_SCHEME not in settings.schemes:
         return None
+    from blockrun_proxy.evm_rpc import EvmRpc  # upto with --rpc-url only: startup
+
     return EvmRpc(settings.rpc_url)
 
 
@@ -250,6 +267,8 @@ def blockhash_cache(settings: Settings) -> BlockhashCache | None:
     when Solana networks are allowed; not started (``PaymentCore.start_background``)."""
     if not settings.solana_networks or rail_of(settings) == API_KEY_RAIL:
         return None
+    from blockrun_proxy.blockhash import BlockhashCache  # Solana only: startup
+
     rpc = settings.solana_rpc
     return BlockhashCache(
         rpc, proxy=egress.proxy_for(settings, rpc), ssl=egress.ssl_context(settings) or True

@@ -219,6 +219,12 @@ class SolanaRpcUnreachable(ProxyError):
     code = "solana_rpc_unreachable"
 
 
+# The refusals of an upto payment the Permit2 allowance cannot take (allowance.py); here,
+# with the other codes, so the payer reads them without importing allowance.py at start.
+ALLOWANCE_REQUIRED = "permit2_allowance_required"
+ALLOWANCE_BUSY = "permit2_allowance_busy"
+
+
 class AllowanceUnknown(ProxyError):
     """The wallet's Permit2 allowance could not be read from ``--rpc-url`` for an upto
     payment (``--scheme upto``; ``auto`` pays exact instead). Raised before anything is

@@ -35,25 +35,19 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from blockrun_proxy.allowance import (
-    ALLOWANCE_BUSY,
-    ALLOWANCE_REQUIRED,
-    AllowanceHold,
-    Permit2Allowance,
-    acquire,
-)
 from blockrun_proxy.budget import BudgetStore, Reservation
 from blockrun_proxy.config import WALLET_ENV, WALLET_FILE, Settings
 from blockrun_proxy.errors import (
+    ALLOWANCE_BUSY,
+    ALLOWANCE_REQUIRED,
     AllowanceUnknown,
     BudgetStoreUnavailable,
     PaymentRefused,
     ProxyError,
     WalletNotConfigured,
 )
-from blockrun_proxy.evm_rpc import EvmRpc, RpcError
 from blockrun_proxy.x402 import (
     SETTLEMENT_ANOMALIES,
     UPTO_SCHEME,
@@ -74,6 +68,12 @@ from blockrun_proxy.x402 import (
     sign_upto_payment,
     usd,
 )
+
+if TYPE_CHECKING:
+    # allowance.py and evm_rpc.py are imported where an upto payment first needs them:
+    # only a proxy with --scheme upto|auto and --rpc-url signs upto, and startup is measured.
+    from blockrun_proxy.allowance import AllowanceHold, Permit2Allowance
+    from blockrun_proxy.evm_rpc import EvmRpc
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,8 @@ class Payer:
         """This wallet's Permit2 allowance account on ``network``."""
         tracker = self._allowances.get(network.caip2)
         if tracker is None:
+            from blockrun_proxy.allowance import Permit2Allowance  # upto only: startup
+
             tracker = Permit2Allowance(reread_gap=ALLOWANCE_REREAD_GAP_SECONDS, clock=self._clock)
             self._allowances[network.caip2] = tracker
         return tracker
@@ -171,6 +173,10 @@ class Payer:
                 "an upto payment needs the wallet's Permit2 allowance, read through --rpc-url, "
                 "and none is set; nothing was signed"
             )
+        # Here, on the upto path only (a sys.modules lookup once loaded): startup.
+        from blockrun_proxy.allowance import acquire
+        from blockrun_proxy.evm_rpc import RpcError
+
         tracker = self.allowance(network)
         try:
             with refusals_as_402():

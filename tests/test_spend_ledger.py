@@ -277,3 +277,55 @@ async def test_closing_gives_up_on_a_dead_ledger_in_bounded_time() -> None:
     await asyncio.sleep(0.05)
     await asyncio.wait_for(recorder.aclose(timeout=0.5), 2)
     assert recorder.dropped == 1 and ledger.records == []
+
+
+class CountingLedger(FlakyLedger):
+    """Remembers each batch it was handed: one hand-off per batch is the point."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+        self.batches: list[int] = []
+
+    async def append(self, records: Sequence[SpendRecord]) -> None:
+        self.batches.append(len(records))
+        await super().append(records)
+
+
+async def test_records_of_a_busy_moment_reach_the_ledger_as_one_batch() -> None:
+    ledger = CountingLedger()
+    recorder = Recorder(ledger, replica="r", linger=0.2)
+    recorder.start()
+    for index in range(5):  # five calls finishing on five turns of the loop
+        recorder.observe(paid(f"q{index}"))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert ledger.batches == []  # still lingering for company
+    await asyncio.sleep(0.3)
+    assert ledger.batches == [5]
+    await recorder.aclose()
+
+
+async def test_a_flush_or_a_full_batch_does_not_wait_out_the_linger() -> None:
+    ledger = CountingLedger()
+    recorder = Recorder(ledger, replica="r", batch=3, linger=3600)
+    recorder.start()
+    recorder.observe(paid("a"))
+    await asyncio.sleep(0)
+    assert await recorder.flush(2)  # /v1/spend: the call that just finished is there
+    assert [r.request_id for r in ledger.records] == ["a"]
+    for name in "bcd":  # a batch fills: written at once, without a flush
+        recorder.observe(paid(name))
+    await asyncio.sleep(0.05)
+    assert ledger.batches == [1, 3]
+    await recorder.aclose()
+
+
+async def test_closing_writes_the_lingering_batch() -> None:
+    ledger = CountingLedger()
+    recorder = Recorder(ledger, replica="r", linger=3600)
+    recorder.start()
+    recorder.observe(paid("a"))
+    recorder.observe(paid("b"))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(recorder.aclose(), 2)
+    assert ledger.batches == [2] and recorder.dropped == 0

@@ -20,11 +20,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockrun_proxy.config import Settings
-from blockrun_proxy.evm_rpc import EvmRpc, RpcError
 from blockrun_proxy.x402 import Network, Signer, network_for, usd
+
+if TYPE_CHECKING:
+    # evm_rpc.py is imported where a watcher reads (only with --rpc-url): startup.
+    from blockrun_proxy.evm_rpc import EvmRpc
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class BalanceWatcher:
 
     async def refresh(self) -> BalanceReading:
         """Read once now (one read at a time); RpcError is counted, recorded, and raised."""
+        from blockrun_proxy.evm_rpc import RpcError  # loaded by then: the watcher has an rpc
+
         async with self._read_lock:
             self._last_attempt = self._clock()
             try:
@@ -151,6 +156,8 @@ class BalanceWatcher:
     # ----------------------------------------------------------------- internals
 
     async def _run(self) -> None:
+        from blockrun_proxy.evm_rpc import RpcError  # --rpc-url only: startup
+
         while True:
             try:
                 await self.refresh()
@@ -191,6 +198,8 @@ async def watching(settings: Settings) -> AsyncIterator[BalanceWatcher | None]:
     if not settings.rpc_url or not settings.wallet_key or network is None:
         yield None
         return
+    from blockrun_proxy.evm_rpc import EvmRpc  # --rpc-url only: startup
+
     address = Signer(settings.wallet_key).address
     async with EvmRpc(settings.rpc_url) as rpc:
         watcher = BalanceWatcher.for_wallet(
