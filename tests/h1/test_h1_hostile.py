@@ -1,0 +1,150 @@
+"""The h1 client against a hostile or broken gateway (or whatever sits in front of it):
+no answer's bytes or headers ever reach another call, a connection goes back to the pool
+only in a state that can serve the next call, every wait ends within the idle limit, and
+framing that two parsers could read two ways is refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support.scripted import Request, ScriptedServer, ok
+
+from blockrun_proxy import h1
+
+
+@pytest.fixture
+async def serve():
+    servers: list[ScriptedServer] = []
+
+    async def start(answer) -> ScriptedServer:
+        server = await ScriptedServer(answer).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def client():
+    c = h1.Client(h1.Limits(max_connections=4), h1.Timeouts(connect=5, read=1))
+    yield c
+    await c.close()
+
+
+def url(server: ScriptedServer, path: str = "/v1/x") -> str:
+    return f"http://127.0.0.1:{server.port}{path}"
+
+
+def first_then_ok(first: bytes):
+    """An answer function: ``first`` for the first request, a plain 200 for the others."""
+
+    def answer(request: Request) -> bytes:
+        return first if len(answers) == 0 and not answers.append(1) else ok(b"next call")
+
+    answers: list[int] = []
+    return answer
+
+
+async def get(client: h1.Client, server: ScriptedServer) -> tuple[int, bytes]:
+    response = await client.request("GET", url(server))
+    return response.status, await response.read()
+
+
+# --- bytes past an answer's end never become another answer ----------------------------------
+
+
+async def test_100_continue_and_103_early_hints_are_skipped(serve, client):
+    heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    server = await serve(lambda r: heads + ok(b"final"))
+    for _ in range(2):
+        response = await client.request("POST", url(server), body=b"{}")
+        assert (response.status, "link" in response.headers) == (200, False)
+        assert await response.read() == b"final"
+    assert server.connections == 1
+
+
+# --- framing two parsers could read two ways is refused ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: 5\r\nContent-Length: 6",  # conflicting lengths
+        b"Content-Length: 5\r\nContent-Length: 5",  # duplicated, even when equal
+        b"Content-Length: 5, 5",
+        b"Content-Length: -1",
+        b"Content-Length: 99999999999999999999999",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked",  # both: smuggling's classic
+        b"Content-Length : 5",  # whitespace before the colon
+        b"X-Folded: one\r\n two\r\nContent-Length: 5",  # obs-fold
+        b"X-Nul: a\x00b\r\nContent-Length: 5",
+    ],
+)
+async def test_ambiguous_framing_is_refused(serve, client, head):
+    server = await serve(lambda r: b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\nhello!")
+    with pytest.raises(h1.RemoteProtocolError):
+        await client.request("GET", url(server))
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"ffffffffffffffffff\r\nabc\r\n", b"-3\r\nabc\r\n", b"zz\r\nabc\r\n", b"3\r\nabcdef\r\n"],
+)
+async def test_bad_chunk_sizes_fail_the_body(serve, client, chunks):
+    server = await serve(
+        lambda r: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
+    response = await client.request("GET", url(server))
+    with pytest.raises(h1.RemoteProtocolError):
+        await response.read()
+
+
+async def test_chunk_extensions_are_ignored(serve, client):
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0;z\r\n\r\n"
+    server = await serve(lambda r: answer)
+    assert await get(client, server) == (200, b"abc")
+
+
+async def test_a_huge_status_line_is_refused(serve):
+    server = await serve(lambda r: b"HTTP/1.1 200 " + b"A" * 100_000 + b"\r\n\r\n")
+    async with h1.Client(max_head_bytes=4096) as client:
+        with pytest.raises(h1.HeadTooLarge):
+            await client.request("GET", url(server))
+
+
+# --- the pool only takes back connections that can serve the next call ---------------------
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, client):
+    server = await serve(lambda r: ok(b"fine"))
+    assert await get(client, server) == (200, b"fine")
+    for writer in server.writers:  # the server's own keep-alive timeout
+        writer.close()
+    await asyncio.sleep(0.05)
+    assert await get(client, server) == (200, b"fine")  # not a ConnectionDropped
+    assert server.connections == 2
+
+
+# --- every wait ends ---------------------------------------------------------------------------
+
+
+# --- the egress proxy ----------------------------------------------------------------------
+
+
+async def test_bytes_after_the_proxys_200_are_refused():
+    # Whatever follows "200" before our TLS hello is not the origin's: never parsed.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+        await asyncio.sleep(1)
+        writer.close()
+
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    async with h1.Client(proxy_for=lambda origin: f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(h1.ConnectError, match="bytes after"):
+            await client.request("POST", "https://gateway.invalid/api", body=b"{}")
+    proxy.close()
