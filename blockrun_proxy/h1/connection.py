@@ -343,6 +343,13 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- llhttp callbacks ----------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # More after this exchange's answer, in the same read (a body longer than its
+            # Content-Length): never parsed as another answer, for this call or the next
+            # on this connection. Raised inside the parser: the connection is dropped.
+            raise RemoteProtocolError("the server sent bytes after the end of its answer")
+
     def on_status(self, reason: bytes) -> None:
         self._count_head(len(reason))
         self._reason += reason.decode("latin-1")

@@ -56,6 +56,25 @@ async def get(client: h1.Client, server: ScriptedServer) -> tuple[int, bytes]:
 # --- bytes past an answer's end never become another answer ----------------------------------
 
 
+async def test_a_second_answer_after_the_body_is_not_read_into_the_body(serve, client):
+    # A body longer than its Content-Length, the excess shaped as an answer: it must not
+    # be appended to this body (llhttp parses on within the same read) nor stay on a
+    # pooled connection for the next call.
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+    server = await serve(first_then_ok(ok(b"hello") + smuggled))
+    assert await get(client, server) == (200, b"hello")
+    assert await get(client, server) == (200, b"next call")
+    assert server.connections == 2  # the out-of-step connection was not reused
+
+
+async def test_half_an_answer_after_the_body_does_not_poison_the_next_call(serve, client):
+    # llhttp keeps a partial head's state: the next call on that connection would be
+    # parsed as its continuation (here its body: the next answer's first bytes).
+    server = await serve(first_then_ok(ok(b"hello") + b"HTTP/1.1 200 OK\r\nContent-Le"))
+    assert await get(client, server) == (200, b"hello")
+    assert await get(client, server) == (200, b"next call")
+
+
 async def test_100_continue_and_103_early_hints_are_skipped(serve, client):
     heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
     server = await serve(lambda r: heads + ok(b"final"))
