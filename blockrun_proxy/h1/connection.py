@@ -198,6 +198,7 @@ class Connection(asyncio.BufferedProtocol):
         "_busy",
         "_complete",
         "_drain_waiter",
+        "_final_head",
         "_has_length",
         "_head",
         "_head_bytes",
@@ -264,6 +265,8 @@ class Connection(asyncio.BufferedProtocol):
         self._has_length = False  # Content-Length or Transfer-Encoding seen
         self._keep_alive = False
         self._informational = False  # a 1xx head (103 Early Hints): the real one follows
+        # The final (non-1xx) head was parsed: header lines after it are trailers.
+        self._final_head = False
         self._busy = False
         self._complete = False
         self._released = False
@@ -356,6 +359,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value))
+        if self._final_head:
+            return  # a trailer (after a chunked body): dropped, as aiohttp drops them
         key = name.decode("latin-1")
         self._header_pairs.append((key, value.decode("latin-1")))
         lowered = key.lower()
@@ -379,6 +384,7 @@ class Connection(asyncio.BufferedProtocol):
             self._header_pairs = []
             self._reason = ""
             return
+        self._final_head = True
         headers = CIMultiDictProxy(CIMultiDict(self._header_pairs))
         self._header_pairs = []
         response = Response(self, status, self._reason, parser.get_http_version(), headers)
@@ -408,10 +414,12 @@ class Connection(asyncio.BufferedProtocol):
         self._complete = False
         self._released = False
         self._reason = ""
+        self._header_pairs = []
         self._head_bytes = 0
         self._head_received = 0
         self._has_length = False
         self._keep_alive = False
+        self._final_head = False
         self.body = Body(self)
         head: asyncio.Future[Response] = self.loop.create_future()
         self._head = head

@@ -75,6 +75,19 @@ async def test_half_an_answer_after_the_body_does_not_poison_the_next_call(serve
     assert await get(client, server) == (200, b"next call")
 
 
+async def test_trailers_never_become_the_next_answers_headers(serve, client):
+    trailer = b"PAYMENT-RESPONSE: from-another-call\r\n"
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n" + trailer
+    server = await serve(first_then_ok(answer + b"\r\n"))
+    first = await client.request("GET", url(server))
+    assert await first.read() == b"abc"
+    second = await client.request("GET", url(server))
+    assert await second.read() == b"next call"
+    assert "PAYMENT-RESPONSE" not in second.headers
+    assert "PAYMENT-RESPONSE" not in first.headers  # trailers are dropped, as aiohttp does
+    assert server.connections == 1  # a chunked answer with trailers is a complete one
+
+
 async def test_100_continue_and_103_early_hints_are_skipped(serve, client):
     heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
     server = await serve(lambda r: heads + ok(b"final"))
