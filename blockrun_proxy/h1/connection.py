@@ -495,8 +495,10 @@ class Connection(asyncio.BufferedProtocol):
         if not self._busy or self._complete:
             self.closed = True
             return
-        if self._head is None and not self._has_length and exc is None:
-            # Headers are in and the body had no length: its end is the connection's end.
+        if self._final_head and not self._has_length and exc is None:
+            # Headers are in (the caller may not have resumed with them yet: TLS can hand
+            # over the last bytes and the end at once) and the body had no length: its end
+            # is the connection's end.
             self._complete = True
             self._keep_alive = False
             self.body.feed_eof()

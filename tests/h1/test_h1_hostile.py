@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httptools
 import pytest
 from support.scripted import Request, ScriptedServer, ok
 
 from blockrun_proxy import h1
+from blockrun_proxy.h1.connection import Connection, read_buffer
 
 
 @pytest.fixture
@@ -161,6 +163,52 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, cl
 
 
 # --- every wait ends ---------------------------------------------------------------------------
+
+
+class _Transport:
+    """Just enough of a transport to drive a Connection by hand."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_a_body_ended_by_eof_in_the_same_turn_as_its_head_is_complete():
+    # TLS (or uvloop) can hand over the last bytes and the end of the stream in one loop
+    # turn, before the caller has resumed with the head: still a complete body.
+    loop = asyncio.get_running_loop()
+    conn = Connection(
+        loop,
+        ("http", "gateway", 80),
+        httptools.HttpResponseParser,
+        read_buffer=read_buffer(),
+        read_timeout=None,
+        on_idle=lambda c: None,
+    )
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    sending = asyncio.ensure_future(conn.send(b"GET / HTTP/1.1\r\nHost: gateway\r\n\r\n", b""))
+    await asyncio.sleep(0)
+    conn.data_received(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+    conn.eof_received()
+    response = await sending
+    assert await response.read() == b"until the end"
 
 
 # --- the egress proxy ----------------------------------------------------------------------
