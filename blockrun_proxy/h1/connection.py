@@ -379,10 +379,15 @@ class Connection(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
+        if status < 100:
+            # llhttp reads a body after such a head (only 1xx have none): taken for a 1xx,
+            # that body would be prepended to the real answer's.
+            raise RemoteProtocolError(f"invalid status code {status}")
         if status < 200:
             self._informational = True
             self._header_pairs = []
             self._reason = ""
+            self._has_length = False
             return
         self._final_head = True
         headers = CIMultiDictProxy(CIMultiDict(self._header_pairs))

@@ -90,6 +90,15 @@ async def test_trailers_never_become_the_next_answers_headers(serve, client):
     assert server.connections == 1  # a chunked answer with trailers is a complete one
 
 
+async def test_a_status_below_100_is_refused_not_taken_for_an_informational_head(serve, client):
+    # llhttp reads a body after "099" (only 1xx have none); taken for a 1xx, that body
+    # would be prepended to the real answer's.
+    early = b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nzz"
+    server = await serve(lambda r: early + ok(b"y"))
+    with pytest.raises(h1.RemoteProtocolError):
+        await client.request("GET", url(server))
+
+
 async def test_100_continue_and_103_early_hints_are_skipped(serve, client):
     heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
     server = await serve(lambda r: heads + ok(b"final"))
