@@ -38,6 +38,12 @@ HIGH_WATER = 128 * 1024
 # A response head (status line and headers) longer than this is refused by default: a
 # hostile or broken server must not grow it without bound (aiohttp's client limits it too).
 MAX_HEAD_BYTES = 64 * 1024
+# Header lines per exchange (1xx heads and trailers included). The byte bound alone lets
+# a head of empty headers ("a:\r\n", 4 bytes each) cost a Python call and a multidict
+# entry per 4 bytes (~30 ms of loop per 64 KiB); the gateway sends a few dozen.
+MAX_HEADERS = 256
+# What a header line costs on the wire beyond its name and value (": " and CRLF).
+HEADER_FRAMING = 4
 # At most this much is read from a socket at once (asyncio's own reads take up to 256 KiB):
 # with HIGH_WATER it bounds what one stream buffers before its reader catches up.
 READ_SIZE = 64 * 1024
@@ -203,6 +209,7 @@ class Connection(asyncio.BufferedProtocol):
         "_head",
         "_head_bytes",
         "_head_received",
+        "_header_count",
         "_header_pairs",
         "_informational",
         "_keep_alive",
@@ -261,6 +268,7 @@ class Connection(asyncio.BufferedProtocol):
         self._header_pairs: list[tuple[str, str]] = []
         self._head_bytes = 0
         self._head_received = 0
+        self._header_count = 0
         self._reason = ""
         self._has_length = False  # Content-Length or Transfer-Encoding seen
         self._keep_alive = False
@@ -358,7 +366,10 @@ class Connection(asyncio.BufferedProtocol):
         self._reason += reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        self._count_head(len(name) + len(value) + HEADER_FRAMING)
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS:
+            raise HeadTooLarge(f"response head with more than {MAX_HEADERS} headers")
         if self._final_head:
             return  # a trailer (after a chunked body): dropped, as aiohttp drops them
         key = name.decode("latin-1")
@@ -422,6 +433,7 @@ class Connection(asyncio.BufferedProtocol):
         self._header_pairs = []
         self._head_bytes = 0
         self._head_received = 0
+        self._header_count = 0
         self._has_length = False
         self._keep_alive = False
         self._final_head = False

@@ -12,7 +12,7 @@ import pytest
 from support.scripted import Request, ScriptedServer, ok
 
 from blockrun_proxy import h1
-from blockrun_proxy.h1.connection import Connection, read_buffer
+from blockrun_proxy.h1.connection import MAX_HEADERS, Connection, read_buffer
 
 
 @pytest.fixture
@@ -149,6 +149,16 @@ async def test_chunk_extensions_are_ignored(serve, client):
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0;z\r\n\r\n"
     server = await serve(lambda r: answer)
     assert await get(client, server) == (200, b"abc")
+
+
+async def test_a_flood_of_tiny_headers_is_refused(serve):
+    # Bytes alone bound it loosely (an empty header is 4 bytes on the wire, and each one
+    # costs a Python call and a multidict entry): the count is bounded too.
+    flood = b"HTTP/1.1 200 OK\r\n" + b"a:\r\n" * (MAX_HEADERS + 1) + b"Content-Length: 0\r\n\r\n"
+    server = await serve(lambda r: flood)
+    async with h1.Client() as client:
+        with pytest.raises(h1.HeadTooLarge, match="headers"):
+            await client.request("GET", url(server))
 
 
 async def test_a_huge_status_line_is_refused(serve):
