@@ -467,6 +467,13 @@ class Connection(asyncio.BufferedProtocol):
     def _finish(self) -> None:
         """The answer is complete and its reader is done with it: reuse or close."""
         self._busy = False
+        transport = self.transport
+        if self._paused_for_body:
+            # Paused for an answer released unread: resumed, or the next answer on this
+            # connection would never be read (and the idle timer spares our own pause).
+            self._paused_for_body = False
+            if transport is not None:
+                transport.resume_reading()
         if self._keep_alive and not self.closed:
             self.idle_since = self.loop.time()
             self._on_idle(self)

@@ -171,6 +171,23 @@ async def test_a_huge_status_line_is_refused(serve):
 # --- the pool only takes back connections that can serve the next call ---------------------
 
 
+async def test_a_connection_paused_for_a_big_body_is_resumed_before_it_is_reused(serve):
+    # An error answer larger than the high-water mark, complete but never read (released
+    # at once, as a 5xx before a retry is): its socket was paused. Pooled paused, the next
+    # call's answer would never be read, and the idle timer ignores our own pause.
+    big = b"HTTP/1.1 503 Busy\r\nContent-Length: 153600\r\n\r\n" + b"e" * 153600
+    server = await serve(first_then_ok(big))
+    async with h1.Client(timeouts=h1.Timeouts(connect=5, read=1)) as client:
+        response = await client.request("GET", url(server))
+        for _ in range(100):
+            if response.content._eof:
+                break
+            await asyncio.sleep(0.01)
+        response.release()
+        assert await asyncio.wait_for(get(client, server), 3) == (200, b"next call")
+    assert server.connections == 1
+
+
 async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, client):
     server = await serve(lambda r: ok(b"fine"))
     assert await get(client, server) == (200, b"fine")
