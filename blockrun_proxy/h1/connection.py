@@ -203,7 +203,6 @@ class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_busy",
         "_complete",
-        "_drain_waiter",
         "_final_head",
         "_has_length",
         "_head",
@@ -281,7 +280,6 @@ class Connection(asyncio.BufferedProtocol):
         self._paused_for_body = False
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -335,22 +333,21 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.transport = None  # gone: closing or aborting it again is a no-op
         self._ended(exc)
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost(self)
         self._cancel_timer()
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionDropped("connection lost while sending"))
 
+    # The request body is in memory already (bytes): writing is never awaited, so an
+    # answer that comes before the server takes the whole body is read all the same.
     def pause_writing(self) -> None:
-        self._drain_waiter = self.loop.create_future()
+        pass
 
     def resume_writing(self) -> None:
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # The server is taking our bytes: not idle (a slow upload is not a dead server).
+        self._last_read = self.loop.time()
 
     # --- llhttp callbacks ----------------------------------------------------------------------
 
@@ -440,17 +437,16 @@ class Connection(asyncio.BufferedProtocol):
         self.body = Body(self)
         head: asyncio.Future[Response] = self.loop.create_future()
         self._head = head
+        if self._read_timeout is not None:
+            # Armed before writing: a server that never takes the request is idle too.
+            self._last_read = self.loop.time()
+            self._timer = self.loop.call_at(self._last_read + self._read_timeout, self._check_idle)
         transport = self.transport
         if len(body) <= 16 * 1024:
             transport.write(request + body)  # one send for the common small body
         else:
             transport.write(request)
             transport.write(body)
-        if self._drain_waiter is not None:
-            await self._drain_waiter
-        if self._read_timeout is not None:
-            self._last_read = self.loop.time()
-            self._timer = self.loop.call_at(self._last_read + self._read_timeout, self._check_idle)
         try:
             return await head
         finally:
@@ -468,6 +464,11 @@ class Connection(asyncio.BufferedProtocol):
         """The answer is complete and its reader is done with it: reuse or close."""
         self._busy = False
         transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            # Answered before the server took our whole request: the rest of its body
+            # would arrive as the start of the next request on this connection.
+            self.abort()
+            return
         if self._paused_for_body:
             # Paused for an answer released unread: resumed, or the next answer on this
             # connection would never be read (and the idle timer spares our own pause).
@@ -535,7 +536,9 @@ class Connection(asyncio.BufferedProtocol):
         if head is not None and not head.done():
             head.set_exception(error)
         self.body.set_error(error)
-        self._close()
+        # Aborted, not closed: a close would first flush a request the server may never
+        # read, holding the socket (and its room in the pool) as long.
+        self.abort()
 
     def _close(self) -> None:
         self._cancel_timer()

@@ -198,7 +198,47 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, cl
     assert server.connections == 2
 
 
+async def test_an_answer_before_the_request_body_is_sent_does_not_pool_the_connection():
+    # The server answers (413) after the head, never reading the body: our unsent body
+    # bytes would reach it as the start of the next request on that connection.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with h1.Client(timeouts=h1.Timeouts(connect=5, read=1)) as client:
+        response = await asyncio.wait_for(
+            client.request("POST", f"http://127.0.0.1:{port}/", body=b"x" * (32 << 20)), 3
+        )
+        assert response.status == 413
+        await response.read()
+        assert not any(client._idle.values())
+    server.close()
+
+
 # --- every wait ends ---------------------------------------------------------------------------
+
+
+async def test_a_server_that_never_reads_the_request_is_a_read_timeout():
+    # The idle limit counts while the request is written too: a body the server never
+    # takes (a full TCP window) must not hold the call (and its pool slot) forever.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with h1.Client(timeouts=h1.Timeouts(connect=5, read=0.3)) as client:
+        with pytest.raises(h1.ReadTimeout):
+            await asyncio.wait_for(
+                client.request("POST", f"http://127.0.0.1:{port}/", body=b"x" * (32 << 20)), 3
+            )
+        await asyncio.sleep(0.05)
+        assert client._open == 0  # the connection is gone, not left flushing
+    server.close()
 
 
 class _Transport:
