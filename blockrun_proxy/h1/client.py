@@ -173,6 +173,10 @@ class Client:
         scheme, host = url.scheme, url.raw_host
         if scheme not in ("http", "https") or not host:
             raise ValueError(f"not an http(s) URL: {url}")
+        if method == "HEAD":
+            # llhttp cannot be told an answer is to a HEAD: it would wait for the body its
+            # Content-Length announces, until the idle limit.
+            raise ValueError("HEAD is not supported by the h1 client")
         default_port = 443 if scheme == "https" else 80
         port = url.port or default_port
         origin = (scheme, host, port)

@@ -287,6 +287,14 @@ async def test_a_body_ended_by_eof_in_the_same_turn_as_its_head_is_complete():
     assert await response.read() == b"until the end"
 
 
+async def test_head_is_refused_up_front(serve, client):
+    # llhttp cannot be told an answer is to a HEAD: it would wait for Content-Length bytes.
+    server = await serve(lambda r: ok())
+    with pytest.raises(ValueError, match="HEAD"):
+        await client.request("HEAD", url(server))
+    assert server.connections == 0
+
+
 # --- the egress proxy ----------------------------------------------------------------------
 
 
