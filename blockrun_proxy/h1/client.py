@@ -49,7 +49,7 @@ from blockrun_proxy.h1.connection import (
     read_buffer,
 )
 from blockrun_proxy.h1.errors import ConnectError, ConnectTimeout
-from blockrun_proxy.h1.route import Proxy, ProxyFor, origin_url
+from blockrun_proxy.h1.route import Proxy, ProxyFor, authority, origin_url
 
 # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as the awaited
 # connection completes, leaving a cancelled caller waiting on an answer (seen at shutdown).
@@ -376,7 +376,7 @@ class Client:
         from blockrun_proxy.h1.tunnel import open_tunnel
 
         family, address = await self._resolve(loop, proxy.host, proxy.port)
-        transport = await open_tunnel(loop, family, address, f"{host}:{port}", proxy)
+        transport = await open_tunnel(loop, family, address, authority(host, port), proxy)
         conn = factory()
         try:
             tls_transport = await loop.start_tls(transport, conn, tls, server_hostname=host)

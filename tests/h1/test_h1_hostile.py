@@ -9,6 +9,7 @@ import asyncio
 
 import httptools
 import pytest
+from support.connect_proxy import ConnectProxy
 from support.scripted import Request, ScriptedServer, ok
 
 from blockrun_proxy import h1
@@ -312,3 +313,13 @@ async def test_bytes_after_the_proxys_200_are_refused():
         with pytest.raises(h1.ConnectError, match="bytes after"):
             await client.request("POST", "https://gateway.invalid/api", body=b"{}")
     proxy.close()
+
+
+async def test_a_tunnel_to_an_ipv6_origin_names_it_in_brackets():
+    proxy = ConnectProxy(refuse=True)
+    await proxy.start()
+    async with h1.Client(proxy_for=lambda origin: proxy.url) as client:
+        with pytest.raises(h1.ConnectError):
+            await client.request("GET", "https://[2001:db8::1]:8443/")
+    assert proxy.lines == ["CONNECT [2001:db8::1]:8443 HTTP/1.1"]
+    await proxy.close()
