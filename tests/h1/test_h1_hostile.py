@@ -6,6 +6,7 @@ framing that two parsers could read two ways is refused."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httptools
 import pytest
@@ -323,3 +324,29 @@ async def test_a_tunnel_to_an_ipv6_origin_names_it_in_brackets():
             await client.request("GET", "https://[2001:db8::1]:8443/")
     assert proxy.lines == ["CONNECT [2001:db8::1]:8443 HTTP/1.1"]
     await proxy.close()
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+
+async def test_every_address_of_the_gateway_is_tried_until_one_connects(serve, monkeypatch):
+    # A dead first address (an A record of a drained node, an AAAA without an IPv6
+    # route) failed every call; aiohttp's connector tries the next one.
+    server = await serve(lambda r: ok(b"second address"))
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there: refused
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+
+    async def getaddrinfo(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        asked.append(host)
+        stream = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        return [(*stream, ("127.0.0.1", dead_port)), (*stream, ("127.0.0.1", server.port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    async with h1.Client() as client:
+        response = await client.request("GET", "http://gateway.test/")
+        assert await response.read() == b"second address"
+    assert asked == ["gateway.test"]
