@@ -21,7 +21,8 @@ What it does and what it leaves out, on purpose:
   HTTPS_PROXY / HTTP_PROXY / NO_PROXY), asked once per origin: CONNECT tunnels for
   ``https://``, absolute-form requests for ``http://``;
 - a response head over ``max_head_bytes`` is refused (``HeadTooLarge``);
-- host names are resolved once per ``DNS_TTL`` seconds, not per connection.
+- host names are resolved once per ``DNS_TTL`` seconds, not per connection; their
+  addresses are tried in the resolver's order until one connects (no happy eyeballs).
 
 Bodies are known up front (bytes, or None for none); HEAD (a length without a body) and
 upgrades are not supported.
@@ -34,10 +35,10 @@ import socket
 import ssl
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from yarl import URL
 
@@ -49,7 +50,7 @@ from blockrun_proxy.h1.connection import (
     read_buffer,
 )
 from blockrun_proxy.h1.errors import ConnectError, ConnectTimeout
-from blockrun_proxy.h1.route import Proxy, ProxyFor, origin_url
+from blockrun_proxy.h1.route import Proxy, ProxyFor, authority, origin_url
 
 # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as the awaited
 # connection completes, leaving a cancelled caller waiting on an answer (seen at shutdown).
@@ -59,6 +60,9 @@ else:  # aiohttp depends on async-timeout below 3.11
     from async_timeout import timeout as deadline
 
 DNS_TTL = 300.0
+_T = TypeVar("_T")
+# (family, sockaddr) of one address a name resolves to.
+Address = tuple[int, tuple[Any, ...]]
 # How often idle connections past their expiry are swept (while any are idle).
 SWEEP_EVERY = 5.0
 _FORBIDDEN = ("\r", "\n", "\0")
@@ -101,7 +105,7 @@ class Client:
         self._open = 0  # connections open or being opened
         self._conns: set[Connection] = set()  # the open ones, idle or in use
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._dns: dict[tuple[str, int], tuple[float, tuple[int, tuple[Any, ...]]]] = {}
+        self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._read_buffer = read_buffer()
@@ -173,6 +177,10 @@ class Client:
         scheme, host = url.scheme, url.raw_host
         if scheme not in ("http", "https") or not host:
             raise ValueError(f"not an http(s) URL: {url}")
+        if method == "HEAD":
+            # llhttp cannot be told an answer is to a HEAD: it would wait for the body its
+            # Content-Length announces, until the idle limit.
+            raise ValueError("HEAD is not supported by the h1 client")
         default_port = 443 if scheme == "https" else 80
         port = url.port or default_port
         origin = (scheme, host, port)
@@ -359,20 +367,25 @@ class Client:
         if proxy is None or tls is None:
             # Direct, or http:// through the proxy (absolute-form requests, no tunnel).
             to_host, to_port = (host, port) if proxy is None else (proxy.host, proxy.port)
-            family, address = await self._resolve(loop, to_host, to_port)
-            _, conn = await loop.create_connection(
-                factory,
-                host=address[0],
-                port=address[1],
-                family=family,
-                ssl=tls,
-                server_hostname=host if tls is not None else None,
-            )
-            return conn
+
+            async def connect(family: int, address: tuple[Any, ...]) -> Connection:
+                _, conn = await loop.create_connection(
+                    factory,
+                    host=address[0],
+                    port=address[1],
+                    family=family,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                )
+                return conn
+
+            return await self._each_address(loop, to_host, to_port, connect)
         from blockrun_proxy.h1.tunnel import open_tunnel
 
-        family, address = await self._resolve(loop, proxy.host, proxy.port)
-        transport = await open_tunnel(loop, family, address, f"{host}:{port}", proxy)
+        async def tunnel(family: int, address: tuple[Any, ...]) -> asyncio.Transport:
+            return await open_tunnel(loop, family, address, authority(host, port), proxy)
+
+        transport = await self._each_address(loop, proxy.host, proxy.port, tunnel)
         conn = factory()
         try:
             tls_transport = await loop.start_tls(transport, conn, tls, server_hostname=host)
@@ -395,17 +408,39 @@ class Client:
         self._proxies[origin] = proxy
         return proxy
 
+    async def _each_address(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        connect: Callable[[int, tuple[Any, ...]], Awaitable[_T]],
+    ) -> _T:
+        """``connect`` to each address of host:port in turn until one succeeds, as
+        aiohttp's connector does: one unreachable address (a dead A record, an AAAA
+        without an IPv6 route) must not fail every call while the others answer."""
+        error: OSError | None = None
+        for family, address in await self._resolve(loop, host, port):
+            try:
+                return await connect(family, address)
+            except ssl.SSLError:
+                raise  # the server answered: its other addresses would answer the same
+            except OSError as exc:
+                error = exc
+        self._dns.pop((host, port), None)  # none answered: resolve afresh next time
+        assert error is not None
+        raise error
+
     async def _resolve(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int
-    ) -> tuple[int, tuple[Any, ...]]:
-        """(family, sockaddr) for host:port; names are cached for DNS_TTL seconds."""
+    ) -> list[Address]:
+        """The addresses of host:port, in the resolver's order, cached for DNS_TTL seconds."""
         now = loop.time()
         cached = self._dns.get((host, port))
         if cached is None or cached[0] < now:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             if not infos:
                 raise OSError(f"no address for {host}")
-            cached = (now + DNS_TTL, (infos[0][0], infos[0][4]))
+            cached = (now + DNS_TTL, [(info[0], info[4]) for info in infos])
             self._dns[(host, port)] = cached
         return cached[1]
 

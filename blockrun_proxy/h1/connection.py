@@ -38,6 +38,12 @@ HIGH_WATER = 128 * 1024
 # A response head (status line and headers) longer than this is refused by default: a
 # hostile or broken server must not grow it without bound (aiohttp's client limits it too).
 MAX_HEAD_BYTES = 64 * 1024
+# Header lines per exchange (1xx heads and trailers included). The byte bound alone lets
+# a head of empty headers ("a:\r\n", 4 bytes each) cost a Python call and a multidict
+# entry per 4 bytes (~30 ms of loop per 64 KiB); the gateway sends a few dozen.
+MAX_HEADERS = 256
+# What a header line costs on the wire beyond its name and value (": " and CRLF).
+HEADER_FRAMING = 4
 # At most this much is read from a socket at once (asyncio's own reads take up to 256 KiB):
 # with HIGH_WATER it bounds what one stream buffers before its reader catches up.
 READ_SIZE = 64 * 1024
@@ -197,11 +203,12 @@ class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_busy",
         "_complete",
-        "_drain_waiter",
+        "_final_head",
         "_has_length",
         "_head",
         "_head_bytes",
         "_head_received",
+        "_header_count",
         "_header_pairs",
         "_informational",
         "_keep_alive",
@@ -260,17 +267,19 @@ class Connection(asyncio.BufferedProtocol):
         self._header_pairs: list[tuple[str, str]] = []
         self._head_bytes = 0
         self._head_received = 0
+        self._header_count = 0
         self._reason = ""
         self._has_length = False  # Content-Length or Transfer-Encoding seen
         self._keep_alive = False
         self._informational = False  # a 1xx head (103 Early Hints): the real one follows
+        # The final (non-1xx) head was parsed: header lines after it are trailers.
+        self._final_head = False
         self._busy = False
         self._complete = False
         self._released = False
         self._paused_for_body = False
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -324,31 +333,42 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.transport = None  # gone: closing or aborting it again is a no-op
         self._ended(exc)
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost(self)
         self._cancel_timer()
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionDropped("connection lost while sending"))
 
+    # The request body is in memory already (bytes): writing is never awaited, so an
+    # answer that comes before the server takes the whole body is read all the same.
     def pause_writing(self) -> None:
-        self._drain_waiter = self.loop.create_future()
+        pass
 
     def resume_writing(self) -> None:
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # The server is taking our bytes: not idle (a slow upload is not a dead server).
+        self._last_read = self.loop.time()
 
     # --- llhttp callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # More after this exchange's answer, in the same read (a body longer than its
+            # Content-Length): never parsed as another answer, for this call or the next
+            # on this connection. Raised inside the parser: the connection is dropped.
+            raise RemoteProtocolError("the server sent bytes after the end of its answer")
 
     def on_status(self, reason: bytes) -> None:
         self._count_head(len(reason))
         self._reason += reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        self._count_head(len(name) + len(value) + HEADER_FRAMING)
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS:
+            raise HeadTooLarge(f"response head with more than {MAX_HEADERS} headers")
+        if self._final_head:
+            return  # a trailer (after a chunked body): dropped, as aiohttp drops them
         key = name.decode("latin-1")
         self._header_pairs.append((key, value.decode("latin-1")))
         lowered = key.lower()
@@ -367,11 +387,17 @@ class Connection(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
+        if status < 100:
+            # llhttp reads a body after such a head (only 1xx have none): taken for a 1xx,
+            # that body would be prepended to the real answer's.
+            raise RemoteProtocolError(f"invalid status code {status}")
         if status < 200:
             self._informational = True
             self._header_pairs = []
             self._reason = ""
+            self._has_length = False
             return
+        self._final_head = True
         headers = CIMultiDictProxy(CIMultiDict(self._header_pairs))
         self._header_pairs = []
         response = Response(self, status, self._reason, parser.get_http_version(), headers)
@@ -401,24 +427,26 @@ class Connection(asyncio.BufferedProtocol):
         self._complete = False
         self._released = False
         self._reason = ""
+        self._header_pairs = []
         self._head_bytes = 0
         self._head_received = 0
+        self._header_count = 0
         self._has_length = False
         self._keep_alive = False
+        self._final_head = False
         self.body = Body(self)
         head: asyncio.Future[Response] = self.loop.create_future()
         self._head = head
+        if self._read_timeout is not None:
+            # Armed before writing: a server that never takes the request is idle too.
+            self._last_read = self.loop.time()
+            self._timer = self.loop.call_at(self._last_read + self._read_timeout, self._check_idle)
         transport = self.transport
         if len(body) <= 16 * 1024:
             transport.write(request + body)  # one send for the common small body
         else:
             transport.write(request)
             transport.write(body)
-        if self._drain_waiter is not None:
-            await self._drain_waiter
-        if self._read_timeout is not None:
-            self._last_read = self.loop.time()
-            self._timer = self.loop.call_at(self._last_read + self._read_timeout, self._check_idle)
         try:
             return await head
         finally:
@@ -435,6 +463,18 @@ class Connection(asyncio.BufferedProtocol):
     def _finish(self) -> None:
         """The answer is complete and its reader is done with it: reuse or close."""
         self._busy = False
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            # Answered before the server took our whole request: the rest of its body
+            # would arrive as the start of the next request on this connection.
+            self.abort()
+            return
+        if self._paused_for_body:
+            # Paused for an answer released unread: resumed, or the next answer on this
+            # connection would never be read (and the idle timer spares our own pause).
+            self._paused_for_body = False
+            if transport is not None:
+                transport.resume_reading()
         if self._keep_alive and not self.closed:
             self.idle_since = self.loop.time()
             self._on_idle(self)
@@ -480,8 +520,10 @@ class Connection(asyncio.BufferedProtocol):
         if not self._busy or self._complete:
             self.closed = True
             return
-        if self._head is None and not self._has_length and exc is None:
-            # Headers are in and the body had no length: its end is the connection's end.
+        if self._final_head and not self._has_length and exc is None:
+            # Headers are in (the caller may not have resumed with them yet: TLS can hand
+            # over the last bytes and the end at once) and the body had no length: its end
+            # is the connection's end.
             self._complete = True
             self._keep_alive = False
             self.body.feed_eof()
@@ -494,7 +536,9 @@ class Connection(asyncio.BufferedProtocol):
         if head is not None and not head.done():
             head.set_exception(error)
         self.body.set_error(error)
-        self._close()
+        # Aborted, not closed: a close would first flush a request the server may never
+        # read, holding the socket (and its room in the pool) as long.
+        self.abort()
 
     def _close(self) -> None:
         self._cancel_timer()

@@ -40,8 +40,13 @@ class Proxy:
         return cls(parts.hostname, parts.port or 80, authorization)
 
 
-def origin_url(scheme: str, host: str, port: int) -> str:
-    """``scheme://host:port``, an IPv6 host in brackets."""
+def authority(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (as CONNECT and URLs want it)."""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
+    return f"{host}:{port}"
+
+
+def origin_url(scheme: str, host: str, port: int) -> str:
+    """``scheme://host:port``, an IPv6 host in brackets."""
+    return f"{scheme}://{authority(host, port)}"

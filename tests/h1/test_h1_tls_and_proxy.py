@@ -59,6 +59,20 @@ async def test_https_refuses_an_untrusted_certificate(tls_server):
     assert not tls_server.requests
 
 
+async def test_https_names_the_host_by_sni_and_refuses_another_hosts_certificate(ca):
+    names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("other.example").configure_cert(context)  # trusted CA, wrong name
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    server = await ScriptedServer(lambda r: ok()).start(context)
+    async with h1.Client(ssl_context=trusting(ca)) as client:
+        with pytest.raises(h1.ConnectError, match="Hostname mismatch"):
+            await client.request("POST", f"https://localhost:{server.port}/", body=b"{}")
+    assert names == ["localhost"]
+    assert not server.requests
+    await server.close()
+
+
 async def test_https_through_a_connect_proxy_with_credentials(ca, tls_server):
     proxy = ConnectProxy()
     await proxy.start()
