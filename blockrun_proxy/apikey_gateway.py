@@ -47,6 +47,7 @@ from blockrun_proxy.upstream import (
     UpstreamResponse,
     is_redirect,
     malformed_answer,
+    read_models_body,
     read_small_body,
     redirect_error,
 )
@@ -84,7 +85,7 @@ class ApiKeyGateway(Gateway):
             async with response:
                 if is_redirect(response.status):
                     raise redirect_error(response)
-                return response.status, self.rail.redact(await response.read())
+                return response.status, self.rail.redact(await read_models_body(response))
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("the API host did not answer /v1/models in time") from exc
         except CLIENT_FAILED as exc:

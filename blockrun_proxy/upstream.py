@@ -108,6 +108,9 @@ PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
 # Gateway answers that are read whole to classify them (402s, refusals) are small;
 # anything longer is cut here rather than buffered.
 MAX_CLASSIFIED_BODY = 64 * 1024
+# The model catalogue is read whole (it is cached and served to clients). BlockRun's is
+# some hundred KiB; a gateway sending more is not sending a catalogue.
+MAX_MODELS_BODY = 8 * 1024 * 1024
 RETRY_DELAYS = (0.05, 0.25, 1.0)
 # PAYMENT-REQUIRED carries a whole offer in one header field, over aiohttp's default
 # limit of 8190 bytes for a few requirements. The gateway session reads fields up to
@@ -248,7 +251,7 @@ class Gateway:
             async with response:
                 if is_redirect(response.status):
                     raise redirect_error(response)
-                return response.status, await response.read()
+                return response.status, await read_models_body(response)
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("the gateway did not answer /v1/models in time") from exc
         except CLIENT_FAILED as exc:
@@ -695,6 +698,21 @@ async def read_small_body(response: UpstreamResponse) -> bytes:
         except zlib.error:
             return b""
     return data
+
+
+async def read_models_body(response: UpstreamResponse) -> bytes:
+    """The whole catalogue answer, refused past MAX_MODELS_BODY (never buffered beyond)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > MAX_MODELS_BODY:
+            raise UpstreamError(
+                f"the gateway's /v1/models answer is larger than {MAX_MODELS_BODY} bytes",
+                code="bad_gateway_answer",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def read_offer(response: UpstreamResponse) -> PaymentRequired | None:
