@@ -40,6 +40,7 @@ from blockrun_proxy.app import (
 )
 from blockrun_proxy.config import DEFAULT_MAX_TOKENS, Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
+from blockrun_proxy.core import log_rail
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.rails import Rails
@@ -91,6 +92,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
     # it, and start fetching Solana blockhashes.
     core.start_background()
     await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, core.payer)
+    log_rail(core.settings, core.payer)  # the addresses are derived (and cached) by now
     try:
         yield runner, port
     finally:

@@ -159,3 +159,24 @@ def test_starting_the_proxy_leaves_option_only_modules_unloaded() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_app_opens_without_loading_keccak() -> None:
+    """Keccak (pycryptodome, loaded through ctypes) is startup time: the wallet's address,
+    which needs it, is derived and logged after the port is open (server.running), not
+    while the app builds its payment core."""
+    code = (
+        "import asyncio, secrets, sys\n"
+        "from aiohttp import web\n"
+        "from blockrun_proxy.app import create_app\n"
+        "from blockrun_proxy.config import Settings\n"
+        "async def main():\n"
+        "    settings = Settings(wallet_key='0x' + secrets.token_hex(32), state_dir=None)\n"
+        "    runner = web.AppRunner(create_app(settings))\n"
+        "    await runner.setup()\n"
+        "    print('Crypto.Hash.keccak' in sys.modules)\n"
+        "    await runner.cleanup()\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
