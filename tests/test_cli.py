@@ -149,13 +149,14 @@ def test_address_prints_the_address_never_the_key() -> None:
 
 def test_starting_the_proxy_leaves_option_only_modules_unloaded() -> None:
     """Startup is measured: what only Solana (blockhash), ``--redis-url`` (budget_redis),
-    upto with ``--rpc-url`` (evm_rpc, allowance) or the ``wallet`` subcommand need is
-    imported where that option is known to be set, not at start; the quote book's solver
-    (quotes.fit) at its first fit."""
+    ``--rpc-url`` (evm_rpc, allowance, the balance watcher) or the ``wallet`` subcommand
+    need is imported where that option is known to be set, not at start; the quote book's
+    solver (quotes.fit) at its first fit."""
     code = (
         "import sys, blockrun_proxy.cli, blockrun_proxy.server, blockrun_proxy.app\n"
         "lazy = ['blockhash', 'budget_redis', 'evm_rpc', 'allowance', 'wallet.cli',\n"
-        "        'wallet.chain', 'wallet.approve', 'solana_payer', 'quotes.fit']\n"
+        "        'wallet.chain', 'wallet.approve', 'solana_payer', 'quotes.fit',\n"
+        "        'wallet.watcher']\n"
         "print(sorted(m for m in lazy if 'blockrun_proxy.' + m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
