@@ -166,7 +166,6 @@ async def open_core(
     if blockhashes is not None and (the_payer.solana is None or not the_payer.solana.can_sign):
         blockhashes = None  # nothing will sign on Solana: never ask its RPC
     quotes = quote_book(settings)
-    log_rail(settings, the_payer)
     async with contextlib.AsyncExitStack() as stack:
         if link is not None:
             stack.push_async_callback(link.aclose)
@@ -295,7 +294,11 @@ def payer(
 
 
 def log_rail(settings: Settings, rails: Rails) -> None:
-    """One line saying what calls will be paid with (addresses, never keys)."""
+    """One line saying what calls will be paid with (addresses, never keys).
+
+    Not part of ``open_core``: a wallet's address is a Keccak hash, and Keccak's import
+    (pycryptodome through ctypes) is startup time. The proxy logs this once its port is
+    open and signing is warmed up (server.py); the in-process provider once it opens."""
     if rail_of(settings) == API_KEY_RAIL:
         log.info(
             "payment rail: BlockRun API key (prepaid credit at %s); no wallet is used",
@@ -390,7 +393,8 @@ def upstream_h1(settings: Settings, limits: Limits) -> h1.Client:
         # Per origin, as egress decides it (HTTPS_PROXY, NO_PROXY), once per origin.
         proxy_for=functools.partial(egress.proxy_for, settings),
         # SSL_CERT_FILE / SSL_CERT_DIR when set; else the default verifying context.
-        ssl_context=egress.ssl_context(settings),
+        # Either is built at the first https connection, not at startup.
+        ssl_context=egress.ssl_context_factory(settings),
         user_agent=USER_AGENT,
         max_head_bytes=MAX_HEAD_BYTES,
     )

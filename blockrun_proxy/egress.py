@@ -14,12 +14,16 @@ session uses:
   ignored, ``name:port`` only on that port, ``*`` for every host;
 - ``ssl_context(settings)``: a verifying context on the configured CA bundle or
   directory, or None for the default (the system's, which aiohttp has already built:
-  loading a CA bundle costs startup time, so it is done only when asked for).
+  loading a CA bundle costs startup time, so it is done only when asked for);
+  ``ssl_context_factory(settings)`` builds it later, at the h1 client's first https
+  connection.
 """
 
 from __future__ import annotations
 
+import functools
 import ssl
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from blockrun_proxy.config import Settings
@@ -57,6 +61,19 @@ def bypasses(no_proxy: str, host: str, port: int) -> bool:
         if host == name or host.endswith("." + name):
             return True
     return False
+
+
+def ssl_context_factory(settings: Settings) -> Callable[[], ssl.SSLContext] | None:
+    """``ssl_context`` to build when it is first needed (the h1 client's first https
+    connection): loading a CA bundle takes ~20 ms, which is startup time when built with
+    the app. None: the default context."""
+    if not settings.ssl_cert_file and not settings.ssl_cert_dir:
+        return None
+    return functools.partial(_context_on, settings.ssl_cert_file, settings.ssl_cert_dir)
+
+
+def _context_on(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:

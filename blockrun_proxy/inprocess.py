@@ -34,7 +34,7 @@ import orjson
 from blockrun_proxy import h1
 from blockrun_proxy.chatbody import parse_chat_request
 from blockrun_proxy.config import Settings
-from blockrun_proxy.core import PaymentCore, open_core
+from blockrun_proxy.core import PaymentCore, log_rail, open_core
 from blockrun_proxy.costs import cost_headers
 from blockrun_proxy.errors import PAID_FAILURE_STATUS, GatewayAnswer, PaidCallFailed, ProxyError
 from blockrun_proxy.exchange import request_id_from
@@ -223,6 +223,7 @@ class Core:
                     self._payment = await stack.enter_async_context(
                         open_core(self.settings, record_spend=False)
                     )
+                    log_rail(self.settings, self._payment.payer)
                 except ValueError as exc:
                     # Written by us and never echoing the key (a wallet key that does not parse).
                     raise CallError(400, str(exc), code=None, paid=False) from None

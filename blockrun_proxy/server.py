@@ -27,6 +27,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -40,11 +41,14 @@ from blockrun_proxy.app import (
 )
 from blockrun_proxy.config import DEFAULT_MAX_TOKENS, Settings
 from blockrun_proxy.connections import ClientConnections, ClientSite, protocol_factory
+from blockrun_proxy.core import log_rail
 from blockrun_proxy.keyguard import forbid_core_dumps
 from blockrun_proxy.limits import Limits, raise_fd_limit
 from blockrun_proxy.rails import Rails
-from blockrun_proxy.wallet.watcher import BalanceWatcher, watching
 from blockrun_proxy.x402 import NETWORKS, usd
+
+if TYPE_CHECKING:
+    from blockrun_proxy.wallet.watcher import BalanceWatcher
 
 log = logging.getLogger("blockrun_proxy")
 # What aiohttp's own shutdown may still wait, after the drain has cut every connection,
@@ -91,6 +95,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]
     # it, and start fetching Solana blockhashes.
     core.start_background()
     await asyncio.get_running_loop().run_in_executor(None, warm_up_signing, core.payer)
+    log_rail(core.settings, core.payer)  # the addresses are derived (and cached) by now
     try:
         yield runner, port
     finally:
@@ -171,9 +176,12 @@ async def serve(settings: Settings) -> None:
         runner, port = await stack.enter_async_context(running(settings))
         # --rpc-url: the wallet's balance, read in the background (--low-balance-usd warns
         # and flips a metric), and shown by /readyz, the spend page and /metrics.
-        watcher = await stack.enter_async_context(watching(settings))
-        if watcher is not None:
-            plug_balance(runner.app, watcher)
+        if settings.rpc_url:
+            from blockrun_proxy.wallet.watcher import watching  # --rpc-url only: startup
+
+            watcher = await stack.enter_async_context(watching(settings))
+            if watcher is not None:
+                plug_balance(runner.app, watcher)
         _log_schemes(settings)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         url = f"http://{host}:{port}/v1"

@@ -149,13 +149,36 @@ def test_address_prints_the_address_never_the_key() -> None:
 
 def test_starting_the_proxy_leaves_option_only_modules_unloaded() -> None:
     """Startup is measured: what only Solana (blockhash), ``--redis-url`` (budget_redis),
-    upto with ``--rpc-url`` (evm_rpc, allowance) or the ``wallet`` subcommand need is
-    imported where that option is known to be set, not at start."""
+    ``--rpc-url`` (evm_rpc, allowance, the balance watcher) or the ``wallet`` subcommand
+    need is imported where that option is known to be set, not at start; the quote book's
+    solver (quotes.fit) at its first fit."""
     code = (
         "import sys, blockrun_proxy.cli, blockrun_proxy.server, blockrun_proxy.app\n"
         "lazy = ['blockhash', 'budget_redis', 'evm_rpc', 'allowance', 'wallet.cli',\n"
-        "        'wallet.chain', 'wallet.approve', 'solana_payer']\n"
+        "        'wallet.chain', 'wallet.approve', 'solana_payer', 'quotes.fit',\n"
+        "        'wallet.watcher']\n"
         "print(sorted(m for m in lazy if 'blockrun_proxy.' + m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_app_opens_without_loading_keccak() -> None:
+    """Keccak (pycryptodome, loaded through ctypes) is startup time: the wallet's address,
+    which needs it, is derived and logged after the port is open (server.running), not
+    while the app builds its payment core."""
+    code = (
+        "import asyncio, secrets, sys\n"
+        "from aiohttp import web\n"
+        "from blockrun_proxy.app import create_app\n"
+        "from blockrun_proxy.config import Settings\n"
+        "async def main():\n"
+        "    settings = Settings(wallet_key='0x' + secrets.token_hex(32), state_dir=None)\n"
+        "    runner = web.AppRunner(create_app(settings))\n"
+        "    await runner.setup()\n"
+        "    print('Crypto.Hash.keccak' in sys.modules)\n"
+        "    await runner.cleanup()\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

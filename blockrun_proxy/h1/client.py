@@ -16,7 +16,8 @@ What it does and what it leaves out, on purpose:
   are handed over as received: no decompression (Content-Encoding passes through), no
   Accept-Encoding added, no redirects followed, no cookies;
 - ``https://`` verifies the server with the default CA store (``SSL_CERT_FILE`` /
-  ``SSL_CERT_DIR`` apply) unless given another ``ssl.SSLContext``;
+  ``SSL_CERT_DIR`` apply) unless given another ``ssl.SSLContext`` (or a function that
+  builds one, called at the first https connection);
 - a proxy per origin, as ``proxy_for(origin)`` decides (the proxy's ``egress.proxy_for``:
   HTTPS_PROXY / HTTP_PROXY / NO_PROXY), asked once per origin: CONNECT tunnels for
   ``https://``, absolute-form requests for ``http://``;
@@ -89,7 +90,7 @@ class Client:
         timeouts: Timeouts = Timeouts(),
         *,
         proxy_for: ProxyFor | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         user_agent: str | None = None,
         max_head_bytes: int = MAX_HEAD_BYTES,
     ) -> None:
@@ -98,6 +99,8 @@ class Client:
         self._proxy_for = proxy_for
         # Each origin's proxy, parsed once (the proxy talks to one gateway or a few).
         self._proxies: dict[Origin, Proxy | None] = {}
+        # A context, or what builds one at the first https connection: loading a CA
+        # bundle takes tens of ms, which a factory keeps out of startup.
         self._ssl_context = ssl_context
         self._user_agent = user_agent
         self._max_head = max_head_bytes
@@ -133,9 +136,13 @@ class Client:
 
     def ssl_context(self) -> ssl.SSLContext:
         """The context for https origins, built on first use (tens of ms: warm it off-loop)."""
-        if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()
-        return self._ssl_context
+        context = self._ssl_context
+        if context is None:
+            context = ssl.create_default_context()
+        elif not isinstance(context, ssl.SSLContext):
+            context = context()
+        self._ssl_context = context
+        return context
 
     # --- requests ------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 - ``features``: what we measure of a request (no tokenizer), and the price key;
 - ``prior``: the catalogue's prices as formulas the 402s confirm or refute;
-- ``fit``: exact-rational fitting of the price formula from observations alone;
+- ``observation``: a 402's features and amount, and a quoted range (records);
+- ``fit``: exact-rational fitting of the price formula from observations alone (imported
+  at the first fit, not at start);
 - ``book``: per price key, the latest requirement, the formulas and their trust;
 - ``entries``: the book as named, stamped entries, what a quote store keeps;
 - ``store``: the file store (``quote_store.py`` has the interface and the Redis store);
@@ -20,7 +22,7 @@ from blockrun_proxy.quotes.features import (
     request_features,
     text_sizes,
 )
-from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote
+from blockrun_proxy.quotes.observation import Observation, Quote
 from blockrun_proxy.quotes.prior import CataloguePrice, Prior, parse_catalogue
 
 __all__ = [
@@ -28,7 +30,6 @@ __all__ = [
     "MEASURES",
     "CataloguePrice",
     "Features",
-    "Hypothesis",
     "Observation",
     "Presign",
     "PriceKey",

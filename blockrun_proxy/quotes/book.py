@@ -60,13 +60,16 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURE_TOKENS, MEASURES, Features, PriceKey
-from blockrun_proxy.quotes.fit import Hypothesis, Observation, Quote, fit, fit_approximate
+from blockrun_proxy.quotes.observation import Observation, Quote
 from blockrun_proxy.quotes.prior import CataloguePrice, Prior
 from blockrun_proxy.x402 import UPTO_SCHEME, Requirement
 from blockrun_proxy.x402.wire import parse_requirement
+
+if TYPE_CHECKING:
+    from blockrun_proxy.quotes.fit import Hypothesis
 
 DEFAULT_WINDOW = 32
 # No presign from learned formulas before this many 402s of the key are in the window:
@@ -888,6 +891,9 @@ class FitResult:
 
 def compute_fit(window: list[Observation], min_observations: int, tolerance: bool) -> FitResult:
     """The learned formulas for a window of 402s (pure: runs in a worker thread)."""
+    # Imported at the first fit (several 402s of one key in), not at startup.
+    from blockrun_proxy.quotes.fit import fit, fit_approximate
+
     hypotheses = fit(window, len(MEASURES), _UNITS_PER_TOKEN)
     approximate = None
     if tolerance:

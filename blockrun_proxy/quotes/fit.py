@@ -47,7 +47,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+
+from blockrun_proxy.quotes.observation import Observation, Quote
 
 ROUNDING_SD = 1 / math.sqrt(12)  # sd of ceil's rounding, uniform on [0, 1)
 BAND_SDS = 6.0  # the Occam slope is looked for within this many standard errors
@@ -66,27 +67,6 @@ M_COL, S_COL = 0, 1
 MAX_PER_MESSAGE = 8
 # The one group of a hypothesis linear in the message count.
 LINEAR_GROUP = 0
-
-
-class Quote(NamedTuple):
-    """The range of amounts a hypothesis allows for one request."""
-
-    low: int
-    high: int
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    max_tokens: int  # already clamped at the model's output ceiling
-    messages: int
-    sizes: tuple[int, ...]
-    amount: int
-    extra: int = 0  # features.Features.extra: formulas speak only for values seen
-    # For the quote book's prefix bound, not for fitting: the request's last prefix digest
-    # (features.Prefixes) and when its 402 was seen (book clock). None when not known
-    # (loaded from a saved book: digests are not kept across restarts).
-    digest: bytes | None = None
-    seen_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from blockrun_proxy.quote_store import QuoteStore, StoreUnavailable
 from blockrun_proxy.quotes.book import QuoteBook, compute_fit
 from blockrun_proxy.quotes.entries import CATALOGUE, decode, encode, key_name
 from blockrun_proxy.quotes.features import PriceKey
-from blockrun_proxy.quotes.fit import Observation
+from blockrun_proxy.quotes.observation import Observation
 from blockrun_proxy.quotes.prior import parse_catalogue
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from blockrun_proxy.quotes.features import MEASURE_TOKENS
-from blockrun_proxy.quotes.fit import Observation, Quote
+from blockrun_proxy.quotes.observation import Observation, Quote
 
 # Per-message overheads tried, in tokens (OpenAI's own counting uses 3 or 4).
 MAX_PER_MESSAGE = 8

@@ -146,3 +146,33 @@ async def test_a_proxy_it_cannot_use_is_a_connect_error_before_anything_is_sent(
     async with h1.Client(proxy_for=proxies(https_proxy="socks5://proxy:1080")) as client:
         with pytest.raises(h1.ConnectError, match="only http://"):
             await client.request("POST", "https://gateway.invalid/api", body=b"{}")
+
+
+async def test_a_context_factory_is_called_at_the_first_https_connection_only(ca, tls_server):
+    """The proxy's CA bundle (SSL_CERT_FILE) is loaded when the gateway is first reached
+    over TLS, not when the client is built: that load is startup time."""
+    built: list[ssl.SSLContext] = []
+
+    def build() -> ssl.SSLContext:
+        built.append(trusting(ca))
+        return built[-1]
+
+    async with h1.Client(ssl_context=build) as client:
+        assert built == []
+        for _ in range(2):
+            response = await client.request(
+                "POST", f"https://localhost:{tls_server.port}/v1", body=b"x"
+            )
+            assert await response.read() == b"secret answer"
+    assert len(built) == 1
+
+
+def test_the_configured_ca_bundle_is_built_when_first_needed(ca, tmp_path) -> None:
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    assert egress.ssl_context_factory(Settings()) is None
+    factory = egress.ssl_context_factory(Settings(ssl_cert_file=str(bundle)))
+    assert factory is not None
+    context = factory()
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert len(context.get_ca_certs()) == 1
