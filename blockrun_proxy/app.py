@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -80,6 +80,8 @@ SPEND_SETTLE_SECONDS = 0.5
 # The route label of requests that matched no route (bounded metric cardinality).
 UNMATCHED_ROUTE = "other"
 
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
 
 def create_app(settings: Settings) -> web.Application:
     guard = Guard.from_settings(settings)
@@ -104,7 +106,7 @@ def create_app(settings: Settings) -> web.Application:
     app[BALANCE_KEY] = BalanceSlot()
     app[apidocs.APIDOCS_KEY] = apidocs.ApiDocs(relay=settings.routes == "all")
     app.cleanup_ctx.append(_payment_core)
-    app.on_response_prepare.append(_stamp_response)
+    app.on_response_prepare.append(response_stamper(guard, admission))
     add_routes(app.router, ROUTES)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -199,7 +201,8 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
             label_of(resource.canonical) if resource is not None else UNMATCHED_ROUTE,
         )
         request[EXCHANGE_KEY] = exchange
-        admission = request.app[ADMISSION_KEY]
+        app = request.app
+        admission = app[ADMISSION_KEY]
         admission.request_started()
         try:
             try:
@@ -236,8 +239,8 @@ def front_middleware(guard: Guard, token: str | None) -> Middleware:
             admission.request_finished()
             now = time.monotonic()
             logs.log_access(exchange, now=now)
-            request.app[METRICS_KEY].observe(exchange, now=now)
-            core = request.app.get(CORE_KEY)
+            app[METRICS_KEY].observe(exchange, now=now)
+            core = app.get(CORE_KEY)
             if core is not None:
                 for observe in core.observers:
                     observe(exchange)
@@ -324,18 +327,28 @@ def _error_response(
     )
 
 
-async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
-    """Runs just before any response's headers go out: one place for what all share."""
-    exchange = request.get(EXCHANGE_KEY)
-    if exchange is not None:
-        response.headers["x-request-id"] = exchange.request_id
-    response.headers.update(request.app[GUARD_KEY].cors_headers(request.headers))
-    if request.app[ADMISSION_KEY].draining:
-        # Tell keep-alive clients to reconnect (to a process that is not leaving). The
-        # header is set by hand: aiohttp computed the Connection header before this hook,
-        # and a close the client was not told about makes it reuse a dying connection.
-        response.force_close()
-        response.headers["Connection"] = "close"
+def response_stamper(guard: Guard, admission: Admission) -> ResponseHook:
+    """What runs just before any response's headers go out: one place for what all share.
+    The guard and admission are bound once (not looked up in the app per response), and
+    without --cors-origins no CORS headers are computed."""
+    cors = bool(guard.cors_origins)
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        exchange = request.get(EXCHANGE_KEY)
+        if exchange is not None:
+            headers["x-request-id"] = exchange.request_id
+        if cors:
+            headers.update(guard.cors_headers(request.headers))
+        if admission.draining:
+            # Tell keep-alive clients to reconnect (to a process that is not leaving). The
+            # header is set by hand: aiohttp computed the Connection header before this
+            # hook, and a close the client was not told about makes it reuse a dying
+            # connection.
+            response.force_close()
+            headers["Connection"] = "close"
+
+    return stamp
 
 
 # --- handlers ---------------------------------------------------------------------------------

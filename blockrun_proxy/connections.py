@@ -118,11 +118,18 @@ class BoundedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._headers_timer is None and data and self._waiting_for_a_request():
-            self._start_headers_clock()  # the first byte of a kept-alive connection's next request
+        # The first byte of a kept-alive connection's next request starts its clock. Asked
+        # before parsing: a parsed request ends the wait.
+        first_bytes = self._headers_timer is None and data and self._waiting_for_a_request()
         super().data_received(data)
         if self._messages:  # a request's headers are complete (or failed to parse)
             self._stop_headers_clock()
+        elif first_bytes:
+            # Started only when the headers did not come whole with their first bytes (the
+            # common case does, and then a timer armed and cancelled at once is a wasted
+            # TimerHandle, heap push and cancel per request): the deadline still runs from
+            # the first byte, which arrived just now.
+            self._start_headers_clock()
 
     # ------------------------------------------------------------------ the deadline
 

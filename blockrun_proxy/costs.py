@@ -25,6 +25,8 @@ from blockrun_proxy.x402 import UPTO_SCHEME, usd
 
 COST_HEADER = "x-blockrun-cost-usd"
 LITELLM_COST_HEADER = "x-litellm-response-cost"
+# What a free call cost, formatted once: every free answer carries it.
+FREE_COST = usd(0)
 SETTLEMENT_HEADER = "x-blockrun-settlement"
 COST_SOURCE_HEADER = "x-blockrun-cost-source"
 CEILING_HEADER = "x-blockrun-ceiling-usd"
@@ -56,7 +58,7 @@ def cost_headers(answer: Answer) -> dict[str, str]:
         return dict(answer.rail_cost_headers)
     paid = answer.paid_atomic
     if paid is None:
-        return {LITELLM_COST_HEADER: usd(0)}
+        return {LITELLM_COST_HEADER: FREE_COST}
     cost = usd(paid)
     headers = {COST_HEADER: cost, LITELLM_COST_HEADER: cost}
     if answer.cost_source is not None:

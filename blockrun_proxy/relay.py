@@ -186,6 +186,10 @@ async def poll(request: web.Request, route: Route) -> web.StreamResponse:
 
 
 async def read_body(request: web.Request, timeout: float) -> bytes:
+    if request.content.is_eof():
+        # The whole body has arrived (as small ones do, with their headers): reading it
+        # cannot wait, so no deadline (a Timeout, a timer armed and cancelled) is needed.
+        return await request.read()
     try:
         async with deadline(timeout):
             return await request.read()

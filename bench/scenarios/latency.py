@@ -120,7 +120,7 @@ async def slow_streams(budget: Budget) -> list[Check]:
         floor = await stack.floor(gateway, client="h1")
         floor_baseline_kb = floor.rss_kb()
         async with RssSampler(floor.pid, interval_s=0.25) as floor_rss:
-            await run_streams(
+            floor_run = await run_streams(
                 chat_url(floor),
                 body,
                 concurrency=n,
@@ -150,7 +150,9 @@ async def slow_streams(budget: Budget) -> list[Check]:
             "KiB",
             limit=20.0,
             note=f"baseline {baseline_kb / 1024:.1f} MiB, peak {rss.peak_kb / 1024:.1f} MiB; "
-            f"h1 floor (bench/floor.py --client h1) {floor_per_stream_kb:.2f} KiB per stream",
+            f"h1 floor (bench/floor.py --client h1) {floor_per_stream_kb:.2f} KiB per stream"
+            # A floor that failed streams held fewer than it is divided by: say so.
+            + (f" ({floor_run.errors} of its streams failed)" if floor_run.errors else ""),
         ),
         info(
             name,
