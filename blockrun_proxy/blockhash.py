@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from blockrun_proxy.bounded import read_bounded
 from blockrun_proxy.errors import SolanaRpcUnreachable
 from blockrun_proxy.x402.svm import is_pubkey
 
@@ -214,14 +215,14 @@ class BlockhashCache:
             ) as resp:
                 if resp.status != 200:
                     raise RpcFailure(f"HTTP {resp.status}")
-                body = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                body = await read_bounded(resp.content, MAX_RESPONSE_BYTES)
         except asyncio.TimeoutError:
             raise RpcFailure("timed out") from None
         except aiohttp.ClientError as exc:
             raise RpcFailure(f"unreachable ({type(exc).__name__})") from None
         except ValueError:  # a URL aiohttp cannot use (Settings.check should have said)
             raise RpcFailure("the RPC URL is not usable") from None
-        if len(body) > MAX_RESPONSE_BYTES:
+        if body is None:
             raise RpcFailure("answer too large")
         return _parse(body, self._clock())
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from blockrun_proxy.bounded import read_bounded
 from blockrun_proxy.x402._abi import address_word
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -125,7 +126,7 @@ class EvmRpc:
                 timeout=self._timeout,
                 allow_redirects=False,  # a redirect could carry the call anywhere
             ) as resp:
-                raw = await _read_bounded(resp.content, MAX_RESPONSE_BYTES)
+                raw = await read_bounded(resp.content, MAX_RESPONSE_BYTES)
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
@@ -253,20 +254,6 @@ class EvmRpc:
             if attempt + 1 < polls:
                 await sleep(interval)
         raise RpcError(f"transaction {tx_hash} not mined after {timeout:g} s (still pending?)")
-
-
-async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it passes ``limit`` bytes (never buffers more)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await stream.read(64 * 1024)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
 
 
 def _quantity(value: object, what: str) -> int:

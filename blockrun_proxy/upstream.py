@@ -69,6 +69,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from blockrun_proxy import h1
+from blockrun_proxy.bounded import read_bounded, read_prefix
 from blockrun_proxy.chatbody import ChatRequest
 from blockrun_proxy.errors import (
     GatewayAnswer,
@@ -690,7 +691,7 @@ def _origin(url: str) -> str:
 async def read_small_body(response: UpstreamResponse) -> bytes:
     """Read at most MAX_CLASSIFIED_BODY bytes, decoded if the gateway compressed them."""
     async with response:
-        data = await response.content.read(MAX_CLASSIFIED_BODY)
+        data = await read_prefix(response.content, MAX_CLASSIFIED_BODY)
     encoding = response.headers.get("Content-Encoding", "").lower()
     if encoding in ("gzip", "deflate"):
         try:
@@ -702,17 +703,13 @@ async def read_small_body(response: UpstreamResponse) -> bytes:
 
 async def read_models_body(response: UpstreamResponse) -> bytes:
     """The whole catalogue answer, refused past MAX_MODELS_BODY (never buffered beyond)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await response.content.readany():
-        size += len(chunk)
-        if size > MAX_MODELS_BODY:
-            raise UpstreamError(
-                f"the gateway's /v1/models answer is larger than {MAX_MODELS_BODY} bytes",
-                code="bad_gateway_answer",
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await read_bounded(response.content, MAX_MODELS_BODY)
+    if body is None:
+        raise UpstreamError(
+            f"the gateway's /v1/models answer is larger than {MAX_MODELS_BODY} bytes",
+            code="bad_gateway_answer",
+        )
+    return body
 
 
 async def read_offer(response: UpstreamResponse) -> PaymentRequired | None:
