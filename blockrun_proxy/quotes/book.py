@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blockrun_proxy.quotes.features import CHAT_ROUTE, MEASURE_TOKENS, MEASURES, Features, PriceKey
-from blockrun_proxy.quotes.observation import Observation, Quote
+from blockrun_proxy.quotes.observation import Observation, Quote, span
 from blockrun_proxy.quotes.prior import CataloguePrice, Prior
 from blockrun_proxy.x402 import UPTO_SCHEME, Requirement
 from blockrun_proxy.x402.wire import parse_requirement
@@ -468,16 +468,11 @@ class QuoteBook:
             # A slope chosen among round fractions (Occam) from a few 402s can fit them and
             # be wrong elsewhere; formulas with no such guess are pinned by the 402s alone.
             return None
-        low = high = None
-        for h in state.hypotheses:
-            quote = h.quote(max_tokens, features.sizes, features.messages)
-            if quote is None:
-                low = high = None
-                break
-            low = quote.low if low is None else min(low, quote.low)
-            high = quote.high if high is None else max(high, quote.high)
-        if low is not None and high is not None:
-            return Quote(low, high), all(h.exact for h in state.hypotheses)
+        pinned = span(
+            h.quote(max_tokens, features.sizes, features.messages) for h in state.hypotheses
+        )
+        if pinned is not None:
+            return pinned, all(h.exact for h in state.hypotheses)
         if self.tolerance > 0 and state.approximate is not None:
             quote = state.approximate.quote(max_tokens, features.sizes, features.messages)
             if quote is not None:
@@ -540,16 +535,12 @@ class QuoteBook:
         """The one amount every learned formula gives this request at round prices
         (fit.py's lattice), or None if they do not agree (or cannot say)."""
         max_tokens = self._clamped(state, features.max_tokens)
-        low = high = None
-        for h in state.hypotheses:
-            if h.unrounded:
-                continue  # no round price fits this one's 402s: it has no say
-            quote = h.round_quote(max_tokens, features.sizes, features.messages)
-            if quote is None:
-                return None
-            low = quote.low if low is None else min(low, quote.low)
-            high = quote.high if high is None else max(high, quote.high)
-        return low if low is not None and low == high else None
+        agreed = span(
+            h.round_quote(max_tokens, features.sizes, features.messages)
+            for h in state.hypotheses
+            if not h.unrounded  # no round price fits this one's 402s: it has no say
+        )
+        return agreed.low if agreed is not None and agreed.low == agreed.high else None
 
     def _bound(self, state: _State, features: Features) -> int | None:
         """The most a 402 asked, among those seen within the TTL, for a request that this

@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from blockrun_proxy.quotes.observation import Observation, Quote
+from blockrun_proxy.quotes.observation import Observation, Quote, span
 
 ROUNDING_SD = 1 / math.sqrt(12)  # sd of ceil's rounding, uniform on [0, 1)
 BAND_SDS = 6.0  # the Occam slope is looked for within this many standard errors
@@ -162,14 +162,7 @@ class Hypothesis:
         None if they cannot say (all of its range when it has no lattice)."""
         if self.lattice is None:
             return self.quote(max_tokens, sizes, messages)
-        low = high = None
-        for h in self.lattice:
-            quote = h.quote(max_tokens, sizes, messages)
-            if quote is None:
-                return None
-            low = quote.low if low is None else min(low, quote.low)
-            high = quote.high if high is None else max(high, quote.high)
-        return None if low is None or high is None else Quote(low, high)
+        return span(h.quote(max_tokens, sizes, messages) for h in self.lattice)
 
 
 def fit(

@@ -9,6 +9,7 @@ measured).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,6 +19,17 @@ class Quote(NamedTuple):
 
     low: int
     high: int
+
+
+def span(quotes: Iterable[Quote | None]) -> Quote | None:
+    """The range covering every one of ``quotes``: None when one cannot say, or none do."""
+    low = high = None
+    for quote in quotes:
+        if quote is None:
+            return None
+        low = quote.low if low is None else min(low, quote.low)
+        high = quote.high if high is None else max(high, quote.high)
+    return None if low is None or high is None else Quote(low, high)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from blockrun_proxy.quotes.features import MEASURE_TOKENS
-from blockrun_proxy.quotes.observation import Observation, Quote
+from blockrun_proxy.quotes.observation import Observation, Quote, span
 
 # Per-message overheads tried, in tokens (OpenAI's own counting uses 3 or 4).
 MAX_PER_MESSAGE = 8
@@ -217,15 +217,7 @@ class Prior:
         """The range of amounts the deciding formulas allow for this request."""
         if not self.free or self.seen == 0:
             return None
-        low = high = None
-        for formula in self.formulas:
-            quote = formula.quote(max_tokens, sizes, messages)
-            if quote is None:
-                return None
-            low = quote.low if low is None else min(low, quote.low)
-            high = quote.high if high is None else max(high, quote.high)
-        assert low is not None and high is not None
-        return Quote(low, high)
+        return span(formula.quote(max_tokens, sizes, messages) for formula in self.formulas)
 
 
 def catalogue_snapshot(prices: Mapping[str, CataloguePrice]) -> dict[str, Any]:
