@@ -49,32 +49,43 @@ class Outcome:
         return "".join(str(n) for n in self.round_trips)
 
 
-async def drive(
-    start_proxy, shape: str, model: str, workload: str, *, publish_prices: bool = True, **settings
-) -> Outcome:
+def priced_gateway(shape: str, *, publish_prices: bool) -> FakeGateway:
+    """The fake gateway priced in ``shape``, verifying payments the fast way."""
     pricing = PRICING_SHAPES[shape]
-    outcome = Outcome()
-    async with FakeGateway(
+    return FakeGateway(
         network=TEST_NETWORK,
         models=pricing.models,
         pricing=pricing.price,
         verify="fast",
         publish_prices=publish_prices,
-    ) as gateway:
+    )
+
+
+async def pay_for(
+    session: aiohttp.ClientSession, proxy, gateway: FakeGateway, body: dict, outcome: Outcome
+) -> None:
+    """Send one chat call through the proxy and record, in ``outcome``, how many upstream
+    round trips it took and how much its one settled payment was above the price."""
+    before, settled = len(gateway.chat_requests), len(gateway.settled)
+    async with session.post(
+        proxy.base_url + "/chat/completions", data=orjson.dumps(body), headers=JSON
+    ) as resp:
+        await resp.read()
+        assert resp.status == 200
+    outcome.round_trips.append(len(gateway.chat_requests) - before)
+    (payment,) = gateway.settled[settled:]
+    outcome.overpaid.append(payment.amount - gateway.price_for(body))
+
+
+async def drive(
+    start_proxy, shape: str, model: str, workload: str, *, publish_prices: bool = True, **settings
+) -> Outcome:
+    outcome = Outcome()
+    async with priced_gateway(shape, publish_prices=publish_prices) as gateway:
         proxy = await start_proxy(api_url=gateway.base_url, **settings)
         async with aiohttp.ClientSession() as session:
             for body in bodies(workload, model):
-                before, settled = len(gateway.chat_requests), len(gateway.settled)
-                async with session.post(
-                    proxy.base_url + "/chat/completions",
-                    data=orjson.dumps(body),
-                    headers=JSON,
-                ) as resp:
-                    await resp.read()
-                    assert resp.status == 200
-                outcome.round_trips.append(len(gateway.chat_requests) - before)
-                (payment,) = gateway.settled[settled:]
-                outcome.overpaid.append(payment.amount - gateway.price_for(body))
+                await pay_for(session, proxy, gateway, body, outcome)
         stats = proxy.app[CORE_KEY].quotes.stats
         assert stats.overpaid_atomic >= sum(outcome.overpaid)  # counted, never hidden
     return outcome
@@ -119,29 +130,15 @@ async def test_tolerance_never_over_pays_more_than_it_per_call(start_proxy, shap
 async def test_without_catalogue_prices_the_402s_alone_teach_it(start_proxy):
     """A gateway whose /v1/models lists no prices: the formulas are learned from the 402s
     (refitted in a worker thread), later, and still never over-pay."""
-    pricing = PRICING_SHAPES["chars"]
-    round_trips, overpaid = [], []
-    async with FakeGateway(
-        network=TEST_NETWORK,
-        models=pricing.models,
-        pricing=pricing.price,
-        verify="fast",
-        publish_prices=False,
-    ) as gateway:
+    outcome = Outcome()
+    async with priced_gateway("chars", publish_prices=False) as gateway:
         proxy = await start_proxy(api_url=gateway.base_url)
         async with aiohttp.ClientSession() as session:
             for body in bodies("conversation", SHAPES["chars"]):
-                before, settled = len(gateway.chat_requests), len(gateway.settled)
-                async with session.post(
-                    proxy.base_url + "/chat/completions",
-                    data=orjson.dumps(body),
-                    headers=JSON,
-                ) as resp:
-                    await resp.read()
-                round_trips.append(len(gateway.chat_requests) - before)
-                overpaid.append(gateway.settled[settled].amount - gateway.price_for(body))
+                await pay_for(session, proxy, gateway, body, outcome)
         assert proxy.app[CORE_KEY].quotes.prior(SHAPES["chars"]) is None
-    assert overpaid == [0] * len(overpaid)
+    assert outcome.overpaid == [0] * len(outcome.overpaid)
+    round_trips = outcome.round_trips
     assert round_trips[30:].count(1) >= 0.4 * len(round_trips[30:]), round_trips
 
 
@@ -157,29 +154,14 @@ async def test_without_catalogue_prices_most_calls_still_take_one_round_trip(sta
     """Each call waits for the refit its 402 started, as an agent's calls (each a model's
     answer, hundreds of milliseconds) do: back to back on loopback, every call would
     overtake it and measure the worker thread instead of the quote model."""
-    pricing = PRICING_SHAPES["chars"]
     model = SHAPES["chars"]
     outcome = Outcome()
-    async with FakeGateway(
-        network=TEST_NETWORK,
-        models=pricing.models,
-        pricing=pricing.price,
-        verify="fast",
-        publish_prices=False,
-    ) as gateway:
+    async with priced_gateway("chars", publish_prices=False) as gateway:
         proxy = await start_proxy(api_url=gateway.base_url)
         book = proxy.app[CORE_KEY].quotes
         async with aiohttp.ClientSession() as session:
             for body in bodies(workload, model):
-                before, settled = len(gateway.chat_requests), len(gateway.settled)
-                async with session.post(
-                    proxy.base_url + "/chat/completions", data=orjson.dumps(body), headers=JSON
-                ) as resp:
-                    await resp.read()
-                    assert resp.status == 200
-                outcome.round_trips.append(len(gateway.chat_requests) - before)
-                (payment,) = gateway.settled[settled:]
-                outcome.overpaid.append(payment.amount - gateway.price_for(body))
+                await pay_for(session, proxy, gateway, body, outcome)
                 for _ in range(1000):
                     if not book.refitting(model):
                         break

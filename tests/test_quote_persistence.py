@@ -8,9 +8,9 @@ import secrets
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
+from support.calls import round_trips
 from support.quoting import feed, with_catalogue
 from support.servers import until
 
@@ -28,8 +28,6 @@ from blockrun_proxy.testing.workloads import bodies
 
 MINI = {m.id: m for m in DEFAULT_MODELS}["openai/gpt-4o-mini"]
 API = "https://gateway.test/api"
-# The proxy answers only JSON POSTs.
-JSON = {"Content-Type": "application/json"}
 TEST_NETWORK = "eip155:84532"
 CHAT = "/v1/chat/completions"
 
@@ -209,30 +207,16 @@ async def test_a_restarted_proxy_signs_its_first_call_up_front(tmp_path: Any) ->
             state_dir=tmp_path,
         )
 
-        async def call(port: int, body: Any) -> int:
-            before = len(gateway.chat_requests)
-            async with (
-                aiohttp.ClientSession() as session,
-                session.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions",
-                    data=orjson.dumps(body),
-                    headers=JSON,
-                ) as resp,
-            ):
-                await resp.read()
-                assert resp.status == 200
-            return len(gateway.chat_requests) - before
-
         async with running(settings) as (runner, port):
             for body in sent[:20]:
-                await call(port, body)
+                await round_trips(gateway, port, body)
             assert runner.app[CORE_KEY].quotes.trusted(MINI.id)
         assert (tmp_path / FILE_NAME).exists()  # saved at shutdown
 
         async with running(settings) as (runner, port):
             await runner.app[CORE_KEY].keeper.loaded.wait()
             models_reads = gateway.models_calls
-            assert await call(port, sent[20]) == 1  # warm from the first call
+            assert await round_trips(gateway, port, sent[20]) == 1  # warm from the first call
             assert gateway.models_calls == models_reads  # the catalogue came from the file
 
 

@@ -12,12 +12,12 @@ replays.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from support.quoting import requirement, resource, with_catalogue
+from support.quoting import Pricing, offer, requirement, resource, with_catalogue
 
 from blockrun_proxy.quotes import QuoteBook, request_features
 from blockrun_proxy.quotes.book import DEFAULT_MIN_OBSERVATIONS, compute_fit
@@ -25,7 +25,6 @@ from blockrun_proxy.testing import ModelSpec
 from blockrun_proxy.testing._models import PRICING_SHAPES, max_tokens_price
 from blockrun_proxy.testing.workloads import bodies
 
-Pricing = Callable[[ModelSpec, Mapping[str, Any]], int]
 RESERIALISED = PRICING_SHAPES["reserialised"]
 MINI = next(m for m in RESERIALISED.models if m.id == "openai/gpt-4o-mini")  # $0.15 / $0.60
 GPT55 = next(m for m in RESERIALISED.models if m.id == "openai/gpt-5.5")
@@ -109,17 +108,11 @@ def replay(
         price = pricing(spec, body)
         features = request_features(spec.id, body["max_tokens"], body)
         assert features is not None
-        presign = book.presign(features)
+        mark, presign = offer(book, features, price)
+        out.marks.append(mark)
         if presign is not None:
-            if presign.amount >= price:
-                book.accepted(presign)
-                out.signed.append(Signed(presign.amount, price, presign.overpay, presign.source))
-                out.marks.append("H" if presign.amount == price else "O")
-                continue
-            book.refused(presign)
-            out.marks.append("x")
-        else:
-            out.marks.append(".")
+            out.signed.append(Signed(presign.amount, price, presign.overpay, presign.source))
+            continue
         step()
         book.observe(features, requirement(price), resource(spec), None)
     return out

@@ -19,11 +19,11 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from support.quoting import Pricing, requirement, resource
 
 from blockrun_proxy.quotes import MEASURES, QuoteBook, features_from_body, request_features
 from blockrun_proxy.quotes.fit import MAX_CANDIDATES, MAX_DENOMINATOR, fractions_in
 from blockrun_proxy.testing import DEFAULT_MODELS, ModelSpec, default_price
-from blockrun_proxy.x402 import Requirement
 
 MODELS = {m.id: m for m in DEFAULT_MODELS}
 MINI = MODELS["openai/gpt-4o-mini"]  # 0.15 / 0.6 per token: fractional micro-USDC
@@ -45,32 +45,6 @@ WORDS = [
     "judge",
 ]
 MAX_TOKENS = (16, 32, 50, 64, 100, 128, 256, 300, 512, 1000, 1024, 2048, 4000, 8192, 20000)
-SEPOLIA_USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
-
-Pricing = Callable[[ModelSpec, Mapping[str, Any]], int]
-
-
-def requirement(
-    amount: int, pay_to: str = "0x000000000000000000000000000000000000dEaD", scheme: str = "exact"
-):
-    raw = {
-        "scheme": scheme,
-        "network": "eip155:84532",
-        "amount": str(amount),
-        "asset": SEPOLIA_USDC,
-        "payTo": pay_to,
-        "maxTimeoutSeconds": 300,
-        "extra": {"name": "USDC", "version": "2"},
-    }
-    return Requirement(scheme, "eip155:84532", amount, SEPOLIA_USDC, pay_to, 300, raw["extra"], raw)
-
-
-def resource(spec: ModelSpec) -> dict[str, str]:
-    return {
-        "url": "https://gateway.test/api/v1/chat/completions",
-        "description": f"{spec.id} - {spec.max_output} max output tokens",
-        "mimeType": "application/json",
-    }
 
 
 def body(rng: random.Random, spec: ModelSpec, messages: int = 1) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from support.calls import round_trips
 from support.redis_server import RedisServer
 
 from blockrun_proxy.app import CORE_KEY
@@ -56,22 +57,6 @@ def replica(gateway: FakeGateway, redis_server: RedisServer, **fields: Any) -> A
 WALLET = "0x" + secrets.token_hex(32)
 
 
-async def call(gateway: FakeGateway, port: int, body: dict[str, Any]) -> int:
-    """One chat call through the proxy; how many requests reached the gateway for it."""
-    before = len(gateway.chat_requests)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            data=orjson.dumps(body),
-            headers={"Content-Type": "application/json"},
-        ) as resp,
-    ):
-        await resp.read()
-        assert resp.status == 200
-    return len(gateway.chat_requests) - before
-
-
 async def readyz(port: int) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
@@ -82,7 +67,7 @@ async def readyz(port: int) -> dict[str, Any]:
 
 async def learn(gateway: FakeGateway, runner: Any, port: int) -> None:
     for body in SENT[:20]:
-        await call(gateway, port, body)
+        await round_trips(gateway, port, body)
     core = runner.app[CORE_KEY]
     assert core.quotes.trusted(MINI.id)
     assert await core.keeper.save()  # what the keeper does within seconds on its own
@@ -97,7 +82,7 @@ async def test_a_new_replica_signs_its_first_call_up_front(redis_server: RedisSe
             ready = await readyz(port_b)
             assert ready["ready"] and ready["quotes"] == "redis: 1 price keys loaded"
             models_reads = gateway.models_calls
-            assert await call(gateway, port_b, SENT[20]) == 1  # signed up front
+            assert await round_trips(gateway, port_b, SENT[20]) == 1  # signed up front
             assert core_b.quotes.stats.presigned == 1 and core_b.quotes.stats.probed == 0
             assert gateway.models_calls == models_reads  # the catalogue came along
             async with (
@@ -118,7 +103,7 @@ async def test_a_running_replica_picks_up_what_another_learned(
             await learn(gateway, runner_a, port_a)
         assert await keeper_b.reload() == 1  # what it does every 30 s on its own
         assert await keeper_b.reload() == 0  # nothing newer since: nothing fetched
-        assert await call(gateway, port_b, SENT[20]) == 1
+        assert await round_trips(gateway, port_b, SENT[20]) == 1
 
 
 async def test_a_poisoned_entry_costs_a_probe_never_a_refused_payment(
@@ -145,7 +130,7 @@ async def test_a_poisoned_entry_costs_a_probe_never_a_refused_payment(
             await core_b.keeper.loaded.wait()
             assert core_b.quotes.trusted(MINI.id)  # the entry was read...
             payments = len(gateway.payments)
-            assert await call(gateway, port_b, SENT[20]) == 2  # ...and cost one probe
+            assert await round_trips(gateway, port_b, SENT[20]) == 2  # ...and cost one probe
             assert core_b.quotes.stats.declined == 1
             assert [p.pay_to.lower() for p in gateway.payments[payments:]] == [
                 gateway.pay_to.lower()

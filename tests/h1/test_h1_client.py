@@ -7,7 +7,7 @@ import asyncio
 import gzip
 
 import pytest
-from support.scripted import ScriptedServer, chunked, ok
+from support.scripted import ScriptedServer, chunked, ok, url
 
 from blockrun_proxy import h1
 from blockrun_proxy.h1 import client as client_module
@@ -15,28 +15,10 @@ from blockrun_proxy.h1.connection import HIGH_WATER, READ_SIZE
 
 
 @pytest.fixture
-async def serve():
-    servers: list[ScriptedServer] = []
-
-    async def start(answer) -> ScriptedServer:
-        server = await ScriptedServer(answer).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
 async def client():
     c = h1.Client(h1.Limits(max_connections=4), h1.Timeouts(connect=5, read=5))
     yield c
     await c.close()
-
-
-def url(server: ScriptedServer, path: str = "/v1/x") -> str:
-    return f"http://127.0.0.1:{server.port}{path}"
 
 
 async def test_content_length_body_and_the_request_as_sent(serve, client):

@@ -11,24 +11,10 @@ import socket
 import httptools
 import pytest
 from support.connect_proxy import ConnectProxy
-from support.scripted import Request, ScriptedServer, ok
+from support.scripted import Request, ScriptedServer, ok, url
 
 from blockrun_proxy import h1
 from blockrun_proxy.h1.connection import MAX_HEADERS, Connection, read_buffer
-
-
-@pytest.fixture
-async def serve():
-    servers: list[ScriptedServer] = []
-
-    async def start(answer) -> ScriptedServer:
-        server = await ScriptedServer(answer).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 @pytest.fixture
@@ -36,10 +22,6 @@ async def client():
     c = h1.Client(h1.Limits(max_connections=4), h1.Timeouts(connect=5, read=1))
     yield c
     await c.close()
-
-
-def url(server: ScriptedServer, path: str = "/v1/x") -> str:
-    return f"http://127.0.0.1:{server.port}{path}"
 
 
 def first_then_ok(first: bytes):

@@ -8,7 +8,7 @@ import gzip
 
 import aiohttp
 import pytest
-from support.scripted import ScriptedServer, ok
+from support.scripted import ok
 
 from blockrun_proxy import h1
 from blockrun_proxy.appkeys import CORE_KEY
@@ -17,24 +17,10 @@ FREE = "nvidia/deepseek-v4-flash"
 CHAT = {"model": FREE, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture
-async def scripted():
-    servers: list[ScriptedServer] = []
-
-    async def start(answer) -> ScriptedServer:
-        server = await ScriptedServer(answer).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
 @pytest.mark.both_clients
-async def test_compressed_answers_pass_through_untouched(start_proxy, scripted, upstream_client):
+async def test_compressed_answers_pass_through_untouched(start_proxy, serve, upstream_client):
     packed = gzip.compress(b'{"choices": []}' * 20)
-    gateway = await scripted(
+    gateway = await serve(
         lambda r: ok(packed, headers="Content-Type: application/json\r\nContent-Encoding: gzip\r\n")
     )
     proxy = await start_proxy(api_url=f"http://127.0.0.1:{gateway.port}/api")
@@ -53,7 +39,7 @@ async def test_compressed_answers_pass_through_untouched(start_proxy, scripted, 
     assert request.headers["user-agent"] == "blockrun-proxy"
 
 
-async def test_every_route_relays_over_h1_by_default(start_proxy, scripted, monkeypatch):
+async def test_every_route_relays_over_h1_by_default(start_proxy, serve, monkeypatch):
     sent: list[tuple[str, str]] = []
     request = h1.Client.request
 
@@ -62,7 +48,7 @@ async def test_every_route_relays_over_h1_by_default(start_proxy, scripted, monk
         return await request(self, method, url, *args, **kwargs)
 
     monkeypatch.setattr(h1.Client, "request", spy)
-    gateway = await scripted(lambda r: ok(b'{"data": []}', headers="Content-Type: x/y\r\n"))
+    gateway = await serve(lambda r: ok(b'{"data": []}', headers="Content-Type: x/y\r\n"))
     base = f"http://127.0.0.1:{gateway.port}/api"
     proxy = await start_proxy(api_url=base)
     assert isinstance(proxy.app[CORE_KEY].session, h1.Client)

@@ -63,6 +63,15 @@ async def post(
     return await request(proxy, "POST", path, data=data, headers={**JSON, **(headers or {})})
 
 
+async def round_trips(gateway: Any, port: int, body: dict[str, Any]) -> int:
+    """One chat call through the proxy on ``port``, which must answer 200: how many
+    requests reached ``gateway`` for it (1 signed up front, 2 when it probed first)."""
+    before = len(gateway.chat_requests)
+    reply = await post(f"http://127.0.0.1:{port}", body)
+    assert reply.status == 200 and reply.error is None, (reply.status, reply.body, reply.error)
+    return len(gateway.chat_requests) - before
+
+
 async def get(proxy: Any, path: str, *, headers: Mapping[str, str] | None = None) -> Reply:
     return await request(proxy, "GET", path, headers=headers)
 

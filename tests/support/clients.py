@@ -96,18 +96,23 @@ def _sync_tee(http: Any, log: WireLog) -> Any:
                 def close(self) -> None:
                     stream.close()
 
-            return http.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=Teed(),
-                extensions=response.extensions,
-                request=request,
-            )
+            return _with_stream(http, response, Teed(), request)
 
         def close(self) -> None:
             inner.close()
 
     return Tee()
+
+
+def _with_stream(http: Any, response: Any, stream: Any, request: Any) -> Any:
+    """``response`` as httpx returned it, its body read through ``stream`` instead."""
+    return http.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=stream,
+        extensions=response.extensions,
+        request=request,
+    )
 
 
 def _async_tee(http: Any, log: WireLog) -> Any:
@@ -127,13 +132,7 @@ def _async_tee(http: Any, log: WireLog) -> Any:
                 async def aclose(self) -> None:
                     await stream.aclose()
 
-            return http.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=Teed(),
-                extensions=response.extensions,
-                request=request,
-            )
+            return _with_stream(http, response, Teed(), request)
 
         async def aclose(self) -> None:
             await inner.aclose()

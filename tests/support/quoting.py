@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from blockrun_proxy.quotes import QuoteBook, parse_catalogue, request_features
+from blockrun_proxy.quotes import Features, Presign, QuoteBook, parse_catalogue, request_features
 from blockrun_proxy.testing import ModelSpec
 from blockrun_proxy.x402 import Requirement
 
@@ -18,9 +18,9 @@ PAY_TO = "0x000000000000000000000000000000000000dEaD"
 Pricing = Callable[[ModelSpec, Mapping[str, Any]], int]
 
 
-def requirement(amount: int, pay_to: str = PAY_TO) -> Requirement:
+def requirement(amount: int, pay_to: str = PAY_TO, scheme: str = "exact") -> Requirement:
     raw = {
-        "scheme": "exact",
+        "scheme": scheme,
         "network": "eip155:84532",
         "amount": str(amount),
         "asset": SEPOLIA_USDC,
@@ -28,9 +28,7 @@ def requirement(amount: int, pay_to: str = PAY_TO) -> Requirement:
         "maxTimeoutSeconds": 300,
         "extra": {"name": "USDC", "version": "2"},
     }
-    return Requirement(
-        "exact", "eip155:84532", amount, SEPOLIA_USDC, pay_to, 300, raw["extra"], raw
-    )
+    return Requirement(scheme, "eip155:84532", amount, SEPOLIA_USDC, pay_to, 300, raw["extra"], raw)
 
 
 def resource(spec: ModelSpec) -> dict[str, str]:
@@ -62,6 +60,20 @@ class Log:
         return "".join(self.marks)
 
 
+def offer(book: QuoteBook, features: Features, price: int) -> tuple[str, Presign | None]:
+    """Ask the book for a presign and judge it as the gateway would: accepted at or above
+    the price, refused below. Returns the call's mark (H, O, x, or . for none offered) and
+    the accepted presign; None means the call probes and must observe the 402."""
+    presign = book.presign(features)
+    if presign is None:
+        return ".", None
+    if presign.amount >= price:
+        book.accepted(presign)
+        return ("H" if presign.amount == price else "O"), presign
+    book.refused(presign)
+    return "x", None
+
+
 def feed(book: QuoteBook, spec: ModelSpec, pricing: Pricing, bodies: list[dict[str, Any]]) -> Log:
     """Replay what the proxy does per call: presign if the book offers (accepted at or
     above the price, refused below), else probe and observe the 402."""
@@ -70,16 +82,10 @@ def feed(book: QuoteBook, spec: ModelSpec, pricing: Pricing, bodies: list[dict[s
         price = pricing(spec, body)
         features = request_features(spec.id, body["max_tokens"], body)
         assert features is not None
-        presign = book.presign(features)
+        mark, presign = offer(book, features, price)
+        log.marks.append(mark)
         if presign is not None:
-            if presign.amount >= price:
-                book.accepted(presign)
-                log.marks.append("H" if presign.amount == price else "O")
-                log.overpaid += presign.amount - price
-                continue
-            book.refused(presign)
-            log.marks.append("x")
-        else:
-            log.marks.append(".")
+            log.overpaid += presign.amount - price
+            continue
         book.observe(features, requirement(price), resource(spec), None)
     return log

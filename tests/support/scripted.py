@@ -106,3 +106,8 @@ def chunked(*pieces: bytes, headers: str = "") -> bytes:
     for piece in pieces:
         out += b"%x\r\n%s\r\n" % (len(piece), piece)
     return out + b"0\r\n\r\n"
+
+
+def url(server: ScriptedServer, path: str = "/v1/x") -> str:
+    """The plain-HTTP address of ``path`` on ``server``."""
+    return f"http://127.0.0.1:{server.port}{path}"
